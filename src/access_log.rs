@@ -1,0 +1,50 @@
+//! The access log: one line per request, on its own `tracing` target (`rproxy::access`) so it
+//! can be switched and routed apart from the diagnostic log (`RUST_LOG=rproxy::access=off`).
+//!
+//! A record is started when the request arrives and written when the response body is done
+//! (or the client goes away), so the line carries the bytes really sent and the total time.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tokio::time::Instant;
+
+pub const TARGET: &str = "rproxy::access";
+
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub listener: Arc<str>,
+    pub client: IpAddr,
+    pub method: Method,
+    pub path: String,
+    pub status: u16,
+    pub backend: Option<std::net::SocketAddr>,
+    pub upstream_time: Option<Duration>,
+    pub started: Instant,
+}
+
+impl AccessRecord {
+    /// Whether access lines are wanted at all; when not, no record is built.
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: TARGET, tracing::Level::INFO)
+    }
+
+    pub fn emit(self, bytes: u64, complete: bool) {
+        let backend = self.backend.map(|b| b.to_string());
+        tracing::info!(
+            target: TARGET,
+            listener = %self.listener,
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            backend = backend.as_deref().unwrap_or("-"),
+            upstream_ms = self.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
+            total_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            bytes,
+            complete,
+        );
+    }
+}

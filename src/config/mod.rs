@@ -1,0 +1,27 @@
+//! Configuration: the TOML file as the operator wrote it, turned into validated plain data.
+//!
+//! `load` reads and validates a file (all errors at once, each naming file, line, column and key);
+//! `resolve` turns server names into addresses. The result feeds `state::Snapshot::build`.
+
+mod error;
+mod model;
+mod parse;
+mod reader;
+mod resolve;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::{
+    BalancePolicy, Config, ListenerConfig, Origin, ServerAddr, ServerConfig, UpstreamConfig,
+    defaults,
+};
+pub use parse::parse;
+pub use resolve::{ResolvedServer, resolve_servers};
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::whole_file(path, format!("cannot read the file: {e}")))?;
+    parse(path, &src)
+}

@@ -1,0 +1,126 @@
+//! The validated configuration: plain data that later stages build the runtime from.
+//!
+//! Nothing here can hold a value the proxy cannot use: weights are non-zero, durations are
+//! `Duration`s, addresses are parsed. `parse.rs` produces these types from the TOML file;
+//! `state/` turns them into the live snapshot that requests read.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Defaults, in one place so the README, `config/upstream.toml` and the code agree.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+    pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const UPSTREAM_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Below Node.js's 5 s server keep-alive, so rproxy drops an idle pooled connection before
+    /// the backend does and rarely meets one that the backend has just closed.
+    pub const UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const UPSTREAM_KEEPALIVE_CONNECTIONS: usize = 32;
+    pub const MAX_WEIGHT: u32 = 1_000_000;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this configuration was read from (error messages and reloads name it).
+    pub source: PathBuf,
+    /// Worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    /// `tracing` filter used when `RUST_LOG` is not set.
+    pub log_level: Option<String>,
+    pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` chain is believed and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    pub listeners: BTreeMap<String, ListenerConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: Vec<SocketAddr>,
+    pub upstream: String,
+    /// Time allowed for a complete request head, from the first byte of it (or from accept).
+    pub header_timeout: Duration,
+    /// How long an idle client connection is kept open between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest pause between two pieces of a request body from the client.
+    pub body_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancePolicy {
+    RoundRobin,
+}
+
+impl BalancePolicy {
+    pub const NAMES: &'static [&'static str] = &["round_robin"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "round_robin" => Some(BalancePolicy::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: BalancePolicy,
+    pub servers: Vec<ServerConfig>,
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    pub response_timeout: Duration,
+    /// Longest pause between two pieces of the response body from the backend.
+    pub body_timeout: Duration,
+    /// Idle pooled connections to a backend are closed after this long.
+    pub keepalive_timeout: Duration,
+    /// Idle pooled connections kept per backend.
+    pub keepalive_connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub addr: ServerAddr,
+    pub weight: NonZeroU32,
+    pub backup: bool,
+    pub down: bool,
+    /// Where the address was written, for errors found later (name resolution).
+    pub origin: Origin,
+}
+
+/// A backend address as written: an IP literal, or a name resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Ip(addr) => write!(f, "{addr}"),
+            ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A place in the configuration file: key path and 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub key: String,
+    pub line: usize,
+    pub column: usize,
+}

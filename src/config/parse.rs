@@ -1,0 +1,513 @@
+//! The rproxy schema: turns the spanned TOML tree into a validated [`Config`].
+//!
+//! Every section is read with `Reader`, which records problems instead of stopping, then
+//! cross-references (a listener naming an unknown upstream, an address used twice) are checked.
+//! Keys and defaults are documented in `config/upstream.toml` and the README.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use toml::de::{DeTable, DeValue};
+
+use super::error::ConfigErrors;
+use super::model::{
+    BalancePolicy, Config, ListenerConfig, Origin, ServerAddr, ServerConfig, UpstreamConfig,
+    defaults,
+};
+use super::reader::{Reader, Table, Value, did_you_mean, entries, get, join};
+
+const TOP_KEYS: &[&str] = &[
+    "workers",
+    "log_level",
+    "drain_timeout",
+    "trusted_proxies",
+    "listeners",
+    "upstreams",
+];
+const LISTENER_KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "header_timeout",
+    "keepalive_timeout",
+    "body_timeout",
+];
+const UPSTREAM_KEYS: &[&str] = &[
+    "balance",
+    "servers",
+    "connect_timeout",
+    "response_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "keepalive_connections",
+];
+const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down"];
+
+/// Parses and validates configuration text. `file` is only used to name it in errors.
+pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    let mut r = Reader::new(file, src);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(src);
+    if !syntax_errors.is_empty() {
+        // A partly parsed tree would only add confusing follow-on errors: report syntax alone.
+        for e in syntax_errors {
+            let span = e.span().unwrap_or(0..0);
+            r.error("", span, format!("TOML syntax: {}", e.message().trim_end()));
+        }
+        return Err(ConfigErrors(r.errors));
+    }
+    let root = doc.get_ref();
+    r.check_keys(root, "", TOP_KEYS);
+
+    let workers = get(root, "workers")
+        .and_then(|v| r.integer(v, "workers", 1, 1024))
+        .map(|n| n as usize);
+    let log_level = get(root, "log_level").and_then(|v| log_level(&mut r, v));
+    let drain_timeout = duration_or(&mut r, root, "", "drain_timeout", defaults::DRAIN_TIMEOUT);
+    let trusted_proxies = get(root, "trusted_proxies")
+        .map(|v| trusted_proxies(&mut r, v))
+        .unwrap_or_default();
+
+    let upstreams = read_section(&mut r, root, "upstreams", upstream);
+    let listeners = read_section(&mut r, root, "listeners", listener);
+    check_references(&mut r, root, &listeners, &upstreams);
+
+    if !r.errors.is_empty() {
+        r.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ConfigErrors(r.errors));
+    }
+    Ok(Config {
+        source: file.to_path_buf(),
+        workers,
+        log_level,
+        drain_timeout,
+        trusted_proxies,
+        listeners: listeners.into_iter().map(|(k, d)| (k, d.config)).collect(),
+        upstreams,
+    })
+}
+
+/// Reads `[section.NAME]` tables with `read`, keyed by NAME.
+fn read_section<T>(
+    r: &mut Reader<'_>,
+    root: &Table<'_>,
+    section: &str,
+    read: fn(&mut Reader<'_>, &str, &Table<'_>, &Value<'_>) -> Option<T>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    let Some(v) = get(root, section) else {
+        return out;
+    };
+    let Some(table) = r.table(v, section) else {
+        return out;
+    };
+    for (name, value) in entries(table) {
+        let path = join(section, name.get_ref());
+        if !valid_name(name.get_ref()) {
+            r.error(
+                &path,
+                name.span(),
+                "names may use only letters, digits, '-' and '_'",
+            );
+        }
+        let Some(t) = r.table(value, &path) else {
+            continue;
+        };
+        if let Some(item) = read(r, &path, t, value) {
+            out.insert(name.get_ref().to_string(), item);
+        }
+    }
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn listener(
+    r: &mut Reader<'_>,
+    path: &str,
+    t: &Table<'_>,
+    whole: &Value<'_>,
+) -> Option<ListenerDraft> {
+    r.check_keys(t, path, LISTENER_KEYS);
+    let listen_key = join(path, "listen");
+    let listen = match get(t, "listen") {
+        Some(v) => listen_addrs(r, &listen_key, v).map(|a| (a, r.origin(&listen_key, v.span()))),
+        None => {
+            r.error(path, whole.span(), "missing key `listen` (\"host:port\")");
+            None
+        }
+    };
+    let upstream_key = join(path, "upstream");
+    let upstream = match get(t, "upstream") {
+        Some(v) => r
+            .string(v, &upstream_key)
+            .map(|s| (s.to_string(), r.origin(&upstream_key, v.span()))),
+        None => {
+            r.error(path, whole.span(), "missing key `upstream` (the pool to send to)");
+            None
+        }
+    };
+    let header_timeout = duration_or(r, t, path, "header_timeout", defaults::HEADER_TIMEOUT);
+    let keepalive_timeout =
+        duration_or(r, t, path, "keepalive_timeout", defaults::KEEPALIVE_TIMEOUT);
+    let body_timeout = duration_or(r, t, path, "body_timeout", defaults::CLIENT_BODY_TIMEOUT);
+    let (upstream, upstream_origin) = upstream?;
+    let (listen, listen_origin) = listen?;
+    Some(ListenerDraft {
+        config: ListenerConfig {
+            name: path.trim_start_matches("listeners.").to_string(),
+            listen,
+            upstream,
+            header_timeout,
+            keepalive_timeout,
+            body_timeout,
+        },
+        upstream_origin,
+        listen_origin,
+    })
+}
+
+/// A listener with the places of the keys that cross-reference checks may complain about.
+struct ListenerDraft {
+    config: ListenerConfig,
+    upstream_origin: Origin,
+    listen_origin: Origin,
+}
+
+fn listen_addrs(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<SocketAddr>> {
+    let items: Vec<(String, &Value<'_>)> = match v.get_ref() {
+        DeValue::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("{key}[{i}]"), item))
+            .collect(),
+        _ => vec![(key.to_string(), v)],
+    };
+    if items.is_empty() {
+        r.error(key, v.span(), "needs at least one \"host:port\"");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (item_key, item) in items {
+        let Some(text) = r.string(item, &item_key) else {
+            ok = false;
+            continue;
+        };
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => out.push(addr),
+            Err(_) => {
+                ok = false;
+                r.error(
+                    &item_key,
+                    item.span(),
+                    format!("`{text}` is not an IP address and port, such as \"127.0.0.1:8080\", \"0.0.0.0:80\" or \"[::1]:8080\""),
+                );
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn upstream(
+    r: &mut Reader<'_>,
+    path: &str,
+    t: &Table<'_>,
+    whole: &Value<'_>,
+) -> Option<UpstreamConfig> {
+    r.check_keys(t, path, UPSTREAM_KEYS);
+    let balance = match get(t, "balance") {
+        None => Some(BalancePolicy::RoundRobin),
+        Some(v) => {
+            let key = join(path, "balance");
+            let name = r.string(v, &key)?;
+            let policy = BalancePolicy::from_name(name);
+            if policy.is_none() {
+                let hint = did_you_mean(name, BalancePolicy::NAMES)
+                    .map(|c| format!("did you mean `{c}`? "))
+                    .unwrap_or_default();
+                r.error(
+                    &key,
+                    v.span(),
+                    format!(
+                        "unknown policy `{name}`; {hint}known policies: {}",
+                        BalancePolicy::NAMES.join(", ")
+                    ),
+                );
+            }
+            policy
+        }
+    };
+    let servers = match get(t, "servers") {
+        Some(v) => servers(r, &join(path, "servers"), v),
+        None => {
+            r.error(path, whole.span(), "missing key `servers` (the backends of this pool)");
+            None
+        }
+    };
+    let connect_timeout = duration_or(r, t, path, "connect_timeout", defaults::CONNECT_TIMEOUT);
+    let response_timeout = duration_or(r, t, path, "response_timeout", defaults::RESPONSE_TIMEOUT);
+    let body_timeout = duration_or(r, t, path, "body_timeout", defaults::UPSTREAM_BODY_TIMEOUT);
+    let keepalive_timeout = duration_or(
+        r,
+        t,
+        path,
+        "keepalive_timeout",
+        defaults::UPSTREAM_KEEPALIVE_TIMEOUT,
+    );
+    let keepalive_connections = match get(t, "keepalive_connections") {
+        Some(v) => r
+            .integer(v, &join(path, "keepalive_connections"), 0, 100_000)
+            .map(|n| n as usize),
+        None => Some(defaults::UPSTREAM_KEEPALIVE_CONNECTIONS),
+    };
+    Some(UpstreamConfig {
+        name: path.trim_start_matches("upstreams.").to_string(),
+        balance: balance?,
+        servers: servers?,
+        connect_timeout,
+        response_timeout,
+        body_timeout,
+        keepalive_timeout,
+        keepalive_connections: keepalive_connections?,
+    })
+}
+
+fn servers(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<ServerConfig>> {
+    let items = r.array(v, key)?;
+    if items.is_empty() {
+        r.error(key, v.span(), "an upstream needs at least one server");
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut seen: HashMap<ServerAddr, String> = HashMap::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(server) = server(r, &item_key, item) else {
+            ok = false;
+            continue;
+        };
+        if let Some(first) = seen.get(&server.addr) {
+            r.error_at(
+                &server.origin,
+                format!("`{}` is already listed at {first}", server.addr),
+            );
+            ok = false;
+            continue;
+        }
+        seen.insert(server.addr.clone(), item_key);
+        out.push(server);
+    }
+    ok.then_some(out)
+}
+
+fn server(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<ServerConfig> {
+    match v.get_ref() {
+        DeValue::String(text) => {
+            let addr = server_addr(r, key, v, text)?;
+            Some(ServerConfig {
+                addr,
+                weight: NonZeroU32::MIN,
+                backup: false,
+                down: false,
+                origin: r.origin(key, v.span()),
+            })
+        }
+        DeValue::Table(t) => {
+            r.check_keys(t, key, SERVER_KEYS);
+            let addr_key = join(key, "addr");
+            let addr = match get(t, "addr") {
+                Some(a) => {
+                    let text = r.string(a, &addr_key)?;
+                    server_addr(r, &addr_key, a, text)
+                        .map(|addr| (addr, r.origin(&addr_key, a.span())))
+                }
+                None => {
+                    r.error(key, v.span(), "missing key `addr` (\"host:port\")");
+                    None
+                }
+            };
+            let weight = match get(t, "weight") {
+                Some(w) => r
+                    .integer(w, &join(key, "weight"), 1, u64::from(defaults::MAX_WEIGHT))
+                    .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?)),
+                None => Some(NonZeroU32::MIN),
+            };
+            let backup = flag(r, t, key, "backup");
+            let down = flag(r, t, key, "down");
+            let (addr, origin) = addr?;
+            Some(ServerConfig {
+                addr,
+                weight: weight?,
+                backup: backup?,
+                down: down?,
+                origin,
+            })
+        }
+        other => {
+            r.error(
+                key,
+                v.span(),
+                format!(
+                    "expected \"host:port\" or {{ addr = \"host:port\", weight = N }}, found {}",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn flag(r: &mut Reader<'_>, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
+    match get(t, key) {
+        Some(v) => r.boolean(v, &join(path, key)),
+        None => Some(false),
+    }
+}
+
+/// `"10.0.0.1:3000"`, `"[::1]:3000"` or `"app1.internal:3000"`.
+fn server_addr(r: &mut Reader<'_>, key: &str, v: &Value<'_>, text: &str) -> Option<ServerAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            r.error(key, v.span(), "port 0 is not a backend port");
+            return None;
+        }
+        return Some(ServerAddr::Ip(addr));
+    }
+    let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.len() <= 63 && label_chars_ok(label));
+        valid_host.then(|| ServerAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    });
+    if parsed.is_none() {
+        r.error(
+            key,
+            v.span(),
+            format!("`{text}` is not a backend address; write \"host:port\" such as \"127.0.0.1:3000\", \"[::1]:3000\" or \"app1.internal:3000\""),
+        );
+    }
+    parsed
+}
+
+fn label_chars_ok(label: &str) -> bool {
+    label
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !label.starts_with('-')
+}
+
+fn duration_or(
+    r: &mut Reader<'_>,
+    t: &Table<'_>,
+    path: &str,
+    key: &str,
+    default: std::time::Duration,
+) -> std::time::Duration {
+    match get(t, key) {
+        // On error the default stands in so validation can go on; the error still fails the load.
+        Some(v) => r.duration(v, &join(path, key)).unwrap_or(default),
+        None => default,
+    }
+}
+
+fn log_level(r: &mut Reader<'_>, v: &Value<'_>) -> Option<String> {
+    let text = r.string(v, "log_level")?;
+    match tracing_subscriber::EnvFilter::builder().parse(text) {
+        Ok(_) => Some(text.to_string()),
+        Err(e) => {
+            r.error(
+                "log_level",
+                v.span(),
+                format!("`{text}` is not a log filter ({e}); use error, warn, info, debug or trace"),
+            );
+            None
+        }
+    }
+}
+
+fn trusted_proxies(r: &mut Reader<'_>, v: &Value<'_>) -> Vec<ipnet::IpNet> {
+    let Some(items) = r.array(v, "trusted_proxies") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("trusted_proxies[{i}]");
+        let Some(text) = r.string(item, &key) else {
+            continue;
+        };
+        // A bare address is a /32 or /128.
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => r.error(
+                &key,
+                item.span(),
+                format!("`{text}` is not a CIDR block or an IP address, such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    out
+}
+
+fn check_references(
+    r: &mut Reader<'_>,
+    root: &Table<'_>,
+    listeners: &BTreeMap<String, ListenerDraft>,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+) {
+    if get(root, "listeners").is_none() {
+        r.error(
+            "listeners",
+            0..0,
+            "no listeners: add a [listeners.NAME] section with `listen` and `upstream`",
+        );
+    }
+    let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+    let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
+    for (name, draft) in listeners {
+        let l = &draft.config;
+        // An upstream that is written but had errors of its own is already reported.
+        if !upstreams.contains_key(&l.upstream) && !upstream_written(root, &l.upstream) {
+            let hint = did_you_mean(&l.upstream, &names)
+                .map(|c| format!("; did you mean `{c}`?"))
+                .unwrap_or_default();
+            r.error_at(
+                &draft.upstream_origin,
+                format!("no upstream named `{}` is defined{hint}", l.upstream),
+            );
+        }
+        for addr in &l.listen {
+            if addr.port() == 0 {
+                continue; // each port-0 socket gets its own port
+            }
+            if let Some(other) = bound.insert(*addr, name) {
+                r.error_at(
+                    &draft.listen_origin,
+                    format!("listen address {addr} is also used by listener `{other}`"),
+                );
+            }
+        }
+    }
+}
+
+fn upstream_written(root: &Table<'_>, name: &str) -> bool {
+    match get(root, "upstreams").map(|v| v.get_ref()) {
+        Some(DeValue::Table(t)) => get(t, name).is_some(),
+        _ => false,
+    }
+}

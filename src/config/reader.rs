@@ -1,0 +1,223 @@
+//! Typed reads from the spanned TOML tree, collecting every error with its place.
+//!
+//! serde stops at the first error, so rproxy walks `toml::de::DeTable` itself: each getter
+//! records what is wrong (with file, line, column and key path) and returns `None`, and the
+//! caller carries on, so one run reports every problem in the file.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::error::{ConfigError, LineIndex};
+use super::model::Origin;
+
+pub(crate) type Table<'i> = DeTable<'i>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
+
+pub(crate) struct Reader<'a> {
+    file: &'a Path,
+    lines: LineIndex<'a>,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(file: &'a Path, src: &'a str) -> Self {
+        Reader {
+            file,
+            lines: LineIndex::new(src),
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn origin(&self, key: &str, span: Range<usize>) -> Origin {
+        let (line, column) = self.lines.locate(span.start);
+        Origin {
+            key: key.to_string(),
+            line,
+            column,
+        }
+    }
+
+    pub(crate) fn error(&mut self, key: &str, span: Range<usize>, message: impl Into<String>) {
+        let origin = self.origin(key, span);
+        self.error_at(&origin, message);
+    }
+
+    pub(crate) fn error_at(&mut self, origin: &Origin, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line: origin.line,
+            column: origin.column,
+            key: origin.key.clone(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports every key of `table` that is not in `known`, suggesting the closest known one.
+    pub(crate) fn check_keys(&mut self, table: &Table<'_>, path: &str, known: &[&str]) {
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let message = match did_you_mean(name, known) {
+                Some(close) => format!("unknown key `{name}`; did you mean `{close}`?"),
+                None => format!("unknown key `{name}`; expected one of: {}", known.join(", ")),
+            };
+            self.error(&join(path, name), key.span(), message);
+        }
+    }
+
+    pub(crate) fn string<'v>(&mut self, v: &'v Value<'_>, key: &str) -> Option<&'v str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            other => {
+                self.wrong_type(v, key, "a string", other);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn boolean(&mut self, v: &Value<'_>, key: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.wrong_type(v, key, "true or false", other);
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`.
+    pub(crate) fn integer(&mut self, v: &Value<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
+        let DeValue::Integer(int) = v.get_ref() else {
+            self.wrong_type(v, key, "an integer", v.get_ref());
+            return None;
+        };
+        match i128::from_str_radix(int.as_str(), int.radix()) {
+            Ok(n) if n >= i128::from(min) && n <= i128::from(max) => u64::try_from(n).ok(),
+            _ => {
+                self.error(
+                    key,
+                    v.span(),
+                    format!("must be between {min} and {max}, got {}", int.as_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration written as a string: `"500ms"`, `"10s"`, `"2m"`, `"1h 30m"`.
+    pub(crate) fn duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
+        if let DeValue::Integer(_) = v.get_ref() {
+            self.error(
+                key,
+                v.span(),
+                "durations are strings with a unit, such as \"500ms\", \"10s\" or \"2m\"",
+            );
+            return None;
+        }
+        let text = self.string(v, key)?;
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.error(key, v.span(), "must be longer than zero");
+                None
+            }
+            Err(e) => {
+                self.error(
+                    key,
+                    v.span(),
+                    format!("`{text}` is not a duration ({e}); write for example \"500ms\", \"10s\" or \"2m\""),
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn table<'v, 'i>(&mut self, v: &'v Value<'i>, key: &str) -> Option<&'v Table<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.wrong_type(v, key, "a table", other);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn array<'v, 'i>(
+        &mut self,
+        v: &'v Value<'i>,
+        key: &str,
+    ) -> Option<&'v [Value<'i>]> {
+        match v.get_ref() {
+            DeValue::Array(a) => Some(a),
+            other => {
+                self.wrong_type(v, key, "an array", other);
+                None
+            }
+        }
+    }
+
+    fn wrong_type(&mut self, v: &Value<'_>, key: &str, expected: &str, found: &DeValue<'_>) {
+        self.error(
+            key,
+            v.span(),
+            format!("expected {expected}, found {}", found.type_str()),
+        );
+    }
+}
+
+/// Looks a key up in a spanned table.
+pub(crate) fn get<'t, 'i>(table: &'t Table<'i>, key: &str) -> Option<&'t Value<'i>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v)
+}
+
+/// Entries of a table with their key spans, in file order.
+pub(crate) fn entries<'t, 'i>(
+    table: &'t Table<'i>,
+) -> Vec<(&'t Spanned<Cow<'i, str>>, &'t Value<'i>)> {
+    let mut all: Vec<_> = table.iter().collect();
+    all.sort_by_key(|(k, _)| k.span().start);
+    all
+}
+
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The closest candidate to a misspelt name, if it is close enough to be the likely intent.
+pub(crate) fn did_you_mean<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(name, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(
+            did_you_mean("wieght", &["weight", "addr", "backup"]),
+            Some("weight")
+        );
+        assert_eq!(did_you_mean("upstrem", &["listen", "upstream"]), Some("upstream"));
+        assert_eq!(did_you_mean("zzz", &["weight", "addr"]), None);
+    }
+}

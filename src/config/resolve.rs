@@ -1,0 +1,80 @@
+//! Name resolution for backend addresses, done once when a configuration is loaded.
+//!
+//! As in nginx, a server written as a host name becomes one backend per address the name
+//! resolves to, each with the server's weight and flags.
+
+use std::net::SocketAddr;
+
+use super::error::{ConfigError, ConfigErrors};
+use super::model::{Config, ServerAddr, ServerConfig, UpstreamConfig};
+
+/// One backend: a resolved address with the settings of the server line it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedServer {
+    pub addr: SocketAddr,
+    /// As written in the file (a name, or the address itself).
+    pub written: String,
+    pub config: ServerConfig,
+}
+
+/// Resolves every server of `upstream`; errors name the server's key in `config`'s file.
+pub async fn resolve_servers(
+    config: &Config,
+    upstream: &UpstreamConfig,
+) -> Result<Vec<ResolvedServer>, ConfigErrors> {
+    let mut out = Vec::with_capacity(upstream.servers.len());
+    let mut errors = Vec::new();
+    for server in &upstream.servers {
+        let addrs = match &server.addr {
+            ServerAddr::Ip(addr) => Ok(vec![*addr]),
+            ServerAddr::Name { host, port } => {
+                tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map(|it| {
+                        let mut v: Vec<SocketAddr> = it.collect();
+                        // Sorted so the backend order (and so the round-robin order) is stable.
+                        v.sort();
+                        v.dedup();
+                        v
+                    })
+                    .map_err(|e| format!("cannot resolve `{host}`: {e}"))
+            }
+        };
+        match addrs {
+            Ok(addrs) if addrs.is_empty() => errors.push(error(config, server, "resolves to no address".into())),
+            Ok(addrs) => {
+                for addr in addrs {
+                    if let Some(dup) = out.iter().find(|s: &&ResolvedServer| s.addr == addr) {
+                        errors.push(error(
+                            config,
+                            server,
+                            format!("`{}` resolves to {addr}, which `{}` in the same upstream already is", server.addr, dup.written),
+                        ));
+                        continue;
+                    }
+                    out.push(ResolvedServer {
+                        addr,
+                        written: server.addr.to_string(),
+                        config: server.clone(),
+                    });
+                }
+            }
+            Err(message) => errors.push(error(config, server, message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn error(config: &Config, server: &ServerConfig, message: String) -> ConfigError {
+    ConfigError {
+        file: config.source.clone(),
+        line: server.origin.line,
+        column: server.origin.column,
+        key: server.origin.key.clone(),
+        message,
+    }
+}

@@ -1,0 +1,80 @@
+//! Answers rproxy gives itself when it cannot pass a backend's answer on.
+//!
+//! Each failure maps to exactly one status and a short plain-text body, so clients and
+//! monitoring can tell "no backend could be reached" (502) from "no backend to try" (503) and
+//! "the backend was too slow" (504).
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::upstream::ProxyBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Every backend the request was sent to failed before answering.
+    #[error("every backend failed")]
+    AllBackendsFailed,
+    /// The pool had no backend that could be tried (all down).
+    #[error("no backend available")]
+    NoBackend,
+    /// A backend did not send response headers within the response timeout.
+    #[error("backend response timed out")]
+    UpstreamTimeout,
+    /// The client's request body was malformed or cut off.
+    #[error("malformed or incomplete request body")]
+    ClientBodyBroken,
+    /// The client stopped sending its request body.
+    #[error("request body timed out")]
+    ClientBodyTimeout,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::AllBackendsFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBodyBroken => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    pub fn response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        );
+        let mut resp = Response::new(ProxyBody::local(text));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(
+            self,
+            ProxyError::ClientBodyBroken | ProxyError::ClientBodyTimeout
+        ) {
+            // The rest of a broken body cannot be found on this connection: do not reuse it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// An error with its whole `source()` chain, for log lines ("client error (Connect): tcp
+/// connect error: Connection refused").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

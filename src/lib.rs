@@ -1,0 +1,18 @@
+//! rproxy: a layer-4/7 reverse-proxy load balancer.
+//!
+//! The modules follow a request: `listener` accepts it, `router` picks the pool, `balancer`
+//! picks a backend of that pool, `upstream` forwards it. `config` is the validated file and
+//! `state` the runtime snapshot built from it; `server` ties them together at start and stop.
+
+pub mod access_log;
+pub mod balancer;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+pub use server::{Server, StartError, stop_signal};

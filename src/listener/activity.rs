@@ -1,0 +1,162 @@
+//! What a client connection is doing, for the timeouts hyper does not enforce the way a proxy
+//! needs them.
+//!
+//! hyper's HTTP/1 header timeout starts as soon as a keep-alive connection goes idle, so it
+//! cannot tell "slow request head" from "idle between requests". rproxy tracks both here:
+//! requests in progress (a guard per request), when the connection last became idle, and when
+//! the first byte of a new request head arrived. A watchdog task per connection reads this.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const NONE: u64 = u64::MAX;
+
+#[derive(Debug)]
+pub struct ConnActivity {
+    epoch: Instant,
+    active: AtomicU64,
+    requests: AtomicU64,
+    /// Milliseconds since `epoch` when the connection last became idle.
+    idle_since: AtomicU64,
+    /// Milliseconds since `epoch` of the first byte read while idle, or `NONE`.
+    head_started: AtomicU64,
+}
+
+/// Held while a request is in progress (until its response body is done or dropped).
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<ConnActivity>);
+
+/// Why the watchdog wants the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A request head (or the first bytes of a new connection) did not arrive in time.
+    HeaderTimeout,
+    /// The connection sat idle between requests for the keep-alive timeout.
+    Idle,
+}
+
+impl ConnActivity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(ConnActivity {
+            epoch: Instant::now(),
+            active: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    pub fn begin(self: &Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(NONE, Ordering::Release);
+        ActiveRequest(Arc::clone(self))
+    }
+
+    /// Called by the connection's reader after bytes arrived.
+    pub fn bytes_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Relaxed) == NONE
+        {
+            self.head_started.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the connection should be closed: a request head took longer than
+    /// `header_timeout` (HTTP/1 only: on HTTP/2 bytes between requests are control frames),
+    /// or no request was in progress for `keepalive` (before the first request, for
+    /// `header_timeout`).
+    pub async fn watch(&self, header_timeout: Duration, keepalive: Duration, http1: bool) -> Expiry {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE / 2);
+        loop {
+            let now = self.now_ms();
+            let (deadline, expiry) = if self.active.load(Ordering::Acquire) > 0 {
+                // Busy: body timeouts guard the request itself; look again later.
+                (now + ms(keepalive.min(header_timeout)), None)
+            } else {
+                let head = self.head_started.load(Ordering::Acquire);
+                let idle = self.idle_since.load(Ordering::Acquire);
+                if http1 && head != NONE {
+                    (head.saturating_add(ms(header_timeout)), Some(Expiry::HeaderTimeout))
+                } else if self.requests() == 0 {
+                    (idle.saturating_add(ms(header_timeout)), Some(Expiry::HeaderTimeout))
+                } else {
+                    (idle.saturating_add(ms(keepalive)), Some(Expiry::Idle))
+                }
+            };
+            if let Some(expiry) = expiry
+                && now >= deadline
+            {
+                return expiry;
+            }
+            tokio::time::sleep_until(self.epoch + Duration::from_millis(deadline)).await;
+        }
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        conn.idle_since.store(conn.now_ms(), Ordering::Release);
+        conn.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_new_connection_hits_the_header_timeout() {
+        let a = ConnActivity::new();
+        let t0 = Instant::now();
+        let e = a.watch(Duration::from_secs(10), Duration::from_secs(75), true).await;
+        assert_eq!(e, Expiry::HeaderTimeout);
+        assert_eq!(t0.elapsed().as_secs(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_after_a_request_uses_keepalive_and_a_started_head_the_header_timeout() {
+        let a = ConnActivity::new();
+        drop(a.begin());
+        let t0 = Instant::now();
+        let e = a.watch(Duration::from_secs(10), Duration::from_secs(75), true).await;
+        assert_eq!((e, t0.elapsed().as_secs()), (Expiry::Idle, 75));
+
+        let a = ConnActivity::new();
+        drop(a.begin());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        a.bytes_read();
+        let t0 = Instant::now();
+        let e = a.watch(Duration::from_secs(10), Duration::from_secs(75), true).await;
+        assert_eq!((e, t0.elapsed().as_secs()), (Expiry::HeaderTimeout, 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_progress_is_never_timed_out_here() {
+        let a = ConnActivity::new();
+        let req = a.begin();
+        let watch = a.watch(Duration::from_secs(1), Duration::from_secs(1), true);
+        tokio::pin!(watch);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), &mut watch)
+                .await
+                .is_err()
+        );
+        drop(req);
+        let t0 = Instant::now();
+        assert_eq!(watch.await, Expiry::Idle);
+        assert!(t0.elapsed() <= Duration::from_secs(2));
+    }
+}

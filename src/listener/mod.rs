@@ -1,0 +1,13 @@
+//! Listeners: where requests enter. Binds sockets, accepts connections, speaks HTTP/1.1 and
+//! HTTP/2 to clients, and hands each request to the router and upstream.
+//!
+//! Next in the flow: `router` (which pool), then `upstream::forward`.
+
+mod activity;
+mod bind;
+mod http;
+mod io;
+
+pub use activity::{ActiveRequest, ConnActivity};
+pub use bind::bind;
+pub use http::serve_listener;

@@ -1,0 +1,99 @@
+//! The `rproxy` command: parse the command line, load the configuration, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// A reverse-proxy load balancer: the nginx upstream block, done better.
+#[derive(Debug, Parser)]
+#[command(name = "rproxy", version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "upstream.toml")]
+    config: PathBuf,
+
+    /// Check the configuration and exit: prints `ok`, or every error found (exit 1).
+    #[arg(short = 't', long = "test")]
+    test: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match rproxy::config::load(&cli.config) {
+        Ok(config) => config,
+        Err(errors) => return report(&cli, &errors),
+    };
+
+    let workers = config
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(if cli.test { 1 } else { workers })
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rproxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    if cli.test {
+        // Name resolution is part of the check, as with `nginx -t`; nothing is bound.
+        let resolved = runtime.block_on(rproxy::state::build_snapshot(config.into()));
+        return match resolved {
+            Ok(_) => {
+                println!("ok: {} is valid", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report(&cli, &errors),
+        };
+    }
+
+    init_logging(config.log_level.as_deref());
+    let code = runtime.block_on(async {
+        let server = match rproxy::Server::bind(config).await {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %cli.config.display(),
+            workers,
+            "rproxy started"
+        );
+        server.run(rproxy::stop_signal()).await;
+        ExitCode::SUCCESS
+    });
+    // Anything still running (a stuck name lookup) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+fn report(cli: &Cli, errors: &rproxy::config::ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    let n = errors.len();
+    eprintln!(
+        "rproxy: {} has {n} error{}",
+        cli.config.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::FAILURE
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

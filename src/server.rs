@@ -1,0 +1,148 @@
+//! The running proxy: binds every listener, serves until told to stop, then drains.
+//!
+//! `Server::bind` does everything that can fail at start (name resolution, binding) before any
+//! traffic is accepted, so a bad start is reported, not half-served. `run` waits for the
+//! shutdown signal, stops accepting, lets requests in progress finish within the drain
+//! timeout, and returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigErrors};
+use crate::listener::{bind, serve_listener};
+use crate::state::{SharedState, build_snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("listener `{listener}`: cannot listen on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server {
+    state: SharedState,
+    listeners: Vec<BoundListener>,
+    drain_timeout: Duration,
+}
+
+struct BoundListener {
+    name: Arc<str>,
+    socket: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Builds the runtime state and binds every listen address.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let drain_timeout = config.drain_timeout;
+        let config = Arc::new(config);
+        let snapshot = build_snapshot(Arc::clone(&config)).await?;
+        let mut listeners = Vec::new();
+        for (name, l) in &config.listeners {
+            for addr in &l.listen {
+                let socket = bind(*addr).map_err(|source| StartError::Bind {
+                    listener: name.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+                // Port 0 asks the system for a port: report the one it chose.
+                let addr = socket.local_addr().unwrap_or(*addr);
+                listeners.push(BoundListener {
+                    name: Arc::from(name.as_str()),
+                    socket,
+                    addr,
+                });
+            }
+        }
+        crate::metrics::describe();
+        Ok(Server {
+            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            listeners,
+            drain_timeout,
+        })
+    }
+
+    /// `(listener name, bound address)` for every socket.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name.to_string(), l.addr))
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then drains. Returns the number of connections that
+    /// were still open when the drain timeout ran out (0 after a clean drain).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let accept_loops = TaskTracker::new();
+        for l in self.listeners {
+            tracing::info!(listener = %l.name, addr = %l.addr, "listening");
+            accept_loops.spawn(serve_listener(
+                l.socket,
+                l.name,
+                Arc::clone(&self.state),
+                stop.clone(),
+                connections.clone(),
+            ));
+        }
+        accept_loops.close();
+        shutdown.await;
+
+        tracing::info!(drain_timeout = ?self.drain_timeout, "shutting down: no new connections, finishing requests in progress");
+        stop.cancel();
+        accept_loops.wait().await;
+        connections.close();
+        if tokio::time::timeout(self.drain_timeout, connections.wait())
+            .await
+            .is_err()
+        {
+            let left = connections.len();
+            tracing::warn!(connections = left, "drain timeout reached; closing the connections still open");
+            return left;
+        }
+        tracing::info!("all connections drained");
+        0
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. SIGHUP is logged and ignored for now (reload comes
+/// with its own issue) rather than killing the process, which is SIGHUP's default action.
+/// After the first stop signal, a second one exits the process at once.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop rproxy with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; configuration unchanged"),
+        }
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second stop signal: exiting now without waiting for requests in progress");
+        std::process::exit(1);
+    });
+}

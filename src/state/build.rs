@@ -1,0 +1,58 @@
+//! Building a snapshot from a validated configuration: resolve names, make pools and their
+//! clients, attach each listener to its pool.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigErrors, resolve_servers};
+use crate::upstream::Pool;
+
+use super::{ListenerRuntime, Snapshot};
+
+/// Builds the runtime state for `config`. Fails only when a server name cannot be resolved;
+/// every such failure is reported, not just the first.
+pub async fn build_snapshot(config: Arc<Config>) -> Result<Snapshot, ConfigErrors> {
+    let mut pools = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, upstream) in &config.upstreams {
+        match resolve_servers(&config, upstream).await {
+            Ok(servers) => {
+                if servers.iter().all(|s| s.config.down) {
+                    tracing::warn!(upstream = %name, "every server of this upstream is marked down: its requests get 503");
+                }
+                pools.insert(name.clone(), Arc::new(Pool::new(upstream, servers)));
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut listeners = HashMap::new();
+    for (name, l) in &config.listeners {
+        // Validation guarantees the upstream exists; a miss here would be a bug, reported as
+        // a config error rather than a panic.
+        let Some(pool) = pools.get(&l.upstream) else {
+            return Err(ConfigErrors::whole_file(
+                &config.source,
+                format!("listeners.{name}.upstream: no upstream named `{}`", l.upstream),
+            ));
+        };
+        listeners.insert(
+            name.clone(),
+            Arc::new(ListenerRuntime {
+                name: Arc::from(name.as_str()),
+                pool: Arc::clone(pool),
+                header_timeout: l.header_timeout,
+                keepalive_timeout: l.keepalive_timeout,
+                body_timeout: l.body_timeout,
+            }),
+        );
+    }
+    Ok(Snapshot {
+        trusted_proxies: config.trusted_proxies.clone(),
+        config,
+        listeners,
+        pools,
+    })
+}

@@ -1,0 +1,334 @@
+//! Bodies in flight: the client's request body on its way to a backend, and the answer on its
+//! way back. Both stream frame by frame (hyper's back-pressure, nothing buffered whole) and
+//! both end the exchange when no bytes move for the configured body timeout.
+//!
+//! The request body sits in a shared slot until the upstream connection first asks for it, so
+//! the forwarder can tell whether any of it left rproxy: if not, the request may still go to
+//! another backend. The response body carries the guards whose drop marks the end of a
+//! request: the backend's in-flight count, the connection's activity, and the access log line.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::access_log::AccessRecord;
+use crate::listener::ActiveRequest;
+
+use super::pool::InFlightGuard;
+
+pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Fires when a body has made no progress for `timeout`. One timer per body, re-armed in place.
+#[derive(Debug)]
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        IdleTimer {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// Call after the inner body made progress.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// Call when the inner body is pending: true once it has been pending for `timeout`.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {0:?}")]
+pub(super) struct BodyTimeout(pub Duration);
+
+/// Why the client's request body stopped, if it did not end normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientBodyFailure {
+    /// The client's body was malformed or the client went away.
+    Broken,
+    /// The client sent nothing for the listener's body timeout.
+    TimedOut,
+}
+
+/// Holds the client's request body until one upstream connection takes it.
+#[derive(Debug)]
+pub(super) struct RequestBodySlot {
+    body: Mutex<Option<Incoming>>,
+    taken: AtomicBool,
+    failure: AtomicU8,
+    idle_timeout: Duration,
+    end_stream: bool,
+    size_hint: SizeHint,
+}
+
+impl RequestBodySlot {
+    pub(super) fn new(body: Incoming, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(RequestBodySlot {
+            end_stream: body.is_end_stream(),
+            size_hint: body.size_hint(),
+            body: Mutex::new(Some(body)),
+            taken: AtomicBool::new(false),
+            failure: AtomicU8::new(0),
+            idle_timeout,
+        })
+    }
+
+    /// Whether any upstream connection has started reading the body. Until then the request
+    /// has not left rproxy and may be sent to another backend.
+    pub(super) fn taken(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    pub(super) fn failure(&self) -> Option<ClientBodyFailure> {
+        match self.failure.load(Ordering::Acquire) {
+            1 => Some(ClientBodyFailure::Broken),
+            2 => Some(ClientBodyFailure::TimedOut),
+            _ => None,
+        }
+    }
+
+    /// A body for one attempt. Only the first attempt that polls it gets the bytes.
+    pub(super) fn attempt(self: &Arc<Self>) -> UpstreamRequestBody {
+        UpstreamRequestBody {
+            state: BodyState::Waiting(Arc::clone(self)),
+            end_stream: self.end_stream,
+            size_hint: self.size_hint,
+        }
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        self.taken.store(true, Ordering::Release);
+        self.body.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn fail(&self, why: ClientBodyFailure) {
+        let code = match why {
+            ClientBodyFailure::Broken => 1,
+            ClientBodyFailure::TimedOut => 2,
+        };
+        self.failure.store(code, Ordering::Release);
+    }
+}
+
+/// The request body as sent to one backend.
+#[derive(Debug)]
+pub struct UpstreamRequestBody {
+    state: BodyState,
+    end_stream: bool,
+    size_hint: SizeHint,
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Waiting(Arc<RequestBodySlot>),
+    Streaming {
+        body: Incoming,
+        idle: IdleTimer,
+        slot: Arc<RequestBodySlot>,
+    },
+    Done,
+}
+
+impl Body for UpstreamRequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let BodyState::Waiting(slot) = &this.state {
+            let slot = Arc::clone(slot);
+            this.state = match slot.take() {
+                Some(body) => BodyState::Streaming {
+                    body,
+                    idle: IdleTimer::new(slot.idle_timeout),
+                    slot,
+                },
+                None => {
+                    this.state = BodyState::Done;
+                    return Poll::Ready(Some(Err("request body already sent elsewhere".into())));
+                }
+            };
+        }
+        let BodyState::Streaming { body, idle, slot } = &mut this.state else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                idle.progressed();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                slot.fail(ClientBodyFailure::Broken);
+                this.state = BodyState::Done;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.state = BodyState::Done;
+                Poll::Ready(None)
+            }
+            Poll::Pending if idle.expired(cx) => {
+                let timeout = slot.idle_timeout;
+                slot.fail(ClientBodyFailure::TimedOut);
+                this.state = BodyState::Done;
+                Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            BodyState::Waiting(_) => self.end_stream,
+            BodyState::Streaming { body, .. } => body.is_end_stream(),
+            BodyState::Done => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            BodyState::Waiting(_) => self.size_hint,
+            BodyState::Streaming { body, .. } => body.size_hint(),
+            BodyState::Done => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The body of every response rproxy sends to a client: a backend's streamed body or a short
+/// message of rproxy's own. Dropping it (end of body, or client gone) ends the request.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: Inner,
+    bytes: u64,
+    complete: bool,
+    log: Option<AccessRecord>,
+    _in_flight: Option<InFlightGuard>,
+    _active: Option<ActiveRequest>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Upstream { body: Incoming, idle: IdleTimer },
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, idle_timeout: Duration, in_flight: InFlightGuard) -> Self {
+        ProxyBody {
+            inner: Inner::Upstream {
+                body,
+                idle: IdleTimer::new(idle_timeout),
+            },
+            bytes: 0,
+            complete: false,
+            log: None,
+            _in_flight: Some(in_flight),
+            _active: None,
+        }
+    }
+
+    pub fn local(text: impl Into<Bytes>) -> Self {
+        ProxyBody {
+            inner: Inner::Local(Some(text.into())),
+            bytes: 0,
+            complete: false,
+            log: None,
+            _in_flight: None,
+            _active: None,
+        }
+    }
+
+    /// Attaches what must be finished when the response is: the access log line and the
+    /// connection's activity guard.
+    pub fn finish_with(mut self, log: Option<AccessRecord>, active: ActiveRequest) -> Self {
+        self.log = log;
+        self._active = Some(active);
+        self
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.emit(self.bytes, self.complete);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending if idle.expired(cx) => {
+                    Poll::Ready(Some(Err(BodyTimeout(idle.timeout).into())))
+                }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => {
+                    idle.progressed();
+                    Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+                }
+            },
+        };
+        let frame = ready!(polled);
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "response body from backend failed; closing the client's response");
+            }
+            None => this.complete = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Forwarding one request: pick a backend, send, fail over, and hand the answer back.
+//!
+//! Called by the listener for every request, after the router chose the pool. A request goes
+//! to the next backend in balancing order only while that is safe: the failure happened before
+//! any of the request body left rproxy, and either nothing reached the backend (connect error)
+//! or the method is idempotent. A request is never sent to the same backend twice. When no
+//! attempt succeeded the client gets 502; when there was nothing to try, 503; when a backend
+//! was too slow to answer, 504.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::AccessRecord;
+use crate::balancer::{PickContext, Tried};
+use crate::error::{ProxyError, error_chain};
+use crate::listener::ActiveRequest;
+use crate::metrics::{
+    REQUESTS_TOTAL, UPSTREAM_ERRORS_TOTAL, UPSTREAM_RETRIES_TOTAL, status_class,
+};
+use crate::state::ListenerRuntime;
+
+use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
+use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
+
+/// Everything about the client connection a request needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+/// Forwards `req` through `listener`'s pool and returns the response for the client.
+pub async fn forward(
+    listener: &ListenerRuntime,
+    trusted_proxies: &[ipnet::IpNet],
+    peer: Peer,
+    req: Request<Incoming>,
+    active: ActiveRequest,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let pool = &listener.pool;
+    let (mut parts, body) = req.into_parts();
+
+    // Absolute-form targets and HTTP/2's :authority carry the host; HTTP/1.1 upstream needs
+    // it in `Host`.
+    if let Some(authority) = parts.uri.authority()
+        && (parts.version == Version::HTTP_2 || parts.uri.scheme().is_some())
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    remove_hop_by_hop(&mut parts.headers);
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    let client_ip = set_forwarding(&mut parts.headers, peer.addr, trusted_proxies, peer.proto);
+
+    let mut log = AccessRecord::enabled().then(|| AccessRecord {
+        listener: Arc::clone(&listener.name),
+        client: client_ip,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        status: 0,
+        backend: None,
+        upstream_time: None,
+        started,
+    });
+
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let slot = RequestBodySlot::new(body, listener.body_timeout);
+    let ctx = PickContext { client_ip };
+    let mut tried = Tried::default();
+
+    let outcome = loop {
+        let Some(index) = pool.select(&ctx, &tried) else {
+            break if tried.is_empty() {
+                tracing::error!(upstream = %pool.name, "no backend available (all down)");
+                Err(ProxyError::NoBackend)
+            } else {
+                tracing::error!(upstream = %pool.name, "every backend failed");
+                Err(ProxyError::AllBackendsFailed)
+            };
+        };
+        tried.insert(index);
+        let backend = &pool.backends()[index];
+
+        let mut upstream_req = Request::new(slot.attempt());
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.uri_mut() = backend_uri(backend.authority.clone(), path.clone());
+        *upstream_req.headers_mut() = parts.headers.clone();
+
+        let in_flight = backend.live.start();
+        let sent = Instant::now();
+        match tokio::time::timeout(pool.timeouts.response, pool.client.request(upstream_req)).await
+        {
+            Ok(Ok(resp)) => {
+                if let Some(log) = &mut log {
+                    log.status = resp.status().as_u16();
+                    log.backend = Some(backend.addr);
+                    log.upstream_time = Some(sent.elapsed());
+                }
+                let (mut head, body) = resp.into_parts();
+                remove_hop_by_hop(&mut head.headers);
+                let body = ProxyBody::upstream(body, pool.timeouts.body, in_flight);
+                break Ok(Response::from_parts(head, body));
+            }
+            Ok(Err(e)) => {
+                backend.live.record_failure();
+                if let Some(why) = slot.failure() {
+                    // The client's side broke, not the backend: answer the client for that.
+                    tracing::info!(client = %client_ip, backend = %backend.addr, ?why, "client request body failed");
+                    break Err(match why {
+                        ClientBodyFailure::Broken => ProxyError::ClientBodyBroken,
+                        ClientBodyFailure::TimedOut => ProxyError::ClientBodyTimeout,
+                    });
+                }
+                let retry = !slot.taken() && (e.is_connect() || is_idempotent(&parts.method));
+                let kind = if e.is_connect() { "connect" } else { "request" };
+                metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => Arc::clone(&pool.name), "kind" => kind).increment(1);
+                tracing::warn!(
+                    upstream = %pool.name,
+                    backend = %backend.addr,
+                    error = %error_chain(&e),
+                    retry,
+                    "backend request failed"
+                );
+                if !retry {
+                    break Err(ProxyError::AllBackendsFailed);
+                }
+                metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => Arc::clone(&pool.name)).increment(1);
+            }
+            Err(_) => {
+                backend.live.record_failure();
+                metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => Arc::clone(&pool.name), "kind" => "timeout").increment(1);
+                tracing::error!(
+                    upstream = %pool.name,
+                    backend = %backend.addr,
+                    timeout = ?pool.timeouts.response,
+                    "backend sent no response head in time"
+                );
+                if let Some(log) = &mut log {
+                    log.backend = Some(backend.addr);
+                }
+                break Err(ProxyError::UpstreamTimeout);
+            }
+        }
+    };
+
+    let response = outcome.unwrap_or_else(ProxyError::response);
+    let status = response.status().as_u16();
+    metrics::counter!(
+        REQUESTS_TOTAL,
+        "listener" => Arc::clone(&listener.name),
+        "upstream" => Arc::clone(&pool.name),
+        "code" => status_class(status)
+    )
+    .increment(1);
+    if let Some(log) = &mut log {
+        log.status = status;
+    }
+    let (head, body) = response.into_parts();
+    Response::from_parts(head, body.finish_with(log, active))
+}
+
+/// Methods that RFC 9110 defines as idempotent: sending them twice has the effect of once.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// `http://<backend>/<path and query>`: the client connects by the authority and sends the
+/// path in origin form.
+fn backend_uri(authority: http::uri::Authority, path: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    // Scheme, authority and path are each already valid, and together they always form a URI.
+    Uri::from_parts(parts).unwrap_or_default()
+}

@@ -1,0 +1,240 @@
+//! Header rewriting on the way to a backend and back.
+//!
+//! Hop-by-hop headers, and every header the `Connection` header names, belong to one connection
+//! and are removed in both directions *before* rproxy adds its own, so a client cannot make
+//! rproxy drop `X-Forwarded-For` by listing it in `Connection`. The forwarding headers are
+//! replaced unless the peer is a trusted proxy, in which case its chain is extended and the
+//! client is the right-most address in it that is not itself a trusted proxy.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes hop-by-hop headers and the headers named in `Connection`.
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets the forwarding headers and returns the client address as rproxy determined it.
+pub(super) fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    trusted: &[IpNet],
+    proto: &'static str,
+) -> IpAddr {
+    let peer_ip = peer.ip().to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer_trusted = is_trusted(&peer_ip);
+    let chain = if peer_trusted { joined(headers, &X_FORWARDED_FOR) } else { None };
+
+    let client = match &chain {
+        Some(chain) => client_from_chain(chain, peer_ip, is_trusted),
+        None => peer_ip,
+    };
+    let xff = match chain {
+        Some(chain) => format!("{chain}, {peer_ip}"),
+        None => peer_ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::try_from(client.to_string()) {
+        headers.insert(X_REAL_IP.clone(), v);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    if !peer_trusted {
+        // rproxy does not write `Forwarded`; an untrusted client's is a forgery.
+        headers.remove(header::FORWARDED);
+    }
+    client
+}
+
+/// All values of a header joined with ", ", or `None` if it is absent or not text.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let text = v.to_str().ok()?.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(text);
+            }
+            None => out = Some(text.to_string()),
+        }
+    }
+    out
+}
+
+/// Walks the chain from the right, skipping trusted proxies; the first other address is the
+/// client. An entry that is not an address ends the walk at the last good one.
+fn client_from_chain(chain: &str, peer: IpAddr, is_trusted: impl Fn(&IpAddr) -> bool) -> IpAddr {
+    let mut client = peer;
+    for hop in chain.rsplit(',') {
+        let Some(ip) = parse_hop(hop.trim()) else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs them as one (RFC 9113 8.2.3).
+pub(super) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let parts: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let joined = parts.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().expect("ip"), 5555)
+    }
+
+    #[test]
+    fn connection_cannot_remove_forwarding_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Forwarded-For, x-secret"),
+            ("x-secret", "1"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("host", "example.com"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let client = set_forwarding(&mut h, peer("192.0.2.7"), &[], "http");
+        assert_eq!(client, "192.0.2.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        for gone in ["connection", "x-secret", "te", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} must be removed");
+        }
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_forge_anything() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        set_forwarding(&mut h, peer("192.0.2.7"), &trusted, "http");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_extended_and_client_is_rightmost_untrusted() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9, 198.51.100.1"),
+            ("x-forwarded-for", "10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let client = set_forwarding(&mut h, peer("10.0.0.2"), &trusted, "http");
+        assert_eq!(client, "198.51.100.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.9, 198.51.100.1, 10.1.1.1, 10.0.0.2"
+        );
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn trusted_chain_with_garbage_stops_at_last_good_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut h = map(&[("x-forwarded-for", "not-an-ip, 10.9.9.9")]);
+        let client = set_forwarding(&mut h, peer("10.0.0.2"), &trusted, "http");
+        assert_eq!(client, "10.9.9.9".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn cookies_are_joined_for_http1() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+    }
+}

@@ -1,0 +1,16 @@
+//! Upstream: the pools of backends, the pooled client that reaches them, and forwarding.
+//!
+//! The listener calls [`forward`] for each request with the pool the router chose; the pool's
+//! balancer picks a backend, the client sends the request over a kept-alive connection, and
+//! the answer streams back through [`ProxyBody`].
+
+mod body;
+mod client;
+mod forward;
+mod headers;
+mod pool;
+
+pub use body::ProxyBody;
+pub use client::UpstreamClient;
+pub use forward::{Peer, forward};
+pub use pool::{Backend, BackendLive, Pool};

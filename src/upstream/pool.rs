@@ -1,0 +1,216 @@
+//! A pool of backends (one `[upstreams.NAME]`): who may be chosen, and in which tier.
+//!
+//! The router hands a request to a pool; the pool asks its balancer for a primary backend and,
+//! when no primary is left (all down or already tried), for a backup. That decision, and the
+//! "nothing left" outcome, live here and nowhere else. Per-backend live numbers sit in an `Arc`
+//! keyed by the backend's address so that a rebuilt pool (reload) can carry them over.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::balancer::{Balancer, PickContext, RoundRobin, Tried};
+use crate::config::{BalancePolicy, ResolvedServer, UpstreamConfig};
+
+use super::client::{UpstreamClient, build_client};
+
+/// One backend address of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The server as written in the configuration (a name or an address).
+    pub written: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub down: bool,
+    /// `addr` as a URI authority, built once for every request's URI.
+    pub authority: Authority,
+    pub live: Arc<BackendLive>,
+}
+
+/// Numbers that change while traffic flows; shared across threads and kept across reloads.
+#[derive(Debug, Default)]
+pub struct BackendLive {
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl BackendLive {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request as started; the count drops again when the guard is dropped, whatever
+    /// way the request ends.
+    pub(crate) fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(self))
+    }
+}
+
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<BackendLive>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-pool timeouts, read on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimeouts {
+    pub response: Duration,
+    pub body: Duration,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    /// Primaries first, then backups, each in file order. Indices into this are what `Tried`
+    /// holds for one request; they are never kept beyond it.
+    backends: Vec<Arc<Backend>>,
+    primaries: usize,
+    primary_balancer: Box<dyn Balancer>,
+    backup_balancer: Box<dyn Balancer>,
+    pub client: UpstreamClient,
+    pub timeouts: PoolTimeouts,
+}
+
+impl Pool {
+    pub fn new(config: &UpstreamConfig, servers: Vec<ResolvedServer>) -> Self {
+        let (primary, backup): (Vec<_>, Vec<_>) =
+            servers.into_iter().partition(|s| !s.config.backup);
+        let primaries = primary.len();
+        let backends: Vec<Arc<Backend>> = primary
+            .into_iter()
+            .chain(backup)
+            .map(|s| Arc::new(backend(s)))
+            .collect();
+        let policy = |tier: &[Arc<Backend>]| -> Box<dyn Balancer> {
+            match config.balance {
+                BalancePolicy::RoundRobin => Box::new(RoundRobin::new(tier.iter().map(|b| b.weight))),
+            }
+        };
+        Pool {
+            name: Arc::from(config.name.as_str()),
+            primary_balancer: policy(&backends[..primaries]),
+            backup_balancer: policy(&backends[primaries..]),
+            backends,
+            primaries,
+            client: build_client(config),
+            timeouts: PoolTimeouts {
+                response: config.response_timeout,
+                body: config.body_timeout,
+            },
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// The next backend for a request that has already been sent to `tried`: a primary if
+    /// one is eligible, else a backup, else `None`.
+    pub fn select(&self, ctx: &PickContext, tried: &Tried) -> Option<usize> {
+        let (primaries, backups) = self.backends.split_at(self.primaries);
+        let eligible = |i: usize| !primaries[i].down && !tried.contains(i);
+        if let Some(i) = self.primary_balancer.pick(ctx, &eligible) {
+            return Some(i);
+        }
+        let offset = self.primaries;
+        let eligible = |i: usize| !backups[i].down && !tried.contains(offset + i);
+        self.backup_balancer
+            .pick(ctx, &eligible)
+            .map(|i| offset + i)
+    }
+}
+
+fn backend(s: ResolvedServer) -> Backend {
+    // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
+    let authority = Authority::try_from(s.addr.to_string().as_str())
+        .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
+    Backend {
+        addr: s.addr,
+        written: s.written,
+        weight: s.config.weight.get(),
+        backup: s.config.backup,
+        down: s.config.down,
+        authority,
+        live: Arc::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::path::Path;
+
+    const CTX: PickContext = PickContext {
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+
+    fn pool(servers: &str) -> Pool {
+        let text = format!(
+            "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [{servers}]\n"
+        );
+        let config = parse(Path::new("t.toml"), &text).expect("valid test config");
+        let up = &config.upstreams["u"];
+        let resolved = up
+            .servers
+            .iter()
+            .map(|s| ResolvedServer {
+                addr: match s.addr {
+                    crate::config::ServerAddr::Ip(a) => a,
+                    crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
+                },
+                written: s.addr.to_string(),
+                config: s.clone(),
+            })
+            .collect();
+        Pool::new(up, resolved)
+    }
+
+    fn port(p: &Pool, i: usize) -> u16 {
+        p.backends()[i].addr.port()
+    }
+
+    #[tokio::test]
+    async fn backups_only_after_every_primary_is_tried() {
+        let p = pool(
+            r#""127.0.0.1:1", { addr = "127.0.0.1:2", backup = true }, "127.0.0.1:3", { addr = "127.0.0.1:4", down = true }"#,
+        );
+        let mut tried = Tried::default();
+        let mut order = Vec::new();
+        while let Some(i) = p.select(&CTX, &tried) {
+            tried.insert(i);
+            order.push(port(&p, i));
+        }
+        assert_eq!(order, vec![1, 3, 2], "primaries, then the backup, never the down one");
+    }
+
+    #[tokio::test]
+    async fn all_down_leaves_nothing() {
+        let p = pool(r#"{ addr = "127.0.0.1:1", down = true }"#);
+        assert_eq!(p.select(&CTX, &Tried::default()), None);
+    }
+}
