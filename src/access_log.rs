@@ -32,7 +32,10 @@ impl AccessRecord {
     }
 
     pub fn emit(self, bytes: u64, complete: bool) {
-        let backend = self.backend.map(|b| b.to_string());
+        let backend = self
+            .backend
+            .map_or_else(|| "-".to_string(), |b| b.to_string());
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         tracing::info!(
             target: TARGET,
             listener = %self.listener,
@@ -40,9 +43,9 @@ impl AccessRecord {
             method = %self.method,
             path = %self.path,
             status = self.status,
-            backend = backend.as_deref().unwrap_or("-"),
-            upstream_ms = self.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
-            total_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            backend = %backend,
+            upstream_ms = self.upstream_time.map_or(-1.0, ms),
+            total_ms = ms(self.started.elapsed()),
             bytes,
             complete,
         );

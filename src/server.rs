@@ -58,6 +58,7 @@ impl Server {
                 })?;
                 // Port 0 asks the system for a port: report the one it chose.
                 let addr = socket.local_addr().unwrap_or(*addr);
+                tracing::info!(listener = %name, addr = %addr, "listening");
                 listeners.push(BoundListener {
                     name: Arc::from(name.as_str()),
                     socket,
@@ -88,7 +89,6 @@ impl Server {
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         for l in self.listeners {
-            tracing::info!(listener = %l.name, addr = %l.addr, "listening");
             accept_loops.spawn(serve_listener(
                 l.socket,
                 l.name,

@@ -309,6 +309,8 @@ impl Body for ProxyBody {
                 if let Some(data) = f.data_ref() {
                     this.bytes += data.len() as u64;
                 }
+                // hyper stops polling once the body says it has ended.
+                this.complete = this.is_end_stream();
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "response body from backend failed; closing the client's response");

@@ -1,0 +1,492 @@
+//! Test helpers: real backends on 127.0.0.1:0, the real `rproxy` binary on a temporary config,
+//! and real HTTP clients. Each test owns its servers; nothing uses a fixed port or sleeps to
+//! wait for a condition (everything polls with a deadline).
+#![allow(dead_code, unreachable_pub)] // Each test file uses a different part of this.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds or the deadline passes.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body_len: u64,
+}
+
+/// A real HTTP/1.1 backend that answers with its name and records what it saw.
+///
+/// Paths: `/slow/MS` answers after MS milliseconds; `/download/N` streams N bytes;
+/// `/stall` sends headers and a first chunk, then nothing; anything else answers the name
+/// (the request body is read and counted).
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Drop for Backend {
+    /// Stops like a crashed process: the listener and every open connection close.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Backend {
+    /// Stops and waits until the listener and every connection are closed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s, n) = (connections.clone(), seen.clone(), name.to_string());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let tracker = tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (s, n, stopped) = (s.clone(), n.clone(), stopped.clone());
+                tracker.spawn(async move {
+                    let svc = service_fn(move |req| answer(req, n.clone(), s.clone()));
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = stopped.cancelled() => {}
+                        _ = conn => {}
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            connections,
+            seen,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("backend saw a request")
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    req: Request<Incoming>,
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let mut body_len = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame?.data_ref() {
+            body_len += d.len() as u64;
+        }
+    }
+    seen.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_len,
+    });
+    let path = parts.uri.path();
+    let mut resp = if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(Full::new(Bytes::from(name.clone())).boxed())
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                (left > 0).then(|| {
+                    let n = left.min(chunk.len() as u64);
+                    let data = chunk.slice(..n as usize);
+                    (Ok::<_, Infallible>(Frame::data(data)), left - n)
+                })
+            }
+        });
+        let mut r = Response::new(StreamBody::new(stream).boxed());
+        r.headers_mut().insert("content-length", total.into());
+        r
+    } else if path == "/stall" {
+        let stream = futures_util::stream::unfold(0u8, |step| async move {
+            if step > 0 {
+                std::future::pending::<()>().await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first"))), 1))
+        });
+        Response::new(StreamBody::new(stream).boxed())
+    } else {
+        Response::new(Full::new(Bytes::from(name.clone())).boxed())
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().expect("header value"));
+    resp.headers_mut()
+        .insert("x-body-len", body_len.into());
+    // Hop-by-hop headers a proxy must not pass on to its client.
+    resp.headers_mut()
+        .insert("connection", "x-private".parse().expect("value"));
+    resp.headers_mut()
+        .insert("x-private", "secret".parse().expect("value"));
+    Ok(resp)
+}
+
+/// An address on which nothing listens: connecting to it is refused.
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+    // `l` is dropped here, so the port is closed.
+}
+
+/// The running `rproxy` binary.
+pub struct Proxy {
+    child: Child,
+    pub listeners: HashMap<String, Vec<SocketAddr>>,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn rproxy_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rproxy")
+}
+
+impl Proxy {
+    /// Starts rproxy with `config` and waits until it has bound all its listeners.
+    pub fn start(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("upstream.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(rproxy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rproxy");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("rproxy started") || line.contains("ERROR") {
+                    let _ = tx.send(());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(DEADLINE).is_err() {
+            panic!("rproxy did not start: {:?}", logs.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        let mut listeners: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for line in logs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let (Some(name), Some(addr)) = (field(line, "listener"), field(line, "addr"))
+                && line.contains("listening")
+            {
+                listeners
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(addr.parse().expect("listening addr"));
+            }
+        }
+        assert!(
+            !listeners.is_empty(),
+            "rproxy did not start: {:?}",
+            logs.lock().unwrap_or_else(|e| e.into_inner())
+        );
+        Proxy {
+            child,
+            listeners,
+            logs,
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    /// The first address of the only (or first) listener.
+    pub fn addr(&self) -> SocketAddr {
+        let mut names: Vec<_> = self.listeners.keys().collect();
+        names.sort();
+        self.listeners[names[0]][0]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to the deadline.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "rproxy did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Only our own child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=value` in a tracing log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next().unwrap_or(rest).trim_matches('"'))
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (cleartext) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Answer {
+    let resp = tokio::time::timeout(DEADLINE, client.request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, addr: SocketAddr, path: &str) -> Answer {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .expect("request");
+    send(client, req).await
+}
+
+/// A config with one listener on an ephemeral port in front of `servers` (TOML array items).
+pub fn config_with(servers: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+upstream = "app"
+
+[upstreams.app]
+servers = [{servers}]
+{upstream_extra}
+"#
+    )
+}
+
+/// A minimal hand-written HTTP/1.1 backend for behaviours hyper's server will not show:
+/// closing a kept-alive connection right after answering without saying so, and reporting how
+/// many connections are open right now.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    pub answered: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMode {
+    /// Answer every request, keep the connection open.
+    Answer,
+    /// Close each connection right after its first response, although the response does not
+    /// say `Connection: close` (like a backend whose keep-alive timer fired just then).
+    CloseAfterAnswer,
+    /// Read the request head, then close without answering (a process that crashed on it).
+    DropRequest,
+}
+
+impl RawBackend {
+    pub async fn start(mode: RawMode) -> RawBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (acc, op, ans, stopped) = (accepted.clone(), open.clone(), answered.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accept = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut stream, _)) = accept else { continue };
+                acc.fetch_add(1, Ordering::SeqCst);
+                op.fetch_add(1, Ordering::SeqCst);
+                let (op, ans, stopped) = (op.clone(), ans.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = tokio::select! {
+                            _ = stopped.cancelled() => break,
+                            n = stream.read(&mut chunk) => n.unwrap_or(0),
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let mut dropped = false;
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            if mode == RawMode::DropRequest {
+                                dropped = true;
+                                break;
+                            }
+                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: raw\r\n\r\nok";
+                            if stream.write_all(resp).await.is_err() {
+                                break;
+                            }
+                            ans.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if dropped || (mode == RawMode::CloseAfterAnswer && buf.is_empty()) {
+                            break;
+                        }
+                    }
+                    op.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            accepted,
+            open,
+            answered,
+            stop,
+        }
+    }
+}
