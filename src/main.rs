@@ -11,7 +11,12 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "rproxy", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "upstream.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "upstream.toml"
+    )]
     config: PathBuf,
 
     /// Check the configuration and exit: prints `ok`, or every error found (exit 1).

@@ -109,7 +109,10 @@ impl Server {
             .is_err()
         {
             let left = connections.len();
-            tracing::warn!(connections = left, "drain timeout reached; closing the connections still open");
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing the connections still open"
+            );
             return left;
         }
         tracing::info!("all connections drained");

@@ -25,7 +25,8 @@ async fn refused_backend_is_skipped_with_zero_client_errors() {
     assert_eq!(a.requests() + b.requests(), 90);
     let logs = proxy.logs();
     assert!(
-        logs.iter().any(|l| l.contains("backend request failed") && l.contains(&dead.to_string())),
+        logs.iter()
+            .any(|l| l.contains("backend request failed") && l.contains(&dead.to_string())),
         "a log line names the refused backend: {logs:?}"
     );
 }
@@ -76,21 +77,39 @@ async fn slow_response_head_is_a_504_and_not_resent() {
     let ans = get(&client(), proxy.addr(), "/slow/5000").await;
     assert_eq!(ans.status, 504);
     assert_eq!(ans.body, "504 Gateway Timeout\n");
-    assert_eq!(other.requests(), 0, "a request that reached a backend is not sent twice");
-    assert!(proxy.logs().iter().any(|l| l.contains("no response head in time") && l.contains(&slow.addr.to_string())));
+    assert_eq!(
+        other.requests(),
+        0,
+        "a request that reached a backend is not sent twice"
+    );
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("no response head in time") && l.contains(&slow.addr.to_string()))
+    );
 }
 
 #[tokio::test]
 async fn connect_timeout_moves_on_to_the_next_backend() {
     // A listener whose accept queue is full: the kernel drops further SYNs, so connecting
     // hangs until the connect timeout, like a host that has vanished from the network.
-    let blackhole = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let blackhole =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     blackhole
-        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr").into())
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("addr")
+                .into(),
+        )
         .expect("bind");
     blackhole.listen(0).expect("listen");
-    let hole = blackhole.local_addr().expect("addr").as_socket().expect("inet");
+    let hole = blackhole
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
     let mut fillers = Vec::new();
     for _ in 0..4 {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -142,7 +161,11 @@ async fn a_post_that_reached_a_backend_is_not_sent_again() {
         .expect("request");
     let ans = send(&client(), req).await;
     assert_eq!(ans.status, 502);
-    assert_eq!(good.requests(), 0, "a POST that may have been processed is not repeated");
+    assert_eq!(
+        good.requests(),
+        0,
+        "a POST that may have been processed is not repeated"
+    );
     wait_for("the crashing backend to see the request", || {
         crashing.accepted.load(Ordering::SeqCst) == 1
     })

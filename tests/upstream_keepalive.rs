@@ -17,7 +17,10 @@ async fn sequential_requests_reuse_a_handful_of_connections() {
     }
     let conns = b.connections.load(Ordering::SeqCst);
     assert_eq!(b.requests(), 300);
-    assert!(conns <= 2, "300 sequential requests used {conns} upstream connections");
+    assert!(
+        conns <= 2,
+        "300 sequential requests used {conns} upstream connections"
+    );
 }
 
 #[tokio::test]
@@ -38,7 +41,10 @@ async fn concurrent_clients_share_the_pool() {
         t.await.expect("client task");
     }
     let conns = b.connections.load(Ordering::SeqCst);
-    assert!(conns <= 16, "400 requests from 8 clients used {conns} upstream connections");
+    assert!(
+        conns <= 16,
+        "400 requests from 8 clients used {conns} upstream connections"
+    );
 }
 
 #[tokio::test]

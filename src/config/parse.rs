@@ -54,6 +54,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
             let span = e.span().unwrap_or(0..0);
             r.error("", span, format!("TOML syntax: {}", e.message().trim_end()));
         }
+        r.errors.dedup();
         return Err(ConfigErrors(r.errors));
     }
     let root = doc.get_ref();
@@ -68,12 +69,20 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         .map(|v| trusted_proxies(&mut r, v))
         .unwrap_or_default();
 
+    // Names as written, so an upstream with errors of its own still counts as defined.
+    let upstream_names: Vec<String> = match get(root, "upstreams").map(|v| v.get_ref()) {
+        Some(DeValue::Table(t)) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
+        _ => Vec::new(),
+    };
     let upstreams = read_section(&mut r, root, "upstreams", upstream);
-    let listeners = read_section(&mut r, root, "listeners", listener);
-    check_references(&mut r, root, &listeners, &upstreams);
+    let listeners = read_section(&mut r, root, "listeners", |r, path, t, whole| {
+        listener(r, path, t, whole, &upstream_names)
+    });
+    check_listen_addrs(&mut r, root, &listeners);
 
     if !r.errors.is_empty() {
         r.errors.sort_by_key(|e| (e.line, e.column));
+        r.errors.dedup();
         return Err(ConfigErrors(r.errors));
     }
     Ok(Config {
@@ -92,7 +101,7 @@ fn read_section<T>(
     r: &mut Reader<'_>,
     root: &Table<'_>,
     section: &str,
-    read: fn(&mut Reader<'_>, &str, &Table<'_>, &Value<'_>) -> Option<T>,
+    mut read: impl FnMut(&mut Reader<'_>, &str, &Table<'_>, &Value<'_>) -> Option<T>,
 ) -> BTreeMap<String, T> {
     let mut out = BTreeMap::new();
     let Some(v) = get(root, section) else {
@@ -132,6 +141,7 @@ fn listener(
     path: &str,
     t: &Table<'_>,
     whole: &Value<'_>,
+    upstream_names: &[String],
 ) -> Option<ListenerDraft> {
     r.check_keys(t, path, LISTENER_KEYS);
     let listen_key = join(path, "listen");
@@ -144,11 +154,27 @@ fn listener(
     };
     let upstream_key = join(path, "upstream");
     let upstream = match get(t, "upstream") {
-        Some(v) => r
-            .string(v, &upstream_key)
-            .map(|s| (s.to_string(), r.origin(&upstream_key, v.span()))),
+        Some(v) => r.string(v, &upstream_key).and_then(|name| {
+            if upstream_names.iter().any(|n| n == name) {
+                return Some(name.to_string());
+            }
+            let names: Vec<&str> = upstream_names.iter().map(String::as_str).collect();
+            let hint = did_you_mean(name, &names)
+                .map(|c| format!("; did you mean `{c}`?"))
+                .unwrap_or_default();
+            r.error(
+                &upstream_key,
+                v.span(),
+                format!("no upstream named `{name}` is defined{hint}"),
+            );
+            None
+        }),
         None => {
-            r.error(path, whole.span(), "missing key `upstream` (the pool to send to)");
+            r.error(
+                path,
+                whole.span(),
+                "missing key `upstream` (the pool to send to)",
+            );
             None
         }
     };
@@ -156,7 +182,7 @@ fn listener(
     let keepalive_timeout =
         duration_or(r, t, path, "keepalive_timeout", defaults::KEEPALIVE_TIMEOUT);
     let body_timeout = duration_or(r, t, path, "body_timeout", defaults::CLIENT_BODY_TIMEOUT);
-    let (upstream, upstream_origin) = upstream?;
+    let upstream = upstream?;
     let (listen, listen_origin) = listen?;
     Some(ListenerDraft {
         config: ListenerConfig {
@@ -167,15 +193,13 @@ fn listener(
             keepalive_timeout,
             body_timeout,
         },
-        upstream_origin,
         listen_origin,
     })
 }
 
-/// A listener with the places of the keys that cross-reference checks may complain about.
+/// A listener with the place of its `listen` key, for the duplicate-address check.
 struct ListenerDraft {
     config: ListenerConfig,
-    upstream_origin: Origin,
     listen_origin: Origin,
 }
 
@@ -246,7 +270,11 @@ fn upstream(
     let servers = match get(t, "servers") {
         Some(v) => servers(r, &join(path, "servers"), v),
         None => {
-            r.error(path, whole.span(), "missing key `servers` (the backends of this pool)");
+            r.error(
+                path,
+                whole.span(),
+                "missing key `servers` (the backends of this pool)",
+            );
             None
         }
     };
@@ -431,7 +459,9 @@ fn log_level(r: &mut Reader<'_>, v: &Value<'_>) -> Option<String> {
             r.error(
                 "log_level",
                 v.span(),
-                format!("`{text}` is not a log filter ({e}); use error, warn, info, debug or trace"),
+                format!(
+                    "`{text}` is not a log filter ({e}); use error, warn, info, debug or trace"
+                ),
             );
             None
         }
@@ -464,11 +494,11 @@ fn trusted_proxies(r: &mut Reader<'_>, v: &Value<'_>) -> Vec<ipnet::IpNet> {
     out
 }
 
-fn check_references(
+/// A listen address may be used by one listener only.
+fn check_listen_addrs(
     r: &mut Reader<'_>,
     root: &Table<'_>,
     listeners: &BTreeMap<String, ListenerDraft>,
-    upstreams: &BTreeMap<String, UpstreamConfig>,
 ) {
     if get(root, "listeners").is_none() {
         r.error(
@@ -477,21 +507,9 @@ fn check_references(
             "no listeners: add a [listeners.NAME] section with `listen` and `upstream`",
         );
     }
-    let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
     let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
     for (name, draft) in listeners {
-        let l = &draft.config;
-        // An upstream that is written but had errors of its own is already reported.
-        if !upstreams.contains_key(&l.upstream) && !upstream_written(root, &l.upstream) {
-            let hint = did_you_mean(&l.upstream, &names)
-                .map(|c| format!("; did you mean `{c}`?"))
-                .unwrap_or_default();
-            r.error_at(
-                &draft.upstream_origin,
-                format!("no upstream named `{}` is defined{hint}", l.upstream),
-            );
-        }
-        for addr in &l.listen {
+        for addr in &draft.config.listen {
             if addr.port() == 0 {
                 continue; // each port-0 socket gets its own port
             }
@@ -505,9 +523,40 @@ fn check_references(
     }
 }
 
-fn upstream_written(root: &Table<'_>, name: &str) -> bool {
-    match get(root, "upstreams").map(|v| v.get_ref()) {
-        Some(DeValue::Table(t)) => get(t, name).is_some(),
-        _ => false,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/upstream.toml");
+
+    #[test]
+    fn the_shipped_example_parses_to_the_documented_values() {
+        let c = parse(Path::new("upstream.toml"), EXAMPLE).expect("example is valid");
+        let app = &c.upstreams["app"];
+        assert_eq!(app.servers.len(), 4);
+        assert_eq!(app.servers[1].weight.get(), 2);
+        assert!(app.servers[2].backup && app.servers[3].down);
+        assert_eq!(app.keepalive_timeout, defaults::UPSTREAM_KEEPALIVE_TIMEOUT);
+        assert_eq!(c.listeners["web"].listen.len(), 2);
+        assert_eq!(c.drain_timeout, defaults::DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn never_panics_on_damaged_input() {
+        // Every prefix, and every single-byte replacement at a range of positions, of the
+        // example: parse may fail but must not panic.
+        let bytes = EXAMPLE.as_bytes();
+        for end in 0..bytes.len() {
+            let text = String::from_utf8_lossy(&bytes[..end]);
+            let _ = parse(Path::new("t.toml"), &text);
+        }
+        for pos in (0..bytes.len()).step_by(3) {
+            for b in [b'"', b'[', b']', b'=', b'\n', b'{', b'0', 0xff] {
+                let mut m = bytes.to_vec();
+                m[pos] = b;
+                let text = String::from_utf8_lossy(&m);
+                let _ = parse(Path::new("t.toml"), &text);
+            }
+        }
     }
 }

@@ -66,7 +66,10 @@ impl<'a> Reader<'a> {
             }
             let message = match did_you_mean(name, known) {
                 Some(close) => format!("unknown key `{name}`; did you mean `{close}`?"),
-                None => format!("unknown key `{name}`; expected one of: {}", known.join(", ")),
+                None => format!(
+                    "unknown key `{name}`; expected one of: {}",
+                    known.join(", ")
+                ),
             };
             self.error(&join(path, name), key.span(), message);
         }
@@ -149,11 +152,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn array<'v, 'i>(
-        &mut self,
-        v: &'v Value<'i>,
-        key: &str,
-    ) -> Option<&'v [Value<'i>]> {
+    pub(crate) fn array<'v, 'i>(&mut self, v: &'v Value<'i>, key: &str) -> Option<&'v [Value<'i>]> {
         match v.get_ref() {
             DeValue::Array(a) => Some(a),
             other => {
@@ -217,7 +216,10 @@ mod tests {
             did_you_mean("wieght", &["weight", "addr", "backup"]),
             Some("weight")
         );
-        assert_eq!(did_you_mean("upstrem", &["listen", "upstream"]), Some("upstream"));
+        assert_eq!(
+            did_you_mean("upstrem", &["listen", "upstream"]),
+            Some("upstream")
+        );
         assert_eq!(did_you_mean("zzz", &["weight", "addr"]), None);
     }
 }

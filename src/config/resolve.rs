@@ -41,7 +41,9 @@ pub async fn resolve_servers(
             }
         };
         match addrs {
-            Ok(addrs) if addrs.is_empty() => errors.push(error(config, server, "resolves to no address".into())),
+            Ok(addrs) if addrs.is_empty() => {
+                errors.push(error(config, server, "resolves to no address".into()))
+            }
             Ok(addrs) => {
                 for addr in addrs {
                     if let Some(dup) = out.iter().find(|s: &&ResolvedServer| s.addr == addr) {

@@ -77,7 +77,12 @@ impl ConnActivity {
     /// `header_timeout` (HTTP/1 only: on HTTP/2 bytes between requests are control frames),
     /// or no request was in progress for `keepalive` (before the first request, for
     /// `header_timeout`).
-    pub async fn watch(&self, header_timeout: Duration, keepalive: Duration, http1: bool) -> Expiry {
+    pub async fn watch(
+        &self,
+        header_timeout: Duration,
+        keepalive: Duration,
+        http1: bool,
+    ) -> Expiry {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE / 2);
         loop {
             let now = self.now_ms();
@@ -88,9 +93,15 @@ impl ConnActivity {
                 let head = self.head_started.load(Ordering::Acquire);
                 let idle = self.idle_since.load(Ordering::Acquire);
                 if http1 && head != NONE {
-                    (head.saturating_add(ms(header_timeout)), Some(Expiry::HeaderTimeout))
+                    (
+                        head.saturating_add(ms(header_timeout)),
+                        Some(Expiry::HeaderTimeout),
+                    )
                 } else if self.requests() == 0 {
-                    (idle.saturating_add(ms(header_timeout)), Some(Expiry::HeaderTimeout))
+                    (
+                        idle.saturating_add(ms(header_timeout)),
+                        Some(Expiry::HeaderTimeout),
+                    )
                 } else {
                     (idle.saturating_add(ms(keepalive)), Some(Expiry::Idle))
                 }
@@ -121,7 +132,9 @@ mod tests {
     async fn silent_new_connection_hits_the_header_timeout() {
         let a = ConnActivity::new();
         let t0 = Instant::now();
-        let e = a.watch(Duration::from_secs(10), Duration::from_secs(75), true).await;
+        let e = a
+            .watch(Duration::from_secs(10), Duration::from_secs(75), true)
+            .await;
         assert_eq!(e, Expiry::HeaderTimeout);
         assert_eq!(t0.elapsed().as_secs(), 10);
     }
@@ -131,7 +144,9 @@ mod tests {
         let a = ConnActivity::new();
         drop(a.begin());
         let t0 = Instant::now();
-        let e = a.watch(Duration::from_secs(10), Duration::from_secs(75), true).await;
+        let e = a
+            .watch(Duration::from_secs(10), Duration::from_secs(75), true)
+            .await;
         assert_eq!((e, t0.elapsed().as_secs()), (Expiry::Idle, 75));
 
         let a = ConnActivity::new();
@@ -139,7 +154,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         a.bytes_read();
         let t0 = Instant::now();
-        let e = a.watch(Duration::from_secs(10), Duration::from_secs(75), true).await;
+        let e = a
+            .watch(Duration::from_secs(10), Duration::from_secs(75), true)
+            .await;
         assert_eq!((e, t0.elapsed().as_secs()), (Expiry::HeaderTimeout, 10));
     }
 

@@ -35,7 +35,10 @@ pub async fn build_snapshot(config: Arc<Config>) -> Result<Snapshot, ConfigError
         let Some(pool) = pools.get(&l.upstream) else {
             return Err(ConfigErrors::whole_file(
                 &config.source,
-                format!("listeners.{name}.upstream: no upstream named `{}`", l.upstream),
+                format!(
+                    "listeners.{name}.upstream: no upstream named `{}`",
+                    l.upstream
+                ),
             ));
         };
         listeners.insert(

@@ -19,9 +19,7 @@ use crate::access_log::AccessRecord;
 use crate::balancer::{PickContext, Tried};
 use crate::error::{ProxyError, error_chain};
 use crate::listener::ActiveRequest;
-use crate::metrics::{
-    REQUESTS_TOTAL, UPSTREAM_ERRORS_TOTAL, UPSTREAM_RETRIES_TOTAL, status_class,
-};
+use crate::metrics::{REQUESTS_TOTAL, UPSTREAM_ERRORS_TOTAL, UPSTREAM_RETRIES_TOTAL, status_class};
 use crate::state::ListenerRuntime;
 
 use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
@@ -138,7 +136,8 @@ pub async fn forward(
                 if !retry {
                     break Err(ProxyError::AllBackendsFailed);
                 }
-                metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => Arc::clone(&pool.name)).increment(1);
+                metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => Arc::clone(&pool.name))
+                    .increment(1);
             }
             Err(_) => {
                 backend.live.record_failure();

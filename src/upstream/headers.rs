@@ -55,7 +55,11 @@ pub(super) fn set_forwarding(
     let peer_ip = peer.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer_trusted = is_trusted(&peer_ip);
-    let chain = if peer_trusted { joined(headers, &X_FORWARDED_FOR) } else { None };
+    let chain = if peer_trusted {
+        joined(headers, &X_FORWARDED_FOR)
+    } else {
+        None
+    };
 
     let client = match &chain {
         Some(chain) => client_from_chain(chain, peer_ip, is_trusted),

@@ -106,7 +106,9 @@ impl Pool {
             .collect();
         let policy = |tier: &[Arc<Backend>]| -> Box<dyn Balancer> {
             match config.balance {
-                BalancePolicy::RoundRobin => Box::new(RoundRobin::new(tier.iter().map(|b| b.weight))),
+                BalancePolicy::RoundRobin => {
+                    Box::new(RoundRobin::new(tier.iter().map(|b| b.weight)))
+                }
             }
         };
         Pool {
@@ -205,7 +207,11 @@ mod tests {
             tried.insert(i);
             order.push(port(&p, i));
         }
-        assert_eq!(order, vec![1, 3, 2], "primaries, then the backup, never the down one");
+        assert_eq!(
+            order,
+            vec![1, 3, 2],
+            "primaries, then the backup, never the down one"
+        );
     }
 
     #[tokio::test]

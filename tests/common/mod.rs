@@ -75,7 +75,9 @@ impl Backend {
     }
 
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -176,7 +178,10 @@ async fn answer(
             if step > 0 {
                 std::future::pending::<()>().await;
             }
-            Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first"))), 1))
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first"))),
+                1,
+            ))
         });
         Response::new(StreamBody::new(stream).boxed())
     } else {
@@ -184,8 +189,7 @@ async fn answer(
     };
     resp.headers_mut()
         .insert("x-backend", name.parse().expect("header value"));
-    resp.headers_mut()
-        .insert("x-body-len", body_len.into());
+    resp.headers_mut().insert("x-body-len", body_len.into());
     // Hop-by-hop headers a proxy must not pass on to its client.
     resp.headers_mut()
         .insert("connection", "x-private".parse().expect("value"));
@@ -244,7 +248,10 @@ impl Proxy {
             let _ = tx.send(());
         });
         if rx.recv_timeout(DEADLINE).is_err() {
-            panic!("rproxy did not start: {:?}", logs.lock().unwrap_or_else(|e| e.into_inner()));
+            panic!(
+                "rproxy did not start: {:?}",
+                logs.lock().unwrap_or_else(|e| e.into_inner())
+            );
         }
         let mut listeners: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         for line in logs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -331,7 +338,12 @@ impl Drop for Proxy {
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[start..];
-    Some(rest.split_whitespace().next().unwrap_or(rest).trim_matches('"'))
+    Some(
+        rest.split_whitespace()
+            .next()
+            .unwrap_or(rest)
+            .trim_matches('"'),
+    )
 }
 
 /// A keep-alive HTTP/1.1 client.
@@ -378,7 +390,11 @@ pub async fn send(
     }
 }
 
-pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, addr: SocketAddr, path: &str) -> Answer {
+pub async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> Answer {
     let req = Request::get(format!("http://{addr}{path}"))
         .body(Full::default())
         .expect("request");
@@ -437,14 +453,21 @@ impl RawBackend {
         let open = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
         let stop = tokio_util::sync::CancellationToken::new();
-        let (acc, op, ans, stopped) = (accepted.clone(), open.clone(), answered.clone(), stop.clone());
+        let (acc, op, ans, stopped) = (
+            accepted.clone(),
+            open.clone(),
+            answered.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let accept = tokio::select! {
                     _ = stopped.cancelled() => return,
                     a = listener.accept() => a,
                 };
-                let Ok((mut stream, _)) = accept else { continue };
+                let Ok((mut stream, _)) = accept else {
+                    continue;
+                };
                 acc.fetch_add(1, Ordering::SeqCst);
                 op.fetch_add(1, Ordering::SeqCst);
                 let (op, ans, stopped) = (op.clone(), ans.clone(), stopped.clone());
@@ -467,7 +490,8 @@ impl RawBackend {
                                 dropped = true;
                                 break;
                             }
-                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: raw\r\n\r\nok";
+                            let resp =
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: raw\r\n\r\nok";
                             if stream.write_all(resp).await.is_err() {
                                 break;
                             }
@@ -489,4 +513,41 @@ impl RawBackend {
             stop,
         }
     }
+}
+
+/// Sends raw bytes and reads one HTTP/1.1 response (head and `Content-Length` body) as text.
+/// Returns what was read when the server closes first.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("response in time");
+    String::from_utf8_lossy(&buf).into_owned()
 }

@@ -1,0 +1,140 @@
+//! Header rewriting seen from a real backend and a real client: forwarding headers, the
+//! trusted-proxy rule, hop-by-hop removal both ways, Host handling, HTTP/2 to HTTP/1.1.
+
+mod common;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+
+use common::*;
+
+fn text(h: &http::HeaderMap, name: &str) -> String {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().expect("text"))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_forgeries_replaced() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let req = Request::get(format!("http://{}/path?q=1", proxy.addr()))
+        .header("host", "shop.example:8080")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=6.6.6.6")
+        .body(Full::default())
+        .expect("request");
+    let ans = send(&client(), req).await;
+    assert_eq!(ans.status, 200);
+    let seen = b.last();
+    assert_eq!(seen.uri, "/path?q=1");
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(
+        text(&seen.headers, "host"),
+        "shop.example:8080",
+        "Host passes through as sent"
+    );
+    assert_eq!(text(&seen.headers, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(text(&seen.headers, "x-real-ip"), "127.0.0.1");
+    assert_eq!(text(&seen.headers, "x-forwarded-proto"), "http");
+    assert_eq!(text(&seen.headers, "x-forwarded-host"), "shop.example:8080");
+    assert!(!seen.headers.contains_key("forwarded"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let raw = raw_exchange(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Forwarded-For, X-Token\r\n\
+          X-Token: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+          TE: trailers\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let seen = b.last();
+    for gone in ["x-token", "keep-alive", "proxy-connection", "te", "upgrade"] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the backend"
+        );
+    }
+    assert_eq!(text(&seen.headers, "x-kept"), "yes");
+    assert_eq!(
+        text(&seen.headers, "x-forwarded-for"),
+        "127.0.0.1",
+        "naming X-Forwarded-For in Connection must not remove rproxy's own"
+    );
+    // The backend's answer named `x-private` in its Connection header: gone before the client.
+    let lower = raw.to_ascii_lowercase();
+    assert!(!lower.contains("x-private"), "{raw}");
+    assert!(lower.contains("x-backend: b"));
+}
+
+#[tokio::test]
+async fn trusted_proxies_extend_the_chain_and_name_the_real_client() {
+    let b = Backend::start("b").await;
+    let config = format!(
+        "trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n{}",
+        config_with(&format!("\"{}\"", b.addr), "")
+    );
+    let proxy = Proxy::start(&config);
+    let req = Request::get(format!("http://{}/", proxy.addr()))
+        .header("x-forwarded-for", "203.0.113.5, 10.1.2.3")
+        .header("x-forwarded-proto", "https")
+        .body(Full::default())
+        .expect("request");
+    assert_eq!(send(&client(), req).await.status, 200);
+    let seen = b.last();
+    assert_eq!(
+        text(&seen.headers, "x-forwarded-for"),
+        "203.0.113.5, 10.1.2.3, 127.0.0.1"
+    );
+    assert_eq!(text(&seen.headers, "x-real-ip"), "203.0.113.5");
+    assert_eq!(text(&seen.headers, "x-forwarded-proto"), "https");
+}
+
+#[tokio::test]
+async fn http2_clients_reach_http11_backends_with_a_host_header() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let c = h2_client();
+    for _ in 0..3 {
+        let req = Request::post(format!("http://{}/h2?x=1", proxy.addr()))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .expect("request");
+        let ans = send(&c, req).await;
+        assert_eq!(ans.status, 200);
+        assert_eq!(ans.body, "b");
+    }
+    let seen = b.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.uri, "/h2?x=1");
+    assert_eq!(text(&seen.headers, "host"), proxy.addr().to_string());
+    assert_eq!(text(&seen.headers, "cookie"), "a=1; b=2");
+    assert_eq!(seen.body_len, 5);
+}
+
+#[tokio::test]
+async fn absolute_form_target_sets_host() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let raw = raw_exchange(
+        proxy.addr(),
+        b"GET http://site.example/abs?y=2 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let seen = b.last();
+    assert_eq!(seen.uri, "/abs?y=2");
+    assert_eq!(text(&seen.headers, "host"), "site.example");
+}
