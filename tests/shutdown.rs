@@ -1,0 +1,104 @@
+//! Signals: SIGTERM drains (requests in progress finish, idle connections close, exit 0), a
+//! second signal exits at once, the drain timeout bounds the wait, SIGHUP does not kill.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+
+async fn connect_refused(addr: std::net::SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_progress_then_exits_zero() {
+    let b = Backend::start("b").await;
+    let mut proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let addr = proxy.addr();
+    let slow = tokio::spawn(async move { get(&client(), addr, "/slow/1500").await });
+    wait_for("the slow request to reach the backend", || b.requests() == 1).await;
+
+    proxy.signal("TERM");
+    // New connections are refused while the slow request is still running.
+    let start = std::time::Instant::now();
+    while !connect_refused(addr).await {
+        assert!(start.elapsed() < DEADLINE, "listener still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!slow.is_finished(), "the listener closed before the request finished");
+
+    let ans = slow.await.expect("client task");
+    assert_eq!((ans.status.as_u16(), ans.body.as_str()), (200, "b"));
+    let status = proxy.wait_exit().await;
+    assert_eq!(status.code(), Some(0));
+    assert!(proxy.logs().iter().any(|l| l.contains("all connections drained")));
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_do_not_hold_the_drain() {
+    let b = Backend::start("b").await;
+    let mut proxy = Proxy::start(&format!(
+        "drain_timeout = \"60s\"\n{}",
+        config_with(&format!("\"{}\"", b.addr), "")
+    ));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    proxy.signal("TERM");
+    // The idle connection is closed by rproxy, and rproxy exits long before the 60 s drain.
+    let closed = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.expect("closed in time");
+    assert_eq!(closed.unwrap_or(0), 0, "idle keep-alive connection closed on shutdown");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_drain_timeout_bounds_the_wait() {
+    let b = Backend::start("b").await;
+    let mut proxy = Proxy::start(&format!(
+        "drain_timeout = \"300ms\"\n{}",
+        config_with(&format!("\"{}\"", b.addr), "")
+    ));
+    let addr = proxy.addr();
+    let _stuck = tokio::spawn(async move { get(&client(), addr, "/slow/60000").await });
+    wait_for("the request to reach the backend", || b.requests() == 1).await;
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0));
+    assert!(proxy.logs().iter().any(|l| l.contains("drain timeout reached")));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let b = Backend::start("b").await;
+    let mut proxy = Proxy::start(&format!(
+        "drain_timeout = \"120s\"\n{}",
+        config_with(&format!("\"{}\"", b.addr), "")
+    ));
+    let addr = proxy.addr();
+    let _stuck = tokio::spawn(async move { get(&client(), addr, "/slow/60000").await });
+    wait_for("the request to reach the backend", || b.requests() == 1).await;
+    proxy.signal("TERM");
+    wait_for("the drain to start", || {
+        proxy.logs().iter().any(|l| l.contains("shutting down"))
+    })
+    .await;
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit().await.code(), Some(1));
+}
+
+#[tokio::test]
+async fn sighup_does_not_stop_the_proxy() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    proxy.signal("HUP");
+    wait_for("the SIGHUP to be logged", || {
+        proxy.logs().iter().any(|l| l.contains("SIGHUP"))
+    })
+    .await;
+    assert_eq!(get(&client(), proxy.addr(), "/").await.status, 200);
+}
