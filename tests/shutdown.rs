@@ -19,22 +19,36 @@ async fn sigterm_finishes_the_request_in_progress_then_exits_zero() {
     let mut proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
     let addr = proxy.addr();
     let slow = tokio::spawn(async move { get(&client(), addr, "/slow/1500").await });
-    wait_for("the slow request to reach the backend", || b.requests() == 1).await;
+    wait_for("the slow request to reach the backend", || {
+        b.requests() == 1
+    })
+    .await;
 
     proxy.signal("TERM");
     // New connections are refused while the slow request is still running.
     let start = std::time::Instant::now();
     while !connect_refused(addr).await {
-        assert!(start.elapsed() < DEADLINE, "listener still accepting after SIGTERM");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "listener still accepting after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!slow.is_finished(), "the listener closed before the request finished");
+    assert!(
+        !slow.is_finished(),
+        "the listener closed before the request finished"
+    );
 
     let ans = slow.await.expect("client task");
     assert_eq!((ans.status.as_u16(), ans.body.as_str()), (200, "b"));
     let status = proxy.wait_exit().await;
     assert_eq!(status.code(), Some(0));
-    assert!(proxy.logs().iter().any(|l| l.contains("all connections drained")));
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("all connections drained"))
+    );
 }
 
 #[tokio::test]
@@ -44,16 +58,26 @@ async fn idle_keepalive_connections_do_not_hold_the_drain() {
         "drain_timeout = \"60s\"\n{}",
         config_with(&format!("\"{}\"", b.addr), "")
     ));
-    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 
     proxy.signal("TERM");
     // The idle connection is closed by rproxy, and rproxy exits long before the 60 s drain.
-    let closed = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.expect("closed in time");
-    assert_eq!(closed.unwrap_or(0), 0, "idle keep-alive connection closed on shutdown");
+    let closed = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(
+        closed.unwrap_or(0),
+        0,
+        "idle keep-alive connection closed on shutdown"
+    );
     assert_eq!(proxy.wait_exit().await.code(), Some(0));
 }
 
@@ -69,7 +93,12 @@ async fn the_drain_timeout_bounds_the_wait() {
     wait_for("the request to reach the backend", || b.requests() == 1).await;
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit().await.code(), Some(0));
-    assert!(proxy.logs().iter().any(|l| l.contains("drain timeout reached")));
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("drain timeout reached"))
+    );
 }
 
 #[tokio::test]

@@ -21,7 +21,11 @@ const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
 async fn download(proxy: &Proxy, bytes: u64) {
     let resp = client()
-        .get(format!("http://{}/download/{bytes}", proxy.addr()).parse().expect("uri"))
+        .get(
+            format!("http://{}/download/{bytes}", proxy.addr())
+                .parse()
+                .expect("uri"),
+        )
         .await
         .expect("response");
     assert_eq!(resp.status(), 200);
@@ -43,7 +47,10 @@ async fn upload(proxy: &Proxy, backend: &Backend, bytes: u64) {
         async move {
             (left > 0).then(|| {
                 let n = left.min(chunk.len() as u64);
-                (Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))), left - n)
+                (
+                    Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
+                    left - n,
+                )
             })
         }
     });
@@ -66,7 +73,10 @@ async fn both_ways(bytes: u64) {
     upload(&proxy, &b, bytes).await;
     let peak = proxy.peak_rss_kib();
     eprintln!("{} MiB each way: rproxy peak RSS {} KiB", bytes >> 20, peak);
-    assert!(peak < RSS_LIMIT_KIB, "peak RSS {peak} KiB for {bytes} bytes each way");
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "peak RSS {peak} KiB for {bytes} bytes each way"
+    );
 }
 
 #[tokio::test]

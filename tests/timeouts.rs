@@ -31,7 +31,11 @@ async fn read_until_closed(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
-fn listener_config(backend: std::net::SocketAddr, listener_extra: &str, upstream_extra: &str) -> String {
+fn listener_config(
+    backend: std::net::SocketAddr,
+    listener_extra: &str,
+    upstream_extra: &str,
+) -> String {
     format!(
         "[listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n{listener_extra}\n\
          [upstreams.app]\nservers = [\"{backend}\"]\n{upstream_extra}\n"
@@ -51,7 +55,9 @@ async fn a_half_sent_request_head_is_closed_after_the_header_timeout() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&listener_config(b.addr, "header_timeout = \"300ms\"", ""));
     let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("write");
     read_until_closed(&mut s).await;
     assert_eq!(b.requests(), 0);
 }
@@ -66,15 +72,22 @@ async fn idle_keepalive_uses_its_own_timeout_not_the_header_timeout() {
     ));
     let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
     let started = std::time::Instant::now();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // Well past the 200 ms header timeout the idle connection is still open ...
     let early = tokio::time::timeout(Duration::from_millis(600), s.read(&mut buf)).await;
-    assert!(early.is_err(), "idle connection closed by the header timeout");
+    assert!(
+        early.is_err(),
+        "idle connection closed by the header timeout"
+    );
     // ... and it still serves a request.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // Then the keep-alive timeout closes it.
@@ -99,13 +112,22 @@ async fn a_stalled_response_body_is_cut() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&listener_config(b.addr, "", "body_timeout = \"300ms\""));
     let resp = client()
-        .get(format!("http://{}/stall", proxy.addr()).parse().expect("uri"))
+        .get(
+            format!("http://{}/stall", proxy.addr())
+                .parse()
+                .expect("uri"),
+        )
         .await
         .expect("response head");
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let first = body.frame().await.expect("a frame").expect("first chunk");
     assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"first")));
-    let rest = tokio::time::timeout(DEADLINE, body.collect()).await.expect("cut in time");
-    assert!(rest.is_err(), "the client sees an incomplete response, not a clean end");
+    let rest = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .expect("cut in time");
+    assert!(
+        rest.is_err(),
+        "the client sees an incomplete response, not a clean end"
+    );
 }

@@ -294,9 +294,10 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
+        // The shell's built-in `kill`: no dependency on procps being installed.
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{sig} {}", self.child.id()))
             .status()
             .expect("run kill");
         assert!(ok.success(), "kill -{sig} failed");
