@@ -42,7 +42,7 @@ pub async fn resolve_servers(
         };
         match addrs {
             Ok(addrs) if addrs.is_empty() => {
-                errors.push(error(config, server, "resolves to no address".into()))
+                errors.push(error(config, server, "resolves to no address".into()));
             }
             Ok(addrs) => {
                 for addr in addrs {
