@@ -138,3 +138,60 @@ async fn absolute_form_target_sets_host() {
     assert_eq!(seen.uri, "/abs?y=2");
     assert_eq!(text(&seen.headers, "host"), "site.example");
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_rproxy_not_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let mut s = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write head");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("100 in time")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"));
+    s.write_all(b"hello").await.expect("write body");
+    let mut got = String::new();
+    while !got.contains("\r\n\r\nb") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("answer")
+            .expect("read");
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let seen = b.last();
+    assert!(!seen.headers.contains_key("expect"));
+    assert_eq!(seen.body_len, 5);
+}
+
+#[tokio::test]
+async fn ipv6_and_ipv4_listen_addresses_on_one_listener() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let b = Backend::start("b").await;
+    let config = format!(
+        "[listeners.web]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\nupstream = \"app\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        b.addr
+    );
+    let proxy = Proxy::start(&config);
+    let addrs = &proxy.listeners["web"];
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs.iter().any(|a| a.is_ipv6()) && addrs.iter().any(|a| a.is_ipv4()));
+    for addr in addrs {
+        assert_eq!(get(&client(), *addr, "/").await.status, 200, "via {addr}");
+    }
+    assert_eq!(text(&b.last().headers, "x-forwarded-for"), "::1");
+}

@@ -54,6 +54,9 @@ pub async fn forward(
         parts.headers.insert(header::HOST, host);
     }
     remove_hop_by_hop(&mut parts.headers);
+    // hyper answers `Expect: 100-continue` to the client itself when the body is first read;
+    // the backend receives the body without being asked to expect it.
+    parts.headers.remove(header::EXPECT);
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
