@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::Request;
-use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -41,19 +40,7 @@ async fn download(proxy: &Proxy, bytes: u64) {
 }
 
 async fn upload(proxy: &Proxy, backend: &Backend, bytes: u64) {
-    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
-    let stream = futures_util::stream::unfold(bytes, move |left| {
-        let chunk = chunk.clone();
-        async move {
-            (left > 0).then(|| {
-                let n = left.min(chunk.len() as u64);
-                (
-                    Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
-                    left - n,
-                )
-            })
-        }
-    });
+    let stream = byte_stream(b'u', 256 * 1024, bytes);
     let c: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
         Client::builder(TokioExecutor::new()).build_http();
     let req = Request::post(format!("http://{}/upload", proxy.addr()))

@@ -159,17 +159,7 @@ async fn answer(
         Response::new(Full::new(Bytes::from(name.clone())).boxed())
     } else if let Some(n) = path.strip_prefix("/download/") {
         let total: u64 = n.parse().unwrap_or(0);
-        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-        let stream = futures_util::stream::unfold(total, move |left| {
-            let chunk = chunk.clone();
-            async move {
-                (left > 0).then(|| {
-                    let n = left.min(chunk.len() as u64);
-                    let data = chunk.slice(..n as usize);
-                    (Ok::<_, Infallible>(Frame::data(data)), left - n)
-                })
-            }
-        });
+        let stream = byte_stream(b'x', 64 * 1024, total);
         let mut r = Response::new(StreamBody::new(stream).boxed());
         r.headers_mut().insert("content-length", total.into());
         r
@@ -196,6 +186,24 @@ async fn answer(
     resp.headers_mut()
         .insert("x-private", "secret".parse().expect("value"));
     Ok(resp)
+}
+
+/// A stream of `total` bytes of `fill`, in frames of `chunk` bytes.
+pub fn byte_stream(
+    fill: u8,
+    chunk: usize,
+    total: u64,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static {
+    let chunk = Bytes::from(vec![fill; chunk]);
+    futures_util::stream::unfold(total, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(chunk.len() as u64);
+                (Ok(Frame::data(chunk.slice(..n as usize))), left - n)
+            })
+        }
+    })
 }
 
 /// An address on which nothing listens: connecting to it is refused.
