@@ -25,6 +25,12 @@ pub enum ProxyError {
     /// The client stopped sending its request body.
     #[error("request body timed out")]
     ClientBodyTimeout,
+    /// The client's chunked body grew past the listener's `max_body_size`.
+    #[error("request body too large")]
+    ClientBodyTooLarge,
+    /// A backend answered in a way that cannot be passed on (an unrequested protocol switch).
+    #[error("invalid response from backend")]
+    InvalidUpstreamResponse,
 }
 
 impl ProxyError {
@@ -35,32 +41,42 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBodyBroken => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::InvalidUpstreamResponse => StatusCode::BAD_GATEWAY,
         }
     }
 
     pub fn response(self) -> Response<ProxyBody> {
-        let status = self.status();
-        let text = format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Error")
-        );
-        let mut resp = Response::new(ProxyBody::local(text));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if matches!(
+        let close = matches!(
             self,
-            ProxyError::ClientBodyBroken | ProxyError::ClientBodyTimeout
-        ) {
-            // The rest of a broken body cannot be found on this connection: do not reuse it.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
+            ProxyError::ClientBodyBroken
+                | ProxyError::ClientBodyTimeout
+                | ProxyError::ClientBodyTooLarge
+        );
+        // After a broken body, where the next request starts is unknown: close.
+        local_response(self.status(), close)
     }
+}
+
+/// A response of rproxy's own: the status line repeated as a short plain-text body, and
+/// `Connection: close` when the connection must not carry another request.
+pub fn local_response(status: StatusCode, close: bool) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut resp = Response::new(ProxyBody::local(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// An error with its whole `source()` chain, for log lines ("client error (Connect): tcp

@@ -45,6 +45,7 @@ struct BoundListener {
 impl Server {
     /// Builds the runtime state and binds every listen address.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        check_fd_limit(&config);
         let drain_timeout = config.drain_timeout;
         let config = Arc::new(config);
         let snapshot = build_snapshot(Arc::clone(&config)).await?;
@@ -117,6 +118,33 @@ impl Server {
         }
         tracing::info!("all connections drained");
         0
+    }
+}
+
+/// Raises the open-file limit to the hard limit (each client connection needs a descriptor,
+/// and one more for its backend), and warns when the listeners' connection limits could still
+/// run past it. Past the limit accept fails with EMFILE; the listener logs that and retries.
+fn check_fd_limit(config: &Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let wanted: u64 = config
+        .listeners
+        .values()
+        .map(|l| l.max_connections as u64 * 2 * l.listen.len() as u64)
+        .sum();
+    if wanted > limit {
+        tracing::warn!(
+            open_file_limit = limit,
+            needed = wanted,
+            "the listeners' max_connections may need more file descriptors than allowed; raise the hard limit (ulimit -Hn) or lower max_connections"
+        );
+    } else {
+        tracing::debug!(open_file_limit = limit, "open-file limit");
     }
 }
 

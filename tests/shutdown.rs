@@ -43,12 +43,7 @@ async fn sigterm_finishes_the_request_in_progress_then_exits_zero() {
     assert_eq!((ans.status.as_u16(), ans.body.as_str()), (200, "b"));
     let status = proxy.wait_exit().await;
     assert_eq!(status.code(), Some(0));
-    assert!(
-        proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("all connections drained"))
-    );
+    proxy.wait_for_log(&["all connections drained"]).await;
 }
 
 #[tokio::test]
@@ -64,11 +59,10 @@ async fn idle_keepalive_connections_do_not_hold_the_drain() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("write");
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.expect("read");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
 
     proxy.signal("TERM");
+    let mut buf = vec![0u8; 4096];
     // The idle connection is closed by rproxy, and rproxy exits long before the 60 s drain.
     let closed = tokio::time::timeout(DEADLINE, s.read(&mut buf))
         .await
@@ -93,12 +87,7 @@ async fn the_drain_timeout_bounds_the_wait() {
     wait_for("the request to reach the backend", || b.requests() == 1).await;
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit().await.code(), Some(0));
-    assert!(
-        proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("drain timeout reached"))
-    );
+    proxy.wait_for_log(&["drain timeout reached"]).await;
 }
 
 #[tokio::test]
@@ -112,10 +101,7 @@ async fn a_second_signal_exits_at_once() {
     let _stuck = tokio::spawn(async move { get(&client(), addr, "/slow/60000").await });
     wait_for("the request to reach the backend", || b.requests() == 1).await;
     proxy.signal("TERM");
-    wait_for("the drain to start", || {
-        proxy.logs().iter().any(|l| l.contains("shutting down"))
-    })
-    .await;
+    proxy.wait_for_log(&["shutting down"]).await;
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit().await.code(), Some(1));
 }
@@ -125,9 +111,6 @@ async fn sighup_does_not_stop_the_proxy() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
     proxy.signal("HUP");
-    wait_for("the SIGHUP to be logged", || {
-        proxy.logs().iter().any(|l| l.contains("SIGHUP"))
-    })
-    .await;
+    proxy.wait_for_log(&["SIGHUP"]).await;
     assert_eq!(get(&client(), proxy.addr(), "/").await.status, 200);
 }

@@ -13,8 +13,8 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    BalancePolicy, Config, ListenerConfig, Origin, ServerAddr, ServerConfig, UpstreamConfig,
-    defaults,
+    BalancePolicy, Config, ListenerConfig, Origin, RequestLimits, ServerAddr, ServerConfig,
+    UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -29,6 +29,14 @@ pub mod defaults {
     pub const UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
     pub const UPSTREAM_KEEPALIVE_CONNECTIONS: usize = 32;
     pub const MAX_WEIGHT: u32 = 1_000_000;
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Request line plus headers, like HAProxy's default buffer.
+    pub const MAX_HEADER_SIZE: usize = 32 * 1024;
+    /// hyper's own default: keeping it lets hyper parse headers on the stack.
+    pub const MAX_HEADERS: usize = 100;
+    pub const MAX_URI_LENGTH: usize = 8 * 1024;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +65,28 @@ pub struct ListenerConfig {
     pub keepalive_timeout: Duration,
     /// Longest pause between two pieces of a request body from the client.
     pub body_timeout: Duration,
+    /// Longest time a write to the client may stay blocked (a client that does not read).
+    pub send_timeout: Duration,
+    pub limits: RequestLimits,
+    /// Open client connections at most; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+}
+
+/// What a client request may be, checked at the edge before anything is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Request line and headers together, in bytes (431 beyond).
+    pub max_header_size: usize,
+    /// Header lines (431 beyond).
+    pub max_headers: usize,
+    /// Request target length in bytes (414 beyond).
+    pub max_uri_length: usize,
+    /// Request body in bytes; `None` is unlimited (413 beyond).
+    pub max_body_size: Option<u64>,
+    /// Forward header names containing `_`; off by default, like nginx, because many
+    /// frameworks read `X_Forwarded_For` and `X-Forwarded-For` as the same header.
+    pub allow_underscores_in_headers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::ConfigErrors;
 use super::model::{
-    BalancePolicy, Config, ListenerConfig, Origin, ServerAddr, ServerConfig, UpstreamConfig,
-    defaults,
+    BalancePolicy, Config, ListenerConfig, Origin, RequestLimits, ServerAddr, ServerConfig,
+    UpstreamConfig, defaults,
 };
 use super::reader::{Reader, Table, Value, did_you_mean, entries, get, join};
 
@@ -32,6 +32,14 @@ const LISTENER_KEYS: &[&str] = &[
     "header_timeout",
     "keepalive_timeout",
     "body_timeout",
+    "send_timeout",
+    "max_header_size",
+    "max_headers",
+    "max_uri_length",
+    "max_body_size",
+    "max_connections",
+    "allow_underscores_in_headers",
+    "http2_max_concurrent_streams",
 ];
 const UPSTREAM_KEYS: &[&str] = &[
     "balance",
@@ -182,6 +190,55 @@ fn listener(
     let keepalive_timeout =
         duration_or(r, t, path, "keepalive_timeout", defaults::KEEPALIVE_TIMEOUT);
     let body_timeout = duration_or(r, t, path, "body_timeout", defaults::CLIENT_BODY_TIMEOUT);
+    let send_timeout = duration_or(r, t, path, "send_timeout", defaults::SEND_TIMEOUT);
+    let mut number = |key: &str, min: u64, max: u64, default: u64, size: bool| match get(t, key) {
+        Some(v) if size => r.size(v, &join(path, key), min, max),
+        Some(v) => r.integer(v, &join(path, key), min, max),
+        None => Some(default),
+    };
+    // hyper cannot buffer a head smaller than 8 KiB; 1 MiB is far beyond any real client.
+    let max_header_size = number(
+        "max_header_size",
+        8192,
+        1 << 20,
+        defaults::MAX_HEADER_SIZE as u64,
+        true,
+    );
+    let max_headers = number(
+        "max_headers",
+        1,
+        10_000,
+        defaults::MAX_HEADERS as u64,
+        false,
+    );
+    let max_uri_length = number(
+        "max_uri_length",
+        16,
+        65_534,
+        defaults::MAX_URI_LENGTH as u64,
+        true,
+    );
+    let max_connections = number(
+        "max_connections",
+        1,
+        10_000_000,
+        defaults::MAX_CONNECTIONS as u64,
+        false,
+    );
+    let streams = number(
+        "http2_max_concurrent_streams",
+        1,
+        10_000,
+        u64::from(defaults::HTTP2_MAX_CONCURRENT_STREAMS),
+        false,
+    );
+    let max_body_size = match get(t, "max_body_size") {
+        Some(v) => r
+            .size(v, &join(path, "max_body_size"), 0, u64::MAX)
+            .map(Some),
+        None => Some(None),
+    };
+    let allow_underscores = flag(r, t, path, "allow_underscores_in_headers");
     let upstream = upstream?;
     let (listen, listen_origin) = listen?;
     Some(ListenerDraft {
@@ -192,6 +249,16 @@ fn listener(
             header_timeout,
             keepalive_timeout,
             body_timeout,
+            send_timeout,
+            limits: RequestLimits {
+                max_header_size: usize::try_from(max_header_size?).ok()?,
+                max_headers: usize::try_from(max_headers?).ok()?,
+                max_uri_length: usize::try_from(max_uri_length?).ok()?,
+                max_body_size: max_body_size?,
+                allow_underscores_in_headers: allow_underscores?,
+            },
+            max_connections: usize::try_from(max_connections?).ok()?,
+            http2_max_concurrent_streams: u32::try_from(streams?).ok()?,
         },
         listen_origin,
     })

@@ -142,6 +142,49 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A size in bytes: an integer, or a string with a binary unit (`"32k"`, `"1m"`, `"2g"`).
+    pub(crate) fn size(&mut self, v: &Value<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
+        if let DeValue::Integer(_) = v.get_ref() {
+            return self.integer(v, key, min, max);
+        }
+        let text = self.string(v, key)?;
+        let lower = text.trim().to_ascii_lowercase();
+        let (digits, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => lower.split_at(i),
+            None => (lower.as_str(), ""),
+        };
+        let factor: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
+            "" => 1,
+            "k" => 1 << 10,
+            "m" => 1 << 20,
+            "g" => 1 << 30,
+            _ => 0,
+        };
+        match digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+        {
+            Some(n) if factor > 0 && n >= min && n <= max => Some(n),
+            Some(n) if factor > 0 => {
+                self.error(
+                    key,
+                    v.span(),
+                    format!("must be between {min} and {max} bytes, got {n}"),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    key,
+                    v.span(),
+                    format!("`{text}` is not a size; write bytes as a number, or \"32k\", \"1m\", \"2g\""),
+                );
+                None
+            }
+        }
+    }
+
     pub(crate) fn table<'v, 'i>(&mut self, v: &'v Value<'i>, key: &str) -> Option<&'v Table<'i>> {
         match v.get_ref() {
             DeValue::Table(t) => Some(t),

@@ -7,7 +7,7 @@
 //! the first byte of a new request head arrived. A watchdog task per connection reads this.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +23,8 @@ pub struct ConnActivity {
     idle_since: AtomicU64,
     /// Milliseconds since `epoch` of the first byte read while idle, or `NONE`.
     head_started: AtomicU64,
+    /// What `HeadScan` found in the raw head of the request now arriving.
+    head_flags: AtomicU8,
 }
 
 /// Held while a request is in progress (until its response body is done or dropped).
@@ -46,6 +48,7 @@ impl ConnActivity {
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
+            head_flags: AtomicU8::new(0),
         })
     }
 
@@ -60,13 +63,24 @@ impl ConnActivity {
         ActiveRequest(Arc::clone(self))
     }
 
-    /// Called by the connection's reader after bytes arrived.
-    pub fn bytes_read(&self) {
-        if self.active.load(Ordering::Acquire) == 0
-            && self.head_started.load(Ordering::Relaxed) == NONE
-        {
+    /// Called by the connection's reader after bytes arrived. True when these bytes begin a
+    /// new request head (the connection was idle and nothing of a head had arrived yet).
+    pub fn bytes_read(&self) -> bool {
+        let starts_head = self.active.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Relaxed) == NONE;
+        if starts_head {
             self.head_started.store(self.now_ms(), Ordering::Release);
         }
+        starts_head
+    }
+
+    pub(crate) fn add_head_flags(&self, flags: u8) {
+        self.head_flags.fetch_or(flags, Ordering::AcqRel);
+    }
+
+    /// What the raw head of the request now starting carried (see `head_scan`); clears it.
+    pub(crate) fn take_head_flags(&self) -> u8 {
+        self.head_flags.swap(0, Ordering::AcqRel)
     }
 
     pub fn requests(&self) -> u64 {

@@ -13,20 +13,25 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::ProxyError;
+use crate::access_log::AccessRecord;
+use crate::config::{ListenerConfig, defaults};
+use crate::error::{ProxyError, local_response};
 use crate::router;
 use crate::state::SharedState;
 use crate::upstream::{Peer, ProxyBody, forward};
 
 use super::activity::{ConnActivity, Expiry};
+use super::bind::accept_queue_len;
 use super::io::{ClientIo, Protocol, sniff};
+use super::validate::{self, Verdict};
 
 /// What every connection of one listener shares.
 #[derive(Debug, Clone)]
@@ -45,12 +50,20 @@ pub async fn serve_listener(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let max_connections = match router::route(&state.load(), &name) {
+        Some(l) => l.settings.max_connections,
+        None => return,
+    };
     let ctx = ListenerCtx {
         name,
         state,
         shutdown,
     };
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        let Some(slot) = connection_slot(&slots, &listener, &ctx, max_connections).await else {
+            break;
+        };
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -61,7 +74,11 @@ pub async fn serve_listener(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
                 }
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                tracker.spawn(serve_connection(stream, peer, ctx.clone()));
+                let ctx = ctx.clone();
+                tracker.spawn(async move {
+                    serve_connection(stream, peer, ctx).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE or a connection reset before accept: keep serving, but
@@ -74,14 +91,50 @@ pub async fn serve_listener(
     tracing::debug!(listener = %ctx.name, "stopped accepting");
 }
 
+/// Waits for a free connection slot. While the listener is at `max_connections`, it stops
+/// accepting (new connections wait in the kernel's accept queue) and says so in the log, with
+/// how many are waiting, every few seconds. `None` on shutdown.
+async fn connection_slot(
+    slots: &Arc<Semaphore>,
+    listener: &TcpListener,
+    ctx: &ListenerCtx,
+    limit: usize,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+        return Some(slot);
+    }
+    let since = tokio::time::Instant::now();
+    let addr = listener.local_addr().ok();
+    loop {
+        let waiting = addr.and_then(accept_queue_len);
+        tracing::warn!(
+            listener = %ctx.name,
+            limit,
+            waiting = waiting.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+            "connection limit reached; new connections wait in the accept queue"
+        );
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return None,
+            slot = Arc::clone(slots).acquire_owned() => {
+                tracing::info!(listener = %ctx.name, waited = ?since.elapsed(), "below the connection limit again; accepting");
+                return slot.ok();
+            }
+            _ = tokio::time::sleep(LIMIT_LOG_INTERVAL) => {}
+        }
+    }
+}
+
+const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: ListenerCtx) {
-    let (header_timeout, keepalive) = {
+    let settings = {
         let snapshot = ctx.state.load();
         let Some(l) = router::route(&snapshot, &ctx.name) else {
             return;
         };
-        (l.header_timeout, l.keepalive_timeout)
+        l.settings.clone()
     };
+    let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
     let sniffed = tokio::select! {
         _ = ctx.shutdown.cancelled() => return,
         sniffed = tokio::time::timeout(header_timeout, sniff(&mut stream)) => sniffed,
@@ -99,7 +152,13 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Listener
         }
     };
     let activity = ConnActivity::new();
-    let io = TokioIo::new(ClientIo::new(stream, prefix, Arc::clone(&activity)));
+    let io = TokioIo::new(ClientIo::new(
+        stream,
+        prefix,
+        Arc::clone(&activity),
+        proto,
+        settings.send_timeout,
+    ));
     let service = {
         let ctx = ctx.clone();
         let activity = Arc::clone(&activity);
@@ -112,19 +171,47 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Listener
     let watchdog = activity.watch(header_timeout, keepalive, proto == Protocol::Http1);
     match proto {
         Protocol::Http1 => {
-            let conn = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
                 .keep_alive(true)
                 // rproxy's watchdog enforces the header timeout (see `activity`).
                 .header_read_timeout(None)
-                .serve_connection(io, service);
+                .max_header_size(settings.limits.max_header_size);
+            if settings.limits.max_headers != defaults::MAX_HEADERS {
+                // Only when changed: hyper then parses headers on the heap, a little slower.
+                builder.max_headers(settings.limits.max_headers);
+            }
+            let conn = builder.serve_connection(io, service);
             drive(conn, watchdog, &ctx.shutdown, peer).await;
         }
         Protocol::Http2 => {
-            let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+            let conn = http2_builder(&settings).serve_connection(io, service);
             drive(conn, watchdog, &ctx.shutdown, peer).await;
         }
     }
 }
+
+/// HTTP/2 limits, chosen rather than inherited: a client gets at most
+/// `http2_max_concurrent_streams` requests in flight per connection, flow-control windows
+/// large enough for a fast download without letting one connection buffer much, a header
+/// list no larger than an HTTP/1 head may be, and a small budget of streams reset before they
+/// were served or failed by rproxy (rapid-reset floods end with GOAWAY).
+fn http2_builder(settings: &ListenerConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(u32::try_from(settings.limits.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
+    builder
+}
+
+pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+pub(crate) const H2_MAX_PENDING_RESETS: usize = 20;
+pub(crate) const H2_MAX_LOCAL_RESETS: usize = 256;
 
 async fn handle(
     ctx: &ListenerCtx,
@@ -133,17 +220,45 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let active = activity.begin();
+    let head_flags = activity.take_head_flags();
     let snapshot = ctx.state.load_full();
     let Some(listener) = router::route(&snapshot, &ctx.name) else {
-        let resp = ProxyError::NoBackend.response();
-        let (head, body) = resp.into_parts();
+        let (head, body) = ProxyError::NoBackend.response().into_parts();
         return Response::from_parts(head, body.finish_with(None, active));
     };
-    let peer = Peer {
-        addr: peer,
-        proto: "http",
+    let (mut parts, body) = req.into_parts();
+    let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        Verdict::Forward => {
+            let peer = Peer {
+                addr: peer,
+                proto: "http",
+            };
+            let req = Request::from_parts(parts, body);
+            return forward(listener, &snapshot.trusted_proxies, peer, req, active).await;
+        }
+        Verdict::ServerOptions => {
+            let mut resp = local_response(StatusCode::OK, false);
+            resp.headers_mut()
+                .insert(header::ALLOW, validate::SERVER_ALLOW);
+            resp
+        }
+        Verdict::Reject(r) => {
+            tracing::info!(client = %peer, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
+            local_response(r.status, r.close)
+        }
     };
-    forward(listener, &snapshot.trusted_proxies, peer, req, active).await
+    let log = AccessRecord::enabled().then(|| AccessRecord {
+        listener: Arc::clone(&listener.name),
+        client: peer.ip(),
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        status: answer.status().as_u16(),
+        backend: None,
+        upstream_time: None,
+        started: tokio::time::Instant::now(),
+    });
+    let (head, body) = answer.into_parts();
+    Response::from_parts(head, body.finish_with(log, active))
 }
 
 /// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at

@@ -1,19 +1,24 @@
 //! The client connection's byte stream: what the protocol sniff already read, then the socket.
 //!
 //! rproxy reads the first bytes itself (with a timeout) to choose HTTP/1 or HTTP/2, then gives
-//! hyper this stream, which replays those bytes first. Reads also tell the connection's
-//! activity tracker that a request head is arriving.
+//! hyper this stream, which replays those bytes first. On the way it tells the connection's
+//! activity tracker when a request head starts, notes a `#` in an HTTP/1 request target (which
+//! `http::Uri` would silently drop), and ends a write that stays blocked longer than the send
+//! timeout: a client that never reads its response cannot hold the connection forever.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::activity::ConnActivity;
+use super::head_scan::HeadScan;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -49,14 +54,77 @@ pub(super) struct ClientIo {
     prefix: BytesMut,
     inner: TcpStream,
     activity: Arc<ConnActivity>,
+    http1: bool,
+    scan: HeadScan,
+    send_timeout: Duration,
+    write_stall: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
 }
 
 impl ClientIo {
-    pub(super) fn new(inner: TcpStream, prefix: BytesMut, activity: Arc<ConnActivity>) -> Self {
+    pub(super) fn new(
+        inner: TcpStream,
+        prefix: BytesMut,
+        activity: Arc<ConnActivity>,
+        protocol: Protocol,
+        send_timeout: Duration,
+    ) -> Self {
         ClientIo {
             prefix,
             inner,
             activity,
+            http1: protocol == Protocol::Http1,
+            scan: HeadScan::new(),
+            send_timeout,
+            write_stall: None,
+            stalled: false,
+        }
+    }
+
+    /// Notes bytes just read. Only a head that starts a read on an idle connection is scanned;
+    /// pipelined requests are not (their fragment is then dropped by the URI parser, which is
+    /// harmless: the backend sees the path rproxy routed on, and hyper closes a connection
+    /// whose request had both framing headers).
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.activity.bytes_read() && self.http1 {
+            self.scan.start();
+        }
+        let flags = self.scan.feed(bytes);
+        if flags != 0 {
+            self.activity.add_head_flags(flags);
+        }
+    }
+
+    /// A write is pending: fails it once it has been pending for the send timeout.
+    fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let deadline = Instant::now() + self.send_timeout;
+        let sleep = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stalled {
+            sleep.as_mut().reset(deadline);
+            self.stalled = true;
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client did not read its response within the send timeout",
+            )));
+        }
+        Poll::Pending
+    }
+
+    fn written<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => self.write_pending(cx),
+            ready => {
+                self.stalled = false;
+                ready
+            }
         }
     }
 }
@@ -70,15 +138,16 @@ impl AsyncRead for ClientIo {
         let this = &mut *self;
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            this.activity.bytes_read();
+            let chunk = this.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            this.saw(&chunk);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.bytes_read();
+            let filled = &buf.filled()[before..];
+            this.saw(filled);
         }
         polled
     }
@@ -90,7 +159,8 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.written(polled, cx)
     }
 
     fn poll_write_vectored(
@@ -98,7 +168,8 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -106,7 +177,8 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.written(polled, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -5,8 +5,10 @@
 
 mod activity;
 mod bind;
+mod head_scan;
 mod http;
 mod io;
+mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity};
 pub use bind::bind;

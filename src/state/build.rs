@@ -46,9 +46,7 @@ pub async fn build_snapshot(config: Arc<Config>) -> Result<Snapshot, ConfigError
             Arc::new(ListenerRuntime {
                 name: Arc::from(name.as_str()),
                 pool: Arc::clone(pool),
-                header_timeout: l.header_timeout,
-                keepalive_timeout: l.keepalive_timeout,
-                body_timeout: l.body_timeout,
+                settings: l.clone(),
             }),
         );
     }

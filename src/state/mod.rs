@@ -9,12 +9,11 @@ mod build;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::upstream::Pool;
 
 pub use build::build_snapshot;
@@ -36,9 +35,8 @@ pub struct ListenerRuntime {
     pub name: Arc<str>,
     /// The listener's default route.
     pub pool: Arc<Pool>,
-    pub header_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub body_timeout: Duration,
+    /// Timeouts and limits, as validated.
+    pub settings: ListenerConfig,
 }
 
 impl Snapshot {

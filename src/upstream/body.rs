@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessRecord;
+use crate::config::ListenerConfig;
 use crate::listener::ActiveRequest;
 
 use super::pool::InFlightGuard;
@@ -72,6 +73,8 @@ pub(super) enum ClientBodyFailure {
     Broken,
     /// The client sent nothing for the listener's body timeout.
     TimedOut,
+    /// The body grew past the listener's `max_body_size`.
+    TooLarge,
 }
 
 /// Holds the client's request body until one upstream connection takes it.
@@ -81,19 +84,21 @@ pub(super) struct RequestBodySlot {
     taken: AtomicBool,
     failure: AtomicU8,
     idle_timeout: Duration,
+    max_size: Option<u64>,
     end_stream: bool,
     size_hint: SizeHint,
 }
 
 impl RequestBodySlot {
-    pub(super) fn new(body: Incoming, idle_timeout: Duration) -> Arc<Self> {
+    pub(super) fn new(body: Incoming, listener: &ListenerConfig) -> Arc<Self> {
         Arc::new(RequestBodySlot {
+            idle_timeout: listener.body_timeout,
+            max_size: listener.limits.max_body_size,
             end_stream: body.is_end_stream(),
             size_hint: body.size_hint(),
             body: Mutex::new(Some(body)),
             taken: AtomicBool::new(false),
             failure: AtomicU8::new(0),
-            idle_timeout,
         })
     }
 
@@ -107,6 +112,7 @@ impl RequestBodySlot {
         match self.failure.load(Ordering::Acquire) {
             1 => Some(ClientBodyFailure::Broken),
             2 => Some(ClientBodyFailure::TimedOut),
+            3 => Some(ClientBodyFailure::TooLarge),
             _ => None,
         }
     }
@@ -129,6 +135,7 @@ impl RequestBodySlot {
         let code = match why {
             ClientBodyFailure::Broken => 1,
             ClientBodyFailure::TimedOut => 2,
+            ClientBodyFailure::TooLarge => 3,
         };
         self.failure.store(code, Ordering::Release);
     }
@@ -149,6 +156,7 @@ enum BodyState {
         body: Incoming,
         idle: IdleTimer,
         slot: Arc<RequestBodySlot>,
+        sent: u64,
     },
     Done,
 }
@@ -169,6 +177,7 @@ impl Body for UpstreamRequestBody {
                     body,
                     idle: IdleTimer::new(slot.idle_timeout),
                     slot,
+                    sent: 0,
                 },
                 None => {
                     this.state = BodyState::Done;
@@ -176,12 +185,26 @@ impl Body for UpstreamRequestBody {
                 }
             };
         }
-        let BodyState::Streaming { body, idle, slot } = &mut this.state else {
+        let BodyState::Streaming {
+            body,
+            idle,
+            slot,
+            sent,
+        } = &mut this.state
+        else {
             return Poll::Ready(None);
         };
         match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 idle.progressed();
+                *sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if slot.max_size.is_some_and(|max| *sent > max) {
+                    // A chunked body has no length to check up front: cut it where it crosses
+                    // the limit, before the excess reaches the backend.
+                    slot.fail(ClientBodyFailure::TooLarge);
+                    this.state = BodyState::Done;
+                    return Poll::Ready(Some(Err("request body exceeds max_body_size".into())));
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, Uri, Version, header};
+use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -78,7 +78,7 @@ pub async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let slot = RequestBodySlot::new(body, listener.body_timeout);
+    let slot = RequestBodySlot::new(body, &listener.settings);
     let ctx = PickContext { client_ip };
     let mut tried = Tried::default();
 
@@ -105,6 +105,12 @@ pub async fn forward(
         let sent = Instant::now();
         match tokio::time::timeout(pool.timeouts.response, pool.client.request(upstream_req)).await
         {
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // rproxy forwards no Upgrade, so a switch was never asked for.
+                backend.live.record_failure();
+                tracing::warn!(upstream = %pool.name, backend = %backend.addr, "backend switched protocols unasked; answering 502");
+                break Err(ProxyError::InvalidUpstreamResponse);
+            }
             Ok(Ok(resp)) => {
                 if let Some(log) = &mut log {
                     log.status = resp.status().as_u16();
@@ -112,6 +118,12 @@ pub async fn forward(
                     log.upstream_time = Some(sent.elapsed());
                 }
                 let (mut head, body) = resp.into_parts();
+                if head.headers.contains_key(header::TRANSFER_ENCODING) {
+                    // hyper decoded the body by Transfer-Encoding (RFC 9112 6.3); a
+                    // Content-Length beside it describes nothing and would mis-frame the
+                    // answer to the client. rproxy frames the response itself.
+                    head.headers.remove(header::CONTENT_LENGTH);
+                }
                 remove_hop_by_hop(&mut head.headers);
                 let body = ProxyBody::upstream(body, pool.timeouts.body, in_flight);
                 break Ok(Response::from_parts(head, body));
@@ -124,6 +136,7 @@ pub async fn forward(
                     break Err(match why {
                         ClientBodyFailure::Broken => ProxyError::ClientBodyBroken,
                         ClientBodyFailure::TimedOut => ProxyError::ClientBodyTimeout,
+                        ClientBodyFailure::TooLarge => ProxyError::ClientBodyTooLarge,
                     });
                 }
                 let retry = !slot.taken() && (e.is_connect() || is_idempotent(&parts.method));

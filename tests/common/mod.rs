@@ -301,6 +301,26 @@ impl Proxy {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Waits until a log line contains every one of `needles`, and returns it.
+    pub async fn wait_for_log(&self, needles: &[&str]) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(line) = self
+                .logs()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no log line with {needles:?} in {:#?}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         // The shell's built-in `kill`: no dependency on procps being installed.
         let ok = Command::new("sh")
@@ -524,24 +544,34 @@ impl RawBackend {
     }
 }
 
-/// Sends raw bytes and reads one HTTP/1.1 response (head and `Content-Length` body) as text.
-/// Returns what was read when the server closes first.
+/// Sends raw bytes on a new connection and reads one HTTP/1.1 response as text.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");
+    read_response(&mut s).await
+}
+
+/// Reads one HTTP/1.1 response (head and `Content-Length` body; interim 1xx heads are
+/// skipped) as text, or what arrived before the server closed.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let read = async {
         loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let mut start = 0;
+            // Skip complete 1xx heads.
+            while text[start..].starts_with("HTTP/1.1 1") {
+                match text[start..].find("\r\n\r\n") {
+                    Some(end) => start += end + 4,
+                    None => break,
+                }
             }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len = text[..end]
+            if let Some(end) = text[start..].find("\r\n\r\n") {
+                let head = &text[start..start + end];
+                let len = head
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
@@ -549,10 +579,15 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
                             .then(|| v.trim().parse::<usize>().ok())?
                     })
                     .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    break;
+                if buf.len() >= start + end + 4 + len {
+                    return;
                 }
             }
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
     };
     tokio::time::timeout(DEADLINE, read)

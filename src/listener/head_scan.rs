@@ -1,0 +1,147 @@
+//! A look at the raw bytes of an HTTP/1 request head, for the two facts hyper's parsed request
+//! no longer shows: a `#` fragment in the request target (`http::Uri` drops it) and a head
+//! that carried both `Content-Length` and `Transfer-Encoding` (hyper removes the former).
+//! Both are signs of a request built to be read differently by two parsers, and the edge check
+//! (`validate.rs`) refuses them.
+//!
+//! The scanner runs over a head from its first byte to the blank line that ends it and then
+//! stops: body bytes are never scanned.
+
+pub(crate) const FRAGMENT: u8 = 1;
+pub(crate) const CONTENT_LENGTH: u8 = 2;
+pub(crate) const TRANSFER_ENCODING: u8 = 4;
+
+const NAME_MAX: usize = 17; // "transfer-encoding"
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Off,
+    Method,
+    Target,
+    LineRest,
+    LineStart,
+    Name,
+    Value,
+}
+
+#[derive(Debug)]
+pub(crate) struct HeadScan {
+    state: State,
+    name: [u8; NAME_MAX],
+    name_len: usize,
+    flags: u8,
+}
+
+impl HeadScan {
+    pub(crate) fn new() -> Self {
+        HeadScan {
+            state: State::Off,
+            name: [0; NAME_MAX],
+            name_len: 0,
+            flags: 0,
+        }
+    }
+
+    /// A new request head begins with the next byte fed.
+    pub(crate) fn start(&mut self) {
+        self.state = State::Method;
+        self.flags = 0;
+    }
+
+    /// Feeds bytes; returns the flags found so far in this head once it has ended (or when
+    /// something was found), and clears them.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> u8 {
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (State::Off, _) => break,
+                (State::Method, b' ') => State::Target,
+                (State::Method, _) => State::Method,
+                (State::Target, b'#') => {
+                    self.flags |= FRAGMENT;
+                    State::Target
+                }
+                (State::Target, b' ') => State::LineRest,
+                (State::Target | State::LineRest | State::Value | State::Name, b'\n') => {
+                    State::LineStart
+                }
+                (State::Target, _) => State::Target,
+                (State::LineRest, _) => State::LineRest,
+                (State::LineStart, b'\r') => State::LineStart,
+                (State::LineStart, b'\n') => State::Off,
+                (State::LineStart, c) => {
+                    self.name_len = 0;
+                    self.push_name(c);
+                    State::Name
+                }
+                (State::Name, b':') => {
+                    self.flags |= match &self.name[..self.name_len.min(NAME_MAX)] {
+                        b"content-length" if self.name_len == 14 => CONTENT_LENGTH,
+                        b"transfer-encoding" if self.name_len == 17 => TRANSFER_ENCODING,
+                        _ => 0,
+                    };
+                    State::Value
+                }
+                (State::Name, c) => {
+                    self.push_name(c);
+                    State::Name
+                }
+                (State::Value, _) => State::Value,
+            };
+        }
+        std::mem::take(&mut self.flags)
+    }
+
+    fn push_name(&mut self, c: u8) {
+        if self.name_len < NAME_MAX {
+            self.name[self.name_len] = c.to_ascii_lowercase();
+        }
+        self.name_len += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> u8 {
+        let mut s = HeadScan::new();
+        s.start();
+        chunks.iter().fold(0, |acc, c| acc | s.feed(c))
+    }
+
+    #[test]
+    fn finds_fragments_and_framing_headers_across_reads() {
+        assert_eq!(scan(&[b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"]), 0);
+        assert_eq!(scan(&[b"GET /a#b HTTP/1.1\r\n\r\n"]), FRAGMENT);
+        assert_eq!(
+            scan(&[
+                b"POST / HTTP/1.1\r\nContent-Le",
+                b"ngth: 5\r\nTRANSFER-encoding: chunked\r\n\r\n"
+            ]),
+            CONTENT_LENGTH | TRANSFER_ENCODING
+        );
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\nContent-Length: 5\n\n"]),
+            CONTENT_LENGTH
+        );
+        // Look-alikes are not the real names.
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nContent-Lengthy: 5\r\nX-Content-Length: 1\r\n\r\n"]),
+            0
+        );
+    }
+
+    #[test]
+    fn stops_at_the_end_of_the_head() {
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nHost: a\r\n\r\nTransfer-Encoding: chunked\r\n#"]),
+            0
+        );
+        let mut idle = HeadScan::new();
+        assert_eq!(
+            idle.feed(b"GET /#x HTTP/1.1\r\n"),
+            0,
+            "nothing is scanned until start()"
+        );
+    }
+}
