@@ -445,14 +445,16 @@ servers = [{servers}]
     )
 }
 
-/// A minimal hand-written HTTP/1.1 backend for behaviours hyper's server will not show:
-/// closing a kept-alive connection right after answering without saying so, and reporting how
-/// many connections are open right now.
+/// A hand-written HTTP/1.1 backend for behaviours hyper's server will not show: closing a
+/// kept-alive connection right after answering without saying so, scripted raw answers
+/// (malformed on purpose), floods of 1xx, and holding a request unanswered. It records every
+/// byte it receives and how many connections are open right now.
 pub struct RawBackend {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
     pub answered: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<u8>>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -462,15 +464,21 @@ impl Drop for RawBackend {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawMode {
-    /// Answer every request, keep the connection open.
+    /// Answer every request head with `200 ok`, keep the connection open.
     Answer,
     /// Close each connection right after its first response, although the response does not
     /// say `Connection: close` (like a backend whose keep-alive timer fired just then).
     CloseAfterAnswer,
     /// Read the request head, then close without answering (a process that crashed on it).
     DropRequest,
+    /// Answer each request head with these exact bytes, then close if `close` is set.
+    Script { bytes: Vec<u8>, close: bool },
+    /// Answer each request head with an endless stream of `100 Continue`.
+    InformationalFlood,
+    /// Read the request head and never answer.
+    Hold,
 }
 
 impl RawBackend {
@@ -481,13 +489,16 @@ impl RawBackend {
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
         let stop = tokio_util::sync::CancellationToken::new();
-        let (acc, op, ans, stopped) = (
+        let (acc, op, ans, rec, stopped) = (
             accepted.clone(),
             open.clone(),
             answered.clone(),
+            received.clone(),
             stop.clone(),
         );
+        let mode = Arc::new(mode);
         tokio::spawn(async move {
             loop {
                 let accept = tokio::select! {
@@ -499,11 +510,17 @@ impl RawBackend {
                 };
                 acc.fetch_add(1, Ordering::SeqCst);
                 op.fetch_add(1, Ordering::SeqCst);
-                let (op, ans, stopped) = (op.clone(), ans.clone(), stopped.clone());
+                let (op, ans, rec, stopped, mode) = (
+                    op.clone(),
+                    ans.clone(),
+                    rec.clone(),
+                    stopped.clone(),
+                    mode.clone(),
+                );
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
-                    loop {
+                    'conn: loop {
                         let n = tokio::select! {
                             _ = stopped.cancelled() => break,
                             n = stream.read(&mut chunk) => n.unwrap_or(0),
@@ -511,22 +528,36 @@ impl RawBackend {
                         if n == 0 {
                             break;
                         }
+                        rec.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&chunk[..n]);
                         buf.extend_from_slice(&chunk[..n]);
-                        let mut dropped = false;
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            if mode == RawMode::DropRequest {
-                                dropped = true;
-                                break;
-                            }
-                            let resp =
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: raw\r\n\r\nok";
-                            if stream.write_all(resp).await.is_err() {
-                                break;
+                            let reply: &[u8] = match &*mode {
+                                RawMode::DropRequest => break 'conn,
+                                RawMode::Hold => continue,
+                                RawMode::InformationalFlood => loop {
+                                    let flood = b"HTTP/1.1 100 Continue\r\n\r\n";
+                                    tokio::select! {
+                                        _ = stopped.cancelled() => break 'conn,
+                                        w = stream.write_all(flood) => if w.is_err() { break 'conn },
+                                    }
+                                },
+                                RawMode::Script { bytes, .. } => bytes,
+                                RawMode::Answer | RawMode::CloseAfterAnswer => {
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: raw\r\n\r\nok"
+                                }
+                            };
+                            if stream.write_all(reply).await.is_err() {
+                                break 'conn;
                             }
                             ans.fetch_add(1, Ordering::SeqCst);
+                            if matches!(&*mode, RawMode::Script { close: true, .. }) {
+                                break 'conn;
+                            }
                         }
-                        if dropped || (mode == RawMode::CloseAfterAnswer && buf.is_empty()) {
+                        if *mode == RawMode::CloseAfterAnswer && buf.is_empty() {
                             break;
                         }
                     }
@@ -539,9 +570,36 @@ impl RawBackend {
             accepted,
             open,
             answered,
+            received,
             stop,
         }
     }
+
+    /// Everything received so far, as text.
+    pub fn received_text(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned()
+    }
+
+    /// How many request heads were received (request lines seen).
+    pub fn request_heads(&self) -> usize {
+        self.received_text().matches(" HTTP/1.1\r\n").count()
+    }
+}
+
+/// Whether the server closed `s`: reads (discarding) until EOF, within the deadline.
+pub async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read).await.unwrap_or(false)
 }
 
 /// Sends raw bytes on a new connection and reads one HTTP/1.1 response as text.
