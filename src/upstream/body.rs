@@ -143,7 +143,7 @@ impl RequestBodySlot {
 
 /// The request body as sent to one backend.
 #[derive(Debug)]
-pub struct UpstreamRequestBody {
+pub(crate) struct UpstreamRequestBody {
     state: BodyState,
     end_stream: bool,
     size_hint: SizeHint,
@@ -250,6 +250,8 @@ pub struct ProxyBody {
     inner: Inner,
     bytes: u64,
     complete: bool,
+    /// A backend body error held back for one poll (see `poll_frame`).
+    deferred_error: Option<BodyError>,
     log: Option<AccessRecord>,
     _in_flight: Option<InFlightGuard>,
     _active: Option<ActiveRequest>,
@@ -270,6 +272,7 @@ impl ProxyBody {
             },
             bytes: 0,
             complete: false,
+            deferred_error: None,
             log: None,
             _in_flight: Some(in_flight),
             _active: None,
@@ -281,6 +284,7 @@ impl ProxyBody {
             inner: Inner::Local(Some(text.into())),
             bytes: 0,
             complete: false,
+            deferred_error: None,
             log: None,
             _in_flight: None,
             _active: None,
@@ -313,6 +317,10 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(e) = this.deferred_error.take() {
+            tracing::warn!(error = %e, "response body from backend failed; cutting the client's response");
+            return Poll::Ready(Some(Err(e)));
+        }
         let polled = match &mut this.inner {
             Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Inner::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
@@ -335,8 +343,17 @@ impl Body for ProxyBody {
                 // hyper stops polling once the body says it has ended.
                 this.complete = this.is_end_stream();
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "response body from backend failed; closing the client's response");
+            Some(Err(_)) => {
+                // hyper ends the client connection at once on a body error, dropping what it
+                // has buffered, the response head included when the backend failed right
+                // after it. Holding the error back one poll (and asking to be polled again)
+                // lets hyper flush first, so the client sees a response that is visibly cut
+                // short rather than none at all.
+                if let Some(Err(e)) = frame {
+                    this.deferred_error = Some(e);
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             None => this.complete = true,
         }

@@ -9,13 +9,21 @@
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+use tower::util::MapResponse;
 
 use crate::config::UpstreamConfig;
 
 use super::body::UpstreamRequestBody;
+use super::fair_io::UpstreamIo;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamRequestBody>;
+/// hyper-util's connector, its connections wrapped so they yield (see `fair_io`).
+pub(crate) type UpstreamConnector =
+    MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> UpstreamIo>;
+
+pub(crate) type UpstreamClient = Client<UpstreamConnector, UpstreamRequestBody>;
 
 pub(crate) fn build_client(config: &UpstreamConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
@@ -30,5 +38,5 @@ pub(crate) fn build_client(config: &UpstreamConfig) -> UpstreamClient {
         // The client's own Host header is forwarded, not one made from the backend address.
         .set_host(false)
         .retry_canceled_requests(true)
-        .build(connector)
+        .build(connector.map_response(UpstreamIo::new as fn(_) -> _))
 }

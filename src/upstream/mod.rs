@@ -6,11 +6,11 @@
 
 mod body;
 mod client;
+mod fair_io;
 mod forward;
 mod headers;
 mod pool;
 
 pub use body::ProxyBody;
-pub use client::UpstreamClient;
 pub use forward::{Peer, forward};
 pub use pool::{Backend, BackendLive, Pool};

@@ -90,7 +90,7 @@ pub struct Pool {
     primaries: usize,
     primary_balancer: Box<dyn Balancer>,
     backup_balancer: Box<dyn Balancer>,
-    pub client: UpstreamClient,
+    pub(crate) client: UpstreamClient,
     pub timeouts: PoolTimeouts,
 }
 
