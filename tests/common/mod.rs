@@ -653,3 +653,10 @@ pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
         .expect("response in time");
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

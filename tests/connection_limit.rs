@@ -1,0 +1,52 @@
+//! `max_connections`: past the limit, new connections wait in the accept queue (they are not
+//! refused, and rproxy does not run out of descriptors), the log says so, and they are served
+//! as soon as a slot frees up.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use common::*;
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_and_are_then_served() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nmax_connections = 3\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        b.addr
+    ));
+    let addr = proxy.addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    proxy
+        .wait_for_log(&["connection limit reached", "limit=3"])
+        .await;
+
+    // A fourth connection is accepted by the kernel but not served while all slots are held.
+    let mut waiting = TcpStream::connect(addr).await.expect("connect");
+    waiting
+        .write_all(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let early = tokio::time::timeout(Duration::from_millis(300), read_response(&mut waiting)).await;
+    assert!(early.is_err(), "served past the connection limit");
+
+    // One slot frees: the waiting connection is served.
+    drop(held.pop());
+    let answer = read_response(&mut waiting).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    proxy
+        .wait_for_log(&["below the connection limit again"])
+        .await;
+}
