@@ -608,6 +608,44 @@ mod tests {
         assert_eq!(c.drain_timeout, defaults::DRAIN_TIMEOUT);
     }
 
+    fn listener_with(extra: &str) -> Result<Config, ConfigErrors> {
+        let text = format!(
+            "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n{extra}\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n"
+        );
+        parse(Path::new("t.toml"), &text)
+    }
+
+    #[test]
+    fn sizes_take_bytes_or_binary_units() {
+        let c = listener_with(
+            "max_body_size = \"10m\"\nmax_header_size = 16384\nmax_uri_length = \"4KiB\"",
+        )
+        .expect("valid sizes");
+        let limits = c.listeners["l"].limits;
+        assert_eq!(limits.max_body_size, Some(10 << 20));
+        assert_eq!(limits.max_header_size, 16384);
+        assert_eq!(limits.max_uri_length, 4096);
+        assert_eq!(
+            listener_with("").expect("defaults").listeners["l"]
+                .limits
+                .max_body_size,
+            None
+        );
+        let errors = listener_with("max_body_size = \"ten\"\nmax_header_size = \"1k\"")
+            .expect_err("invalid");
+        let text = errors.to_string();
+        assert!(
+            text.contains("t.toml:4:17: listeners.l.max_body_size: `ten` is not a size"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "listeners.l.max_header_size: must be between 8192 and 1048576 bytes, got 1024"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn never_panics_on_damaged_input() {
         // Every prefix, and every single-byte replacement at a range of positions, of the
