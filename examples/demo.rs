@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    let signals = rproxy::Signals::install()?;
     let backends = vec![
         demo_backend("app-1").await?,
         demo_backend("app-2").await?,
@@ -90,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let serving = tokio::spawn(server.run(async move {
         tokio::select! {
             _ = stop_rx => {}
-            _ = rproxy::stop_signal() => {}
+            _ = signals.stopped() => {}
         }
     }));
 

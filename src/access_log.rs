@@ -26,9 +26,23 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Whether access lines are wanted at all; when not, no record is built.
-    pub fn enabled() -> bool {
-        tracing::enabled!(target: TARGET, tracing::Level::INFO)
+    /// Starts a record for a request, or `None` when access lines are switched off (then
+    /// nothing is allocated for them).
+    pub fn start(
+        listener: &Arc<str>,
+        client: IpAddr,
+        parts: &http::request::Parts,
+    ) -> Option<Self> {
+        tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| AccessRecord {
+            listener: Arc::clone(listener),
+            client,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            status: 0,
+            backend: None,
+            upstream_time: None,
+            started: Instant::now(),
+        })
     }
 
     pub fn emit(self, bytes: u64, complete: bool) {

@@ -15,4 +15,4 @@ pub mod server;
 pub mod state;
 pub mod upstream;
 
-pub use server::{Server, StartError, stop_signal};
+pub use server::{Server, Signals, StartError};

@@ -61,6 +61,13 @@ fn main() -> ExitCode {
 
     init_logging(config.log_level.as_deref());
     let code = runtime.block_on(async {
+        let signals = match rproxy::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match rproxy::Server::bind(config).await {
             Ok(server) => server,
             Err(e) => {
@@ -74,7 +81,7 @@ fn main() -> ExitCode {
             workers,
             "rproxy started"
         );
-        server.run(rproxy::stop_signal()).await;
+        server.run(signals.stopped()).await;
         ExitCode::SUCCESS
     });
     // Anything still running (a stuck name lookup) must not hold the exit.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -148,32 +149,45 @@ fn check_fd_limit(config: &Config) {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT. SIGHUP is logged and ignored for now (reload comes
-/// with its own issue) rather than killing the process, which is SIGHUP's default action.
-/// After the first stop signal, a second one exits the process at once.
-pub async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop rproxy with SIGKILL");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; configuration unchanged"),
-        }
+/// The process's stop and reload signals, caught from the moment this is created: created
+/// before anything is bound, so a signal that arrives during start-up is handled (a SIGHUP
+/// then would otherwise kill the process, SIGHUP's default action).
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Needs a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+
+    /// Resolves on the first SIGTERM or SIGINT. SIGHUP is logged and ignored for now (reload
+    /// comes with its own issue). After the first stop signal, a second one exits the process
+    /// at once.
+    pub async fn stopped(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; configuration unchanged"),
+            }
         }
-        tracing::warn!("second stop signal: exiting now without waiting for requests in progress");
-        std::process::exit(1);
-    });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+            tracing::warn!(
+                "second stop signal: exiting now without waiting for requests in progress"
+            );
+            std::process::exit(1);
+        });
+    }
 }

@@ -4,10 +4,12 @@
 //! `resolve` turns server names into addresses. The result feeds `state::Snapshot::build`.
 
 mod error;
+mod listener_section;
 mod model;
 mod parse;
 mod reader;
 mod resolve;
+mod upstream_section;
 
 use std::path::Path;
 

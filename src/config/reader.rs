@@ -214,6 +214,29 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// An optional boolean key; absent is `false`.
+pub(crate) fn flag(r: &mut Reader<'_>, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
+    match get(t, key) {
+        Some(v) => r.boolean(v, &join(path, key)),
+        None => Some(false),
+    }
+}
+
+/// An optional duration key; absent (or invalid, which is reported) is `default`.
+pub(crate) fn duration_or(
+    r: &mut Reader<'_>,
+    t: &Table<'_>,
+    path: &str,
+    key: &str,
+    default: std::time::Duration,
+) -> std::time::Duration {
+    match get(t, key) {
+        // On error the default stands in so validation can go on; the error still fails the load.
+        Some(v) => r.duration(v, &join(path, key)).unwrap_or(default),
+        None => default,
+    }
+}
+
 /// Looks a key up in a spanned table.
 pub(crate) fn get<'t, 'i>(table: &'t Table<'i>, key: &str) -> Option<&'t Value<'i>> {
     table

@@ -247,15 +247,9 @@ async fn handle(
             local_response(r.status, r.close)
         }
     };
-    let log = AccessRecord::enabled().then(|| AccessRecord {
-        listener: Arc::clone(&listener.name),
-        client: peer.ip(),
-        method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
-        status: answer.status().as_u16(),
-        backend: None,
-        upstream_time: None,
-        started: tokio::time::Instant::now(),
+    let log = AccessRecord::start(&listener.name, peer.ip(), &parts).map(|mut log| {
+        log.status = answer.status().as_u16();
+        log
     });
     let (head, body) = answer.into_parts();
     Response::from_parts(head, body.finish_with(log, active))

@@ -7,9 +7,10 @@
 //! attempt succeeded the client gets 502; when there was nothing to try, 503; when a backend
 //! was too slow to answer, 504.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
@@ -24,6 +25,7 @@ use crate::state::ListenerRuntime;
 
 use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
+use super::pool::InFlightGuard;
 
 /// Everything about the client connection a request needs.
 #[derive(Debug, Clone, Copy)]
@@ -41,37 +43,10 @@ pub async fn forward(
     req: Request<Incoming>,
     active: ActiveRequest,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     let pool = &listener.pool;
     let (mut parts, body) = req.into_parts();
-
-    // Absolute-form targets and HTTP/2's :authority carry the host; HTTP/1.1 upstream needs
-    // it in `Host`.
-    if let Some(authority) = parts.uri.authority()
-        && (parts.version == Version::HTTP_2 || parts.uri.scheme().is_some())
-        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
-    }
-    remove_hop_by_hop(&mut parts.headers);
-    // hyper answers `Expect: 100-continue` to the client itself when the body is first read;
-    // the backend receives the body without being asked to expect it.
-    parts.headers.remove(header::EXPECT);
-    if parts.version == Version::HTTP_2 {
-        join_cookies(&mut parts.headers);
-    }
-    let client_ip = set_forwarding(&mut parts.headers, peer.addr, trusted_proxies, peer.proto);
-
-    let mut log = AccessRecord::enabled().then(|| AccessRecord {
-        listener: Arc::clone(&listener.name),
-        client: client_ip,
-        method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
-        status: 0,
-        backend: None,
-        upstream_time: None,
-        started,
-    });
+    let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
+    let mut log = AccessRecord::start(&listener.name, client_ip, &parts);
 
     let path = parts
         .uri
@@ -117,16 +92,7 @@ pub async fn forward(
                     log.backend = Some(backend.addr);
                     log.upstream_time = Some(sent.elapsed());
                 }
-                let (mut head, body) = resp.into_parts();
-                if head.headers.contains_key(header::TRANSFER_ENCODING) {
-                    // hyper decoded the body by Transfer-Encoding (RFC 9112 6.3); a
-                    // Content-Length beside it describes nothing and would mis-frame the
-                    // answer to the client. rproxy frames the response itself.
-                    head.headers.remove(header::CONTENT_LENGTH);
-                }
-                remove_hop_by_hop(&mut head.headers);
-                let body = ProxyBody::upstream(body, pool.timeouts.body, in_flight);
-                break Ok(Response::from_parts(head, body));
+                break Ok(response_for_client(resp, pool.timeouts.body, in_flight));
             }
             Ok(Err(e)) => {
                 backend.live.record_failure();
@@ -186,6 +152,43 @@ pub async fn forward(
     }
     let (head, body) = response.into_parts();
     Response::from_parts(head, body.finish_with(log, active))
+}
+
+/// Prepares the client's request head for a backend and returns the client address: `Host`
+/// from the target where HTTP/2 or absolute form carry it, hop-by-hop headers out, forwarding
+/// headers in.
+fn rewrite_request_head(parts: &mut Parts, peer: Peer, trusted_proxies: &[ipnet::IpNet]) -> IpAddr {
+    if let Some(authority) = parts.uri.authority()
+        && (parts.version == Version::HTTP_2 || parts.uri.scheme().is_some())
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    remove_hop_by_hop(&mut parts.headers);
+    // hyper answers `Expect: 100-continue` to the client itself when the body is first read;
+    // the backend receives the body without being asked to expect it.
+    parts.headers.remove(header::EXPECT);
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    set_forwarding(&mut parts.headers, peer.addr, trusted_proxies, peer.proto)
+}
+
+/// A backend's response as the client gets it: hop-by-hop headers out, framed by rproxy, the
+/// body streamed under the body timeout and holding the backend's in-flight count.
+fn response_for_client(
+    resp: Response<Incoming>,
+    body_timeout: std::time::Duration,
+    in_flight: InFlightGuard,
+) -> Response<ProxyBody> {
+    let (mut head, body) = resp.into_parts();
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        // hyper decoded the body by Transfer-Encoding (RFC 9112 6.3); a Content-Length beside
+        // it describes nothing and would mis-frame the answer to the client.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    remove_hop_by_hop(&mut head.headers);
+    Response::from_parts(head, ProxyBody::upstream(body, body_timeout, in_flight))
 }
 
 /// Methods that RFC 9110 defines as idempotent: sending them twice has the effect of once.

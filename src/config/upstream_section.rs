@@ -1,0 +1,213 @@
+//! The `[upstreams.NAME]` sections: pools of backends, their balancing and upstream timeouts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
+use toml::de::DeValue;
+
+use super::model::{BalancePolicy, ServerAddr, ServerConfig, UpstreamConfig, defaults};
+use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
+
+const UPSTREAM_KEYS: &[&str] = &[
+    "balance",
+    "servers",
+    "connect_timeout",
+    "response_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "keepalive_connections",
+];
+const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down"];
+
+pub(super) fn upstream(
+    r: &mut Reader<'_>,
+    path: &str,
+    t: &Table<'_>,
+    whole: &Value<'_>,
+) -> Option<UpstreamConfig> {
+    r.check_keys(t, path, UPSTREAM_KEYS);
+    let balance = match get(t, "balance") {
+        None => Some(BalancePolicy::RoundRobin),
+        Some(v) => {
+            let key = join(path, "balance");
+            let name = r.string(v, &key)?;
+            let policy = BalancePolicy::from_name(name);
+            if policy.is_none() {
+                let hint = did_you_mean(name, BalancePolicy::NAMES)
+                    .map(|c| format!("did you mean `{c}`? "))
+                    .unwrap_or_default();
+                r.error(
+                    &key,
+                    v.span(),
+                    format!(
+                        "unknown policy `{name}`; {hint}known policies: {}",
+                        BalancePolicy::NAMES.join(", ")
+                    ),
+                );
+            }
+            policy
+        }
+    };
+    let servers = match get(t, "servers") {
+        Some(v) => servers(r, &join(path, "servers"), v),
+        None => {
+            r.error(
+                path,
+                whole.span(),
+                "missing key `servers` (the backends of this pool)",
+            );
+            None
+        }
+    };
+    let connect_timeout = duration_or(r, t, path, "connect_timeout", defaults::CONNECT_TIMEOUT);
+    let response_timeout = duration_or(r, t, path, "response_timeout", defaults::RESPONSE_TIMEOUT);
+    let body_timeout = duration_or(r, t, path, "body_timeout", defaults::UPSTREAM_BODY_TIMEOUT);
+    let keepalive_timeout = duration_or(
+        r,
+        t,
+        path,
+        "keepalive_timeout",
+        defaults::UPSTREAM_KEEPALIVE_TIMEOUT,
+    );
+    let keepalive_connections = match get(t, "keepalive_connections") {
+        Some(v) => r
+            .integer(v, &join(path, "keepalive_connections"), 0, 100_000)
+            .map(|n| n as usize),
+        None => Some(defaults::UPSTREAM_KEEPALIVE_CONNECTIONS),
+    };
+    Some(UpstreamConfig {
+        name: path.trim_start_matches("upstreams.").to_string(),
+        balance: balance?,
+        servers: servers?,
+        connect_timeout,
+        response_timeout,
+        body_timeout,
+        keepalive_timeout,
+        keepalive_connections: keepalive_connections?,
+    })
+}
+
+fn servers(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<ServerConfig>> {
+    let items = r.array(v, key)?;
+    if items.is_empty() {
+        r.error(key, v.span(), "an upstream needs at least one server");
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut seen: HashMap<ServerAddr, String> = HashMap::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(server) = server(r, &item_key, item) else {
+            ok = false;
+            continue;
+        };
+        if let Some(first) = seen.get(&server.addr) {
+            r.error_at(
+                &server.origin,
+                format!("`{}` is already listed at {first}", server.addr),
+            );
+            ok = false;
+            continue;
+        }
+        seen.insert(server.addr.clone(), item_key);
+        out.push(server);
+    }
+    ok.then_some(out)
+}
+
+fn server(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<ServerConfig> {
+    match v.get_ref() {
+        DeValue::String(text) => {
+            let addr = server_addr(r, key, v, text)?;
+            Some(ServerConfig {
+                addr,
+                weight: NonZeroU32::MIN,
+                backup: false,
+                down: false,
+                origin: r.origin(key, v.span()),
+            })
+        }
+        DeValue::Table(t) => {
+            r.check_keys(t, key, SERVER_KEYS);
+            let addr_key = join(key, "addr");
+            let addr = match get(t, "addr") {
+                Some(a) => {
+                    let text = r.string(a, &addr_key)?;
+                    server_addr(r, &addr_key, a, text)
+                        .map(|addr| (addr, r.origin(&addr_key, a.span())))
+                }
+                None => {
+                    r.error(key, v.span(), "missing key `addr` (\"host:port\")");
+                    None
+                }
+            };
+            let weight = match get(t, "weight") {
+                Some(w) => r
+                    .integer(w, &join(key, "weight"), 1, u64::from(defaults::MAX_WEIGHT))
+                    .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?)),
+                None => Some(NonZeroU32::MIN),
+            };
+            let backup = flag(r, t, key, "backup");
+            let down = flag(r, t, key, "down");
+            let (addr, origin) = addr?;
+            Some(ServerConfig {
+                addr,
+                weight: weight?,
+                backup: backup?,
+                down: down?,
+                origin,
+            })
+        }
+        other => {
+            r.error(
+                key,
+                v.span(),
+                format!(
+                    "expected \"host:port\" or {{ addr = \"host:port\", weight = N }}, found {}",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `"10.0.0.1:3000"`, `"[::1]:3000"` or `"app1.internal:3000"`.
+fn server_addr(r: &mut Reader<'_>, key: &str, v: &Value<'_>, text: &str) -> Option<ServerAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            r.error(key, v.span(), "port 0 is not a backend port");
+            return None;
+        }
+        return Some(ServerAddr::Ip(addr));
+    }
+    let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.len() <= 63 && label_chars_ok(label));
+        valid_host.then(|| ServerAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    });
+    if parsed.is_none() {
+        r.error(
+            key,
+            v.span(),
+            format!("`{text}` is not a backend address; write \"host:port\" such as \"127.0.0.1:3000\", \"[::1]:3000\" or \"app1.internal:3000\""),
+        );
+    }
+    parsed
+}
+
+fn label_chars_ok(label: &str) -> bool {
+    label
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !label.starts_with('-')
+}
