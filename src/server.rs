@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigErrors};
-use crate::listener::{bind, serve_listener};
+use crate::listener::{ConnectionLimit, bind, serve_listener};
 use crate::state::{SharedState, build_snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ struct BoundListener {
     name: Arc<str>,
     socket: TcpListener,
     addr: SocketAddr,
+    /// Shared by every socket of the same listener.
+    limit: ConnectionLimit,
 }
 
 impl Server {
@@ -52,6 +54,7 @@ impl Server {
         let snapshot = build_snapshot(Arc::clone(&config)).await?;
         let mut listeners = Vec::new();
         for (name, l) in &config.listeners {
+            let limit = ConnectionLimit::new(l.max_connections);
             for addr in &l.listen {
                 let socket = bind(*addr).map_err(|source| StartError::Bind {
                     listener: name.clone(),
@@ -65,6 +68,7 @@ impl Server {
                     name: Arc::from(name.as_str()),
                     socket,
                     addr,
+                    limit: limit.clone(),
                 });
             }
         }
@@ -95,6 +99,7 @@ impl Server {
                 l.socket,
                 l.name,
                 Arc::clone(&self.state),
+                l.limit,
                 stop.clone(),
                 connections.clone(),
             ));

@@ -14,15 +14,17 @@ use common::*;
 #[tokio::test]
 async fn connections_past_the_limit_wait_and_are_then_served() {
     let b = Backend::start("b").await;
+    // Two listen sockets, one budget of three connections between them.
     let proxy = Proxy::start(&format!(
-        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nmax_connections = 3\n\
-         [upstreams.app]\nservers = [\"{}\"]\n",
+        "[listeners.web]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nupstream = \"app\"\n\
+         max_connections = 3\n[upstreams.app]\nservers = [\"{}\"]\n",
         b.addr
     ));
-    let addr = proxy.addr();
+    let addrs = proxy.listeners["web"].clone();
+    assert_eq!(addrs.len(), 2);
     let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+    for i in 0..3 {
+        let mut s = TcpStream::connect(addrs[i % 2]).await.expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .expect("write");
@@ -33,8 +35,9 @@ async fn connections_past_the_limit_wait_and_are_then_served() {
         .wait_for_log(&["connection limit reached", "limit=3"])
         .await;
 
-    // A fourth connection is accepted by the kernel but not served while all slots are held.
-    let mut waiting = TcpStream::connect(addr).await.expect("connect");
+    // A fourth connection, on either socket, is accepted by the kernel but not served while
+    // all slots are held.
+    let mut waiting = TcpStream::connect(addrs[1]).await.expect("connect");
     waiting
         .write_all(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
         .await

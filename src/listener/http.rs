@@ -41,27 +41,39 @@ struct ListenerCtx {
     shutdown: CancellationToken,
 }
 
+/// The connection budget of one listener, shared by all its listen sockets.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl ConnectionLimit {
+    pub fn new(limit: usize) -> Self {
+        ConnectionLimit {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on
 /// `tracker` so the caller can wait for them to drain.
 pub async fn serve_listener(
     listener: TcpListener,
     name: Arc<str>,
     state: SharedState,
+    limit: ConnectionLimit,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let max_connections = match router::route(&state.load(), &name) {
-        Some(l) => l.settings.max_connections,
-        None => return,
-    };
     let ctx = ListenerCtx {
         name,
         state,
         shutdown,
     };
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        let Some(slot) = connection_slot(&slots, &listener, &ctx, max_connections).await else {
+        let Some(slot) = connection_slot(&limit, &listener, &ctx).await else {
             break;
         };
         let accepted = tokio::select! {
@@ -95,12 +107,11 @@ pub async fn serve_listener(
 /// accepting (new connections wait in the kernel's accept queue) and says so in the log, with
 /// how many are waiting, every few seconds. `None` on shutdown.
 async fn connection_slot(
-    slots: &Arc<Semaphore>,
+    limit: &ConnectionLimit,
     listener: &TcpListener,
     ctx: &ListenerCtx,
-    limit: usize,
 ) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+    if let Ok(slot) = Arc::clone(&limit.slots).try_acquire_owned() {
         return Some(slot);
     }
     let since = tokio::time::Instant::now();
@@ -109,13 +120,13 @@ async fn connection_slot(
         let waiting = addr.and_then(accept_queue_len);
         tracing::warn!(
             listener = %ctx.name,
-            limit,
+            limit = limit.limit,
             waiting = waiting.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
             "connection limit reached; new connections wait in the accept queue"
         );
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return None,
-            slot = Arc::clone(slots).acquire_owned() => {
+            slot = Arc::clone(&limit.slots).acquire_owned() => {
                 tracing::info!(listener = %ctx.name, waited = ?since.elapsed(), "below the connection limit again; accepting");
                 return slot.ok();
             }

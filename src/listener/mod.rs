@@ -12,4 +12,4 @@ mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity};
 pub use bind::bind;
-pub use http::serve_listener;
+pub use http::{ConnectionLimit, serve_listener};
