@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod balancer;
 pub mod config;
 pub mod error;
+mod idle_timer;
 pub mod listener;
 pub mod metrics;
 pub mod router;

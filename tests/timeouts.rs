@@ -13,22 +13,9 @@ use tokio::net::TcpStream;
 
 use common::*;
 
-/// Reads until EOF (the server closed), returning everything read.
-async fn read_until_closed(s: &mut TcpStream) -> String {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => all.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, read)
-        .await
-        .expect("rproxy closed the connection in time");
-    String::from_utf8_lossy(&all).into_owned()
+/// Reads until the server closes, as text.
+async fn text_until_closed(s: &mut TcpStream) -> String {
+    String::from_utf8_lossy(&read_until_closed(s).await).into_owned()
 }
 
 fn listener_config(
@@ -47,7 +34,7 @@ async fn a_connection_that_sends_nothing_is_closed() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&listener_config(b.addr, "header_timeout = \"300ms\"", ""));
     let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
-    assert_eq!(read_until_closed(&mut s).await, "");
+    assert_eq!(text_until_closed(&mut s).await, "");
 }
 
 #[tokio::test]
@@ -58,7 +45,7 @@ async fn a_half_sent_request_head_is_closed_after_the_header_timeout() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
         .await
         .expect("write");
-    read_until_closed(&mut s).await;
+    text_until_closed(&mut s).await;
     assert_eq!(b.requests(), 0);
 }
 
@@ -91,7 +78,7 @@ async fn idle_keepalive_uses_its_own_timeout_not_the_header_timeout() {
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // Then the keep-alive timeout closes it.
-    read_until_closed(&mut s).await;
+    text_until_closed(&mut s).await;
     assert!(started.elapsed() >= Duration::from_millis(1500));
 }
 
@@ -103,7 +90,7 @@ async fn a_stalled_request_body_gets_408() {
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
         .expect("write");
-    let answer = read_until_closed(&mut s).await;
+    let answer = text_until_closed(&mut s).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 

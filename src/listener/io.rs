@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+
+use crate::idle_timer::IdleTimer;
 
 use super::activity::ConnActivity;
 use super::head_scan::HeadScan;
@@ -56,9 +57,8 @@ pub(super) struct ClientIo {
     activity: Arc<ConnActivity>,
     http1: bool,
     scan: HeadScan,
-    send_timeout: Duration,
-    write_stall: Option<Pin<Box<Sleep>>>,
-    stalled: bool,
+    /// The send timeout: a write blocked this long ends the connection.
+    write_stall: IdleTimer,
 }
 
 impl ClientIo {
@@ -75,9 +75,7 @@ impl ClientIo {
             activity,
             http1: protocol == Protocol::Http1,
             scan: HeadScan::new(),
-            send_timeout,
-            write_stall: None,
-            stalled: false,
+            write_stall: IdleTimer::new(send_timeout),
         }
     }
 
@@ -95,34 +93,20 @@ impl ClientIo {
         }
     }
 
-    /// A write is pending: fails it once it has been pending for the send timeout.
-    fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let deadline = Instant::now() + self.send_timeout;
-        let sleep = self
-            .write_stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.stalled {
-            sleep.as_mut().reset(deadline);
-            self.stalled = true;
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client did not read its response within the send timeout",
-            )));
-        }
-        Poll::Pending
-    }
-
+    /// Passes a write's result on, failing a write that stayed pending for the send timeout.
     fn written<T>(
         &mut self,
         polled: Poll<io::Result<T>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<T>> {
         match polled {
-            Poll::Pending => self.write_pending(cx),
+            Poll::Pending if self.write_stall.expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client did not read its response within the send timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
             ready => {
-                self.stalled = false;
+                self.write_stall.progressed();
                 ready
             }
         }

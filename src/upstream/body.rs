@@ -16,51 +16,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessRecord;
 use crate::config::ListenerConfig;
+use crate::idle_timer::IdleTimer;
 use crate::listener::ActiveRequest;
 
 use super::pool::InFlightGuard;
 
 pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Fires when a body has made no progress for `timeout`. One timer per body, re-armed in place.
-#[derive(Debug)]
-struct IdleTimer {
-    timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
-}
-
-impl IdleTimer {
-    fn new(timeout: Duration) -> Self {
-        IdleTimer {
-            timeout,
-            sleep: None,
-            armed: false,
-        }
-    }
-
-    /// Call after the inner body made progress.
-    fn progressed(&mut self) {
-        self.armed = false;
-    }
-
-    /// Call when the inner body is pending: true once it has been pending for `timeout`.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.timeout;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            sleep.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        sleep.as_mut().poll(cx).is_ready()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("no body bytes for {0:?}")]
@@ -325,7 +289,7 @@ impl Body for ProxyBody {
             Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Inner::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending if idle.expired(cx) => {
-                    Poll::Ready(Some(Err(BodyTimeout(idle.timeout).into())))
+                    Poll::Ready(Some(Err(BodyTimeout(idle.timeout()).into())))
                 }
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(frame) => {

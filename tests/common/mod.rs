@@ -587,19 +587,34 @@ impl RawBackend {
     }
 }
 
-/// Whether the server closed `s`: reads (discarding) until EOF, within the deadline.
-pub async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+/// Reads until the server closes `s` (EOF or reset) and returns what arrived, or `None` if
+/// it is still open at the deadline.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
     let mut buf = [0u8; 4096];
     let read = async {
         loop {
             match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => {}
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
             }
         }
     };
-    tokio::time::timeout(DEADLINE, read).await.unwrap_or(false)
+    tokio::time::timeout(DEADLINE, read).await.ok()?;
+    Some(all)
+}
+
+/// What arrived before the server closed `s`; panics if it does not close in time.
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    read_to_close(s)
+        .await
+        .expect("the server closed the connection in time")
+}
+
+/// Whether the server closes `s` within the deadline.
+pub async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+    read_to_close(s).await.is_some()
 }
 
 /// Sends raw bytes on a new connection and reads one HTTP/1.1 response as text.
