@@ -1,7 +1,7 @@
 //! Bodies stream through rproxy in both directions with back-pressure: large uploads and
 //! downloads pass while rproxy's resident memory stays small.
 //!
-//! The 1 GiB runs are `#[ignore]`d because they take a while in a debug build; run them with
+//! The 1 GiB run is ignored by default (it takes a while in a debug build); run it with
 //! `cargo test --release --test streaming -- --ignored`.
 
 mod common;
