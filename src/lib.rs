@@ -3,8 +3,10 @@
 //! The modules follow a request: `listener` accepts it, `router` picks the pool, `balancer`
 //! picks a backend of that pool, `upstream` forwards it. `config` is the validated file and
 //! `state` the runtime snapshot built from it; `server` ties them together at start and stop.
+//! At the side: `metrics`, served by the `admin` listener, and the `access_log`.
 
 pub mod access_log;
+pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod error;

@@ -68,13 +68,24 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let server = match rproxy::Server::bind(config).await {
+        // Before anything records: handles made earlier would record nowhere.
+        let metrics = match rproxy::metrics::install() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!("cannot install the metrics recorder: {e}; /metrics is disabled");
+                None
+            }
+        };
+        let mut server = match rproxy::Server::bind(config).await {
             Ok(server) => server,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(handle) = metrics {
+            server = server.with_metrics(handle);
+        }
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %cli.config.display(),

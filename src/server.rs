@@ -9,12 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{AdminState, serve_admin};
 use crate::config::{Config, ConfigErrors};
 use crate::listener::{ConnectionLimit, bind, serve_listener};
 use crate::state::{SharedState, build_snapshot};
@@ -35,6 +39,7 @@ pub struct Server {
     state: SharedState,
     listeners: Vec<BoundListener>,
     drain_timeout: Duration,
+    admin: Option<(TcpListener, AdminState)>,
 }
 
 struct BoundListener {
@@ -72,12 +77,51 @@ impl Server {
                 });
             }
         }
-        crate::metrics::describe();
+        let admin = match &config.admin {
+            Some(a) => {
+                let socket = bind(a.listen).map_err(|source| StartError::Bind {
+                    listener: "admin".to_string(),
+                    addr: a.listen,
+                    source,
+                })?;
+                let addr = socket.local_addr().unwrap_or(a.listen);
+                tracing::info!(addr = %addr, "admin listening");
+                let state = AdminState {
+                    token: a.token.as_deref().map(Arc::from),
+                    metrics: None,
+                    ready: Arc::new(AtomicBool::new(false)),
+                };
+                Some((socket, state))
+            }
+            None => None,
+        };
         Ok(Server {
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             listeners,
             drain_timeout,
+            admin,
         })
+    }
+
+    /// Serves this recorder's metrics on the admin listener's `/metrics`.
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        if let Some((_, state)) = &mut self.admin {
+            state.metrics = Some(handle.clone());
+        }
+        // The exporter compacts its histograms only when asked to.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+        self
+    }
+
+    /// The admin listener's bound address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(s, _)| s.local_addr().ok())
     }
 
     /// `(listener name, bound address)` for every socket.
@@ -104,8 +148,18 @@ impl Server {
                 connections.clone(),
             ));
         }
+        let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
+        if let Some((socket, admin)) = self.admin {
+            accept_loops.spawn(serve_admin(socket, admin, stop.clone()));
+        }
+        if let Some(ready) = &ready {
+            ready.store(true, Ordering::Release);
+        }
         accept_loops.close();
         shutdown.await;
+        if let Some(ready) = &ready {
+            ready.store(false, Ordering::Release);
+        }
 
         tracing::info!(drain_timeout = ?self.drain_timeout, "shutting down: no new connections, finishing requests in progress");
         stop.cancel();

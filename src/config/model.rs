@@ -52,6 +52,15 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub listeners: BTreeMap<String, ListenerConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); none unless `[admin]` exists.
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

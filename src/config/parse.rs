@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::ConfigErrors;
 use super::listener_section::{check_listen_addrs, listener};
-use super::model::{Config, defaults};
+use super::model::{AdminConfig, Config, defaults};
 use super::reader::{Reader, Table, Value, duration_or, entries, get, join};
 use super::upstream_section::upstream;
 
@@ -23,7 +23,9 @@ const TOP_KEYS: &[&str] = &[
     "trusted_proxies",
     "listeners",
     "upstreams",
+    "admin",
 ];
+const ADMIN_KEYS: &[&str] = &["listen", "token"];
 
 /// Parses and validates configuration text. `file` is only used to name it in errors.
 pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
@@ -55,6 +57,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         Some(DeValue::Table(t)) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
         _ => Vec::new(),
     };
+    let admin = get(root, "admin").and_then(|v| admin(&mut r, v));
     let upstreams = read_section(&mut r, root, "upstreams", upstream);
     let listeners = read_section(&mut r, root, "listeners", |r, path, t, whole| {
         listener(r, path, t, whole, &upstream_names)
@@ -74,6 +77,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         trusted_proxies,
         listeners: listeners.into_iter().map(|(k, d)| (k, d.config)).collect(),
         upstreams,
+        admin,
     })
 }
 
@@ -115,6 +119,52 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn admin(r: &mut Reader<'_>, v: &Value<'_>) -> Option<AdminConfig> {
+    let t = r.table(v, "admin")?;
+    r.check_keys(t, "admin", ADMIN_KEYS);
+    let listen = match get(t, "listen") {
+        Some(l) => {
+            let text = r.string(l, "admin.listen")?;
+            match text.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    r.error(
+                        "admin.listen",
+                        l.span(),
+                        format!(
+                            "`{text}` is not an IP address and port, such as \"127.0.0.1:9090\""
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        None => {
+            r.error("admin", v.span(), "missing key `listen` (\"host:port\")");
+            None
+        }
+    };
+    let token = match get(t, "token") {
+        Some(tv) => {
+            let text = r.string(tv, "admin.token")?;
+            if text.len() < 16 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+                r.error(
+                    "admin.token",
+                    tv.span(),
+                    "a token needs at least 16 visible ASCII characters",
+                );
+                return None;
+            }
+            Some(text.to_string())
+        }
+        None => None,
+    };
+    Some(AdminConfig {
+        listen: listen?,
+        token,
+    })
 }
 
 fn log_level(r: &mut Reader<'_>, v: &Value<'_>) -> Option<String> {

@@ -14,6 +14,8 @@ pub struct ResolvedServer {
     pub addr: SocketAddr,
     /// As written in the file (a name, or the address itself).
     pub written: String,
+    /// The only address its server line resolved to.
+    pub sole_address: bool,
     pub config: ServerConfig,
 }
 
@@ -45,6 +47,7 @@ pub async fn resolve_servers(
                 errors.push(error(config, server, "resolves to no address".into()));
             }
             Ok(addrs) => {
+                let sole_address = addrs.len() == 1;
                 for addr in addrs {
                     if let Some(dup) = out.iter().find(|s: &&ResolvedServer| s.addr == addr) {
                         errors.push(error(
@@ -56,6 +59,7 @@ pub async fn resolve_servers(
                     }
                     out.push(ResolvedServer {
                         addr,
+                        sole_address,
                         written: server.addr.to_string(),
                         config: server.clone(),
                     });

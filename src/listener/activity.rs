@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::metrics::ListenerMetrics;
+
 const NONE: u64 = u64::MAX;
 
 #[derive(Debug)]
@@ -30,6 +32,30 @@ pub struct ConnActivity {
 /// Held while a request is in progress (until its response body is done or dropped).
 #[derive(Debug)]
 pub struct ActiveRequest(Arc<ConnActivity>);
+
+/// What ends with a request's response: the connection's activity guard and the listener's
+/// request metrics, recorded with the time from the request's arrival.
+#[derive(Debug)]
+pub struct RequestEnd {
+    _active: ActiveRequest,
+    metrics: Arc<ListenerMetrics>,
+    started: Instant,
+}
+
+impl RequestEnd {
+    pub(crate) fn new(active: ActiveRequest, metrics: Arc<ListenerMetrics>) -> Self {
+        RequestEnd {
+            _active: active,
+            metrics,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records the request as answered with `status` (the activity guard goes with `self`).
+    pub(crate) fn finish(self, status: u16) {
+        self.metrics.request(status, self.started.elapsed());
+    }
+}
 
 /// Why the watchdog wants the connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

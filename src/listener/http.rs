@@ -24,11 +24,12 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessRecord;
 use crate::config::{ListenerConfig, defaults};
 use crate::error::{ProxyError, local_response};
+use crate::metrics::ListenerMetrics;
 use crate::router;
 use crate::state::SharedState;
 use crate::upstream::{Peer, ProxyBody, forward};
 
-use super::activity::{ConnActivity, Expiry};
+use super::activity::{ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
 use super::io::{ClientIo, Protocol, sniff};
 use super::validate::{self, Verdict};
@@ -39,6 +40,7 @@ struct ListenerCtx {
     name: Arc<str>,
     state: SharedState,
     shutdown: CancellationToken,
+    metrics: Arc<ListenerMetrics>,
 }
 
 /// The connection budget of one listener, shared by all its listen sockets.
@@ -67,11 +69,12 @@ pub async fn serve_listener(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let ctx = ListenerCtx {
+    let ctx = Arc::new(ListenerCtx {
+        metrics: Arc::new(ListenerMetrics::new(&name)),
         name,
         state,
         shutdown,
-    };
+    });
     loop {
         let Some(slot) = connection_slot(&limit, &listener, &ctx).await else {
             break;
@@ -86,9 +89,12 @@ pub async fn serve_listener(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
                 }
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                let ctx = ctx.clone();
+                let ctx = Arc::clone(&ctx);
+                ctx.metrics.connections_total.increment(1);
+                ctx.metrics.connections_open.increment(1.0);
                 tracker.spawn(async move {
-                    serve_connection(stream, peer, ctx).await;
+                    serve_connection(stream, peer, Arc::clone(&ctx)).await;
+                    ctx.metrics.connections_open.decrement(1.0);
                     drop(slot);
                 });
             }
@@ -137,7 +143,7 @@ async fn connection_slot(
 
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: ListenerCtx) {
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
     let settings = {
         let snapshot = ctx.state.load();
         let Some(l) = router::route(&snapshot, &ctx.name) else {
@@ -171,10 +177,10 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Listener
         settings.send_timeout,
     ));
     let service = {
-        let ctx = ctx.clone();
+        let ctx = Arc::clone(&ctx);
         let activity = Arc::clone(&activity);
         service_fn(move |req| {
-            let ctx = ctx.clone();
+            let ctx = Arc::clone(&ctx);
             let activity = Arc::clone(&activity);
             async move { Ok::<_, Infallible>(handle(&ctx, &activity, peer, req).await) }
         })
@@ -230,12 +236,13 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let active = activity.begin();
+    let end = RequestEnd::new(activity.begin(), Arc::clone(&ctx.metrics));
     let head_flags = activity.take_head_flags();
     let snapshot = ctx.state.load_full();
     let Some(listener) = router::route(&snapshot, &ctx.name) else {
         let (head, body) = ProxyError::NoBackend.response().into_parts();
-        return Response::from_parts(head, body.finish_with(None, active));
+        let status = head.status.as_u16();
+        return Response::from_parts(head, body.finish_with(None, end, status));
     };
     let (mut parts, body) = req.into_parts();
     let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
@@ -245,7 +252,7 @@ async fn handle(
                 proto: "http",
             };
             let req = Request::from_parts(parts, body);
-            return forward(listener, &snapshot.trusted_proxies, peer, req, active).await;
+            return forward(listener, &snapshot.trusted_proxies, peer, req, end).await;
         }
         Verdict::ServerOptions => {
             let mut resp = local_response(StatusCode::OK, false);
@@ -258,12 +265,10 @@ async fn handle(
             local_response(r.status, r.close)
         }
     };
-    let log = AccessRecord::start(&listener.name, peer.ip(), &parts).map(|mut log| {
-        log.status = answer.status().as_u16();
-        log
-    });
+    let log = AccessRecord::start(&listener.name, peer.ip(), &parts);
     let (head, body) = answer.into_parts();
-    Response::from_parts(head, body.finish_with(log, active))
+    let status = head.status.as_u16();
+    Response::from_parts(head, body.finish_with(log, end, status))
 }
 
 /// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at

@@ -10,6 +10,6 @@ mod http;
 mod io;
 mod validate;
 
-pub use activity::{ActiveRequest, ConnActivity};
+pub use activity::{ActiveRequest, ConnActivity, RequestEnd};
 pub use bind::bind;
 pub use http::{ConnectionLimit, serve_listener};

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use crate::access_log::AccessRecord;
 use crate::config::ListenerConfig;
 use crate::idle_timer::IdleTimer;
-use crate::listener::ActiveRequest;
+use crate::listener::RequestEnd;
 
 use super::pool::InFlightGuard;
 
@@ -218,7 +218,7 @@ pub struct ProxyBody {
     deferred_error: Option<BodyError>,
     log: Option<AccessRecord>,
     _in_flight: Option<InFlightGuard>,
-    _active: Option<ActiveRequest>,
+    end: Option<(RequestEnd, u16)>,
 }
 
 #[derive(Debug)]
@@ -239,7 +239,7 @@ impl ProxyBody {
             deferred_error: None,
             log: None,
             _in_flight: Some(in_flight),
-            _active: None,
+            end: None,
         }
     }
 
@@ -251,15 +251,18 @@ impl ProxyBody {
             deferred_error: None,
             log: None,
             _in_flight: None,
-            _active: None,
+            end: None,
         }
     }
 
-    /// Attaches what must be finished when the response is: the access log line and the
-    /// connection's activity guard.
-    pub fn finish_with(mut self, log: Option<AccessRecord>, active: ActiveRequest) -> Self {
-        self.log = log;
-        self._active = Some(active);
+    /// Attaches what must be finished when the response is: the access log line, the
+    /// listener's request metrics and the connection's activity guard.
+    pub fn finish_with(mut self, log: Option<AccessRecord>, end: RequestEnd, status: u16) -> Self {
+        self.log = log.map(|mut log| {
+            log.status = status;
+            log
+        });
+        self.end = Some((end, status));
         self
     }
 }
@@ -268,6 +271,9 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, self.complete);
+        }
+        if let Some((end, status)) = self.end.take() {
+            end.finish(status);
         }
     }
 }

@@ -8,7 +8,6 @@
 //! was too slow to answer, 504.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
@@ -19,8 +18,8 @@ use tokio::time::Instant;
 use crate::access_log::AccessRecord;
 use crate::balancer::{PickContext, Tried};
 use crate::error::{ProxyError, error_chain};
-use crate::listener::ActiveRequest;
-use crate::metrics::{REQUESTS_TOTAL, UPSTREAM_ERRORS_TOTAL, UPSTREAM_RETRIES_TOTAL, status_class};
+use crate::listener::RequestEnd;
+use crate::metrics::ErrorKind;
 use crate::state::ListenerRuntime;
 
 use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
@@ -41,7 +40,7 @@ pub async fn forward(
     trusted_proxies: &[ipnet::IpNet],
     peer: Peer,
     req: Request<Incoming>,
-    active: ActiveRequest,
+    end: RequestEnd,
 ) -> Response<ProxyBody> {
     let pool = &listener.pool;
     let (mut parts, body) = req.into_parts();
@@ -76,26 +75,29 @@ pub async fn forward(
         *upstream_req.uri_mut() = backend_uri(backend.authority.clone(), path.clone());
         *upstream_req.headers_mut() = parts.headers.clone();
 
-        let in_flight = backend.live.start();
+        let in_flight = backend.start();
         let sent = Instant::now();
         match tokio::time::timeout(pool.timeouts.response, pool.client.request(upstream_req)).await
         {
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // rproxy forwards no Upgrade, so a switch was never asked for.
                 backend.live.record_failure();
+                backend.metrics.error(ErrorKind::Protocol);
                 tracing::warn!(upstream = %pool.name, backend = %backend.addr, "backend switched protocols unasked; answering 502");
                 break Err(ProxyError::InvalidUpstreamResponse);
             }
             Ok(Ok(resp)) => {
+                let time_to_head = sent.elapsed();
+                backend
+                    .metrics
+                    .response(resp.status().as_u16(), time_to_head);
                 if let Some(log) = &mut log {
-                    log.status = resp.status().as_u16();
                     log.backend = Some(backend.addr);
-                    log.upstream_time = Some(sent.elapsed());
+                    log.upstream_time = Some(time_to_head);
                 }
                 break Ok(response_for_client(resp, pool.timeouts.body, in_flight));
             }
             Ok(Err(e)) => {
-                backend.live.record_failure();
                 if let Some(why) = slot.failure() {
                     // The client's side broke, not the backend: answer the client for that.
                     tracing::info!(client = %client_ip, backend = %backend.addr, ?why, "client request body failed");
@@ -105,9 +107,9 @@ pub async fn forward(
                         ClientBodyFailure::TooLarge => ProxyError::ClientBodyTooLarge,
                     });
                 }
+                backend.live.record_failure();
+                backend.metrics.error(error_kind(&e));
                 let retry = !slot.taken() && (e.is_connect() || is_idempotent(&parts.method));
-                let kind = if e.is_connect() { "connect" } else { "request" };
-                metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => Arc::clone(&pool.name), "kind" => kind).increment(1);
                 tracing::warn!(
                     upstream = %pool.name,
                     backend = %backend.addr,
@@ -118,12 +120,11 @@ pub async fn forward(
                 if !retry {
                     break Err(ProxyError::AllBackendsFailed);
                 }
-                metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => Arc::clone(&pool.name))
-                    .increment(1);
+                pool.metrics.retries.increment(1);
             }
             Err(_) => {
                 backend.live.record_failure();
-                metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => Arc::clone(&pool.name), "kind" => "timeout").increment(1);
+                backend.metrics.error(ErrorKind::Timeout);
                 tracing::error!(
                     upstream = %pool.name,
                     backend = %backend.addr,
@@ -139,19 +140,27 @@ pub async fn forward(
     };
 
     let response = outcome.unwrap_or_else(ProxyError::response);
-    let status = response.status().as_u16();
-    metrics::counter!(
-        REQUESTS_TOTAL,
-        "listener" => Arc::clone(&listener.name),
-        "upstream" => Arc::clone(&pool.name),
-        "code" => status_class(status)
-    )
-    .increment(1);
-    if let Some(log) = &mut log {
-        log.status = status;
-    }
     let (head, body) = response.into_parts();
-    Response::from_parts(head, body.finish_with(log, active))
+    let body = body.finish_with(log, end, head.status.as_u16());
+    Response::from_parts(head, body)
+}
+
+/// How a failed request to a backend is counted: refused or unreachable (`connect`), broken
+/// after sending (`reset`), or an answer hyper could not parse (`protocol`).
+fn error_kind(e: &hyper_util::client::legacy::Error) -> ErrorKind {
+    if e.is_connect() {
+        return ErrorKind::Connect;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h) = cause.downcast_ref::<hyper::Error>()
+            && h.is_parse()
+        {
+            return ErrorKind::Protocol;
+        }
+        source = cause.source();
+    }
+    ErrorKind::Reset
 }
 
 /// Prepares the client's request head for a backend and returns the client address: `Host`

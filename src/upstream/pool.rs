@@ -14,6 +14,7 @@ use http::uri::Authority;
 
 use crate::balancer::{Balancer, PickContext, RoundRobin, Tried};
 use crate::config::{BalancePolicy, ResolvedServer, UpstreamConfig};
+use crate::metrics::{BackendMetrics, PoolMetrics};
 
 use super::client::{UpstreamClient, build_client};
 
@@ -29,6 +30,21 @@ pub struct Backend {
     /// `addr` as a URI authority, built once for every request's URI.
     pub authority: Authority,
     pub live: Arc<BackendLive>,
+    pub metrics: Arc<BackendMetrics>,
+}
+
+impl Backend {
+    /// Counts a request as started on this backend; the count drops again when the guard is
+    /// dropped, whatever way the request ends.
+    pub(crate) fn start(&self) -> InFlightGuard {
+        self.live.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.live.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.increment(1.0);
+        InFlightGuard {
+            live: Arc::clone(&self.live),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
 }
 
 /// Numbers that change while traffic flows; shared across threads and kept across reloads.
@@ -55,22 +71,18 @@ impl BackendLive {
     pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Counts a request as started; the count drops again when the guard is dropped, whatever
-    /// way the request ends.
-    pub(crate) fn start(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(Arc::clone(self))
-    }
 }
 
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<BackendLive>);
+pub struct InFlightGuard {
+    live: Arc<BackendLive>,
+    metrics: Arc<BackendMetrics>,
+}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
     }
 }
 
@@ -92,6 +104,7 @@ pub struct Pool {
     backup_balancer: Box<dyn Balancer>,
     pub(crate) client: UpstreamClient,
     pub timeouts: PoolTimeouts,
+    pub metrics: PoolMetrics,
 }
 
 impl Pool {
@@ -102,7 +115,7 @@ impl Pool {
         let backends: Vec<Arc<Backend>> = primary
             .into_iter()
             .chain(backup)
-            .map(|s| Arc::new(backend(s)))
+            .map(|s| Arc::new(backend(&config.name, s)))
             .collect();
         let policy = |tier: &[Arc<Backend>]| -> Box<dyn Balancer> {
             match config.balance {
@@ -118,6 +131,7 @@ impl Pool {
             backends,
             primaries,
             client: build_client(config),
+            metrics: PoolMetrics::new(&config.name),
             timeouts: PoolTimeouts {
                 response: config.response_timeout,
                 body: config.body_timeout,
@@ -145,10 +159,19 @@ impl Pool {
     }
 }
 
-fn backend(s: ResolvedServer) -> Backend {
+fn backend(upstream: &str, s: ResolvedServer) -> Backend {
     // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
     let authority = Authority::try_from(s.addr.to_string().as_str())
         .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
+    // The label is the server as written; a name with several addresses gets one series per
+    // address, so those carry the address instead.
+    let label = if s.written == s.addr.to_string() || s.sole_address {
+        s.written.clone()
+    } else {
+        format!("{} ({})", s.written, s.addr)
+    };
+    let metrics = BackendMetrics::new(upstream, &label);
+    metrics.up.set(if s.config.down { 0.0 } else { 1.0 });
     Backend {
         addr: s.addr,
         written: s.written,
@@ -157,6 +180,7 @@ fn backend(s: ResolvedServer) -> Backend {
         down: s.config.down,
         authority,
         live: Arc::default(),
+        metrics,
     }
 }
 
@@ -186,6 +210,7 @@ mod tests {
                     crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
                 },
                 written: s.addr.to_string(),
+                sole_address: true,
                 config: s.clone(),
             })
             .collect();

@@ -217,6 +217,8 @@ pub fn refused_addr() -> SocketAddr {
 pub struct Proxy {
     child: Child,
     pub listeners: HashMap<String, Vec<SocketAddr>>,
+    /// The admin listener's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -262,7 +264,11 @@ impl Proxy {
             );
         }
         let mut listeners: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        let mut admin = None;
         for line in logs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if line.contains("admin listening") {
+                admin = field(line, "addr").and_then(|a| a.parse().ok());
+            }
             if let (Some(name), Some(addr)) = (field(line, "listener"), field(line, "addr"))
                 && line.contains("listening")
             {
@@ -280,6 +286,7 @@ impl Proxy {
         Proxy {
             child,
             listeners,
+            admin,
             logs,
             config_path,
             _dir: dir,

@@ -1,0 +1,120 @@
+//! Metric handles, resolved once per listener, pool and backend when a snapshot is built.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use super::{
+    BACKEND_IN_FLIGHT, BACKEND_UP, CONNECTIONS_OPEN, CONNECTIONS_TOTAL,
+    HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL, STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL,
+    UPSTREAM_REQUESTS_TOTAL, UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_TOTAL, class_index,
+};
+
+/// Why a request to a backend failed, as counted in `rproxy_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Refused, unreachable, or not connected within the connect timeout.
+    Connect,
+    /// No response head within the response timeout.
+    Timeout,
+    /// The connection broke after the request was sent.
+    Reset,
+    /// The backend's answer was malformed or not allowed.
+    Protocol,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 4] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+    pub connections_open: Gauge,
+    pub connections_total: Counter,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> Self {
+        let l = listener.to_string();
+        ListenerMetrics {
+            requests: STATUS_CLASSES.map(|code| {
+                metrics::counter!(HTTP_REQUESTS_TOTAL, "listener" => l.clone(), "code" => code)
+            }),
+            duration: metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "listener" => l.clone()),
+            connections_open: metrics::gauge!(CONNECTIONS_OPEN, "listener" => l.clone()),
+            connections_total: metrics::counter!(CONNECTIONS_TOTAL, "listener" => l),
+        }
+    }
+
+    pub fn request(&self, status: u16, duration: Duration) {
+        self.requests[class_index(status)].increment(1);
+        self.duration.record(duration.as_secs_f64());
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    pub retries: Counter,
+}
+
+impl PoolMetrics {
+    pub fn new(upstream: &str) -> Self {
+        PoolMetrics {
+            retries: metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => upstream.to_string()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BackendMetrics {
+    responses: [Counter; 5],
+    response_seconds: Histogram,
+    errors: [Counter; 4],
+    pub in_flight: Gauge,
+    pub up: Gauge,
+}
+
+impl BackendMetrics {
+    /// `backend` is the label: the server's address as written in the configuration.
+    pub fn new(upstream: &str, backend: &str) -> Arc<Self> {
+        let (u, b) = (upstream.to_string(), backend.to_string());
+        let m = BackendMetrics {
+            responses: STATUS_CLASSES.map(|code| {
+                metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "upstream" => u.clone(), "backend" => b.clone(), "code" => code)
+            }),
+            response_seconds: metrics::histogram!(UPSTREAM_RESPONSE_SECONDS, "upstream" => u.clone(), "backend" => b.clone()),
+            errors: ErrorKind::ALL.map(|kind| {
+                metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => u.clone(), "backend" => b.clone(), "kind" => kind.label())
+            }),
+            in_flight: metrics::gauge!(BACKEND_IN_FLIGHT, "upstream" => u.clone(), "backend" => b.clone()),
+            up: metrics::gauge!(BACKEND_UP, "upstream" => u, "backend" => b),
+        };
+        Arc::new(m)
+    }
+
+    pub fn response(&self, status: u16, time_to_head: Duration) {
+        self.responses[class_index(status)].increment(1);
+        self.response_seconds.record(time_to_head.as_secs_f64());
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].increment(1);
+    }
+}

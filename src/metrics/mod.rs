@@ -1,0 +1,114 @@
+//! Metrics, at the side of the request path: every name rproxy records, its help text and
+//! buckets, the Prometheus recorder, and the handles requests record through.
+//!
+//! Names carry their unit and `_total` suffix explicitly so they do not change with the
+//! exporter's version. Labels are bounded: listener, upstream, backend address as written,
+//! status class, error kind. Handles are resolved once per listener and per backend when the
+//! runtime snapshot is built, so recording a request costs atomic adds, no label allocation.
+//! `admin.rs` serves the rendered text on the admin listener.
+
+mod handles;
+mod process;
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub use handles::{BackendMetrics, ErrorKind, ListenerMetrics, PoolMetrics};
+pub use process::render_process_metrics;
+
+pub const HTTP_REQUESTS_TOTAL: &str = "rproxy_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "rproxy_http_request_duration_seconds";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "rproxy_upstream_requests_total";
+pub const UPSTREAM_RESPONSE_SECONDS: &str = "rproxy_upstream_response_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "rproxy_upstream_errors_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "rproxy_upstream_retries_total";
+pub const BACKEND_IN_FLIGHT: &str = "rproxy_backend_in_flight";
+pub const BACKEND_UP: &str = "rproxy_backend_up";
+pub const CONNECTIONS_OPEN: &str = "rproxy_connections_open";
+pub const CONNECTIONS_TOTAL: &str = "rproxy_connections_total";
+pub const BUILD_INFO: &str = "rproxy_build_info";
+
+/// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
+/// (beyond which a response timeout usually ends the request).
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often the exporter's histograms are compacted.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder. Call once, before any metric is recorded
+/// (handles made earlier record nowhere).
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "Client requests answered, by listener and status class"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a request's arrival to the end of its response, by listener"
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Responses received from backends, by upstream, backend and status class"
+    );
+    describe_histogram!(
+        UPSTREAM_RESPONSE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from sending a request to a backend to its response head"
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "Requests to a backend that failed, by kind: connect, timeout, reset, protocol"
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES_TOTAL,
+        "Requests sent again to another backend after a failure that made that safe"
+    );
+    describe_gauge!(
+        BACKEND_IN_FLIGHT,
+        "Requests sent to a backend and not yet finished"
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 while a backend may receive requests, 0 while it is down"
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open, by listener");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Client connections accepted, by listener"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which rproxy is running"
+    );
+}
+
+/// `"2xx"`, `"5xx"`, ...: the bounded status label, as HAProxy's exporter uses.
+pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[class_index(status)]
+}
+
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub(crate) fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
