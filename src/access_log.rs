@@ -23,6 +23,8 @@ pub struct AccessRecord {
     pub backend: Option<std::net::SocketAddr>,
     pub upstream_time: Option<Duration>,
     pub started: Instant,
+    /// The `X-Request-Id` sent to the backend.
+    pub request_id: Option<http::HeaderValue>,
 }
 
 impl AccessRecord {
@@ -42,6 +44,7 @@ impl AccessRecord {
             backend: None,
             upstream_time: None,
             started: Instant::now(),
+            request_id: None,
         })
     }
 
@@ -62,6 +65,11 @@ impl AccessRecord {
             total_ms = ms(self.started.elapsed()),
             bytes,
             complete,
+            request_id = %self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
         );
     }
 }

@@ -195,3 +195,26 @@ async fn ipv6_and_ipv4_listen_addresses_on_one_listener() {
     }
     assert_eq!(text(&b.last().headers, "x-forwarded-for"), "::1");
 }
+
+#[tokio::test]
+async fn a_request_id_is_sent_upstream_and_logged() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let c = client();
+    assert_eq!(get(&c, proxy.addr(), "/first").await.status, 200);
+    let generated = text(&b.last().headers, "x-request-id");
+    assert_eq!(generated.len(), 32, "{generated}");
+    proxy
+        .wait_for_log(&["path=/first", &format!("request_id={generated}")])
+        .await;
+
+    let req = Request::get(format!("http://{}/second", proxy.addr()))
+        .header("x-request-id", "client-chosen-42")
+        .body(Full::default())
+        .expect("request");
+    assert_eq!(send(&c, req).await.status, 200);
+    assert_eq!(text(&b.last().headers, "x-request-id"), "client-chosen-42");
+    proxy
+        .wait_for_log(&["path=/second", "request_id=client-chosen-42"])
+        .await;
+}

@@ -25,6 +25,7 @@ use crate::state::ListenerRuntime;
 use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
 use super::pool::InFlightGuard;
+use super::request_id;
 
 /// Everything about the client connection a request needs.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +46,11 @@ pub async fn forward(
     let pool = &listener.pool;
     let (mut parts, body) = req.into_parts();
     let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
-    let mut log = AccessRecord::start(&listener.name, client_ip, &parts);
+    let request_id = request_id::ensure(&mut parts.headers);
+    let mut log = AccessRecord::start(&listener.name, client_ip, &parts).map(|mut log| {
+        log.request_id = Some(request_id);
+        log
+    });
 
     let path = parts
         .uri

@@ -10,6 +10,7 @@ mod fair_io;
 mod forward;
 mod headers;
 mod pool;
+mod request_id;
 
 pub use body::ProxyBody;
 pub use forward::{Peer, forward};

@@ -1,0 +1,89 @@
+//! `X-Request-Id`: one id per request, sent to the backend and written in the access log, so a
+//! request can be followed from rproxy's log into the application's.
+//!
+//! A client's own id is kept when it looks like one (1 to 128 visible ASCII characters), as
+//! nginx's `$request_id` users and most tracing setups expect; otherwise rproxy makes one: a
+//! random 64-bit prefix chosen at start and a process-wide counter, 32 hex digits, unique
+//! without a lock or a random draw per request.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderValue;
+use http::header::{HeaderMap, HeaderName};
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+static PREFIX: OnceLock<u64> = OnceLock::new();
+
+/// Makes sure `headers` carries a usable `X-Request-Id` and returns it.
+pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+    let mut given = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(v), None) = (given.next(), given.next())
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
+        return v.clone();
+    }
+    let id = generate();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+fn generate() -> HeaderValue {
+    let prefix = *PREFIX.get_or_init(random_prefix);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let text = format!("{prefix:016x}{n:016x}");
+    // Hex digits are always a valid header value.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// 64 random bits from the kernel, or, failing that, the clock and pid (ids then stay unique
+/// within the process, which is what matters most).
+fn random_prefix() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_a_sane_client_id_and_replaces_anything_else() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ensure(&mut h), "abc-123");
+
+        for bad in ["", "has space", &"x".repeat(129)] {
+            let mut h = HeaderMap::new();
+            h.insert(&X_REQUEST_ID, HeaderValue::from_str(bad).expect("value"));
+            let id = ensure(&mut h);
+            assert_eq!(id.len(), 32, "{bad:?} replaced");
+            assert_eq!(h[&X_REQUEST_ID], id);
+        }
+        let mut two = HeaderMap::new();
+        two.append(&X_REQUEST_ID, HeaderValue::from_static("a"));
+        two.append(&X_REQUEST_ID, HeaderValue::from_static("b"));
+        ensure(&mut two);
+        assert_eq!(two.get_all(&X_REQUEST_ID).iter().count(), 1);
+    }
+
+    #[test]
+    fn generated_ids_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            assert!(seen.insert(generate()));
+        }
+    }
+}
