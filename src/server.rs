@@ -18,7 +18,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminState, serve_admin};
+use crate::admin::{AdminState, ListenerSockets, serve_admin};
 use crate::config::{Config, ConfigErrors};
 use crate::listener::{ConnectionLimit, bind, serve_listener};
 use crate::state::{SharedState, build_snapshot};
@@ -58,8 +58,10 @@ impl Server {
         let config = Arc::new(config);
         let snapshot = build_snapshot(Arc::clone(&config)).await?;
         let mut listeners = Vec::new();
+        let mut sockets = Vec::new();
         for (name, l) in &config.listeners {
             let limit = ConnectionLimit::new(l.max_connections);
+            let mut addresses = Vec::new();
             for addr in &l.listen {
                 let socket = bind(*addr).map_err(|source| StartError::Bind {
                     listener: name.clone(),
@@ -69,6 +71,7 @@ impl Server {
                 // Port 0 asks the system for a port: report the one it chose.
                 let addr = socket.local_addr().unwrap_or(*addr);
                 tracing::info!(listener = %name, addr = %addr, "listening");
+                addresses.push(addr);
                 listeners.push(BoundListener {
                     name: Arc::from(name.as_str()),
                     socket,
@@ -76,7 +79,13 @@ impl Server {
                     limit: limit.clone(),
                 });
             }
+            sockets.push(ListenerSockets {
+                name: name.clone(),
+                addresses,
+                connections: limit,
+            });
         }
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let admin = match &config.admin {
             Some(a) => {
                 let socket = bind(a.listen).map_err(|source| StartError::Bind {
@@ -86,17 +95,20 @@ impl Server {
                 })?;
                 let addr = socket.local_addr().unwrap_or(a.listen);
                 tracing::info!(addr = %addr, "admin listening");
-                let state = AdminState {
+                let admin = AdminState {
                     token: a.token.as_deref().map(Arc::from),
                     metrics: None,
                     ready: Arc::new(AtomicBool::new(false)),
+                    state: Arc::clone(&state),
+                    listeners: sockets,
+                    started: std::time::SystemTime::now(),
                 };
-                Some((socket, state))
+                Some((socket, admin))
             }
             None => None,
         };
         Ok(Server {
-            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            state,
             listeners,
             drain_timeout,
             admin,

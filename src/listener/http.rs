@@ -57,6 +57,15 @@ impl ConnectionLimit {
             limit,
         }
     }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Client connections open on the listener now.
+    pub fn open(&self) -> usize {
+        self.limit.saturating_sub(self.slots.available_permits())
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on

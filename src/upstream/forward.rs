@@ -96,6 +96,7 @@ pub async fn forward(
                 backend
                     .metrics
                     .response(resp.status().as_u16(), time_to_head);
+                backend.live.latency.record(time_to_head);
                 if let Some(log) = &mut log {
                     log.backend = Some(backend.addr);
                     log.upstream_time = Some(time_to_head);

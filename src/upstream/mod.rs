@@ -9,9 +9,11 @@ mod client;
 mod fair_io;
 mod forward;
 mod headers;
+mod latency;
 mod pool;
 mod request_id;
 
 pub use body::ProxyBody;
 pub use forward::{Peer, forward};
+pub use latency::LatencyWindow;
 pub use pool::{Backend, BackendLive, Pool};

@@ -17,6 +17,7 @@ use crate::config::{BalancePolicy, ResolvedServer, UpstreamConfig};
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
 use super::client::{UpstreamClient, build_client};
+use super::latency::LatencyWindow;
 
 /// One backend address of a pool.
 #[derive(Debug)]
@@ -53,6 +54,8 @@ pub struct BackendLive {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Time to response head over the last minute.
+    pub latency: LatencyWindow,
 }
 
 impl BackendLive {

@@ -1,12 +1,17 @@
 //! The admin listener, at the side of the request path: `/metrics` for Prometheus, `/healthz`
-//! for liveness, `/readyz` for readiness. A listener of its own: admin paths are never served
-//! on a proxy listener, whatever Host or path a client sends there. With `token` set, every
-//! request needs `Authorization: Bearer <token>`.
+//! for liveness, `/readyz` for readiness, `/status` as JSON and `/` as a self-refreshing HTML
+//! status page. A listener of its own: admin paths are never served on a proxy listener,
+//! whatever Host or path a client sends there. With `token` set, every request needs
+//! `Authorization: Bearer <token>` (or `?token=`, so a browser can open the page).
+
+mod status;
+
+pub use status::{ListenerSockets, Status};
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -20,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::render_process_metrics;
+use crate::state::SharedState;
 
 /// What the admin endpoints answer from.
 #[derive(Debug, Clone)]
@@ -28,7 +34,12 @@ pub struct AdminState {
     pub metrics: Option<PrometheusHandle>,
     /// True while every listener is bound and serving; false during shutdown.
     pub ready: Arc<AtomicBool>,
+    pub state: SharedState,
+    pub listeners: Vec<ListenerSockets>,
+    pub started: SystemTime,
 }
+
+const PAGE: &str = include_str!("page.html");
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,6 +116,20 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 "metrics recorder not installed\n",
             ),
         },
+        "/status" => {
+            let status = status::build(&state.state.load(), &state.listeners, state.started);
+            match serde_json::to_vec_pretty(&status) {
+                Ok(json) => typed(json.into(), "application/json"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot render /status");
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render status\n")
+                }
+            }
+        }
+        "/" => typed(
+            Bytes::from_static(PAGE.as_bytes()),
+            "text/html; charset=utf-8",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
@@ -112,14 +137,19 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-/// `Authorization: Bearer <token>`, compared in constant time so response timing does not
-/// reveal how much of a guess was right.
+/// `Authorization: Bearer <token>` or a `token` query parameter, compared in constant time so
+/// response timing does not reveal how much of a guess was right.
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(given) = req
+    let from_header = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-    else {
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::as_bytes)
+    });
+    let Some(given) = from_header.or(from_query) else {
         return false;
     };
     let expected = token.as_bytes();
@@ -129,6 +159,15 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
             .zip(expected)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+fn typed(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -1,0 +1,134 @@
+//! `GET /status`: every listener and upstream, and per backend its settings, state and live
+//! numbers, as JSON. The HTML status page (`page.rs`) is built from the same document.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::BalancePolicy;
+use crate::listener::ConnectionLimit;
+use crate::state::Snapshot;
+
+/// What `/status` needs beyond the snapshot: the listeners' sockets and connection counts.
+#[derive(Debug, Clone)]
+pub struct ListenerSockets {
+    pub name: String,
+    pub addresses: Vec<SocketAddr>,
+    pub connections: ConnectionLimit,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub started_unix: u64,
+    pub uptime_seconds: f64,
+    pub listeners: Vec<ListenerStatus>,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub upstream: String,
+    pub connections_open: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub balance: &'static str,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    /// The resolved address requests go to.
+    pub address: String,
+    /// The server as written in the configuration.
+    pub server: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub down: bool,
+    /// `up` or `down`; health checks will add their own states.
+    pub state: &'static str,
+    /// When the backend entered its state (Unix seconds).
+    pub since_unix: u64,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Time to response head over the last minute, approximate (`null` without requests).
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+pub(super) fn build(
+    snapshot: &Snapshot,
+    sockets: &[ListenerSockets],
+    started: SystemTime,
+) -> Status {
+    let started_unix = started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut listeners: Vec<ListenerStatus> = sockets
+        .iter()
+        .map(|l| ListenerStatus {
+            name: l.name.clone(),
+            addresses: l.addresses.iter().map(ToString::to_string).collect(),
+            upstream: snapshot
+                .listener(&l.name)
+                .map(|r| r.pool.name.to_string())
+                .unwrap_or_default(),
+            connections_open: l.connections.open(),
+            max_connections: l.connections.limit(),
+        })
+        .collect();
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut upstreams: Vec<UpstreamStatus> = snapshot
+        .pools
+        .values()
+        .map(|pool| UpstreamStatus {
+            name: pool.name.to_string(),
+            balance: match snapshot
+                .config
+                .upstreams
+                .get(&*pool.name)
+                .map(|u| u.balance)
+            {
+                Some(BalancePolicy::RoundRobin) | None => "round_robin",
+            },
+            backends: pool
+                .backends()
+                .iter()
+                .map(|b| {
+                    let latency = b.live.latency.percentiles();
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                    BackendStatus {
+                        address: b.addr.to_string(),
+                        server: b.written.clone(),
+                        weight: b.weight,
+                        backup: b.backup,
+                        down: b.down,
+                        state: if b.down { "down" } else { "up" },
+                        since_unix: started_unix,
+                        in_flight: b.live.in_flight(),
+                        requests: b.live.requests(),
+                        errors: b.live.failures(),
+                        latency_p50_ms: latency.map(|l| ms(l.0)),
+                        latency_p99_ms: latency.map(|l| ms(l.1)),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        started_unix,
+        uptime_seconds: started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+        listeners,
+        upstreams,
+    }
+}
