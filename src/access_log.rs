@@ -1,45 +1,167 @@
-//! The access log: one line per request, on its own `tracing` target (`rproxy::access`) so it
-//! can be switched and routed apart from the diagnostic log (`RUST_LOG=rproxy::access=off`).
+//! The access log: one line per request, written when the response has been sent (or the
+//! client went away), so it carries the bytes really sent and the total time.
 //!
-//! A record is started when the request arrives and written when the response body is done
-//! (or the client goes away), so the line carries the bytes really sent and the total time.
+//! Where it goes and how it looks is `[log]` in the configuration: stdout (the default, as in
+//! nginx's container images), stderr, a file, or off; nginx's `combined` format followed by
+//! rproxy's own fields, or JSON. Request threads only format a line and hand it over a
+//! channel: one writer thread buffers, flushes every 100 ms, and reopens the file on SIGUSR1
+//! (for logrotate), so no request waits on the disk.
 
-use std::net::IpAddr;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, SystemTime};
 
-use http::Method;
+use http::{HeaderValue, Method, Version, header};
+use serde::Serialize;
 use tokio::time::Instant;
 
-pub const TARGET: &str = "rproxy::access";
+use crate::config::{AccessFormat, AccessTarget, LogConfig};
 
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+enum Message {
+    Line(String),
+    Reopen,
+    Flush(Sender<()>),
+}
+
+struct Sink {
+    tx: Sender<Message>,
+    format: AccessFormat,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Starts the access log as configured. Without this call (a library user, the demo) no
+/// access lines are built at all.
+pub fn init(config: &LogConfig) -> io::Result<()> {
+    if config.access == AccessTarget::Off {
+        return Ok(());
+    }
+    let out = open(&config.access)?;
+    let (tx, rx) = mpsc::channel();
+    let target = config.access.clone();
+    std::thread::Builder::new()
+        .name("rproxy-access-log".into())
+        .spawn(move || write_lines(&rx, out, &target))?;
+    // A second init keeps the first sink; the binary calls this once.
+    let _ = SINK.set(Sink {
+        tx,
+        format: config.format,
+    });
+    Ok(())
+}
+
+/// Reopens the access log file (after logrotate moved it). Called on SIGUSR1.
+pub fn reopen() {
+    if let Some(sink) = SINK.get() {
+        let _ = sink.tx.send(Message::Reopen);
+    }
+}
+
+/// Writes out what is buffered; waits up to a second. Called before the process exits.
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        let (done, wait) = mpsc::channel();
+        if sink.tx.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+fn open(target: &AccessTarget) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        AccessTarget::Stdout | AccessTarget::Off => Box::new(io::BufWriter::new(io::stdout())),
+        AccessTarget::Stderr => Box::new(io::BufWriter::new(io::stderr())),
+        AccessTarget::File(path) => Box::new(io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+    })
+}
+
+fn write_lines(rx: &Receiver<Message>, mut out: Box<dyn Write + Send>, target: &AccessTarget) {
+    let mut failing = false;
+    let mut report = |result: io::Result<()>, what: &str| match result {
+        Ok(()) => failing = false,
+        Err(e) if !failing => {
+            failing = true;
+            tracing::error!(error = %e, "access log: cannot {what}");
+        }
+        Err(_) => {}
+    };
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(Message::Line(line)) => report(out.write_all(line.as_bytes()), "write"),
+            Ok(Message::Reopen) => {
+                report(out.flush(), "flush");
+                match open(target) {
+                    Ok(new) => {
+                        out = new;
+                        tracing::info!("access log reopened");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "access log: cannot reopen; still writing to the old file");
+                    }
+                }
+            }
+            Ok(Message::Flush(done)) => {
+                report(out.flush(), "flush");
+                let _ = done.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => report(out.flush(), "flush"),
+            Err(RecvTimeoutError::Disconnected) => {
+                report(out.flush(), "flush");
+                return;
+            }
+        }
+    }
+}
+
+/// One request, from its arrival to the end of its response.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub listener: Arc<str>,
     pub client: IpAddr,
     pub method: Method,
-    pub path: String,
+    /// Path and query, as requested.
+    pub target: String,
+    pub version: Version,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
     pub status: u16,
-    pub backend: Option<std::net::SocketAddr>,
+    pub backend: Option<SocketAddr>,
     pub upstream_time: Option<Duration>,
     pub started: Instant,
     /// The `X-Request-Id` sent to the backend.
-    pub request_id: Option<http::HeaderValue>,
+    pub request_id: Option<HeaderValue>,
 }
 
 impl AccessRecord {
-    /// Starts a record for a request, or `None` when access lines are switched off (then
-    /// nothing is allocated for them).
+    /// Starts a record for a request, or `None` when the access log is off (then nothing is
+    /// allocated for it).
     pub fn start(
         listener: &Arc<str>,
         client: IpAddr,
         parts: &http::request::Parts,
     ) -> Option<Self> {
-        tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| AccessRecord {
+        SINK.get()?;
+        Some(AccessRecord {
             listener: Arc::clone(listener),
             client,
             method: parts.method.clone(),
-            path: parts.uri.path().to_string(),
+            target: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+            version: parts.version,
+            referer: parts.headers.get(header::REFERER).cloned(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             status: 0,
             backend: None,
             upstream_time: None,
@@ -49,27 +171,154 @@ impl AccessRecord {
     }
 
     pub fn emit(self, bytes: u64, complete: bool) {
-        let backend = self
-            .backend
-            .map_or_else(|| "-".to_string(), |b| b.to_string());
-        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        tracing::info!(
-            target: TARGET,
-            listener = %self.listener,
-            client = %self.client,
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            backend = %backend,
-            upstream_ms = self.upstream_time.map_or(-1.0, ms),
-            total_ms = ms(self.started.elapsed()),
+        let Some(sink) = SINK.get() else {
+            return;
+        };
+        let line = match sink.format {
+            AccessFormat::Combined => self.combined(bytes, complete),
+            AccessFormat::Json => self.json(bytes, complete),
+        };
+        let _ = sink.tx.send(Message::Line(line));
+    }
+
+    /// nginx's `combined` (`client - - [time] "request" status bytes "referer" "agent"`), then
+    /// rproxy's own fields as `key=value`.
+    fn combined(&self, bytes: u64, complete: bool) -> String {
+        let text = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "-".to_string(), |s| s.replace('"', "\\\""))
+        };
+        format!(
+            "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" listener={} backend={} upstream_time={} request_time={:.3} complete={} request_id={}\n",
+            self.client,
+            clf_time(SystemTime::now()),
+            self.method,
+            self.target.replace('"', "%22"),
+            self.version,
+            self.status,
             bytes,
+            text(&self.referer),
+            text(&self.user_agent),
+            self.listener,
+            self.backend
+                .map_or_else(|| "-".to_string(), |b| b.to_string()),
+            self.upstream_time
+                .map_or_else(|| "-".to_string(), |d| format!("{:.3}", d.as_secs_f64())),
+            self.started.elapsed().as_secs_f64(),
             complete,
-            request_id = %self
-                .request_id
+            self.request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
+        )
+    }
+
+    fn json(&self, bytes: u64, complete: bool) -> String {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: String,
+            listener: &'a str,
+            client: String,
+            method: &'a str,
+            target: &'a str,
+            protocol: String,
+            status: u16,
+            bytes: u64,
+            referer: Option<&'a str>,
+            user_agent: Option<&'a str>,
+            backend: Option<String>,
+            upstream_time: Option<f64>,
+            request_time: f64,
+            complete: bool,
+            request_id: Option<&'a str>,
+        }
+        let line = Line {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            listener: &self.listener,
+            client: self.client.to_string(),
+            method: self.method.as_str(),
+            target: &self.target,
+            protocol: format!("{:?}", self.version),
+            status: self.status,
+            bytes,
+            referer: self.referer.as_ref().and_then(|v| v.to_str().ok()),
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            backend: self.backend.map(|b| b.to_string()),
+            upstream_time: self.upstream_time.map(|d| d.as_secs_f64()),
+            request_time: self.started.elapsed().as_secs_f64(),
+            complete,
+            request_id: self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        };
+        // Serializing plain strings and numbers cannot fail.
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+/// `21/Nov/2026:15:40:01 +0000`, the Common Log Format time, in UTC.
+fn clf_time(now: SystemTime) -> String {
+    // "2026-11-21T15:40:01Z"
+    let iso = humantime::format_rfc3339_seconds(now).to_string();
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = iso
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
+        .unwrap_or(&"Jan");
+    match (iso.get(0..4), iso.get(8..10), iso.get(11..19)) {
+        (Some(y), Some(d), Some(t)) => format!("{d}/{month}/{y}:{t} +0000"),
+        _ => iso,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_log_format_time() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_276_801);
+        assert_eq!(clf_time(t), "21/Nov/2026:16:00:01 +0000");
+    }
+
+    #[test]
+    fn lines_in_both_formats() {
+        let (parts, ()) = http::Request::get("/p?q=1")
+            .header("user-agent", "curl/8 \"x\"")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let record = || AccessRecord {
+            listener: Arc::from("web"),
+            client: "192.0.2.1".parse().expect("ip"),
+            method: parts.method.clone(),
+            target: "/p?q=1".into(),
+            version: Version::HTTP_11,
+            referer: None,
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            status: 200,
+            backend: Some("127.0.0.1:3001".parse().expect("addr")),
+            upstream_time: Some(Duration::from_millis(2)),
+            started: Instant::now(),
+            request_id: Some(HeaderValue::from_static("abc")),
+        };
+        let combined = record().combined(12, true);
+        assert!(combined.starts_with("192.0.2.1 - - ["), "{combined}");
+        assert!(combined.contains("] \"GET /p?q=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\" listener=web backend=127.0.0.1:3001 upstream_time=0.002 "), "{combined}");
+        assert!(
+            combined.ends_with("complete=true request_id=abc\n"),
+            "{combined}"
         );
+        let json: serde_json::Value = serde_json::from_str(&record().json(12, true)).expect("json");
+        assert_eq!(json["target"], "/p?q=1");
+        assert_eq!(json["status"], 200);
+        assert_eq!(json["user_agent"], "curl/8 \"x\"");
+        assert_eq!(json["request_id"], "abc");
+        assert_eq!(json["backend"], "127.0.0.1:3001");
+        assert_eq!(json["protocol"], "HTTP/1.1");
     }
 }

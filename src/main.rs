@@ -68,6 +68,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Err(e) = rproxy::access_log::init(&config.log) {
+            tracing::error!("cannot open the access log: {e}");
+            return ExitCode::FAILURE;
+        }
         // Before anything records: handles made earlier would record nowhere.
         let metrics = match rproxy::metrics::install() {
             Ok(handle) => Some(handle),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
             "rproxy started"
         );
         server.run(signals.stopped()).await;
+        rproxy::access_log::flush();
         ExitCode::SUCCESS
     });
     // Anything still running (a stuck name lookup) must not hold the exit.

@@ -227,6 +227,7 @@ pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 impl Signals {
@@ -236,18 +237,20 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
-    /// Resolves on the first SIGTERM or SIGINT. SIGHUP is logged and ignored for now (reload
-    /// comes with its own issue). After the first stop signal, a second one exits the process
-    /// at once.
+    /// Resolves on the first SIGTERM or SIGINT. SIGUSR1 reopens the access log file. SIGHUP is
+    /// logged and ignored for now (reload comes with its own issue). After the first stop
+    /// signal, a second one exits the process at once.
     pub async fn stopped(mut self) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
                 _ = self.hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; configuration unchanged"),
+                _ = self.usr1.recv() => crate::access_log::reopen(),
             }
         }
         tokio::spawn(async move {

@@ -205,7 +205,10 @@ async fn a_request_id_is_sent_upstream_and_logged() {
     let generated = text(&b.last().headers, "x-request-id");
     assert_eq!(generated.len(), 32, "{generated}");
     proxy
-        .wait_for_log(&["path=/first", &format!("request_id={generated}")])
+        .wait_for_log(&[
+            "\"GET /first HTTP/1.1\" 200",
+            &format!("request_id={generated}"),
+        ])
         .await;
 
     let req = Request::get(format!("http://{}/second", proxy.addr()))
@@ -215,6 +218,9 @@ async fn a_request_id_is_sent_upstream_and_logged() {
     assert_eq!(send(&c, req).await.status, 200);
     assert_eq!(text(&b.last().headers, "x-request-id"), "client-chosen-42");
     proxy
-        .wait_for_log(&["path=/second", "request_id=client-chosen-42"])
+        .wait_for_log(&[
+            "\"GET /second HTTP/1.1\" 200",
+            "request_id=client-chosen-42",
+        ])
         .await;
 }

@@ -100,7 +100,7 @@ async fn slow_clients_are_closed_and_normal_clients_served() {
         proxy
             .logs()
             .iter()
-            .filter(|l| l.contains("path=/download/200000000") && l.contains("complete=false"))
+            .filter(|l| l.contains("GET /download/200000000 ") && l.contains("complete=false"))
             .count()
             == NON_READERS
     })

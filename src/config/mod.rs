@@ -15,8 +15,8 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, BalancePolicy, Config, ListenerConfig, Origin, RequestLimits, ServerAddr,
-    ServerConfig, UpstreamConfig, defaults,
+    AccessFormat, AccessTarget, AdminConfig, BalancePolicy, Config, ListenerConfig, LogConfig,
+    Origin, RequestLimits, ServerAddr, ServerConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -54,6 +54,33 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); none unless `[admin]` exists.
     pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+}
+
+/// `[log]`: where the access log goes and in which format.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub access: AccessTarget,
+    pub format: AccessFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessTarget {
+    #[default]
+    Stdout,
+    Stderr,
+    Off,
+    /// Appended to; reopened on SIGUSR1 (for logrotate).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessFormat {
+    /// nginx's `combined`, then `key=value` fields for the backend, times and request id.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

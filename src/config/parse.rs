@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::ConfigErrors;
 use super::listener_section::{check_listen_addrs, listener};
-use super::model::{AdminConfig, Config, defaults};
+use super::model::{AccessFormat, AccessTarget, AdminConfig, Config, LogConfig, defaults};
 use super::reader::{Reader, Table, Value, duration_or, entries, get, join};
 use super::upstream_section::upstream;
 
@@ -24,8 +24,10 @@ const TOP_KEYS: &[&str] = &[
     "listeners",
     "upstreams",
     "admin",
+    "log",
 ];
 const ADMIN_KEYS: &[&str] = &["listen", "token"];
+const LOG_KEYS: &[&str] = &["access", "format"];
 
 /// Parses and validates configuration text. `file` is only used to name it in errors.
 pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
@@ -58,6 +60,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         _ => Vec::new(),
     };
     let admin = get(root, "admin").and_then(|v| admin(&mut r, v));
+    let log = get(root, "log").map_or(Some(LogConfig::default()), |v| log(&mut r, v));
     let upstreams = read_section(&mut r, root, "upstreams", upstream);
     let listeners = read_section(&mut r, root, "listeners", |r, path, t, whole| {
         listener(r, path, t, whole, &upstream_names)
@@ -78,6 +81,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         listeners: listeners.into_iter().map(|(k, d)| (k, d.config)).collect(),
         upstreams,
         admin,
+        log: log.unwrap_or_default(),
     })
 }
 
@@ -164,6 +168,66 @@ fn admin(r: &mut Reader<'_>, v: &Value<'_>) -> Option<AdminConfig> {
     Some(AdminConfig {
         listen: listen?,
         token,
+    })
+}
+
+fn log(r: &mut Reader<'_>, v: &Value<'_>) -> Option<LogConfig> {
+    let t = r.table(v, "log")?;
+    r.check_keys(t, "log", LOG_KEYS);
+    let access = match get(t, "access") {
+        None => Some(AccessTarget::default()),
+        Some(a) => {
+            let text = r.string(a, "log.access")?;
+            match text {
+                "stdout" => Some(AccessTarget::Stdout),
+                "stderr" => Some(AccessTarget::Stderr),
+                "off" => Some(AccessTarget::Off),
+                "" => {
+                    r.error(
+                        "log.access",
+                        a.span(),
+                        "expected \"stdout\", \"stderr\", \"off\" or a file path",
+                    );
+                    None
+                }
+                path => {
+                    let path = std::path::PathBuf::from(path);
+                    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+                    if dir.is_some_and(|d| !d.is_dir()) {
+                        r.error(
+                            "log.access",
+                            a.span(),
+                            format!(
+                                "directory {} does not exist",
+                                dir.map_or(String::new(), |d| d.display().to_string())
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(AccessTarget::File(path))
+                    }
+                }
+            }
+        }
+    };
+    let format = match get(t, "format") {
+        None => Some(AccessFormat::default()),
+        Some(f) => match r.string(f, "log.format")? {
+            "combined" => Some(AccessFormat::Combined),
+            "json" => Some(AccessFormat::Json),
+            other => {
+                r.error(
+                    "log.format",
+                    f.span(),
+                    format!("unknown format `{other}`; expected \"combined\" or \"json\""),
+                );
+                None
+            }
+        },
+    };
+    Some(LogConfig {
+        access: access?,
+        format: format?,
     })
 }
 
@@ -263,6 +327,38 @@ mod tests {
                 "listeners.l.max_header_size: must be between 8192 and 1048576 bytes, got 1024"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn log_section() {
+        let c = parse(Path::new("t.toml"), EXAMPLE).expect("example");
+        assert_eq!(c.log, LogConfig::default());
+        let text = |extra: &str| {
+            format!(
+                "{extra}\n[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n"
+            )
+        };
+        let c = parse(
+            Path::new("t.toml"),
+            &text("[log]\naccess = \"/tmp/a.log\"\nformat = \"json\""),
+        )
+        .expect("valid");
+        assert_eq!(c.log.access, AccessTarget::File("/tmp/a.log".into()));
+        assert_eq!(c.log.format, AccessFormat::Json);
+        let errors = parse(
+            Path::new("t.toml"),
+            &text("[log]\naccess = \"/no/such/dir/a.log\"\nformat = \"xml\""),
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert!(
+            errors.contains("t.toml:2:10: log.access: directory /no/such/dir does not exist"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("t.toml:3:10: log.format: unknown format `xml`"),
+            "{errors}"
         );
     }
 

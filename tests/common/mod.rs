@@ -222,6 +222,7 @@ pub struct Proxy {
     logs: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     _dir: tempfile::TempDir,
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn rproxy_bin() -> &'static str {
@@ -239,14 +240,23 @@ impl Proxy {
             .arg(&config_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn rproxy");
         let stderr = child.stderr.take().expect("stderr");
+        // The access log (stdout by default) joins the same list of lines.
+        let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
+        let access = logs.clone();
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                access.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -290,6 +300,17 @@ impl Proxy {
             logs,
             config_path,
             _dir: dir,
+            stdout_reader: Some(stdout_reader),
+        }
+    }
+
+    /// After the process exited: waits until everything it wrote to stdout has been read.
+    pub async fn stdout_done(&mut self) {
+        if let Some(reader) = self.stdout_reader.take() {
+            tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .expect("join")
+                .expect("stdout reader");
         }
     }
 

@@ -1,0 +1,96 @@
+//! The access log as an operator uses it: JSON lines in a file, reopened on SIGUSR1 after
+//! logrotate moved it, nginx's combined format on stdout by default, and `off`.
+
+mod common;
+
+use common::*;
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn json_lines_in_a_file_reopened_on_sigusr1() {
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n{}",
+        log.display(),
+        config_with(&format!("\"{}\"", b.addr), "")
+    ));
+    let c = client();
+    for i in 0..3 {
+        assert_eq!(
+            get(&c, proxy.addr(), &format!("/before/{i}?x=1"))
+                .await
+                .status,
+            200
+        );
+    }
+    wait_for("three lines in the access log", || lines(&log).len() == 3).await;
+    let first: serde_json::Value = serde_json::from_str(&lines(&log)[0]).expect("a JSON line");
+    assert_eq!(first["target"], "/before/0?x=1");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["backend"], b.addr.to_string());
+    assert_eq!(first["complete"], true);
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["request_id"].as_str().map(str::len), Some(32));
+    assert!(first["request_time"].as_f64().is_some() && first["upstream_time"].as_f64().is_some());
+
+    // logrotate: move the file away, then ask rproxy to reopen.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    proxy.signal("USR1");
+    proxy.wait_for_log(&["access log reopened"]).await;
+    assert_eq!(get(&c, proxy.addr(), "/after").await.status, 200);
+    wait_for("the new file to get the new line", || {
+        lines(&log).len() == 1
+    })
+    .await;
+    assert!(lines(&log)[0].contains("\"/after\""));
+    assert_eq!(
+        lines(&rotated).len(),
+        3,
+        "old lines stay in the rotated file"
+    );
+}
+
+#[tokio::test]
+async fn combined_on_stdout_by_default_and_nothing_when_off() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let req = hyper::Request::get(format!("http://{}/page?a=b", proxy.addr()))
+        .header("user-agent", "test-agent/1.0")
+        .header("referer", "http://example.test/")
+        .body(http_body_util::Full::<bytes::Bytes>::default())
+        .expect("request");
+    assert_eq!(send(&client(), req).await.status, 200);
+    let line = proxy
+        .wait_for_log(&[
+            "\"GET /page?a=b HTTP/1.1\" 200 1 \"http://example.test/\" \"test-agent/1.0\"",
+        ])
+        .await;
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains(&format!("backend={}", b.addr)), "{line}");
+
+    let mut quiet = Proxy::start(&format!(
+        "[log]\naccess = \"off\"\n{}",
+        config_with(&format!("\"{}\"", b.addr), "")
+    ));
+    assert_eq!(get(&client(), quiet.addr(), "/silent").await.status, 200);
+    // Stop it: whatever it would log is written before it exits, and then read to the end.
+    quiet.signal("TERM");
+    assert_eq!(quiet.wait_exit().await.code(), Some(0));
+    quiet.stdout_done().await;
+    assert!(
+        !quiet.logs().iter().any(|l| l.contains("/silent")),
+        "{:?}",
+        quiet.logs()
+    );
+}
