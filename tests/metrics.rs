@@ -257,7 +257,7 @@ async fn the_token_is_required_when_configured() {
 }
 
 #[tokio::test]
-async fn promtool_accepts_the_output_at_idle_and_after_traffic() {
+async fn promtool_accepts_the_output_at_idle_under_load_and_after_a_backend_dies() {
     let Ok(promtool) = which_promtool() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -266,17 +266,47 @@ async fn promtool_accepts_the_output_at_idle_and_after_traffic() {
         eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
         return;
     };
-    let (a, dead) = (Backend::start("a").await, refused_addr());
+    let (a, b, dead) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        refused_addr(),
+    );
     let proxy = Proxy::start(&admin_config(
-        &config_with(&format!("\"{}\", \"{dead}\"", a.addr), ""),
+        &config_with(&format!("\"{}\", \"{}\", \"{dead}\"", a.addr, b.addr), ""),
         false,
     ));
     check_with_promtool(&promtool, &scrape(&proxy).await);
-    let c = client();
-    for _ in 0..20 {
-        assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+
+    // Under load: eight clients sending while the metrics are scraped.
+    let addr = proxy.addr();
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let c = client();
+                for _ in 0..100 {
+                    assert_eq!(get(&c, addr, "/").await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        check_with_promtool(&promtool, &scrape(&proxy).await);
     }
-    check_with_promtool(&promtool, &scrape(&proxy).await);
+    for task in load {
+        task.await.expect("load task");
+    }
+    // A backend dies: its errors appear, still as valid, non-duplicated series.
+    b.stop().await;
+    for _ in 0..6 {
+        assert_eq!(get(&client(), proxy.addr(), "/").await.status, 200);
+    }
+    let text = scrape(&proxy).await;
+    check_with_promtool(&promtool, &text);
+    let errors = format!(
+        "rproxy_upstream_errors_total{{upstream=\"app\",backend=\"{}\",kind=\"connect\"}}",
+        a.addr
+    );
+    assert_eq!(value(&text, &errors), Some(0.0));
 }
 
 fn which_promtool() -> Result<String, ()> {
