@@ -1,5 +1,6 @@
-//! Hot pure parts, measured alone: one round-robin pick (with and without ineligible peers)
-//! at 2, 16 and 256 backends, and parsing the full example configuration.
+//! Hot pure parts, measured alone: one pick per policy (round-robin with and without
+//! ineligible peers, ip_hash, hash, consistent hash) at 2, 16 and 256 backends, and parsing
+//! the full example configuration.
 //!
 //!     cargo bench --bench balancer
 
@@ -8,11 +9,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use rproxy::balancer::{Balancer, PickContext, RoundRobin};
+use rproxy::balancer::{Balancer, ConsistentHash, IpHash, KeyHash, PickContext, RoundRobin};
 
 fn round_robin(c: &mut Criterion) {
     let ctx = PickContext {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        key: b"",
     };
     let mut group = c.benchmark_group("round_robin_pick");
     for n in [2usize, 16, 256] {
@@ -39,5 +41,32 @@ fn config_parse(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, round_robin, config_parse);
+fn hashing(c: &mut Criterion) {
+    let ctx = PickContext {
+        client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        key: b"/items/12345?session=abcdef",
+    };
+    let mut group = c.benchmark_group("hash_pick");
+    for n in [2usize, 16, 256] {
+        let weights = || (0..n).map(|i| 1 + (i % 5) as u32);
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("10.0.{}.{}:3000", i / 250, i % 250))
+            .collect();
+        let ip = IpHash::new(weights());
+        let plain = KeyHash::new(weights());
+        let ring = ConsistentHash::new(names.iter().map(String::as_str).zip(weights()));
+        group.bench_with_input(BenchmarkId::new("ip_hash", n), &n, |b, _| {
+            b.iter(|| black_box(ip.pick(&ctx, &|_| true)));
+        });
+        group.bench_with_input(BenchmarkId::new("hash", n), &n, |b, _| {
+            b.iter(|| black_box(plain.pick(&ctx, &|_| true)));
+        });
+        group.bench_with_input(BenchmarkId::new("consistent_hash", n), &n, |b, _| {
+            b.iter(|| black_box(ring.pick(&ctx, &|_| true)));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, round_robin, hashing, config_parse);
 criterion_main!(benches);

@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::config::BalancePolicy;
 use crate::listener::ConnectionLimit;
 use crate::state::Snapshot;
 
@@ -91,14 +90,11 @@ pub(super) fn build(
         .values()
         .map(|pool| UpstreamStatus {
             name: pool.name.to_string(),
-            balance: match snapshot
+            balance: snapshot
                 .config
                 .upstreams
                 .get(&*pool.name)
-                .map(|u| u.balance)
-            {
-                Some(BalancePolicy::RoundRobin) | None => "round_robin",
-            },
+                .map_or("round_robin", |u| u.balance.name()),
             backends: pool
                 .backends()
                 .iter()

@@ -42,7 +42,7 @@ impl RoundRobin {
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&self, _ctx: &PickContext, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(&self, _ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         let mut peers = self.lock();
         let mut best: Option<usize> = None;
         let mut total = 0i64;
@@ -67,8 +67,9 @@ mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
 
-    const CTX: PickContext = PickContext {
+    const CTX: PickContext<'static> = PickContext {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        key: b"",
     };
 
     fn sequence(rr: &RoundRobin, n: usize, eligible: &dyn Fn(usize) -> bool) -> String {

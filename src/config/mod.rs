@@ -4,6 +4,7 @@
 //! `resolve` turns server names into addresses. The result feeds `state::Snapshot::build`.
 
 mod error;
+mod key_template;
 mod listener_section;
 mod model;
 mod parse;
@@ -14,6 +15,7 @@ mod upstream_section;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BalancePolicy, Config, ListenerConfig, LogConfig,
     Origin, RequestLimits, ServerAddr, ServerConfig, UpstreamConfig, defaults,

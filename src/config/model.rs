@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::key_template::KeyTemplate;
+
 /// Defaults, in one place so the README, `config/upstream.toml` and the code agree.
 pub mod defaults {
     use std::time::Duration;
@@ -125,18 +127,24 @@ pub struct RequestLimits {
     pub allow_underscores_in_headers: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BalancePolicy {
+    /// nginx's smooth weighted round-robin.
     RoundRobin,
+    /// nginx's `ip_hash`: the same client address goes to the same backend.
+    IpHash,
+    /// nginx's `hash KEY [consistent]`.
+    Hash { key: KeyTemplate, consistent: bool },
 }
 
 impl BalancePolicy {
-    pub const NAMES: &'static [&'static str] = &["round_robin"];
+    pub const NAMES: &'static [&'static str] = &["round_robin", "ip_hash", "hash"];
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "round_robin" => Some(BalancePolicy::RoundRobin),
-            _ => None,
+    pub fn name(&self) -> &'static str {
+        match self {
+            BalancePolicy::RoundRobin => "round_robin",
+            BalancePolicy::IpHash => "ip_hash",
+            BalancePolicy::Hash { .. } => "hash",
         }
     }
 }

@@ -277,6 +277,7 @@ fn trusted_proxies(r: &mut Reader<'_>, v: &Value<'_>) -> Vec<ipnet::IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BalancePolicy;
 
     const EXAMPLE: &str = include_str!("../../config/upstream.toml");
 
@@ -360,6 +361,44 @@ mod tests {
             errors.contains("t.toml:3:10: log.format: unknown format `xml`"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn balance_policies() {
+        let policy = |extra: &str| {
+            parse(
+                Path::new("t.toml"),
+                &format!("[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n{extra}\n"),
+            )
+            .map(|c| c.upstreams["u"].balance.clone())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(policy("balance = \"ip_hash\""), Ok(BalancePolicy::IpHash));
+        let hashed = policy("hash = { key = \"$request_uri\", consistent = true }").expect("hash");
+        assert!(matches!(
+            hashed,
+            BalancePolicy::Hash {
+                consistent: true,
+                ..
+            }
+        ));
+        let e = policy("balance = \"hash\"").expect_err("no key");
+        assert!(
+            e.contains("t.toml:6:11: upstreams.u.balance: `hash` needs its key"),
+            "{e}"
+        );
+        let e = policy("hash = { key = \"$nope\" }").expect_err("bad variable");
+        assert!(
+            e.contains("upstreams.u.hash.key: unknown variable `$nope`"),
+            "{e}"
+        );
+        let e = policy("balance = \"ip_hash\"\nhash = { key = \"$uri\" }").expect_err("mixed");
+        assert!(
+            e.contains("`hash` settings do not apply to balance = \"ip_hash\""),
+            "{e}"
+        );
+        let e = policy("balance = \"ip-hash\"").expect_err("typo");
+        assert!(e.contains("did you mean `ip_hash`?"), "{e}");
     }
 
     #[test]

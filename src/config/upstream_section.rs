@@ -6,11 +6,13 @@ use std::num::NonZeroU32;
 
 use toml::de::DeValue;
 
+use super::key_template::KeyTemplate;
 use super::model::{BalancePolicy, ServerAddr, ServerConfig, UpstreamConfig, defaults};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 
 const UPSTREAM_KEYS: &[&str] = &[
     "balance",
+    "hash",
     "servers",
     "connect_timeout",
     "response_timeout",
@@ -27,28 +29,7 @@ pub(super) fn upstream(
     whole: &Value<'_>,
 ) -> Option<UpstreamConfig> {
     r.check_keys(t, path, UPSTREAM_KEYS);
-    let balance = match get(t, "balance") {
-        None => Some(BalancePolicy::RoundRobin),
-        Some(v) => {
-            let key = join(path, "balance");
-            let name = r.string(v, &key)?;
-            let policy = BalancePolicy::from_name(name);
-            if policy.is_none() {
-                let hint = did_you_mean(name, BalancePolicy::NAMES)
-                    .map(|c| format!("did you mean `{c}`? "))
-                    .unwrap_or_default();
-                r.error(
-                    &key,
-                    v.span(),
-                    format!(
-                        "unknown policy `{name}`; {hint}known policies: {}",
-                        BalancePolicy::NAMES.join(", ")
-                    ),
-                );
-            }
-            policy
-        }
-    };
+    let balance = balance(r, path, t);
     let servers = match get(t, "servers") {
         Some(v) => servers(r, &join(path, "servers"), v),
         None => {
@@ -210,4 +191,85 @@ fn label_chars_ok(label: &str) -> bool {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !label.starts_with('-')
+}
+
+/// `balance = "round_robin" | "ip_hash" | "hash"`, and for `hash` the
+/// `hash = { key = "...", consistent = true }` table (which alone also selects `hash`).
+fn balance(r: &mut Reader<'_>, path: &str, t: &Table<'_>) -> Option<BalancePolicy> {
+    let key = join(path, "balance");
+    let named = match get(t, "balance") {
+        None => None,
+        Some(v) => {
+            let name = r.string(v, &key)?;
+            if !BalancePolicy::NAMES.contains(&name) {
+                let hint = did_you_mean(name, BalancePolicy::NAMES)
+                    .map(|c| format!("did you mean `{c}`? "))
+                    .unwrap_or_default();
+                r.error(
+                    &key,
+                    v.span(),
+                    format!(
+                        "unknown policy `{name}`; {hint}known policies: {}",
+                        BalancePolicy::NAMES.join(", ")
+                    ),
+                );
+                return None;
+            }
+            Some((name, v))
+        }
+    };
+    let hash = get(t, "hash");
+    match (named, hash) {
+        (None | Some(("round_robin", _)), None) => Some(BalancePolicy::RoundRobin),
+        (Some(("ip_hash", _)), None) => Some(BalancePolicy::IpHash),
+        (None | Some(("hash", _)), Some(h)) => hash_policy(r, &join(path, "hash"), h),
+        (Some(("hash", v)), None) => {
+            r.error(
+                &key,
+                v.span(),
+                "`hash` needs its key: hash = { key = \"$request_uri\", consistent = true }",
+            );
+            None
+        }
+        (Some((name, _)), Some(h)) => {
+            r.error(
+                &join(path, "hash"),
+                h.span(),
+                format!("`hash` settings do not apply to balance = \"{name}\""),
+            );
+            None
+        }
+        (Some(_), None) => Some(BalancePolicy::RoundRobin),
+    }
+}
+
+fn hash_policy(r: &mut Reader<'_>, path: &str, v: &Value<'_>) -> Option<BalancePolicy> {
+    let t = r.table(v, path)?;
+    r.check_keys(t, path, &["key", "consistent"]);
+    let consistent = flag(r, t, path, "consistent");
+    let key_path = join(path, "key");
+    let key = match get(t, "key") {
+        Some(k) => {
+            let text = r.string(k, &key_path)?;
+            match KeyTemplate::parse(text) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    r.error(&key_path, k.span(), e);
+                    None
+                }
+            }
+        }
+        None => {
+            r.error(
+                path,
+                v.span(),
+                "missing key `key`, such as \"$request_uri\" or \"$cookie_session\"",
+            );
+            None
+        }
+    };
+    Some(BalancePolicy::Hash {
+        key: key?,
+        consistent: consistent?,
+    })
 }

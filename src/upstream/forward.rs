@@ -25,7 +25,7 @@ use crate::state::ListenerRuntime;
 use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
 use super::pool::InFlightGuard;
-use super::request_id;
+use super::{hash_key, request_id};
 
 /// Everything about the client connection a request needs.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +58,15 @@ pub async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let slot = RequestBodySlot::new(body, &listener.settings);
-    let ctx = PickContext { client_ip };
+    let key = pool
+        .hash_key
+        .as_ref()
+        .map(|template| hash_key::build(template, &parts, client_ip))
+        .unwrap_or_default();
+    let ctx = PickContext {
+        client_ip,
+        key: &key,
+    };
     let mut tried = Tried::default();
 
     let outcome = loop {

@@ -8,6 +8,7 @@ mod body;
 mod client;
 mod fair_io;
 mod forward;
+mod hash_key;
 mod headers;
 mod latency;
 mod pool;

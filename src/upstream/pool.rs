@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::balancer::{Balancer, PickContext, RoundRobin, Tried};
-use crate::config::{BalancePolicy, ResolvedServer, UpstreamConfig};
+use crate::balancer::{Balancer, ConsistentHash, IpHash, KeyHash, PickContext, RoundRobin, Tried};
+use crate::config::{BalancePolicy, KeyTemplate, ResolvedServer, UpstreamConfig};
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
 use super::client::{UpstreamClient, build_client};
@@ -108,6 +108,8 @@ pub struct Pool {
     pub(crate) client: UpstreamClient,
     pub timeouts: PoolTimeouts,
     pub metrics: PoolMetrics,
+    /// For `balance = "hash"`: how each request's key is built.
+    pub hash_key: Option<KeyTemplate>,
 }
 
 impl Pool {
@@ -121,10 +123,18 @@ impl Pool {
             .map(|s| Arc::new(backend(&config.name, s)))
             .collect();
         let policy = |tier: &[Arc<Backend>]| -> Box<dyn Balancer> {
-            match config.balance {
-                BalancePolicy::RoundRobin => {
-                    Box::new(RoundRobin::new(tier.iter().map(|b| b.weight)))
-                }
+            let weights = tier.iter().map(|b| b.weight);
+            match &config.balance {
+                BalancePolicy::RoundRobin => Box::new(RoundRobin::new(weights)),
+                BalancePolicy::IpHash => Box::new(IpHash::new(weights)),
+                BalancePolicy::Hash {
+                    consistent: false, ..
+                } => Box::new(KeyHash::new(weights)),
+                BalancePolicy::Hash {
+                    consistent: true, ..
+                } => Box::new(ConsistentHash::new(
+                    tier.iter().map(|b| (b.written.as_str(), b.weight)),
+                )),
             }
         };
         Pool {
@@ -135,6 +145,10 @@ impl Pool {
             primaries,
             client: build_client(config),
             metrics: PoolMetrics::new(&config.name),
+            hash_key: match &config.balance {
+                BalancePolicy::Hash { key, .. } => Some(key.clone()),
+                _ => None,
+            },
             timeouts: PoolTimeouts {
                 response: config.response_timeout,
                 body: config.body_timeout,
@@ -148,7 +162,7 @@ impl Pool {
 
     /// The next backend for a request that has already been sent to `tried`: a primary if
     /// one is eligible, else a backup, else `None`.
-    pub fn select(&self, ctx: &PickContext, tried: &Tried) -> Option<usize> {
+    pub fn select(&self, ctx: &PickContext<'_>, tried: &Tried) -> Option<usize> {
         let (primaries, backups) = self.backends.split_at(self.primaries);
         let eligible = |i: usize| !primaries[i].down && !tried.contains(i);
         if let Some(i) = self.primary_balancer.pick(ctx, &eligible) {
@@ -194,8 +208,9 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::path::Path;
 
-    const CTX: PickContext = PickContext {
+    const CTX: PickContext<'static> = PickContext {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        key: b"",
     };
 
     fn pool(servers: &str) -> Pool {

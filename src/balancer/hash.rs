@@ -1,0 +1,232 @@
+//! `hash KEY` and `hash KEY consistent`, computed exactly as nginx does, so the same key goes to
+//! the same backend as with nginx for the same server list, in every rproxy instance.
+//!
+//! Plain (`ngx_http_upstream_get_hash_peer`, Cache::Memcached compatible): `crc32(key) >> 16 &
+//! 0x7fff` picks a server by weight; an unavailable pick rehashes with the try number in front
+//! of the key, up to 20 times, then round-robin takes over.
+//!
+//! Consistent (`ngx_http_upstream_init_chash`, ketama): every server puts `160 * weight` points
+//! on a ring, chained CRC32s of `host \0 port` and the previous point; a key goes to the first
+//! point at or after `crc32(key)`, and on to the next points while that server is unavailable.
+//! Removing one server of N moves only the keys that were on it. An empty key falls back to
+//! round-robin in both, as in nginx.
+
+use super::ip_hash::{MAX_TRIES, by_weight};
+use super::{Balancer, PickContext, RoundRobin};
+
+#[derive(Debug)]
+pub struct KeyHash {
+    weights: Vec<u64>,
+    total: u64,
+    fallback: RoundRobin,
+}
+
+impl KeyHash {
+    pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
+        let weights: Vec<u32> = weights.into_iter().collect();
+        KeyHash {
+            total: weights.iter().map(|&w| u64::from(w)).sum(),
+            fallback: RoundRobin::new(weights.iter().copied()),
+            weights: weights.into_iter().map(u64::from).collect(),
+        }
+    }
+}
+
+impl Balancer for KeyHash {
+    fn pick(&self, ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if self.total == 0 {
+            return None;
+        }
+        if !ctx.key.is_empty() {
+            let mut acc: u64 = 0;
+            for rehash in 0..=MAX_TRIES {
+                let mut crc = crc32fast::Hasher::new();
+                if rehash > 0 {
+                    crc.update(rehash.to_string().as_bytes());
+                }
+                crc.update(ctx.key);
+                acc += u64::from((crc.finalize() >> 16) & 0x7fff);
+                let p = by_weight(&self.weights, self.total, acc);
+                if eligible(p) {
+                    return Some(p);
+                }
+            }
+        }
+        self.fallback.pick(ctx, eligible)
+    }
+}
+
+#[derive(Debug)]
+pub struct ConsistentHash {
+    /// Ring points sorted by hash: (hash, server group).
+    points: Vec<(u32, usize)>,
+    /// Backends of each server line (a name may resolve to several addresses).
+    groups: Vec<Vec<usize>>,
+    fallback: RoundRobin,
+}
+
+impl ConsistentHash {
+    /// `servers`: each backend's server string as written (`host:port`) and weight, in order.
+    pub fn new<'a>(servers: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        let servers: Vec<(&str, u32)> = servers.into_iter().collect();
+        let mut groups: Vec<(String, u32, Vec<usize>)> = Vec::new();
+        for (i, (written, weight)) in servers.iter().enumerate() {
+            match groups.iter_mut().find(|g| g.0 == *written) {
+                Some(g) => g.2.push(i),
+                None => groups.push(((*written).to_string(), *weight, vec![i])),
+            }
+        }
+        let mut points = Vec::new();
+        for (g, (written, weight, members)) in groups.iter().enumerate() {
+            // nginx gives each peer (address) its points; a name's addresses share a server
+            // string, so their points coincide and collapse into one set.
+            let _ = members;
+            let (host, port) = split_host_port(written);
+            let mut base = crc32fast::Hasher::new();
+            base.update(host.as_bytes());
+            base.update(b"\0");
+            base.update(port.as_bytes());
+            let mut prev: u32 = 0;
+            for _ in 0..(u64::from(*weight) * 160) {
+                let mut h = base.clone();
+                h.update(&prev.to_le_bytes());
+                let hash = h.finalize();
+                points.push((hash, g));
+                prev = hash;
+            }
+        }
+        // As nginx: sort by hash (stable, so equal hashes keep the earlier server) and keep
+        // one point per hash value.
+        points.sort_by_key(|p| p.0);
+        points.dedup_by_key(|p| p.0);
+        ConsistentHash {
+            points,
+            groups: groups.into_iter().map(|g| g.2).collect(),
+            fallback: RoundRobin::new(servers.iter().map(|s| s.1)),
+        }
+    }
+}
+
+/// nginx's split: the port is the digits after the last `:`; without one, all is host.
+fn split_host_port(server: &str) -> (&str, &str) {
+    match server.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, port)
+        }
+        _ => (server, ""),
+    }
+}
+
+impl Balancer for ConsistentHash {
+    fn pick(&self, ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        if ctx.key.is_empty() || self.groups.len() < 2 {
+            return self.fallback.pick(ctx, eligible);
+        }
+        let hash = crc32fast::hash(ctx.key);
+        let start = self.points.partition_point(|p| p.0 < hash);
+        let n = self.points.len();
+        for step in 0..n {
+            let group = self.points[(start + step) % n].1;
+            if let Some(&b) = self.groups[group].iter().find(|&&b| eligible(b)) {
+                return Some(b);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance_tests::recording;
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn ctx(key: &[u8]) -> PickContext<'_> {
+        PickContext {
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            key,
+        }
+    }
+
+    fn replay(text: &str, consistent: bool) -> usize {
+        let rec = recording(text);
+        let b: Box<dyn Balancer> = if consistent {
+            Box::new(ConsistentHash::new(
+                rec.servers.iter().map(|s| (s.0.as_str(), s.1)),
+            ))
+        } else {
+            Box::new(KeyHash::new(rec.servers.iter().map(|s| s.1)))
+        };
+        let down: Vec<bool> = rec.servers.iter().map(|s| s.2).collect();
+        for (key, expected) in &rec.rows {
+            let picked = b.pick(&ctx(key.as_bytes()), &|i| !down[i]).expect("a pick");
+            assert_eq!(&rec.servers[picked].0, expected, "key {key}");
+        }
+        rec.rows.len()
+    }
+
+    #[test]
+    fn matches_nginx_plain_hash() {
+        assert!(
+            replay(
+                include_str!("../../tests/conformance/hash_uri_plain_5.csv"),
+                false
+            ) > 100
+        );
+    }
+
+    #[test]
+    fn matches_nginx_consistent_hash() {
+        assert!(
+            replay(
+                include_str!("../../tests/conformance/hash_uri_consistent_9.csv"),
+                true
+            ) > 100
+        );
+        replay(
+            include_str!("../../tests/conformance/hash_uri_consistent_weighted.csv"),
+            true,
+        );
+        replay(
+            include_str!("../../tests/conformance/hash_uri_consistent_8_after_removal.csv"),
+            true,
+        );
+    }
+
+    #[test]
+    fn removing_one_server_moves_only_its_keys() {
+        let nine = recording(include_str!(
+            "../../tests/conformance/hash_uri_consistent_9.csv"
+        ));
+        let eight = recording(include_str!(
+            "../../tests/conformance/hash_uri_consistent_8_after_removal.csv"
+        ));
+        let before = ConsistentHash::new(nine.servers.iter().map(|s| (s.0.as_str(), s.1)));
+        let after = ConsistentHash::new(eight.servers.iter().map(|s| (s.0.as_str(), s.1)));
+        let mut moved = 0;
+        for i in 0..10_000 {
+            let key = format!("/k/{i}");
+            let a = &nine.servers[before.pick(&ctx(key.as_bytes()), &|_| true).expect("pick")].0;
+            let b = &eight.servers[after.pick(&ctx(key.as_bytes()), &|_| true).expect("pick")].0;
+            if a != b {
+                assert_eq!(a, "127.0.0.1:21004", "only keys of the removed server move");
+                moved += 1;
+            }
+        }
+        // About 1/9 of the keys were on the removed server.
+        assert!((700..=1600).contains(&moved), "{moved} keys moved");
+    }
+
+    #[test]
+    fn the_same_key_always_maps_to_the_same_backend() {
+        let b = ConsistentHash::new([("10.0.0.1:80", 1), ("10.0.0.2:80", 2), ("10.0.0.3:80", 1)]);
+        for i in 0..1000 {
+            let key = format!("user-{i}");
+            let first = b.pick(&ctx(key.as_bytes()), &|_| true);
+            assert_eq!(b.pick(&ctx(key.as_bytes()), &|_| true), first);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `ip_hash` and `hash` through the real proxy: nginx's recorded mappings replayed (the client
+//! address comes from the trusted-proxy rule, as every feature's client address does), and
+//! consistent hashing stable across a restart with the servers reordered, with only a dead
+//! backend's keys moving.
+
+mod common;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+
+use common::*;
+
+/// Pairs of text: (address, parameters) for servers, (key, backend) for rows.
+type Pairs = Vec<(String, String)>;
+
+/// The recording's servers and rows.
+fn recording(name: &str) -> (Pairs, Pairs) {
+    let path = format!("{}/tests/conformance/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).expect("recording");
+    let mut servers = Vec::new();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# server ") {
+            let (addr, params) = rest.split_once(' ').unwrap_or((rest, ""));
+            servers.push((addr.to_string(), params.to_string()));
+        } else if !line.starts_with('#')
+            && !line.ends_with(",backend")
+            && let Some((k, v)) = line.split_once(',')
+        {
+            rows.push((k.to_string(), v.to_string()));
+        }
+    }
+    (servers, rows)
+}
+
+/// One test backend per recorded server, named by the recorded address, and the TOML list.
+async fn backends_for(servers: &[(String, String)]) -> (Vec<Backend>, String) {
+    let mut backends = Vec::new();
+    let mut items = Vec::new();
+    for (recorded, params) in servers {
+        let b = Backend::start(recorded).await;
+        let mut item = format!("addr = \"{}\"", b.addr);
+        for p in params.split_whitespace() {
+            if let Some(w) = p.strip_prefix("weight=") {
+                item.push_str(&format!(", weight = {w}"));
+            } else if p == "down" {
+                item.push_str(", down = true");
+            }
+        }
+        items.push(format!("{{ {item} }}"));
+        backends.push(b);
+    }
+    (backends, items.join(", "))
+}
+
+async fn get_as(addr: std::net::SocketAddr, path: &str, client_ip: &str) -> Answer {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .header("x-forwarded-for", client_ip)
+        .body(Full::<Bytes>::default())
+        .expect("request");
+    send(&client(), req).await
+}
+
+async fn replay_ip_hash(name: &str) {
+    let (servers, rows) = recording(name);
+    let (_backends, list) = backends_for(&servers).await;
+    let proxy = Proxy::start(&format!(
+        "trusted_proxies = [\"127.0.0.1\"]\n{}",
+        config_with(&list, "balance = \"ip_hash\"")
+    ));
+    for (client, expected) in &rows {
+        let ans = get_as(proxy.addr(), "/", client).await;
+        assert_eq!(ans.status, 200);
+        assert_eq!(ans.backend(), expected, "{name}: client {client}");
+    }
+}
+
+#[tokio::test]
+async fn ip_hash_replays_nginx() {
+    replay_ip_hash("ip_hash_3.csv").await;
+    replay_ip_hash("ip_hash_weighted_5_1_1.csv").await;
+    replay_ip_hash("ip_hash_with_down.csv").await;
+}
+
+#[tokio::test]
+async fn ip_hash_uses_the_real_source_address() {
+    let (servers, rows) = recording("ip_hash_3.csv");
+    let (_backends, list) = backends_for(&servers).await;
+    let proxy = Proxy::start(&config_with(&list, "balance = \"ip_hash\""));
+    let expected: HashMap<&str, &str> =
+        rows.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for source in ["127.0.5.1", "127.0.9.1"] {
+        // A raw connection from that loopback address (the whole 127/8 is local).
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("addr"))
+            .expect("bind source");
+        let mut s = socket.connect(proxy.addr()).await.expect("connect");
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_response(&mut s).await;
+        assert!(
+            answer.contains(&format!("x-backend: {}", expected[source])),
+            "{source}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn plain_hash_replays_nginx() {
+    let (servers, rows) = recording("hash_uri_plain_5.csv");
+    let (_backends, list) = backends_for(&servers).await;
+    let proxy = Proxy::start(&config_with(
+        &list,
+        "balance = \"hash\"\nhash = { key = \"$request_uri\" }",
+    ));
+    let c = client();
+    for (uri, expected) in rows.iter().take(200) {
+        let ans = get(&c, proxy.addr(), uri).await;
+        assert_eq!(ans.backend(), expected, "key {uri}");
+    }
+}
+
+#[tokio::test]
+async fn consistent_hash_is_stable_across_restarts_and_moves_only_a_dead_backends_keys() {
+    let mut backends = Vec::new();
+    for i in 0..5 {
+        backends.push(Backend::start(&format!("b{i}")).await);
+    }
+    let list = |order: &[usize]| {
+        order
+            .iter()
+            .map(|&i| format!("\"{}\"", backends[i].addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let extra = "hash = { key = \"$cookie_session\", consistent = true }";
+    let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let map = |proxy: &Proxy| {
+        let addr = proxy.addr();
+        let keys = keys.clone();
+        async move {
+            let c = client();
+            let mut m = HashMap::new();
+            for k in keys {
+                let req = Request::get(format!("http://{addr}/"))
+                    .header("cookie", format!("theme=x; session={k}"))
+                    .body(Full::<Bytes>::default())
+                    .expect("request");
+                let ans = send(&c, req).await;
+                assert_eq!(ans.status, 200);
+                m.insert(k, ans.backend().to_string());
+            }
+            m
+        }
+    };
+    let first = Proxy::start(&config_with(&list(&[0, 1, 2, 3, 4]), extra));
+    let before = map(&first).await;
+    drop(first);
+    // A new process, servers listed in another order: the same ring, the same mapping.
+    let second = Proxy::start(&config_with(&list(&[4, 2, 0, 3, 1]), extra));
+    assert_eq!(
+        map(&second).await,
+        before,
+        "mapping changed across a restart"
+    );
+    let used: std::collections::HashSet<&String> = before.values().collect();
+    assert_eq!(used.len(), 5, "keys spread over every backend");
+
+    // b2 dies: its keys go elsewhere, every other key stays where it was.
+    backends.remove(2).stop().await;
+    let after = map(&second).await;
+    let mut moved = 0;
+    for (k, was) in &before {
+        if was == "b2" {
+            assert_ne!(after[k], "b2");
+            moved += 1;
+        } else {
+            assert_eq!(&after[k], was, "key {k} moved although its backend lives");
+        }
+    }
+    assert!(moved > 0);
+}
