@@ -9,14 +9,19 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use rproxy::balancer::{Balancer, ConsistentHash, IpHash, KeyHash, PickContext, RoundRobin};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use rproxy::balancer::{
+    Balancer, ConsistentHash, IpHash, KeyHash, LeastConn, Loads, PickContext, RandomTwo, RoundRobin,
+};
 
 fn round_robin(c: &mut Criterion) {
     let ctx = PickContext {
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         key: b"",
     };
-    let mut group = c.benchmark_group("round_robin_pick");
+    let mut group = c.benchmark_group("load_pick");
     for n in [2usize, 16, 256] {
         let rr = RoundRobin::new((0..n).map(|i| 1 + (i % 5) as u32));
         group.bench_with_input(BenchmarkId::new("all_eligible", n), &n, |b, _| {
@@ -24,6 +29,20 @@ fn round_robin(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("every_third_down", n), &n, |b, _| {
             b.iter(|| black_box(rr.pick(&ctx, &|i| i % 3 != 0)));
+        });
+        let loads = || -> Loads {
+            (0..n)
+                .map(|i| Arc::new(AtomicU64::new((i % 4) as u64)))
+                .collect()
+        };
+        let weights = || (0..n).map(|i| 1 + (i % 5) as u32).collect::<Vec<_>>();
+        let lc = LeastConn::new(weights(), loads());
+        group.bench_with_input(BenchmarkId::new("least_conn", n), &n, |b, _| {
+            b.iter(|| black_box(lc.pick(&ctx, &|_| true)));
+        });
+        let r2 = RandomTwo::new(weights(), loads());
+        group.bench_with_input(BenchmarkId::new("random_two", n), &n, |b, _| {
+            b.iter(|| black_box(r2.pick(&ctx, &|_| true)));
         });
     }
     group.finish();

@@ -7,6 +7,7 @@
 
 mod hash;
 mod ip_hash;
+mod least_conn;
 mod round_robin;
 mod tried;
 
@@ -17,6 +18,7 @@ use std::net::IpAddr;
 
 pub use hash::{ConsistentHash, KeyHash};
 pub use ip_hash::IpHash;
+pub use least_conn::{LeastConn, Loads, RandomTwo};
 pub use round_robin::RoundRobin;
 pub use tried::Tried;
 

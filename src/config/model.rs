@@ -131,6 +131,10 @@ pub struct RequestLimits {
 pub enum BalancePolicy {
     /// nginx's smooth weighted round-robin.
     RoundRobin,
+    /// The fewest in-flight requests relative to weight (nginx's `least_conn`).
+    LeastConn,
+    /// The less loaded of two backends drawn at random by weight.
+    RandomTwo,
     /// nginx's `ip_hash`: the same client address goes to the same backend.
     IpHash,
     /// nginx's `hash KEY [consistent]`.
@@ -138,11 +142,14 @@ pub enum BalancePolicy {
 }
 
 impl BalancePolicy {
-    pub const NAMES: &'static [&'static str] = &["round_robin", "ip_hash", "hash"];
+    pub const NAMES: &'static [&'static str] =
+        &["round_robin", "least_conn", "random_two", "ip_hash", "hash"];
 
     pub fn name(&self) -> &'static str {
         match self {
             BalancePolicy::RoundRobin => "round_robin",
+            BalancePolicy::LeastConn => "least_conn",
+            BalancePolicy::RandomTwo => "random_two",
             BalancePolicy::IpHash => "ip_hash",
             BalancePolicy::Hash { .. } => "hash",
         }

@@ -222,6 +222,8 @@ fn balance(r: &mut Reader<'_>, path: &str, t: &Table<'_>) -> Option<BalancePolic
     match (named, hash) {
         (None | Some(("round_robin", _)), None) => Some(BalancePolicy::RoundRobin),
         (Some(("ip_hash", _)), None) => Some(BalancePolicy::IpHash),
+        (Some(("least_conn", _)), None) => Some(BalancePolicy::LeastConn),
+        (Some(("random_two", _)), None) => Some(BalancePolicy::RandomTwo),
         (None | Some(("hash", _)), Some(h)) => hash_policy(r, &join(path, "hash"), h),
         (Some(("hash", v)), None) => {
             r.error(

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::balancer::{Balancer, ConsistentHash, IpHash, KeyHash, PickContext, RoundRobin, Tried};
+use crate::balancer::{
+    Balancer, ConsistentHash, IpHash, KeyHash, LeastConn, Loads, PickContext, RandomTwo,
+    RoundRobin, Tried,
+};
 use crate::config::{BalancePolicy, KeyTemplate, ResolvedServer, UpstreamConfig};
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
@@ -51,7 +54,8 @@ impl Backend {
 /// Numbers that change while traffic flows; shared across threads and kept across reloads.
 #[derive(Debug, Default)]
 pub struct BackendLive {
-    in_flight: AtomicU64,
+    /// Shared with the load-aware balancers.
+    in_flight: Arc<AtomicU64>,
     requests: AtomicU64,
     failures: AtomicU64,
     /// Time to response head over the last minute.
@@ -124,8 +128,17 @@ impl Pool {
             .collect();
         let policy = |tier: &[Arc<Backend>]| -> Box<dyn Balancer> {
             let weights = tier.iter().map(|b| b.weight);
+            // Round-robin leaves `down` servers out of its cycle, as nginx does; the hashes
+            // count them (nginx hashes over the whole list) and skip them when picked.
+            let rr_weights = tier.iter().map(|b| if b.down { 0 } else { b.weight });
             match &config.balance {
-                BalancePolicy::RoundRobin => Box::new(RoundRobin::new(weights)),
+                BalancePolicy::RoundRobin => Box::new(RoundRobin::new(rr_weights)),
+                BalancePolicy::LeastConn => {
+                    Box::new(LeastConn::new(rr_weights.collect(), loads(tier)))
+                }
+                BalancePolicy::RandomTwo => {
+                    Box::new(RandomTwo::new(rr_weights.collect(), loads(tier)))
+                }
                 BalancePolicy::IpHash => Box::new(IpHash::new(weights)),
                 BalancePolicy::Hash {
                     consistent: false, ..
@@ -174,6 +187,10 @@ impl Pool {
             .pick(ctx, &eligible)
             .map(|i| offset + i)
     }
+}
+
+fn loads(tier: &[Arc<Backend>]) -> Loads {
+    tier.iter().map(|b| Arc::clone(&b.live.in_flight)).collect()
 }
 
 fn backend(upstream: &str, s: ResolvedServer) -> Backend {

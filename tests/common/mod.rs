@@ -75,6 +75,11 @@ impl Backend {
     }
 
     pub async fn start(name: &str) -> Backend {
+        Backend::start_with_delay(name, Duration::ZERO).await
+    }
+
+    /// A backend that waits `delay` before every answer (a slow app process).
+    pub async fn start_with_delay(name: &str, delay: Duration) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -98,7 +103,15 @@ impl Backend {
                 c.fetch_add(1, Ordering::SeqCst);
                 let (s, n, stopped) = (s.clone(), n.clone(), stopped.clone());
                 tracker.spawn(async move {
-                    let svc = service_fn(move |req| answer(req, n.clone(), s.clone()));
+                    let svc = service_fn(move |req| {
+                        let (n, s) = (n.clone(), s.clone());
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            answer(req, n, s).await
+                        }
+                    });
                     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = stopped.cancelled() => {}
