@@ -170,6 +170,24 @@ pub struct UpstreamConfig {
     pub keepalive_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub keepalive_connections: usize,
+    /// Sticky sessions by cookie, on top of the balancing policy.
+    pub sticky: Option<StickyConfig>,
+}
+
+/// `[upstreams.NAME.sticky]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// `None`: a session cookie.
+    pub max_age: Option<Duration>,
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    /// `Lax`, `Strict` or `None`.
+    pub same_site: String,
+    /// Keys the backend ids, so values cannot be made without it.
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

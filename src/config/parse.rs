@@ -402,6 +402,44 @@ mod tests {
     }
 
     #[test]
+    fn sticky_section() {
+        let load = |sticky: &str| {
+            parse(
+                Path::new("t.toml"),
+                &format!(
+                    "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n[upstreams.u.sticky]\n{sticky}\n"
+                ),
+            )
+        };
+        let c =
+            load("cookie = \"route\"\nmax_age = \"2h\"\nsame_site = \"Strict\"").expect("valid");
+        let s = c.upstreams["u"].sticky.clone().expect("sticky");
+        assert_eq!(
+            (s.cookie.as_str(), s.same_site.as_str(), s.http_only),
+            ("route", "Strict", true)
+        );
+        assert_eq!(s.max_age, Some(std::time::Duration::from_secs(7200)));
+        let e = load(
+            "max_age = \"1h\"\nsecret = \"short\"\nsame_site = \"sideways\"\ncookie = \"a b\"",
+        )
+        .expect_err("invalid")
+        .to_string();
+        for wanted in [
+            "upstreams.u.sticky.secret: a secret needs at least 16 characters",
+            "upstreams.u.sticky.same_site: `sideways` is not one of lax, strict, none",
+            "upstreams.u.sticky.cookie: `a b` may use only letters, digits and -_.",
+        ] {
+            assert!(e.contains(wanted), "{wanted} in {e}");
+        }
+        assert!(
+            load("max_age = \"1h\"")
+                .expect_err("no cookie")
+                .to_string()
+                .contains("missing key `cookie`")
+        );
+    }
+
+    #[test]
     fn never_panics_on_damaged_input() {
         // Every prefix, and every single-byte replacement at a range of positions, of the
         // example: parse may fail but must not panic.

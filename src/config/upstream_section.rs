@@ -7,12 +7,15 @@ use std::num::NonZeroU32;
 use toml::de::DeValue;
 
 use super::key_template::KeyTemplate;
-use super::model::{BalancePolicy, ServerAddr, ServerConfig, UpstreamConfig, defaults};
+use super::model::{
+    BalancePolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 
 const UPSTREAM_KEYS: &[&str] = &[
     "balance",
     "hash",
+    "sticky",
     "servers",
     "connect_timeout",
     "response_timeout",
@@ -57,6 +60,10 @@ pub(super) fn upstream(
             .map(|n| n as usize),
         None => Some(defaults::UPSTREAM_KEEPALIVE_CONNECTIONS),
     };
+    let sticky = match get(t, "sticky") {
+        Some(v) => sticky(r, &join(path, "sticky"), v).map(Some),
+        None => Some(None),
+    };
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
         balance: balance?,
@@ -66,6 +73,7 @@ pub(super) fn upstream(
         body_timeout,
         keepalive_timeout,
         keepalive_connections: keepalive_connections?,
+        sticky: sticky?,
     })
 }
 
@@ -273,5 +281,105 @@ fn hash_policy(r: &mut Reader<'_>, path: &str, v: &Value<'_>) -> Option<BalanceP
     Some(BalancePolicy::Hash {
         key: key?,
         consistent: consistent?,
+    })
+}
+
+const STICKY_KEYS: &[&str] = &[
+    "cookie",
+    "max_age",
+    "path",
+    "domain",
+    "secure",
+    "http_only",
+    "same_site",
+    "secret",
+];
+
+/// `[upstreams.NAME.sticky]`: the cookie's name and attributes.
+fn sticky(r: &mut Reader<'_>, path: &str, v: &Value<'_>) -> Option<StickyConfig> {
+    let t = r.table(v, path)?;
+    r.check_keys(t, path, STICKY_KEYS);
+    // Cookie names, paths and domains go into a header as they are: keep them to safe bytes.
+    let token = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || extra.contains(&b))
+    };
+    let mut text = |key: &str, default: Option<&str>, extra: &[u8]| -> Option<Option<String>> {
+        let Some(val) = get(t, key) else {
+            return Some(default.map(String::from));
+        };
+        let k = join(path, key);
+        let s = r.string(val, &k)?;
+        if token(s, extra) {
+            Some(Some(s.to_string()))
+        } else {
+            r.error(
+                &k,
+                val.span(),
+                format!(
+                    "`{s}` may use only letters, digits and -_.{}",
+                    String::from_utf8_lossy(extra)
+                ),
+            );
+            None
+        }
+    };
+    let cookie = text("cookie", None, b"");
+    let cookie_path = text("path", Some("/"), b"/");
+    let domain = text("domain", None, b"");
+    if get(t, "cookie").is_none() {
+        r.error(path, v.span(), "missing key `cookie` (the cookie's name)");
+    }
+    let same_site = match get(t, "same_site") {
+        None => Some("Lax".to_string()),
+        Some(val) => {
+            let k = join(path, "same_site");
+            match r.string(val, &k)?.to_ascii_lowercase().as_str() {
+                "lax" => Some("Lax".to_string()),
+                "strict" => Some("Strict".to_string()),
+                "none" => Some("None".to_string()),
+                other => {
+                    r.error(
+                        &k,
+                        val.span(),
+                        format!("`{other}` is not one of lax, strict, none"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let max_age = match get(t, "max_age") {
+        Some(val) => r.duration(val, &join(path, "max_age")).map(Some),
+        None => Some(None),
+    };
+    let secure = flag(r, t, path, "secure");
+    let http_only = match get(t, "http_only") {
+        Some(val) => r.boolean(val, &join(path, "http_only")),
+        None => Some(true),
+    };
+    let secret = match get(t, "secret") {
+        Some(val) => {
+            let k = join(path, "secret");
+            let s = r.string(val, &k)?;
+            if s.len() < 16 {
+                r.error(&k, val.span(), "a secret needs at least 16 characters");
+                None
+            } else {
+                Some(Some(s.to_string()))
+            }
+        }
+        None => Some(None),
+    };
+    Some(StickyConfig {
+        cookie: cookie??,
+        max_age: max_age?,
+        path: cookie_path??,
+        domain: domain?,
+        secure: secure?,
+        http_only: http_only?,
+        same_site: same_site?,
+        secret: secret?,
     })
 }

@@ -68,9 +68,14 @@ pub async fn forward(
         key: &key,
     };
     let mut tried = Tried::default();
+    // A sticky cookie naming one of this pool's backends pins the first attempt to it.
+    let pinned = pool.sticky.as_ref().and_then(|sticky| {
+        hash_key::cookie(&parts, sticky.cookie_name()).and_then(|v| sticky.pinned(v))
+    });
+    let mut pin = pinned.filter(|&i| pool.available(i));
 
     let outcome = loop {
-        let Some(index) = pool.select(&ctx, &tried) else {
+        let Some(index) = pin.take().or_else(|| pool.select(&ctx, &tried)) else {
             break if tried.is_empty() {
                 tracing::error!(upstream = %pool.name, "no backend available (all down)");
                 Err(ProxyError::NoBackend)
@@ -109,7 +114,16 @@ pub async fn forward(
                     log.backend = Some(backend.addr);
                     log.upstream_time = Some(time_to_head);
                 }
-                break Ok(response_for_client(resp, pool.timeouts.body, in_flight));
+                let mut resp = response_for_client(resp, pool.timeouts.body, in_flight);
+                if let Some(sticky) = &pool.sticky
+                    && pinned != Some(index)
+                    && let Some(cookie) = sticky.set_cookie(index)
+                {
+                    // New client, or its backend could not take it: pin it to this one.
+                    resp.headers_mut()
+                        .append(header::SET_COOKIE, cookie.clone());
+                }
+                break Ok(resp);
             }
             Ok(Err(e)) => {
                 if let Some(why) = slot.failure() {

@@ -13,6 +13,7 @@ mod headers;
 mod latency;
 mod pool;
 mod request_id;
+mod sticky;
 
 pub use body::ProxyBody;
 pub use forward::{Peer, forward};

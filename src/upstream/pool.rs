@@ -21,6 +21,7 @@ use crate::metrics::{BackendMetrics, PoolMetrics};
 
 use super::client::{UpstreamClient, build_client};
 use super::latency::LatencyWindow;
+use super::sticky::Sticky;
 
 /// One backend address of a pool.
 #[derive(Debug)]
@@ -114,6 +115,8 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     /// For `balance = "hash"`: how each request's key is built.
     pub hash_key: Option<KeyTemplate>,
+    /// Sticky sessions by cookie, when configured.
+    pub sticky: Option<Sticky>,
 }
 
 impl Pool {
@@ -150,6 +153,10 @@ impl Pool {
                 )),
             }
         };
+        let sticky = config
+            .sticky
+            .as_ref()
+            .map(|c| Sticky::new(c, backends.iter().map(|b| b.addr)));
         Pool {
             name: Arc::from(config.name.as_str()),
             primary_balancer: policy(&backends[..primaries]),
@@ -158,6 +165,7 @@ impl Pool {
             primaries,
             client: build_client(config),
             metrics: PoolMetrics::new(&config.name),
+            sticky,
             hash_key: match &config.balance {
                 BalancePolicy::Hash { key, .. } => Some(key.clone()),
                 _ => None,
@@ -171,6 +179,11 @@ impl Pool {
 
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// Whether backend `index` may take a request now (a pinned one, say).
+    pub fn available(&self, index: usize) -> bool {
+        self.backends.get(index).is_some_and(|b| !b.down)
     }
 
     /// The next backend for a request that has already been sent to `tried`: a primary if
