@@ -186,3 +186,58 @@ async fn consistent_hash_is_stable_across_restarts_and_moves_only_a_dead_backend
     }
     assert!(moved > 0);
 }
+
+/// Twelve clients send 10 requests each, all with the same key, to three slow backends;
+/// returns the requests each backend got, most first.
+async fn hot_key_shares(extra: &str) -> Vec<usize> {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(Backend::start_with_delay(name, std::time::Duration::from_millis(30)).await);
+    }
+    let servers = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let proxy = Proxy::start(&config_with(&servers, extra));
+    let addr = proxy.addr();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            tokio::spawn(async move {
+                let c = client();
+                for _ in 0..10 {
+                    let req = Request::get(format!("http://{addr}/"))
+                        .header("x-key", "hot")
+                        .body(Full::<Bytes>::default())
+                        .expect("request");
+                    assert_eq!(send(&c, req).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let mut shares: Vec<usize> = backends.iter().map(Backend::requests).collect();
+    shares.sort_unstable_by(|a, b| b.cmp(a));
+    shares
+}
+
+#[tokio::test]
+async fn a_balance_factor_spills_a_hot_key_over_to_the_next_backends() {
+    let plain = hot_key_shares("hash = { key = \"$http_x_key\", consistent = true }").await;
+    assert_eq!(
+        plain,
+        vec![120, 0, 0],
+        "without a bound one backend takes every request"
+    );
+    let bounded = hot_key_shares(
+        "hash = { key = \"$http_x_key\", consistent = true, balance_factor = 1.25 }",
+    )
+    .await;
+    eprintln!("hot key with balance_factor 1.25: {bounded:?}");
+    assert_eq!(bounded.iter().sum::<usize>(), 120);
+    // Twelve in flight: each backend may hold ceil(1.25 * 12 / 3) = 5 at most.
+    assert!(bounded[0] < 80, "{bounded:?}");
+    assert!(bounded[1] > 0, "{bounded:?}");
+}

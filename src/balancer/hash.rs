@@ -11,7 +11,10 @@
 //! Removing one server of N moves only the keys that were on it. An empty key falls back to
 //! round-robin in both, as in nginx.
 
+use std::sync::atomic::Ordering;
+
 use super::ip_hash::{MAX_TRIES, by_weight};
+use super::least_conn::Loads;
 use super::{Balancer, PickContext, RoundRobin};
 
 #[derive(Debug)]
@@ -63,6 +66,31 @@ pub struct ConsistentHash {
     /// Backends of each server line (a name may resolve to several addresses).
     groups: Vec<Vec<usize>>,
     fallback: RoundRobin,
+    bounded: Option<BoundedLoads>,
+}
+
+/// Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam): a backend takes
+/// a request only while its in-flight count stays within `factor` times its weighted share of
+/// all in-flight requests; a key whose backend is full walks on along the ring. A hot key
+/// spills over to the next backends instead of overloading one. nginx has no equivalent.
+#[derive(Debug)]
+struct BoundedLoads {
+    factor: f64,
+    weights: Vec<u64>,
+    loads: Loads,
+}
+
+impl BoundedLoads {
+    fn has_room(&self, i: usize, eligible: &dyn Fn(usize) -> bool) -> bool {
+        let total_weight: u64 = self.weights.iter().sum();
+        let in_flight: u64 = (0..self.loads.len())
+            .filter(|&j| eligible(j))
+            .map(|j| self.loads[j].load(Ordering::Relaxed))
+            .sum();
+        let share = self.weights[i] as f64 / total_weight.max(1) as f64;
+        let capacity = (self.factor * (in_flight + 1) as f64 * share).ceil() as u64;
+        self.loads[i].load(Ordering::Relaxed) < capacity.max(1)
+    }
 }
 
 impl ConsistentHash {
@@ -103,7 +131,18 @@ impl ConsistentHash {
             points,
             groups: groups.into_iter().map(|g| g.2).collect(),
             fallback: RoundRobin::new(servers.iter().map(|s| s.1)),
+            bounded: None,
         }
+    }
+
+    /// Bounds every backend to `factor` (> 1) times its share of the load.
+    pub fn with_balance_factor(mut self, factor: f64, weights: Vec<u32>, loads: Loads) -> Self {
+        self.bounded = Some(BoundedLoads {
+            factor,
+            weights: weights.into_iter().map(u64::from).collect(),
+            loads,
+        });
+        self
     }
 }
 
@@ -127,14 +166,19 @@ impl Balancer for ConsistentHash {
         }
         let hash = crc32fast::hash(ctx.key);
         let start = self.points.partition_point(|p| p.0 < hash);
-        let n = self.points.len();
-        for step in 0..n {
-            let group = self.points[(start + step) % n].1;
-            if let Some(&b) = self.groups[group].iter().find(|&&b| eligible(b)) {
-                return Some(b);
-            }
+        let walk = |accept: &dyn Fn(usize) -> bool| {
+            let n = self.points.len();
+            (0..n).find_map(|step| {
+                let group = self.points[(start + step) % n].1;
+                self.groups[group].iter().copied().find(|&b| accept(b))
+            })
+        };
+        if let Some(bounded) = &self.bounded
+            && let Some(b) = walk(&|b| eligible(b) && bounded.has_room(b, eligible))
+        {
+            return Some(b);
         }
-        None
+        walk(eligible)
     }
 }
 
@@ -218,6 +262,26 @@ mod tests {
         }
         // About 1/9 of the keys were on the removed server.
         assert!((700..=1600).contains(&moved), "{moved} keys moved");
+    }
+
+    #[test]
+    fn a_full_backend_passes_the_key_on_along_the_ring() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        let servers = [("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)];
+        let loads: Loads = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let ring =
+            ConsistentHash::new(servers).with_balance_factor(1.25, vec![1, 1, 1], loads.clone());
+        let home = ring.pick(&ctx(b"hot"), &|_| true).expect("pick");
+        // The home backend holds 6 requests, the others none: capacity is
+        // ceil(1.25 * 7 / 3) = 3, so the hot key moves on, to the same next backend each time.
+        loads[home].store(6, Ordering::Relaxed);
+        let next = ring.pick(&ctx(b"hot"), &|_| true).expect("pick");
+        assert_ne!(next, home);
+        assert_eq!(ring.pick(&ctx(b"hot"), &|_| true), Some(next));
+        // Idle again, the key returns home.
+        loads[home].store(0, Ordering::Relaxed);
+        assert_eq!(ring.pick(&ctx(b"hot"), &|_| true), Some(home));
     }
 
     #[test]

@@ -12,6 +12,9 @@ mod round_robin;
 mod tried;
 
 #[cfg(test)]
+mod laws;
+
+#[cfg(test)]
 mod conformance_tests;
 
 use std::net::IpAddr;

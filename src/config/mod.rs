@@ -17,8 +17,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
-    AccessFormat, AccessTarget, AdminConfig, BalancePolicy, Config, ListenerConfig, LogConfig,
-    Origin, RequestLimits, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config, ListenerConfig,
+    LogConfig, Origin, RequestLimits, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig,
+    defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

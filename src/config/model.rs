@@ -127,6 +127,17 @@ pub struct RequestLimits {
     pub allow_underscores_in_headers: bool,
 }
 
+/// A bound on load relative to the average, above 1 (stored in thousandths so the config
+/// stays `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceFactor(pub u32);
+
+impl BalanceFactor {
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BalancePolicy {
     /// nginx's smooth weighted round-robin.
@@ -137,8 +148,13 @@ pub enum BalancePolicy {
     RandomTwo,
     /// nginx's `ip_hash`: the same client address goes to the same backend.
     IpHash,
-    /// nginx's `hash KEY [consistent]`.
-    Hash { key: KeyTemplate, consistent: bool },
+    /// nginx's `hash KEY [consistent]`, optionally with bounded loads.
+    Hash {
+        key: KeyTemplate,
+        consistent: bool,
+        /// With `consistent`: no backend takes more than this multiple of its share.
+        balance_factor: Option<BalanceFactor>,
+    },
 }
 
 impl BalancePolicy {

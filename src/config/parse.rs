@@ -382,6 +382,17 @@ mod tests {
                 ..
             }
         ));
+        let bounded = policy("hash = { key = \"$uri\", consistent = true, balance_factor = 1.25 }")
+            .expect("bounded");
+        assert!(
+            matches!(bounded, BalancePolicy::Hash { balance_factor: Some(f), .. } if f.get() == 1.25)
+        );
+        let e =
+            policy("hash = { key = \"$uri\", balance_factor = 2 }").expect_err("not consistent");
+        assert!(e.contains("bounded loads need consistent = true"), "{e}");
+        let e = policy("hash = { key = \"$uri\", consistent = true, balance_factor = 0.5 }")
+            .expect_err("too low");
+        assert!(e.contains("must be above 1"), "{e}");
         let e = policy("balance = \"hash\"").expect_err("no key");
         assert!(
             e.contains("t.toml:6:11: upstreams.u.balance: `hash` needs its key"),

@@ -114,6 +114,28 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A number, integer or float.
+    pub(crate) fn number(&mut self, v: &Value<'_>, key: &str) -> Option<f64> {
+        match v.get_ref() {
+            DeValue::Float(f) => f
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .or_else(|| {
+                    self.error(key, v.span(), "expected a finite number");
+                    None
+                }),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            other => {
+                self.wrong_type(v, key, "a number", other);
+                None
+            }
+        }
+    }
+
     /// A duration written as a string: `"500ms"`, `"10s"`, `"2m"`, `"1h 30m"`.
     pub(crate) fn duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
         if let DeValue::Integer(_) = v.get_ref() {

@@ -8,7 +8,7 @@ use toml::de::DeValue;
 
 use super::key_template::KeyTemplate;
 use super::model::{
-    BalancePolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    BalanceFactor, BalancePolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
 };
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 
@@ -255,8 +255,32 @@ fn balance(r: &mut Reader<'_>, path: &str, t: &Table<'_>) -> Option<BalancePolic
 
 fn hash_policy(r: &mut Reader<'_>, path: &str, v: &Value<'_>) -> Option<BalancePolicy> {
     let t = r.table(v, path)?;
-    r.check_keys(t, path, &["key", "consistent"]);
+    r.check_keys(t, path, &["key", "consistent", "balance_factor"]);
     let consistent = flag(r, t, path, "consistent");
+    let balance_factor = match get(t, "balance_factor") {
+        None => Some(None),
+        Some(f) => {
+            let k = join(path, "balance_factor");
+            match (r.number(f, &k), consistent) {
+                (Some(x), Some(true)) if (1.0..=100.0).contains(&x) && x > 1.0 => {
+                    Some(Some(BalanceFactor((x * 1000.0).round() as u32)))
+                }
+                (Some(_), Some(true)) => {
+                    r.error(
+                        &k,
+                        f.span(),
+                        "must be above 1 (1.25 allows 25% over the average) and at most 100",
+                    );
+                    None
+                }
+                (Some(_), _) => {
+                    r.error(&k, f.span(), "bounded loads need consistent = true");
+                    None
+                }
+                (None, _) => None,
+            }
+        }
+    };
     let key_path = join(path, "key");
     let key = match get(t, "key") {
         Some(k) => {
@@ -281,6 +305,7 @@ fn hash_policy(r: &mut Reader<'_>, path: &str, v: &Value<'_>) -> Option<BalanceP
     Some(BalancePolicy::Hash {
         key: key?,
         consistent: consistent?,
+        balance_factor: balance_factor?,
     })
 }
 

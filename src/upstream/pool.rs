@@ -147,10 +147,19 @@ impl Pool {
                     consistent: false, ..
                 } => Box::new(KeyHash::new(weights)),
                 BalancePolicy::Hash {
-                    consistent: true, ..
-                } => Box::new(ConsistentHash::new(
-                    tier.iter().map(|b| (b.written.as_str(), b.weight)),
-                )),
+                    consistent: true,
+                    balance_factor,
+                    ..
+                } => {
+                    let ring =
+                        ConsistentHash::new(tier.iter().map(|b| (b.written.as_str(), b.weight)));
+                    Box::new(match balance_factor {
+                        Some(f) => {
+                            ring.with_balance_factor(f.get(), rr_weights.collect(), loads(tier))
+                        }
+                        None => ring,
+                    })
+                }
             }
         };
         let sticky = config
