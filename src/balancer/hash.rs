@@ -45,7 +45,7 @@ impl Balancer for KeyHash {
             for rehash in 0..=MAX_TRIES {
                 let mut crc = crc32fast::Hasher::new();
                 if rehash > 0 {
-                    crc.update(rehash.to_string().as_bytes());
+                    crc.update(decimal(rehash, &mut [0u8; 20]));
                 }
                 crc.update(ctx.key);
                 acc += u64::from((crc.finalize() >> 16) & 0x7fff);
@@ -56,6 +56,19 @@ impl Balancer for KeyHash {
             }
         }
         self.fallback.pick(ctx, eligible)
+    }
+}
+
+/// `n` in decimal, written into `buf` (a pick does not allocate).
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -210,6 +223,13 @@ mod tests {
             assert_eq!(&rec.servers[picked].0, expected, "key {key}");
         }
         rec.rows.len()
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0usize, 7, 10, 20, 12345, usize::MAX] {
+            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]
