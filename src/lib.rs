@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod error;
+pub mod health;
 mod idle_timer;
 pub mod listener;
 pub mod metrics;

@@ -160,6 +160,7 @@ impl Server {
                 connections.clone(),
             ));
         }
+        crate::health::spawn_checks(self.state.load().pools.values(), &stop);
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
         if let Some((socket, admin)) = self.admin {
             accept_loops.spawn(serve_admin(socket, admin, stop.clone()));

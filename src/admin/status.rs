@@ -51,10 +51,12 @@ pub struct BackendStatus {
     pub weight: u32,
     pub backup: bool,
     pub down: bool,
-    /// `up` or `down`; health checks will add their own states.
+    /// `up`, `unhealthy` (failing its checks) or `down` (in the configuration).
     pub state: &'static str,
     /// When the backend entered its state (Unix seconds).
     pub since_unix: u64,
+    /// The last active check: `pass`, `fail`, or `null` (none configured or none yet).
+    pub last_check: Option<&'static str>,
     pub in_flight: u64,
     pub requests: u64,
     pub errors: u64,
@@ -107,8 +109,16 @@ pub(super) fn build(
                         weight: b.weight,
                         backup: b.backup,
                         down: b.down,
-                        state: if b.down { "down" } else { "up" },
-                        since_unix: started_unix,
+                        state: match (b.down, b.live.healthy()) {
+                            (true, _) => "down",
+                            (false, true) => "up",
+                            (false, false) => "unhealthy",
+                        },
+                        since_unix: b.live.state_since().unwrap_or(started_unix),
+                        last_check: b
+                            .live
+                            .last_check()
+                            .map(|ok| if ok { "pass" } else { "fail" }),
                         in_flight: b.live.in_flight(),
                         requests: b.live.requests(),
                         errors: b.live.failures(),

@@ -4,6 +4,7 @@
 //! `resolve` turns server names into addresses. The result feeds `state::Snapshot::build`.
 
 mod error;
+mod health_section;
 mod key_template;
 mod listener_section;
 mod model;
@@ -17,9 +18,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
-    AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config, ListenerConfig,
-    LogConfig, Origin, RequestLimits, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig,
-    defaults,
+    AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config,
+    HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, RequestLimits, ServerAddr,
+    ServerConfig, StickyConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -188,6 +188,33 @@ pub struct UpstreamConfig {
     pub keepalive_connections: usize,
     /// Sticky sessions by cookie, on top of the balancing policy.
     pub sticky: Option<StickyConfig>,
+    /// Active health checks; none unless `[upstreams.NAME.health_check]` exists.
+    pub health_check: Option<HealthCheckConfig>,
+    /// When every backend is unhealthy: send to them anyway (`true`, the default) or answer 503.
+    pub fail_open: bool,
+}
+
+/// `[upstreams.NAME.health_check]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// `None`: a TCP connect check. `Some`: an HTTP GET of this path.
+    pub http: Option<HttpCheck>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Whether a backend counts as healthy before its first check.
+    pub initially_healthy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub path: String,
+    /// Status ranges that pass, inclusive.
+    pub expect_status: Vec<(u16, u16)>,
+    pub expect_body: Option<String>,
+    /// `Host` sent with the check; the backend's address when unset.
+    pub host: Option<String>,
 }
 
 /// `[upstreams.NAME.sticky]`.

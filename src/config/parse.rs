@@ -451,6 +451,60 @@ mod tests {
     }
 
     #[test]
+    fn health_check_section() {
+        let load = |hc: &str, extra: &str| {
+            parse(
+                Path::new("t.toml"),
+                &format!(
+                    "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n{extra}\n[upstreams.u.health_check]\n{hc}\n"
+                ),
+            )
+        };
+        let c = load(
+            "path = \"/health\"\nexpect_status = [200, \"300-302\"]\nrise = 1",
+            "all_unhealthy = \"503\"",
+        )
+        .expect("valid");
+        let u = &c.upstreams["u"];
+        let hc = u.health_check.clone().expect("checks");
+        let http = hc.http.expect("an HTTP check");
+        assert_eq!(
+            (http.path.as_str(), http.expect_status),
+            ("/health", vec![(200, 200), (300, 302)])
+        );
+        assert_eq!((hc.rise, hc.fall, hc.interval.as_secs()), (1, 3, 2));
+        assert!(!u.fail_open);
+        let tcp = load("type = \"tcp\"", "").expect("tcp");
+        assert!(
+            tcp.upstreams["u"]
+                .health_check
+                .clone()
+                .expect("checks")
+                .http
+                .is_none()
+        );
+        assert!(tcp.upstreams["u"].fail_open, "fail_open is the default");
+        let e = load(
+            "type = \"tcp\"\npath = \"/x\"\nexpect_status = \"2xx\"\nfall = 0\ninitial = \"maybe\"",
+            "all_unhealthy = \"panic\"",
+        )
+        .expect_err("invalid")
+        .to_string();
+        for wanted in [
+            "upstreams.u.health_check.path: applies to HTTP checks only",
+            "upstreams.u.health_check.fall: must be between 1 and 100, got 0",
+            "upstreams.u.health_check.initial: `maybe` is not",
+            "upstreams.u.all_unhealthy: `panic` is not \"fail_open\" or \"503\"",
+        ] {
+            assert!(e.contains(wanted), "{wanted} in {e}");
+        }
+        let e = load("expect_status = \"2xx\"", "")
+            .expect_err("bad status")
+            .to_string();
+        assert!(e.contains("`2xx` is not a status or a range"), "{e}");
+    }
+
+    #[test]
     fn never_panics_on_damaged_input() {
         // Every prefix, and every single-byte replacement at a range of positions, of the
         // example: parse may fail but must not panic.

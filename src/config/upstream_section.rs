@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use toml::de::DeValue;
 
+use super::health_section::{all_unhealthy, health_check};
 use super::key_template::KeyTemplate;
 use super::model::{
     BalanceFactor, BalancePolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
@@ -16,6 +17,8 @@ const UPSTREAM_KEYS: &[&str] = &[
     "balance",
     "hash",
     "sticky",
+    "health_check",
+    "all_unhealthy",
     "servers",
     "connect_timeout",
     "response_timeout",
@@ -64,6 +67,14 @@ pub(super) fn upstream(
         Some(v) => sticky(r, &join(path, "sticky"), v).map(Some),
         None => Some(None),
     };
+    let health_check = match get(t, "health_check") {
+        Some(v) => health_check(r, &join(path, "health_check"), v).map(Some),
+        None => Some(None),
+    };
+    let fail_open = match get(t, "all_unhealthy") {
+        Some(v) => all_unhealthy(r, &join(path, "all_unhealthy"), v),
+        None => Some(true),
+    };
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
         balance: balance?,
@@ -74,6 +85,8 @@ pub(super) fn upstream(
         keepalive_timeout,
         keepalive_connections: keepalive_connections?,
         sticky: sticky?,
+        health_check: health_check?,
+        fail_open: fail_open?,
     })
 }
 

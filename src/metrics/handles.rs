@@ -6,9 +6,10 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 
 use super::{
-    BACKEND_IN_FLIGHT, BACKEND_UP, CONNECTIONS_OPEN, CONNECTIONS_TOTAL,
-    HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL, STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL,
-    UPSTREAM_REQUESTS_TOTAL, UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_TOTAL, class_index,
+    BACKEND_IN_FLIGHT, BACKEND_STATE_CHANGES_TOTAL, BACKEND_UP, CONNECTIONS_OPEN,
+    CONNECTIONS_TOTAL, HEALTH_CHECKS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
+    STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL, UPSTREAM_FAIL_OPEN_TOTAL, UPSTREAM_REQUESTS_TOTAL,
+    UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_TOTAL, class_index,
 };
 
 /// Why a request to a backend failed, as counted in `rproxy_upstream_errors_total`.
@@ -72,12 +73,15 @@ impl ListenerMetrics {
 #[derive(Debug, Clone)]
 pub struct PoolMetrics {
     pub retries: Counter,
+    /// Episodes of every backend unhealthy.
+    pub fail_open: Counter,
 }
 
 impl PoolMetrics {
     pub fn new(upstream: &str) -> Self {
         PoolMetrics {
             retries: metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => upstream.to_string()),
+            fail_open: metrics::counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_string()),
         }
     }
 }
@@ -89,6 +93,10 @@ pub struct BackendMetrics {
     errors: [Counter; 4],
     pub in_flight: Gauge,
     pub up: Gauge,
+    /// Health checks: passed, failed.
+    checks: [Counter; 2],
+    /// State changes: to up, to down.
+    changes: [Counter; 2],
 }
 
 impl BackendMetrics {
@@ -104,7 +112,13 @@ impl BackendMetrics {
                 metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => u.clone(), "backend" => b.clone(), "kind" => kind.label())
             }),
             in_flight: metrics::gauge!(BACKEND_IN_FLIGHT, "upstream" => u.clone(), "backend" => b.clone()),
-            up: metrics::gauge!(BACKEND_UP, "upstream" => u, "backend" => b),
+            up: metrics::gauge!(BACKEND_UP, "upstream" => u.clone(), "backend" => b.clone()),
+            checks: ["pass", "fail"].map(|result| {
+                metrics::counter!(HEALTH_CHECKS_TOTAL, "upstream" => u.clone(), "backend" => b.clone(), "result" => result)
+            }),
+            changes: ["up", "down"].map(|to| {
+                metrics::counter!(BACKEND_STATE_CHANGES_TOTAL, "upstream" => u.clone(), "backend" => b.clone(), "to" => to)
+            }),
         };
         Arc::new(m)
     }
@@ -116,5 +130,13 @@ impl BackendMetrics {
 
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].increment(1);
+    }
+
+    pub fn check(&self, passed: bool) {
+        self.checks[usize::from(!passed)].increment(1);
+    }
+
+    pub fn state_change(&self, healthy: bool) {
+        self.changes[usize::from(!healthy)].increment(1);
     }
 }

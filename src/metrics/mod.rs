@@ -28,6 +28,9 @@ pub const BACKEND_UP: &str = "rproxy_backend_up";
 pub const CONNECTIONS_OPEN: &str = "rproxy_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "rproxy_connections_total";
 pub const BUILD_INFO: &str = "rproxy_build_info";
+pub const HEALTH_CHECKS_TOTAL: &str = "rproxy_health_checks_total";
+pub const BACKEND_STATE_CHANGES_TOTAL: &str = "rproxy_backend_state_changes_total";
+pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "rproxy_upstream_fail_open_total";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -93,6 +96,18 @@ fn describe() {
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which rproxy is running"
+    );
+    describe_counter!(
+        HEALTH_CHECKS_TOTAL,
+        "Active health checks, by result: pass or fail"
+    );
+    describe_counter!(
+        BACKEND_STATE_CHANGES_TOTAL,
+        "Backends entering (up) or leaving (down) rotation by their health checks"
+    );
+    describe_counter!(
+        UPSTREAM_FAIL_OPEN_TOTAL,
+        "Episodes of every backend unhealthy, in which requests were sent to them anyway"
     );
 }
 

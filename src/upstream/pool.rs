@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -16,7 +16,9 @@ use crate::balancer::{
     Balancer, ConsistentHash, IpHash, KeyHash, LeastConn, Loads, PickContext, RandomTwo,
     RoundRobin, Tried,
 };
-use crate::config::{BalancePolicy, KeyTemplate, ResolvedServer, UpstreamConfig};
+use crate::config::{
+    BalancePolicy, HealthCheckConfig, KeyTemplate, ResolvedServer, UpstreamConfig,
+};
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
 use super::client::{UpstreamClient, build_client};
@@ -39,6 +41,22 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Publishes the active checks' verdict (rotation, `rproxy_backend_up`, `/status`).
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        let was = self.live.unhealthy.swap(!healthy, Ordering::AcqRel);
+        if was == healthy {
+            // A change (was unhealthy, now healthy, or the reverse).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.live.state_since.store(now, Ordering::Relaxed);
+            self.metrics.state_change(healthy);
+        }
+        self.metrics
+            .up
+            .set(if healthy && !self.down { 1.0 } else { 0.0 });
+    }
+
     /// Counts a request as started on this backend; the count drops again when the guard is
     /// dropped, whatever way the request ends.
     pub(crate) fn start(&self) -> InFlightGuard {
@@ -61,6 +79,12 @@ pub struct BackendLive {
     failures: AtomicU64,
     /// Time to response head over the last minute.
     pub latency: LatencyWindow,
+    /// Failed its active checks (healthy by default).
+    unhealthy: AtomicBool,
+    /// When the health state last changed (Unix seconds; 0: never).
+    state_since: AtomicU64,
+    /// The last check's result: 0 none yet, 1 passed, 2 failed.
+    last_check: AtomicU8,
 }
 
 impl BackendLive {
@@ -78,6 +102,29 @@ impl BackendLive {
 
     pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn healthy(&self) -> bool {
+        !self.unhealthy.load(Ordering::Acquire)
+    }
+
+    /// When the health state last changed, in Unix seconds, if it ever did.
+    pub fn state_since(&self) -> Option<u64> {
+        Some(self.state_since.load(Ordering::Relaxed)).filter(|&s| s > 0)
+    }
+
+    /// The last active check's result, if one ran.
+    pub fn last_check(&self) -> Option<bool> {
+        match self.last_check.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn record_check(&self, passed: bool) {
+        self.last_check
+            .store(if passed { 1 } else { 2 }, Ordering::Relaxed);
     }
 }
 
@@ -117,6 +164,12 @@ pub struct Pool {
     pub hash_key: Option<KeyTemplate>,
     /// Sticky sessions by cookie, when configured.
     pub sticky: Option<Sticky>,
+    /// Active health checks, when configured (the check tasks read it).
+    pub health_check: Option<HealthCheckConfig>,
+    /// When every backend is unhealthy: send to them anyway (true) or find none (503).
+    fail_open: bool,
+    /// Whether the pool is in a fail-open episode, so it is logged once per episode.
+    failing_open: AtomicBool,
 }
 
 impl Pool {
@@ -175,6 +228,9 @@ impl Pool {
             client: build_client(config),
             metrics: PoolMetrics::new(&config.name),
             sticky,
+            health_check: config.health_check.clone(),
+            fail_open: config.fail_open,
+            failing_open: AtomicBool::new(false),
             hash_key: match &config.balance {
                 BalancePolicy::Hash { key, .. } => Some(key.clone()),
                 _ => None,
@@ -192,19 +248,52 @@ impl Pool {
 
     /// Whether backend `index` may take a request now (a pinned one, say).
     pub fn available(&self, index: usize) -> bool {
-        self.backends.get(index).is_some_and(|b| !b.down)
+        self.backends
+            .get(index)
+            .is_some_and(|b| !b.down && b.live.healthy())
     }
 
     /// The next backend for a request that has already been sent to `tried`: a primary if
     /// one is eligible, else a backup, else `None`.
     pub fn select(&self, ctx: &PickContext<'_>, tried: &Tried) -> Option<usize> {
+        if let Some(i) = self.select_among(ctx, tried, true) {
+            if self.failing_open.swap(false, Ordering::Relaxed) {
+                tracing::info!(upstream = %self.name, "healthy backends again; fail-open ended");
+            }
+            return Some(i);
+        }
+        // Nothing healthy is left. If that is only because the checks fail everywhere, a broken
+        // health endpoint must not black-hole a working pool (Envoy's panic mode): send to the
+        // backends anyway, unless the pool is set to answer 503.
+        let unhealthy_left = self
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !b.down && !tried.contains(i) && !b.live.healthy());
+        if !unhealthy_left || !self.fail_open {
+            return None;
+        }
+        if !self.failing_open.swap(true, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.name, "every backend is unhealthy: sending requests to them anyway (all_unhealthy = \"fail_open\")");
+            self.metrics.fail_open.increment(1);
+        }
+        self.select_among(ctx, tried, false)
+    }
+
+    fn select_among(
+        &self,
+        ctx: &PickContext<'_>,
+        tried: &Tried,
+        healthy_only: bool,
+    ) -> Option<usize> {
         let (primaries, backups) = self.backends.split_at(self.primaries);
-        let eligible = |i: usize| !primaries[i].down && !tried.contains(i);
+        let usable = |b: &Backend| !b.down && (!healthy_only || b.live.healthy());
+        let eligible = |i: usize| usable(&primaries[i]) && !tried.contains(i);
         if let Some(i) = self.primary_balancer.pick(ctx, &eligible) {
             return Some(i);
         }
         let offset = self.primaries;
-        let eligible = |i: usize| !backups[i].down && !tried.contains(offset + i);
+        let eligible = |i: usize| usable(&backups[i]) && !tried.contains(offset + i);
         self.backup_balancer
             .pick(ctx, &eligible)
             .map(|i| offset + i)

@@ -55,6 +55,8 @@ pub struct Backend {
     pub name: String,
     pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// What `/health` answers: 200 while true, 503 while false.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -86,7 +88,9 @@ impl Backend {
         let addr = listener.local_addr().expect("backend addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (c, s, n) = (connections.clone(), seen.clone(), name.to_string());
+        let h = healthy.clone();
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();
         let tasks = tokio_util::task::TaskTracker::new();
@@ -101,11 +105,24 @@ impl Backend {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (s, n, stopped) = (s.clone(), n.clone(), stopped.clone());
+                let (s, n, stopped, h) = (s.clone(), n.clone(), stopped.clone(), h.clone());
                 tracker.spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let (n, s) = (n.clone(), s.clone());
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (n, s, h) = (n.clone(), s.clone(), h.clone());
                         async move {
+                            if req.uri().path() == "/health" {
+                                let ok = h.load(Ordering::SeqCst);
+                                let mut resp = Response::new(
+                                    Full::new(Bytes::from_static(if ok { b"ok" } else { b"sick" }))
+                                        .boxed(),
+                                );
+                                *resp.status_mut() = if ok {
+                                    StatusCode::OK
+                                } else {
+                                    StatusCode::SERVICE_UNAVAILABLE
+                                };
+                                return Ok::<_, hyper::Error>(resp);
+                            }
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
@@ -125,11 +142,13 @@ impl Backend {
             name: name.to_string(),
             connections,
             seen,
+            healthy,
             stop,
             tasks,
         }
     }
 
+    /// Requests received, health checks not counted (they answer without being recorded).
     pub fn requests(&self) -> usize {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -1,0 +1,72 @@
+//! One health check: a TCP connect, or an HTTP GET whose status (and optionally body) must
+//! match. Each check opens its own connection, apart from the request pool, and closes it.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{HealthCheckConfig, HttpCheck};
+
+/// How much of a body `expect_body` searches.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// `Ok` when the backend passes; otherwise why not, for the log.
+pub(super) async fn probe(addr: SocketAddr, config: &HealthCheckConfig) -> Result<(), String> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match &config.http {
+            None => Ok(()),
+            Some(http) => http_probe(stream, addr, http).await,
+        }
+    };
+    tokio::time::timeout(config.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
+}
+
+async fn http_probe(stream: TcpStream, addr: SocketAddr, http: &HttpCheck) -> Result<(), String> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "health check connection ended with an error");
+        }
+    });
+    let host = http.host.clone().unwrap_or_else(|| addr.to_string());
+    let req = Request::get(http.path.as_str())
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "rproxy-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    if !http
+        .expect_status
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&status))
+    {
+        return Err(format!("status {status}"));
+    }
+    if let Some(needle) = &http.expect_body {
+        let body = Limited::new(resp.into_body(), BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
+            return Err(format!("body does not contain {needle:?}"));
+        }
+    }
+    Ok(())
+}
