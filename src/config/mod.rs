@@ -19,8 +19,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config,
-    HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, RequestLimits, ServerAddr,
-    ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, PassiveHealth, RequestLimits,
+    ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

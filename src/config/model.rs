@@ -192,6 +192,18 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// When every backend is unhealthy: send to them anyway (`true`, the default) or answer 503.
     pub fail_open: bool,
+    /// Passive health, as nginx's `max_fails` / `fail_timeout`.
+    pub passive: PassiveHealth,
+}
+
+/// A backend that fails `max_fails` times within `fail_timeout` is left out for `fail_timeout`,
+/// then one request probes it. `max_fails = 0` turns this off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// Response statuses that count as failures (4xx never do).
+    pub fail_on_status: Vec<u16>,
 }
 
 /// `[upstreams.NAME.health_check]`.

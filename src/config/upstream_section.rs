@@ -9,7 +9,8 @@ use toml::de::DeValue;
 use super::health_section::{all_unhealthy, health_check};
 use super::key_template::KeyTemplate;
 use super::model::{
-    BalanceFactor, BalancePolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    BalanceFactor, BalancePolicy, PassiveHealth, ServerAddr, ServerConfig, StickyConfig,
+    UpstreamConfig, defaults,
 };
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 
@@ -19,6 +20,9 @@ const UPSTREAM_KEYS: &[&str] = &[
     "sticky",
     "health_check",
     "all_unhealthy",
+    "max_fails",
+    "fail_timeout",
+    "fail_on_status",
     "servers",
     "connect_timeout",
     "response_timeout",
@@ -71,6 +75,31 @@ pub(super) fn upstream(
         Some(v) => health_check(r, &join(path, "health_check"), v).map(Some),
         None => Some(None),
     };
+    let max_fails = match get(t, "max_fails") {
+        Some(v) => r
+            .integer(v, &join(path, "max_fails"), 0, 1000)
+            .map(|n| n as u32),
+        None => Some(1),
+    };
+    let fail_timeout = duration_or(
+        r,
+        t,
+        path,
+        "fail_timeout",
+        std::time::Duration::from_secs(10),
+    );
+    let fail_on_status = match get(t, "fail_on_status") {
+        None => Some(Vec::new()),
+        Some(v) => {
+            let key = join(path, "fail_on_status");
+            r.array(v, &key).and_then(|items| {
+                items
+                    .iter()
+                    .map(|item| r.integer(item, &key, 500, 599).map(|n| n as u16))
+                    .collect::<Option<Vec<u16>>>()
+            })
+        }
+    };
     let fail_open = match get(t, "all_unhealthy") {
         Some(v) => all_unhealthy(r, &join(path, "all_unhealthy"), v),
         None => Some(true),
@@ -87,6 +116,11 @@ pub(super) fn upstream(
         sticky: sticky?,
         health_check: health_check?,
         fail_open: fail_open?,
+        passive: PassiveHealth {
+            max_fails: max_fails?,
+            fail_timeout,
+            fail_on_status: fail_on_status?,
+        },
     })
 }
 

@@ -24,7 +24,7 @@ use crate::state::ListenerRuntime;
 
 use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
-use super::pool::InFlightGuard;
+use super::pool::{Backend, InFlightGuard, Pool};
 use super::{hash_key, request_id};
 
 /// Everything about the client connection a request needs.
@@ -106,6 +106,12 @@ pub async fn forward(
             }
             Ok(Ok(resp)) => {
                 let time_to_head = sent.elapsed();
+                let status = resp.status().as_u16();
+                if pool.passive.fail_on_status.contains(&status) {
+                    passive_failure(pool, backend, &format!("status {status}"));
+                } else {
+                    backend.live.passive_success();
+                }
                 backend
                     .metrics
                     .response(resp.status().as_u16(), time_to_head);
@@ -137,6 +143,7 @@ pub async fn forward(
                 }
                 backend.live.record_failure();
                 backend.metrics.error(error_kind(&e));
+                passive_failure(pool, backend, "request failed");
                 let retry = !slot.taken() && (e.is_connect() || is_idempotent(&parts.method));
                 tracing::warn!(
                     upstream = %pool.name,
@@ -153,6 +160,7 @@ pub async fn forward(
             Err(_) => {
                 backend.live.record_failure();
                 backend.metrics.error(ErrorKind::Timeout);
+                passive_failure(pool, backend, "response timeout");
                 tracing::error!(
                     upstream = %pool.name,
                     backend = %backend.addr,
@@ -171,6 +179,21 @@ pub async fn forward(
     let (head, body) = response.into_parts();
     let body = body.finish_with(log, end, head.status.as_u16());
     Response::from_parts(head, body)
+}
+
+/// Counts a failure towards passive health, and says so when it leaves the backend out.
+fn passive_failure(pool: &Pool, backend: &Backend, what: &str) {
+    if backend.live.passive_failure(&pool.passive) {
+        backend.metrics.state_change(false);
+        tracing::warn!(
+            upstream = %pool.name,
+            backend = %backend.addr,
+            max_fails = pool.passive.max_fails,
+            fail_timeout = ?pool.passive.fail_timeout,
+            last = what,
+            "backend failed max_fails times within fail_timeout; left out for fail_timeout"
+        );
+    }
 }
 
 /// How a failed request to a backend is counted: refused or unreachable (`connect`), broken

@@ -17,7 +17,7 @@ use crate::balancer::{
     RoundRobin, Tried,
 };
 use crate::config::{
-    BalancePolicy, HealthCheckConfig, KeyTemplate, ResolvedServer, UpstreamConfig,
+    BalancePolicy, HealthCheckConfig, KeyTemplate, PassiveHealth, ResolvedServer, UpstreamConfig,
 };
 use crate::metrics::{BackendMetrics, PoolMetrics};
 
@@ -43,6 +43,10 @@ pub struct Backend {
 impl Backend {
     /// Publishes the active checks' verdict (rotation, `rproxy_backend_up`, `/status`).
     pub(crate) fn set_healthy(&self, healthy: bool) {
+        if healthy {
+            // Passing its checks brings a backend back whatever passive health said.
+            self.live.passive_out_until.store(0, Ordering::Release);
+        }
         let was = self.live.unhealthy.swap(!healthy, Ordering::AcqRel);
         if was == healthy {
             // A change (was unhealthy, now healthy, or the reverse).
@@ -85,6 +89,24 @@ pub struct BackendLive {
     state_since: AtomicU64,
     /// The last check's result: 0 none yet, 1 passed, 2 failed.
     last_check: AtomicU8,
+    /// Passive health: failures in the current window, when the window began, and until when
+    /// the backend is left out (milliseconds on the process clock; 0: not out).
+    passive_fails: AtomicU64,
+    passive_window: AtomicU64,
+    passive_out_until: AtomicU64,
+}
+
+/// Milliseconds on a process-wide monotonic clock, for passive-health windows.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+    .saturating_add(1)
 }
 
 impl BackendLive {
@@ -104,8 +126,41 @@ impl BackendLive {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Neither failing its active checks nor left out by passive health.
     pub fn healthy(&self) -> bool {
         !self.unhealthy.load(Ordering::Acquire)
+            && self.passive_out_until.load(Ordering::Acquire) <= now_ms()
+    }
+
+    /// A request to this backend failed (connect, timeout, reset, or a `fail_on_status`).
+    /// Returns true when that left the backend out for `fail_timeout`.
+    pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
+        if passive.max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let window = u64::try_from(passive.fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        let start = self.passive_window.load(Ordering::Acquire);
+        if now.saturating_sub(start) > window {
+            // A new window: earlier failures are forgotten.
+            self.passive_window.store(now, Ordering::Release);
+            self.passive_fails.store(0, Ordering::Release);
+        }
+        let fails = self.passive_fails.fetch_add(1, Ordering::AcqRel) + 1;
+        if fails < u64::from(passive.max_fails) {
+            return false;
+        }
+        self.passive_fails.store(0, Ordering::Release);
+        self.passive_out_until
+            .store(now.saturating_add(window), Ordering::Release);
+        true
+    }
+
+    /// A request succeeded: the failure count starts over (nginx does the same).
+    pub(crate) fn passive_success(&self) {
+        if self.passive_fails.load(Ordering::Relaxed) > 0 {
+            self.passive_fails.store(0, Ordering::Release);
+        }
     }
 
     /// When the health state last changed, in Unix seconds, if it ever did.
@@ -166,6 +221,8 @@ pub struct Pool {
     pub sticky: Option<Sticky>,
     /// Active health checks, when configured (the check tasks read it).
     pub health_check: Option<HealthCheckConfig>,
+    /// Passive health: what counts as a failure, and for how long it leaves a backend out.
+    pub passive: PassiveHealth,
     /// When every backend is unhealthy: send to them anyway (true) or find none (503).
     fail_open: bool,
     /// Whether the pool is in a fail-open episode, so it is logged once per episode.
@@ -229,6 +286,7 @@ impl Pool {
             metrics: PoolMetrics::new(&config.name),
             sticky,
             health_check: config.health_check.clone(),
+            passive: config.passive.clone(),
             fail_open: config.fail_open,
             failing_open: AtomicBool::new(false),
             hash_key: match &config.balance {
