@@ -54,7 +54,13 @@ impl ProxyError {
                 | ProxyError::ClientBodyTooLarge
         );
         // After a broken body, where the next request starts is unknown: close.
-        local_response(self.status(), close)
+        let mut resp = local_response(self.status(), close);
+        if self == ProxyError::NoBackend {
+            // Nothing could take it now; a backend may be back by the next health check.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 

@@ -138,7 +138,9 @@ async fn all_unhealthy_503_answers_at_once() {
             .await;
     }
     let before: usize = backends.iter().map(Backend::requests).sum();
-    assert_eq!(get(&client(), proxy.addr(), "/").await.status, 503);
+    let ans = get(&client(), proxy.addr(), "/").await;
+    assert_eq!(ans.status, 503);
+    assert_eq!(ans.headers["retry-after"], "1");
     assert_eq!(
         backends.iter().map(Backend::requests).sum::<usize>(),
         before
