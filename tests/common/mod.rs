@@ -299,41 +299,39 @@ impl Proxy {
             }
             let _ = tx.send(());
         });
+        // Owned by a `Proxy` from here on: if starting fails below, its drop ends the child.
+        let mut proxy = Proxy {
+            child,
+            listeners: HashMap::new(),
+            admin: None,
+            logs,
+            config_path,
+            _dir: dir,
+            stdout_reader: Some(stdout_reader),
+        };
         if rx.recv_timeout(DEADLINE).is_err() {
-            panic!(
-                "rproxy did not start: {:?}",
-                logs.lock().unwrap_or_else(|e| e.into_inner())
-            );
+            panic!("rproxy did not start: {:?}", proxy.logs());
         }
-        let mut listeners: HashMap<String, Vec<SocketAddr>> = HashMap::new();
-        let mut admin = None;
-        for line in logs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for line in proxy.logs() {
             if line.contains("admin listening") {
-                admin = field(line, "addr").and_then(|a| a.parse().ok());
+                proxy.admin = field(&line, "addr").and_then(|a| a.parse().ok());
             }
-            if let (Some(name), Some(addr)) = (field(line, "listener"), field(line, "addr"))
+            if let (Some(name), Some(addr)) = (field(&line, "listener"), field(&line, "addr"))
                 && line.contains("listening")
             {
-                listeners
+                proxy
+                    .listeners
                     .entry(name.to_string())
                     .or_default()
                     .push(addr.parse().expect("listening addr"));
             }
         }
         assert!(
-            !listeners.is_empty(),
+            !proxy.listeners.is_empty(),
             "rproxy did not start: {:?}",
-            logs.lock().unwrap_or_else(|e| e.into_inner())
+            proxy.logs()
         );
-        Proxy {
-            child,
-            listeners,
-            admin,
-            logs,
-            config_path,
-            _dir: dir,
-            stdout_reader: Some(stdout_reader),
-        }
+        proxy
     }
 
     /// After the process exited: waits until everything it wrote to stdout has been read.
