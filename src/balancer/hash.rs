@@ -13,31 +13,26 @@
 
 use std::sync::atomic::Ordering;
 
-use super::ip_hash::{MAX_TRIES, by_weight};
+use super::ip_hash::{MAX_TRIES, WeightedList};
 use super::least_conn::Loads;
 use super::{Balancer, PickContext, RoundRobin};
 
 #[derive(Debug)]
 pub struct KeyHash {
-    weights: Vec<u64>,
-    total: u64,
-    fallback: RoundRobin,
+    list: WeightedList,
 }
 
 impl KeyHash {
     pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
-        let weights: Vec<u32> = weights.into_iter().collect();
         KeyHash {
-            total: weights.iter().map(|&w| u64::from(w)).sum(),
-            fallback: RoundRobin::new(weights.iter().copied()),
-            weights: weights.into_iter().map(u64::from).collect(),
+            list: WeightedList::new(weights),
         }
     }
 }
 
 impl Balancer for KeyHash {
     fn pick(&self, ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-        if self.total == 0 {
+        if self.list.is_empty() {
             return None;
         }
         if !ctx.key.is_empty() {
@@ -49,13 +44,13 @@ impl Balancer for KeyHash {
                 }
                 crc.update(ctx.key);
                 acc += u64::from((crc.finalize() >> 16) & 0x7fff);
-                let p = by_weight(&self.weights, self.total, acc);
+                let p = self.list.by_weight(acc);
                 if eligible(p) {
                     return Some(p);
                 }
             }
         }
-        self.fallback.pick(ctx, eligible)
+        self.list.fallback.pick(ctx, eligible)
     }
 }
 
@@ -90,17 +85,21 @@ pub struct ConsistentHash {
 struct BoundedLoads {
     factor: f64,
     weights: Vec<u64>,
+    total_weight: u64,
     loads: Loads,
 }
 
 impl BoundedLoads {
-    fn has_room(&self, i: usize, eligible: &dyn Fn(usize) -> bool) -> bool {
-        let total_weight: u64 = self.weights.iter().sum();
-        let in_flight: u64 = (0..self.loads.len())
+    /// In-flight requests over the eligible backends: summed once per pick.
+    fn in_flight(&self, eligible: &dyn Fn(usize) -> bool) -> u64 {
+        (0..self.loads.len())
             .filter(|&j| eligible(j))
             .map(|j| self.loads[j].load(Ordering::Relaxed))
-            .sum();
-        let share = self.weights[i] as f64 / total_weight.max(1) as f64;
+            .sum()
+    }
+
+    fn has_room(&self, i: usize, in_flight: u64) -> bool {
+        let share = self.weights[i] as f64 / self.total_weight.max(1) as f64;
         let capacity = (self.factor * (in_flight + 1) as f64 * share).ceil() as u64;
         self.loads[i].load(Ordering::Relaxed) < capacity.max(1)
     }
@@ -150,9 +149,11 @@ impl ConsistentHash {
 
     /// Bounds every backend to `factor` (> 1) times its share of the load.
     pub fn with_balance_factor(mut self, factor: f64, weights: Vec<u32>, loads: Loads) -> Self {
+        let weights: Vec<u64> = weights.into_iter().map(u64::from).collect();
         self.bounded = Some(BoundedLoads {
             factor,
-            weights: weights.into_iter().map(u64::from).collect(),
+            total_weight: weights.iter().sum(),
+            weights,
             loads,
         });
         self
@@ -187,7 +188,8 @@ impl Balancer for ConsistentHash {
             })
         };
         if let Some(bounded) = &self.bounded
-            && let Some(b) = walk(&|b| eligible(b) && bounded.has_room(b, eligible))
+            && let in_flight = bounded.in_flight(eligible)
+            && let Some(b) = walk(&|b| eligible(b) && bounded.has_room(b, in_flight))
         {
             return Some(b);
         }

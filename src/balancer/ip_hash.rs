@@ -11,34 +11,52 @@ use super::{Balancer, PickContext, RoundRobin};
 
 #[derive(Debug)]
 pub struct IpHash {
-    weights: Vec<u64>,
-    total: u64,
-    fallback: RoundRobin,
+    list: WeightedList,
 }
 
 impl IpHash {
     /// The weights of all servers in configuration order, `down` ones included (nginx counts
     /// them in the hash and skips them when picked).
     pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
-        let weights: Vec<u32> = weights.into_iter().collect();
         IpHash {
+            list: WeightedList::new(weights),
+        }
+    }
+}
+
+/// Servers picked by a hash walked over their weights, as nginx's `ip_hash` and `hash` do,
+/// with round-robin as the fallback when rehashing finds nothing.
+#[derive(Debug)]
+pub(super) struct WeightedList {
+    weights: Vec<u64>,
+    total: u64,
+    pub(super) fallback: RoundRobin,
+}
+
+impl WeightedList {
+    pub(super) fn new(weights: impl IntoIterator<Item = u32>) -> Self {
+        let weights: Vec<u32> = weights.into_iter().collect();
+        WeightedList {
             total: weights.iter().map(|&w| u64::from(w)).sum(),
             fallback: RoundRobin::new(weights.iter().copied()),
             weights: weights.into_iter().map(u64::from).collect(),
         }
     }
-}
 
-/// Picks by weight the way nginx walks its peer list: `w = hash % total`, then subtract
-/// weights until `w` fits.
-pub(super) fn by_weight(weights: &[u64], total: u64, hash: u64) -> usize {
-    let mut w = hash % total;
-    let mut p = 0;
-    while p + 1 < weights.len() && w >= weights[p] {
-        w -= weights[p];
-        p += 1;
+    pub(super) fn is_empty(&self) -> bool {
+        self.total == 0
     }
-    p
+
+    /// nginx's walk: `w = hash % total`, then subtract weights until `w` fits.
+    pub(super) fn by_weight(&self, hash: u64) -> usize {
+        let mut w = hash % self.total;
+        let mut p = 0;
+        while p + 1 < self.weights.len() && w >= self.weights[p] {
+            w -= self.weights[p];
+            p += 1;
+        }
+        p
+    }
 }
 
 /// nginx gives up rehashing after this many unavailable picks.
@@ -46,7 +64,7 @@ pub(super) const MAX_TRIES: usize = 20;
 
 impl Balancer for IpHash {
     fn pick(&self, ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-        if self.total == 0 {
+        if self.list.is_empty() {
             return None;
         }
         let (v4, v6);
@@ -65,12 +83,12 @@ impl Balancer for IpHash {
             for &b in addr {
                 hash = (hash * 113 + u64::from(b)) % 6271;
             }
-            let p = by_weight(&self.weights, self.total, hash);
+            let p = self.list.by_weight(hash);
             if eligible(p) {
                 return Some(p);
             }
         }
-        self.fallback.pick(ctx, eligible)
+        self.list.fallback.pick(ctx, eligible)
     }
 }
 

@@ -41,6 +41,11 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// May take requests now: not `down` in the configuration, and healthy.
+    pub fn in_rotation(&self) -> bool {
+        !self.down && self.live.healthy()
+    }
+
     /// Publishes the active checks' verdict (rotation, `rproxy_backend_up`, `/status`).
     pub(crate) fn set_healthy(&self, healthy: bool) {
         if healthy {
@@ -126,10 +131,24 @@ impl BackendLive {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Neither failing its active checks nor left out by passive health.
+    /// Neither failing its active checks nor left out by passive health. Called for every
+    /// candidate of every pick, so the clock is read only while a backend is actually out.
     pub fn healthy(&self) -> bool {
-        !self.unhealthy.load(Ordering::Acquire)
-            && self.passive_out_until.load(Ordering::Acquire) <= now_ms()
+        if self.unhealthy.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = self.passive_out_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if until > now_ms() {
+            return false;
+        }
+        // Its time out is over: clear it, so later picks skip the clock again.
+        let _ =
+            self.passive_out_until
+                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
+        true
     }
 
     /// A request to this backend failed (connect, timeout, reset, or a `fail_on_status`).
@@ -306,9 +325,7 @@ impl Pool {
 
     /// Whether backend `index` may take a request now (a pinned one, say).
     pub fn available(&self, index: usize) -> bool {
-        self.backends
-            .get(index)
-            .is_some_and(|b| !b.down && b.live.healthy())
+        self.backends.get(index).is_some_and(|b| b.in_rotation())
     }
 
     /// The next backend for a request that has already been sent to `tried`: a primary if
@@ -345,7 +362,13 @@ impl Pool {
         healthy_only: bool,
     ) -> Option<usize> {
         let (primaries, backups) = self.backends.split_at(self.primaries);
-        let usable = |b: &Backend| !b.down && (!healthy_only || b.live.healthy());
+        let usable = |b: &Backend| {
+            if healthy_only {
+                b.in_rotation()
+            } else {
+                !b.down
+            }
+        };
         let eligible = |i: usize| usable(&primaries[i]) && !tried.contains(i);
         if let Some(i) = self.primary_balancer.pick(ctx, &eligible) {
             return Some(i);
