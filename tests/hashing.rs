@@ -13,49 +13,6 @@ use hyper::Request;
 
 use common::*;
 
-/// Pairs of text: (address, parameters) for servers, (key, backend) for rows.
-type Pairs = Vec<(String, String)>;
-
-/// The recording's servers and rows.
-fn recording(name: &str) -> (Pairs, Pairs) {
-    let path = format!("{}/tests/conformance/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).expect("recording");
-    let mut servers = Vec::new();
-    let mut rows = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# server ") {
-            let (addr, params) = rest.split_once(' ').unwrap_or((rest, ""));
-            servers.push((addr.to_string(), params.to_string()));
-        } else if !line.starts_with('#')
-            && !line.ends_with(",backend")
-            && let Some((k, v)) = line.split_once(',')
-        {
-            rows.push((k.to_string(), v.to_string()));
-        }
-    }
-    (servers, rows)
-}
-
-/// One test backend per recorded server, named by the recorded address, and the TOML list.
-async fn backends_for(servers: &[(String, String)]) -> (Vec<Backend>, String) {
-    let mut backends = Vec::new();
-    let mut items = Vec::new();
-    for (recorded, params) in servers {
-        let b = Backend::start(recorded).await;
-        let mut item = format!("addr = \"{}\"", b.addr);
-        for p in params.split_whitespace() {
-            if let Some(w) = p.strip_prefix("weight=") {
-                item.push_str(&format!(", weight = {w}"));
-            } else if p == "down" {
-                item.push_str(", down = true");
-            }
-        }
-        items.push(format!("{{ {item} }}"));
-        backends.push(b);
-    }
-    (backends, items.join(", "))
-}
-
 async fn get_as(addr: std::net::SocketAddr, path: &str, client_ip: &str) -> Answer {
     let req = Request::get(format!("http://{addr}{path}"))
         .header("x-forwarded-for", client_ip)
@@ -65,13 +22,13 @@ async fn get_as(addr: std::net::SocketAddr, path: &str, client_ip: &str) -> Answ
 }
 
 async fn replay_ip_hash(name: &str) {
-    let (servers, rows) = recording(name);
-    let (_backends, list) = backends_for(&servers).await;
+    let rec = recording(name);
+    let (_backends, list) = backends_for(&rec.servers).await;
     let proxy = Proxy::start(&format!(
         "trusted_proxies = [\"127.0.0.1\"]\n{}",
         config_with(&list, "balance = \"ip_hash\"")
     ));
-    for (client, expected) in &rows {
+    for (client, expected) in &rec.rows {
         let ans = get_as(proxy.addr(), "/", client).await;
         assert_eq!(ans.status, 200);
         assert_eq!(ans.backend(), expected, "{name}: client {client}");
@@ -87,11 +44,14 @@ async fn ip_hash_replays_nginx() {
 
 #[tokio::test]
 async fn ip_hash_uses_the_real_source_address() {
-    let (servers, rows) = recording("ip_hash_3.csv");
-    let (_backends, list) = backends_for(&servers).await;
+    let rec = recording("ip_hash_3.csv");
+    let (_backends, list) = backends_for(&rec.servers).await;
     let proxy = Proxy::start(&config_with(&list, "balance = \"ip_hash\""));
-    let expected: HashMap<&str, &str> =
-        rows.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let expected: HashMap<&str, &str> = rec
+        .rows
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     for source in ["127.0.5.1", "127.0.9.1"] {
         // A raw connection from that loopback address (the whole 127/8 is local).
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -113,14 +73,14 @@ async fn ip_hash_uses_the_real_source_address() {
 
 #[tokio::test]
 async fn plain_hash_replays_nginx() {
-    let (servers, rows) = recording("hash_uri_plain_5.csv");
-    let (_backends, list) = backends_for(&servers).await;
+    let rec = recording("hash_uri_plain_5.csv");
+    let (_backends, list) = backends_for(&rec.servers).await;
     let proxy = Proxy::start(&config_with(
         &list,
         "balance = \"hash\"\nhash = { key = \"$request_uri\" }",
     ));
     let c = client();
-    for (uri, expected) in rows.iter().take(200) {
+    for (uri, expected) in rec.rows.iter().take(200) {
         let ans = get(&c, proxy.addr(), uri).await;
         assert_eq!(ans.backend(), expected, "key {uri}");
     }

@@ -91,12 +91,12 @@ async fn a_dead_backend_is_ejected_by_a_tcp_check_without_client_errors() {
     }
 }
 
-#[tokio::test]
-async fn when_every_backend_fails_its_checks_the_pool_fails_open() {
+/// Three backends whose health endpoints all fail, once rproxy has seen every one fail.
+async fn all_unhealthy(upstream_extra: &str) -> (Vec<Backend>, Proxy) {
     let backends = three().await;
     let proxy = Proxy::start(&format!(
         "{}{FAST_CHECKS}",
-        config_with(&list(&backends), "")
+        config_with(&list(&backends), upstream_extra)
     ));
     for b in &backends {
         b.healthy.store(false, Ordering::SeqCst);
@@ -106,6 +106,12 @@ async fn when_every_backend_fails_its_checks_the_pool_fails_open() {
             .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
             .await;
     }
+    (backends, proxy)
+}
+
+#[tokio::test]
+async fn when_every_backend_fails_its_checks_the_pool_fails_open() {
+    let (_backends, proxy) = all_unhealthy("").await;
     let c = client();
     for _ in 0..9 {
         assert_eq!(
@@ -124,19 +130,7 @@ async fn when_every_backend_fails_its_checks_the_pool_fails_open() {
 
 #[tokio::test]
 async fn all_unhealthy_503_answers_at_once() {
-    let backends = three().await;
-    let proxy = Proxy::start(&format!(
-        "{}{FAST_CHECKS}",
-        config_with(&list(&backends), "all_unhealthy = \"503\"")
-    ));
-    for b in &backends {
-        b.healthy.store(false, Ordering::SeqCst);
-    }
-    for b in &backends {
-        proxy
-            .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
-            .await;
-    }
+    let (backends, proxy) = all_unhealthy("all_unhealthy = \"503\"").await;
     let before: usize = backends.iter().map(Backend::requests).sum();
     let ans = get(&client(), proxy.addr(), "/").await;
     assert_eq!(ans.status, 503);

@@ -5,52 +5,12 @@ mod common;
 
 use common::*;
 
-/// One recorded nginx run: the server lines and the backend nginx picked for each request.
-struct Recording {
-    servers: Vec<(String, String)>, // (recorded address, parameters such as "weight=3 down")
-    picks: Vec<String>,
-}
-
-fn recording(name: &str) -> Recording {
-    let path = format!("{}/tests/conformance/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("read recording");
-    let mut servers = Vec::new();
-    let mut picks = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# server ") {
-            let (addr, params) = rest.split_once(' ').unwrap_or((rest, ""));
-            servers.push((addr.to_string(), params.to_string()));
-        } else if !line.starts_with('#') && !line.starts_with("request,") && !line.is_empty() {
-            let (_, backend) = line.split_once(',').expect("row");
-            picks.push(backend.to_string());
-        }
-    }
-    Recording { servers, picks }
-}
-
 async fn replay(name: &str) {
     let rec = recording(name);
-    assert!(!rec.picks.is_empty(), "{name} has rows");
-    let mut backends = Vec::new();
-    let mut items = Vec::new();
-    for (recorded, params) in &rec.servers {
-        let b = Backend::start(recorded).await;
-        let mut item = format!("addr = \"{}\"", b.addr);
-        for p in params.split_whitespace() {
-            if let Some(w) = p.strip_prefix("weight=") {
-                item.push_str(&format!(", weight = {w}"));
-            } else if p == "down" {
-                item.push_str(", down = true");
-            } else if p == "backup" {
-                item.push_str(", backup = true");
-            }
-        }
-        items.push(format!("{{ {item} }}"));
-        backends.push(b);
-    }
-    let proxy = Proxy::start(&config_with(&items.join(", "), ""));
+    let (_backends, servers) = backends_for(&rec.servers).await;
+    let proxy = Proxy::start(&config_with(&servers, ""));
     let c = client();
-    for (i, expected) in rec.picks.iter().enumerate() {
+    for (i, expected) in rec.rows.iter().map(|(_, b)| b).enumerate() {
         let a = get(&c, proxy.addr(), "/").await;
         assert_eq!(a.status, 200);
         assert_eq!(

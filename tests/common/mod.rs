@@ -733,3 +733,51 @@ pub fn fd_count(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// A decision log recorded from real nginx (`tests/conformance/`): the `server` lines
+/// (address, parameters such as `weight=3 down`) and the rows (request or key, backend).
+pub struct Recording {
+    pub servers: Vec<(String, String)>,
+    pub rows: Vec<(String, String)>,
+}
+
+pub fn recording(name: &str) -> Recording {
+    let path = format!("{}/tests/conformance/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).expect("recording");
+    let mut servers = Vec::new();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# server ") {
+            let (addr, params) = rest.split_once(' ').unwrap_or((rest, ""));
+            servers.push((addr.to_string(), params.to_string()));
+        } else if !line.starts_with('#')
+            && !line.ends_with(",backend")
+            && let Some((k, v)) = line.split_once(',')
+        {
+            rows.push((k.to_string(), v.to_string()));
+        }
+    }
+    assert!(!rows.is_empty(), "{name} has rows");
+    Recording { servers, rows }
+}
+
+/// One test backend per recorded server, named by the recorded address, and the servers as a
+/// TOML list with the recorded weights and flags.
+pub async fn backends_for(servers: &[(String, String)]) -> (Vec<Backend>, String) {
+    let mut backends = Vec::new();
+    let mut items = Vec::new();
+    for (recorded, params) in servers {
+        let b = Backend::start(recorded).await;
+        let mut item = format!("addr = \"{}\"", b.addr);
+        for p in params.split_whitespace() {
+            if let Some(w) = p.strip_prefix("weight=") {
+                item.push_str(&format!(", weight = {w}"));
+            } else if p == "down" || p == "backup" {
+                item.push_str(&format!(", {p} = true"));
+            }
+        }
+        items.push(format!("{{ {item} }}"));
+        backends.push(b);
+    }
+    (backends, items.join(", "))
+}
