@@ -67,21 +67,62 @@ async fn no_usable_backend_is_a_503() {
 }
 
 #[tokio::test]
-async fn slow_response_head_is_a_504_and_not_resent() {
-    let (slow, other) = (Backend::start("slow").await, Backend::start("other").await);
+async fn slow_response_head_is_retried_when_idempotent_else_a_504() {
+    let slow = Backend::start_with_delay("slow", std::time::Duration::from_secs(5)).await;
+    let other = Backend::start("other").await;
     let servers = format!(r#""{}", "{}""#, slow.addr, other.addr);
-    let proxy = Proxy::start(&config_with(&servers, "response_timeout = \"300ms\""));
-    let ans = get(&client(), proxy.addr(), "/slow/5000").await;
+    // Passive health off, so every request meets the slow backend first in turn.
+    let proxy = Proxy::start(&config_with(
+        &servers,
+        "response_timeout = \"300ms\"\nmax_fails = 0",
+    ));
+    let c = client();
+    // Round-robin sends the first request to the slow backend: a GET goes on to the other.
+    let ans = get(&c, proxy.addr(), "/").await;
+    assert_eq!((ans.status.as_u16(), ans.backend()), (200, "other"));
+    assert_eq!(other.requests(), 1);
+    proxy
+        .wait_for_log(&["no response head in time", &slow.addr.to_string(), "retry=true"])
+        .await;
+    // The next turn is the other backend's; the one after, a POST, meets the slow one and is
+    // not sent twice: it may have taken effect.
+    assert_eq!(get(&c, proxy.addr(), "/").await.backend(), "other");
+    let req = Request::post(format!("http://{}/", proxy.addr()))
+        .body(Full::new(Bytes::from_static(b"order=1")))
+        .expect("request");
+    let ans = send(&c, req).await;
     assert_eq!(ans.status, 504);
     assert_eq!(ans.body, "504 Gateway Timeout\n");
-    assert_eq!(
-        other.requests(),
-        0,
-        "a request that reached a backend is not sent twice"
-    );
-    proxy
-        .wait_for_log(&["no response head in time", &slow.addr.to_string()])
-        .await;
+    assert_eq!(other.requests(), 2, "the POST was not sent to the other backend");
+    proxy.wait_for_log(&["not_retried=\"unsafe\""]).await;
+}
+
+#[tokio::test]
+async fn a_retry_must_fit_in_tries_and_try_timeout() {
+    let (slow_a, slow_b) = (Backend::start("a").await, Backend::start("b").await);
+    let servers = format!(r#""{}", "{}""#, slow_a.addr, slow_b.addr);
+    // Each try may wait 400ms, but all of them together only 600ms: the second try is cut
+    // short and the client gets its 504 at about 600ms, not 800ms.
+    let proxy = Proxy::start(&config_with(
+        &servers,
+        "response_timeout = \"400ms\"\ntry_timeout = \"600ms\"\nmax_fails = 0",
+    ));
+    let c = client();
+    let ans = get(&c, proxy.addr(), "/slow/5000").await;
+    assert_eq!(ans.status, 504);
+    assert_eq!((slow_a.requests(), slow_b.requests()), (1, 1));
+    proxy.wait_for_log(&["not_retried=\"try_timeout\""]).await;
+    // With tries = 1 nothing is sent a second time.
+    let (c_a, c_b) = (Backend::start("a").await, Backend::start("b").await);
+    let servers = format!(r#""{}", "{}""#, c_a.addr, c_b.addr);
+    let proxy = Proxy::start(&config_with(
+        &servers,
+        "response_timeout = \"300ms\"\ntries = 1\nmax_fails = 0",
+    ));
+    let ans = get(&c, proxy.addr(), "/slow/5000").await;
+    assert_eq!(ans.status, 504);
+    assert_eq!(c_a.requests() + c_b.requests(), 1);
+    proxy.wait_for_log(&["not_retried=\"tries\""]).await;
 }
 
 #[tokio::test]
@@ -162,4 +203,33 @@ async fn a_post_that_reached_a_backend_is_not_sent_again() {
         crashing.accepted.load(Ordering::SeqCst) == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_put_body_within_retry_buffer_is_sent_again_whole() {
+    // The first backend reads the whole request and never answers; the second is healthy.
+    let hold = RawBackend::start(RawMode::Hold).await;
+    let good = Backend::start("good").await;
+    let servers = format!(r#""{}", "{}""#, hold.addr, good.addr);
+    let proxy = Proxy::start(&config_with(
+        &servers,
+        "response_timeout = \"300ms\"\nretry_buffer = \"64k\"\nmax_fails = 0",
+    ));
+    let c = client();
+    let put = |len: usize| {
+        Request::put(format!("http://{}/doc", proxy.addr()))
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .expect("request")
+    };
+    // Round-robin: the first request meets the silent backend, is kept, and goes on.
+    let ans = send(&c, put(60_000)).await;
+    assert_eq!((ans.status.as_u16(), ans.backend()), (200, "good"));
+    assert_eq!(good.last().body_len, 60_000, "the kept body arrived whole");
+    // The second goes to the good backend in its turn.
+    assert_eq!(send(&c, put(10)).await.backend(), "good");
+    // A body larger than retry_buffer was streamed, not kept: it cannot be sent again.
+    let ans = send(&c, put(200_000)).await;
+    assert_eq!(ans.status, 504);
+    assert_eq!(good.requests(), 2);
+    proxy.wait_for_log(&["not_retried=\"unsafe\""]).await;
 }

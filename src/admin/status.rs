@@ -57,6 +57,9 @@ pub struct BackendStatus {
     pub since_unix: u64,
     /// The last active check: `pass`, `fail`, or `null` (none configured or none yet).
     pub last_check: Option<&'static str>,
+    /// In a slow-start ramp: the share of its normal traffic it gets now (0 to 1); `null`
+    /// when not ramping.
+    pub slow_start_share: Option<f64>,
     pub in_flight: u64,
     pub requests: u64,
     pub errors: u64,
@@ -119,6 +122,9 @@ pub(super) fn build(
                             .live
                             .last_check()
                             .map(|ok| if ok { "pass" } else { "fail" }),
+                        slow_start_share: pool
+                            .slow_start
+                            .and_then(|ramp| b.live.slow_start.share(ramp)),
                         in_flight: b.live.in_flight(),
                         requests: b.live.requests(),
                         errors: b.live.failures(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use super::model::{HealthCheckConfig, HttpCheck};
-use super::reader::{Reader, Table, Value, duration_or, get, join};
+use super::reader::{Reader, Table, Value, duration_or, entries, get, join};
 
 const HEALTH_KEYS: &[&str] = &[
     "type",
@@ -18,6 +18,7 @@ const HEALTH_KEYS: &[&str] = &[
     "expect_status",
     "expect_body",
     "host",
+    "headers",
     "initial",
 ];
 
@@ -67,7 +68,7 @@ pub(super) fn health_check(
         },
     };
     let http = if kind? == "tcp" {
-        for key in ["path", "expect_status", "expect_body", "host"] {
+        for key in ["path", "expect_status", "expect_body", "host", "headers"] {
             if let Some(v) = get(t, key) {
                 r.error(
                     &join(path, key),
@@ -117,12 +118,51 @@ fn http_check(r: &mut Reader<'_>, path: &str, t: &Table<'_>) -> Option<HttpCheck
     };
     let expect_body = text(r, "expect_body");
     let host = text(r, "host");
+    let headers = match get(t, "headers") {
+        Some(v) => check_headers(r, &join(path, "headers"), v),
+        None => Some(Vec::new()),
+    };
     Some(HttpCheck {
         path: check_path?,
         expect_status: expect_status?,
         expect_body: expect_body?,
         host: host?,
+        headers: headers?,
     })
+}
+
+/// `headers = { "X-Check" = "rproxy" }`: names and values as HTTP allows them.
+fn check_headers(
+    r: &mut Reader<'_>,
+    key: &str,
+    v: &Value<'_>,
+) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+    let t = r.table(v, key)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, value) in entries(t) {
+        let name: &str = name.get_ref();
+        let item_key = join(key, name);
+        let Some(text) = r.string(value, &item_key) else {
+            ok = false;
+            continue;
+        };
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(text),
+        ) {
+            (Ok(n), Ok(v)) => out.push((n, v)),
+            (Err(_), _) => {
+                r.error(&item_key, value.span(), format!("`{name}` is not a valid header name"));
+                ok = false;
+            }
+            (_, Err(_)) => {
+                r.error(&item_key, value.span(), "not a valid header value (control characters?)");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 /// `200`, `"200-399"`, or a list of those.

@@ -11,6 +11,7 @@ mod model;
 mod parse;
 mod reader;
 mod resolve;
+mod retry_section;
 mod upstream_section;
 
 use std::path::Path;
@@ -20,7 +21,7 @@ pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config,
     HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, PassiveHealth, RequestLimits,
-    ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    RetryPolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -39,6 +39,10 @@ pub mod defaults {
     pub const MAX_URI_LENGTH: usize = 8 * 1024;
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// Request bodies up to this size are kept for a retry.
+    pub const RETRY_BUFFER: usize = 64 * 1024;
+    /// Retries may add this fraction to a pool's request rate (Envoy's and linkerd's 20%).
+    pub const RETRY_BUDGET: f32 = 0.2;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +198,25 @@ pub struct UpstreamConfig {
     pub fail_open: bool,
     /// Passive health, as nginx's `max_fails` / `fail_timeout`.
     pub passive: PassiveHealth,
+    /// When a failed request goes to another backend.
+    pub retry: RetryPolicy,
+    /// A backend that comes back ramps its share of requests up over this long.
+    pub slow_start: Option<Duration>,
+}
+
+/// How far a failed request may be retried on other backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included; `None`: every candidate once.
+    pub tries: Option<u32>,
+    /// Total time across all attempts of one request; `None`: only the per-attempt timeouts.
+    pub try_timeout: Option<Duration>,
+    /// Retry a POST (or PATCH...) even after it reached a backend.
+    pub non_idempotent: bool,
+    /// A request body up to this size is kept so that the request can be sent again.
+    pub buffer: usize,
+    /// Retries may add at most this fraction to the request rate; `None`: no budget.
+    pub budget: Option<f32>,
 }
 
 /// A backend that fails `max_fails` times within `fail_timeout` is left out for `fail_timeout`,
@@ -227,6 +250,8 @@ pub struct HttpCheck {
     pub expect_body: Option<String>,
     /// `Host` sent with the check; the backend's address when unset.
     pub host: Option<String>,
+    /// Other headers sent with the check.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// `[upstreams.NAME.sticky]`.

@@ -498,6 +498,17 @@ mod tests {
         ] {
             assert!(e.contains(wanted), "{wanted} in {e}");
         }
+        let with_headers = load("headers = { \"X-Check\" = \"rproxy\" }", "").expect("headers");
+        let http = with_headers.upstreams["u"].health_check.clone().and_then(|h| h.http);
+        assert_eq!(
+            http.map(|h| h.headers.len()),
+            Some(1),
+            "one extra header for the check"
+        );
+        let e = load("headers = { \"bad name\" = \"x\" }", "")
+            .expect_err("bad header")
+            .to_string();
+        assert!(e.contains("`bad name` is not a valid header name"), "{e}");
         let e = load("expect_status = \"2xx\"", "")
             .expect_err("bad status")
             .to_string();

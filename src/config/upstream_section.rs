@@ -12,6 +12,7 @@ use super::model::{
     BalanceFactor, BalancePolicy, PassiveHealth, ServerAddr, ServerConfig, StickyConfig,
     UpstreamConfig, defaults,
 };
+use super::retry_section::{RETRY_KEYS, retry_policy, slow_start};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 
 const UPSTREAM_KEYS: &[&str] = &[
@@ -38,7 +39,8 @@ pub(super) fn upstream(
     t: &Table<'_>,
     whole: &Value<'_>,
 ) -> Option<UpstreamConfig> {
-    r.check_keys(t, path, UPSTREAM_KEYS);
+    let known: Vec<&str> = UPSTREAM_KEYS.iter().chain(RETRY_KEYS).copied().collect();
+    r.check_keys(t, path, &known);
     let balance = balance(r, path, t);
     let servers = match get(t, "servers") {
         Some(v) => servers(r, &join(path, "servers"), v),
@@ -104,6 +106,8 @@ pub(super) fn upstream(
         Some(v) => all_unhealthy(r, &join(path, "all_unhealthy"), v),
         None => Some(true),
     };
+    let retry = retry_policy(r, path, t);
+    let slow_start = slow_start(r, path, t, balance.as_ref());
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
         balance: balance?,
@@ -121,6 +125,8 @@ pub(super) fn upstream(
             fail_timeout,
             fail_on_status: fail_on_status?,
         },
+        retry: retry?,
+        slow_start: slow_start?,
     })
 }
 

@@ -40,12 +40,15 @@ async fn http_probe(stream: TcpStream, addr: SocketAddr, http: &HttpCheck) -> Re
         }
     });
     let host = http.host.clone().unwrap_or_else(|| addr.to_string());
-    let req = Request::get(http.path.as_str())
+    let mut req = Request::get(http.path.as_str())
         .header(header::HOST, host)
         .header(header::USER_AGENT, "rproxy-health-check")
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
+    for (name, value) in &http.headers {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
     let resp = sender
         .send_request(req)
         .await

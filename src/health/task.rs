@@ -40,6 +40,9 @@ async fn check_loop(
     // The first check comes at a random point of the first interval, so a pool's checks spread
     // out instead of all firing together; later ones add up to a tenth of jitter.
     let mut wait = Duration::from_millis(fastrand::u64(..=millis(config.interval)));
+    // Slow start applies to a backend seen failing, not to one merely assumed unhealthy at
+    // start (`initial = "unhealthy"`) that passes its first checks.
+    let mut failed_before = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -50,10 +53,14 @@ async fn check_loop(
         let result = probe(backend.addr, &config).await;
         backend.metrics.check(result.is_ok());
         backend.live.record_check(result.is_ok());
+        failed_before |= result.is_err();
         if let Some(healthy) = machine.observe(result.is_ok()) {
             backend.set_healthy(healthy);
             match &result {
                 Ok(()) => {
+                    if failed_before {
+                        backend.live.slow_start.begin();
+                    }
                     tracing::warn!(upstream = %upstream, backend = %backend.addr, rise = config.rise, "backend is healthy again");
                 }
                 Err(reason) => {

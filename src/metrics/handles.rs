@@ -8,7 +8,7 @@ use metrics::{Counter, Gauge, Histogram};
 use super::{
     BACKEND_IN_FLIGHT, BACKEND_STATE_CHANGES_TOTAL, BACKEND_UP, CONNECTIONS_OPEN,
     CONNECTIONS_TOTAL, HEALTH_CHECKS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
-    STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL, UPSTREAM_FAIL_OPEN_TOTAL, UPSTREAM_REQUESTS_TOTAL,
+    STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL, UPSTREAM_FAIL_OPEN_TOTAL, UPSTREAM_REQUESTS_TOTAL, UPSTREAM_RETRIES_REFUSED_TOTAL,
     UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_TOTAL, class_index,
 };
 
@@ -75,6 +75,8 @@ pub struct PoolMetrics {
     pub retries: Counter,
     /// Episodes of every backend unhealthy.
     pub fail_open: Counter,
+    /// Retries refused: unsafe, tries, try_timeout, budget.
+    retries_refused: [Counter; 4],
 }
 
 impl PoolMetrics {
@@ -82,6 +84,44 @@ impl PoolMetrics {
         PoolMetrics {
             retries: metrics::counter!(UPSTREAM_RETRIES_TOTAL, "upstream" => upstream.to_string()),
             fail_open: metrics::counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_string()),
+            retries_refused: RetryRefusal::ALL.map(|why| {
+                metrics::counter!(UPSTREAM_RETRIES_REFUSED_TOTAL, "upstream" => upstream.to_string(), "reason" => why.label())
+            }),
+        }
+    }
+
+    pub fn retry_refused(&self, why: RetryRefusal) {
+        self.retries_refused[why as usize].increment(1);
+    }
+}
+
+/// Why a failed request was not sent to another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// It may have taken effect on the backend (a POST that reached it, a body not kept).
+    Unsafe = 0,
+    /// `tries` attempts were made.
+    Tries = 1,
+    /// `try_timeout` is used up.
+    TryTimeout = 2,
+    /// The pool's retry budget is spent.
+    Budget = 3,
+}
+
+impl RetryRefusal {
+    const ALL: [RetryRefusal; 4] = [
+        RetryRefusal::Unsafe,
+        RetryRefusal::Tries,
+        RetryRefusal::TryTimeout,
+        RetryRefusal::Budget,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryRefusal::Unsafe => "unsafe",
+            RetryRefusal::Tries => "tries",
+            RetryRefusal::TryTimeout => "try_timeout",
+            RetryRefusal::Budget => "budget",
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub use handles::{BackendMetrics, ErrorKind, ListenerMetrics, PoolMetrics};
+pub use handles::{BackendMetrics, ErrorKind, ListenerMetrics, PoolMetrics, RetryRefusal};
 pub use process::render_process_metrics;
 
 pub const HTTP_REQUESTS_TOTAL: &str = "rproxy_http_requests_total";
@@ -31,6 +31,7 @@ pub const BUILD_INFO: &str = "rproxy_build_info";
 pub const HEALTH_CHECKS_TOTAL: &str = "rproxy_health_checks_total";
 pub const BACKEND_STATE_CHANGES_TOTAL: &str = "rproxy_backend_state_changes_total";
 pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "rproxy_upstream_fail_open_total";
+pub const UPSTREAM_RETRIES_REFUSED_TOTAL: &str = "rproxy_upstream_retries_refused_total";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -108,6 +109,10 @@ fn describe() {
     describe_counter!(
         UPSTREAM_FAIL_OPEN_TOTAL,
         "Episodes of every backend unhealthy, in which requests were sent to them anyway"
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES_REFUSED_TOTAL,
+        "Failed requests not sent again, by reason: unsafe (the request may have taken effect), tries, try_timeout, budget"
     );
 }
 

@@ -16,7 +16,7 @@ use tower::util::MapResponse;
 
 use crate::config::UpstreamConfig;
 
-use super::body::UpstreamRequestBody;
+use super::request_body::UpstreamRequestBody;
 use super::fair_io::UpstreamIo;
 
 /// hyper-util's connector, its connections wrapped so they yield (see `fair_io`).

@@ -1,17 +1,16 @@
 //! Forwarding one request: pick a backend, send, fail over, and hand the answer back.
 //!
-//! Called by the listener for every request, after the router chose the pool. A request goes
-//! to the next backend in balancing order only while that is safe: the failure happened before
-//! any of the request body left rproxy, and either nothing reached the backend (connect error)
-//! or the method is idempotent. A request is never sent to the same backend twice. When no
-//! attempt succeeded the client gets 502; when there was nothing to try, 503; when a backend
-//! was too slow to answer, 504.
+//! Called by the listener for every request, after the router chose the pool. After a failed
+//! attempt the request goes to the next backend in balancing order when `retry` says that is
+//! safe and allowed; it never goes to the same backend twice. When no attempt succeeded the
+//! client gets 502, or 504 when the last backend was too slow to answer; when there was nothing
+//! to try, 503.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -19,10 +18,12 @@ use crate::access_log::AccessRecord;
 use crate::balancer::{PickContext, Tried};
 use crate::error::{ProxyError, error_chain};
 use crate::listener::RequestEnd;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, RetryRefusal};
 use crate::state::ListenerRuntime;
 
-use super::body::{ClientBodyFailure, ProxyBody, RequestBodySlot};
+use super::body::ProxyBody;
+use super::request_body::{ClientBodyFailure, RequestBodySlot};
+use super::retry::Failure;
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
 use super::pool::{Backend, InFlightGuard, Pool};
 use super::{hash_key, request_id};
@@ -57,7 +58,12 @@ pub async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let slot = RequestBodySlot::new(body, &listener.settings);
+    let mut attempts = pool.retry.start(&parts.method);
+    let slot = RequestBodySlot::new(
+        body,
+        &listener.settings,
+        pool.retry.body_to_keep(&parts.method),
+    );
     let key = pool
         .hash_key
         .as_ref()
@@ -73,16 +79,21 @@ pub async fn forward(
         hash_key::cookie(&parts, sticky.cookie_name()).and_then(|v| sticky.pinned(v))
     });
     let mut pin = pinned.filter(|&i| pool.available(i));
+    // What the client gets if the backends run out: the last attempt's failure.
+    let mut last_failure = None;
 
     let outcome = loop {
         let Some(index) = pin.take().or_else(|| pool.select(&ctx, &tried)) else {
-            break if tried.is_empty() {
-                tracing::error!(upstream = %pool.name, "no backend available (all down)");
-                Err(ProxyError::NoBackend)
-            } else {
-                tracing::error!(upstream = %pool.name, "every backend failed");
-                Err(ProxyError::AllBackendsFailed)
-            };
+            break Err(match last_failure {
+                None => {
+                    tracing::error!(upstream = %pool.name, "no backend available (all down)");
+                    ProxyError::NoBackend
+                }
+                Some(failure) => {
+                    tracing::error!(upstream = %pool.name, "every backend failed");
+                    failure
+                }
+            });
         };
         tried.insert(index);
         let backend = &pool.backends()[index];
@@ -95,8 +106,8 @@ pub async fn forward(
 
         let in_flight = backend.start();
         let sent = Instant::now();
-        match tokio::time::timeout(pool.timeouts.response, pool.client.request(upstream_req)).await
-        {
+        let timeout = attempts.begin(pool.timeouts.response);
+        match tokio::time::timeout(timeout, pool.client.request(upstream_req)).await {
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // rproxy forwards no Upgrade, so a switch was never asked for.
                 backend.live.record_failure();
@@ -144,33 +155,49 @@ pub async fn forward(
                 backend.live.record_failure();
                 backend.metrics.error(error_kind(&e));
                 passive_failure(pool, backend, "request failed");
-                let retry = !slot.taken() && (e.is_connect() || is_idempotent(&parts.method));
+                let failure = if e.is_connect() {
+                    Failure::NotSent
+                } else {
+                    Failure::NoAnswer
+                };
+                let retry = attempts.retry(failure, slot.resendable());
                 tracing::warn!(
                     upstream = %pool.name,
                     backend = %backend.addr,
                     error = %error_chain(&e),
-                    retry,
+                    retry = retry.is_ok(),
+                    not_retried = retry.err().map(RetryRefusal::label),
                     "backend request failed"
                 );
-                if !retry {
+                if let Err(why) = retry {
+                    pool.metrics.retry_refused(why);
                     break Err(ProxyError::AllBackendsFailed);
                 }
+                last_failure = Some(ProxyError::AllBackendsFailed);
                 pool.metrics.retries.increment(1);
             }
             Err(_) => {
                 backend.live.record_failure();
                 backend.metrics.error(ErrorKind::Timeout);
                 passive_failure(pool, backend, "response timeout");
+                let retry = attempts.retry(Failure::NoAnswer, slot.resendable());
                 tracing::error!(
                     upstream = %pool.name,
                     backend = %backend.addr,
-                    timeout = ?pool.timeouts.response,
+                    ?timeout,
+                    retry = retry.is_ok(),
+                    not_retried = retry.err().map(RetryRefusal::label),
                     "backend sent no response head in time"
                 );
                 if let Some(log) = &mut log {
                     log.backend = Some(backend.addr);
                 }
-                break Err(ProxyError::UpstreamTimeout);
+                if let Err(why) = retry {
+                    pool.metrics.retry_refused(why);
+                    break Err(ProxyError::UpstreamTimeout);
+                }
+                last_failure = Some(ProxyError::UpstreamTimeout);
+                pool.metrics.retries.increment(1);
             }
         }
     };
@@ -249,14 +276,6 @@ fn response_for_client(
     }
     remove_hop_by_hop(&mut head.headers);
     Response::from_parts(head, ProxyBody::upstream(body, body_timeout, in_flight))
-}
-
-/// Methods that RFC 9110 defines as idempotent: sending them twice has the effect of once.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// `http://<backend>/<path and query>`: the client connects by the authority and sends the

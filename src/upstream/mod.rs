@@ -12,10 +12,14 @@ mod hash_key;
 mod headers;
 mod latency;
 mod pool;
+mod request_body;
 mod request_id;
+mod retry;
+mod slow_start;
 mod sticky;
 
 pub use body::ProxyBody;
 pub use forward::{Peer, forward};
 pub use latency::LatencyWindow;
 pub use pool::{Backend, BackendLive, Pool};
+pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};

@@ -23,6 +23,8 @@ use crate::metrics::{BackendMetrics, PoolMetrics};
 
 use super::client::{UpstreamClient, build_client};
 use super::latency::LatencyWindow;
+use super::retry::RetryRules;
+use super::slow_start::SlowStart;
 use super::sticky::Sticky;
 
 /// One backend address of a pool.
@@ -99,6 +101,8 @@ pub struct BackendLive {
     passive_fails: AtomicU64,
     passive_window: AtomicU64,
     passive_out_until: AtomicU64,
+    /// Where the backend is in its slow-start ramp, if in one.
+    pub slow_start: SlowStart,
 }
 
 /// Milliseconds on a process-wide monotonic clock, for passive-health windows.
@@ -144,10 +148,15 @@ impl BackendLive {
         if until > now_ms() {
             return false;
         }
-        // Its time out is over: clear it, so later picks skip the clock again.
-        let _ =
-            self.passive_out_until
-                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
+        // Its time out is over: clear it, so later picks skip the clock again, and let it
+        // ramp up (when the pool has a slow start) rather than take its full share at once.
+        if self
+            .passive_out_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.slow_start.begin();
+        }
         true
     }
 
@@ -246,6 +255,10 @@ pub struct Pool {
     fail_open: bool,
     /// Whether the pool is in a fail-open episode, so it is logged once per episode.
     failing_open: AtomicBool,
+    /// How long a backend that comes back ramps up its share of requests.
+    pub slow_start: Option<Duration>,
+    /// When a failed request goes to another backend, and the budget for that.
+    pub(crate) retry: RetryRules,
 }
 
 impl Pool {
@@ -308,6 +321,8 @@ impl Pool {
             passive: config.passive.clone(),
             fail_open: config.fail_open,
             failing_open: AtomicBool::new(false),
+            slow_start: config.slow_start,
+            retry: RetryRules::new(&config.retry),
             hash_key: match &config.balance {
                 BalancePolicy::Hash { key, .. } => Some(key.clone()),
                 _ => None,
@@ -332,6 +347,7 @@ impl Pool {
     /// one is eligible, else a backup, else `None`.
     pub fn select(&self, ctx: &PickContext<'_>, tried: &Tried) -> Option<usize> {
         if let Some(i) = self.select_among(ctx, tried, true) {
+            let i = self.slow_started(ctx, tried, i);
             if self.failing_open.swap(false, Ordering::Relaxed) {
                 tracing::info!(upstream = %self.name, "healthy backends again; fail-open ended");
             }
@@ -361,23 +377,47 @@ impl Pool {
         tried: &Tried,
         healthy_only: bool,
     ) -> Option<usize> {
-        let (primaries, backups) = self.backends.split_at(self.primaries);
-        let usable = |b: &Backend| {
-            if healthy_only {
-                b.in_rotation()
-            } else {
-                !b.down
-            }
+        self.select_in_tier(ctx, tried, healthy_only, false)
+            .or_else(|| self.select_in_tier(ctx, tried, healthy_only, true))
+    }
+
+    /// A pick among the primaries, or among the backups.
+    fn select_in_tier(
+        &self,
+        ctx: &PickContext<'_>,
+        tried: &Tried,
+        healthy_only: bool,
+        backups: bool,
+    ) -> Option<usize> {
+        let (balancer, offset, tier) = if backups {
+            (&self.backup_balancer, self.primaries, &self.backends[self.primaries..])
+        } else {
+            (&self.primary_balancer, 0, &self.backends[..self.primaries])
         };
-        let eligible = |i: usize| usable(&primaries[i]) && !tried.contains(i);
-        if let Some(i) = self.primary_balancer.pick(ctx, &eligible) {
-            return Some(i);
+        let eligible = |i: usize| {
+            let b = &tier[i];
+            (if healthy_only { b.in_rotation() } else { !b.down }) && !tried.contains(offset + i)
+        };
+        balancer.pick(ctx, &eligible).map(|i| offset + i)
+    }
+
+    /// Slow start: a backend in its ramp keeps the pick `i` with the probability of its share;
+    /// otherwise the request goes to another pick of the same tier (backups stay for when no
+    /// primary can serve). If nothing else is eligible the ramping backend serves it.
+    fn slow_started(&self, ctx: &PickContext<'_>, tried: &Tried, i: usize) -> usize {
+        let Some(ramp) = self.slow_start else {
+            return i;
+        };
+        let Some(share) = self.backends[i].live.slow_start.share(ramp) else {
+            return i;
+        };
+        if fastrand::f64() < share {
+            return i;
         }
-        let offset = self.primaries;
-        let eligible = |i: usize| usable(&backups[i]) && !tried.contains(offset + i);
-        self.backup_balancer
-            .pick(ctx, &eligible)
-            .map(|i| offset + i)
+        let mut others = tried.clone();
+        others.insert(i);
+        self.select_in_tier(ctx, &others, true, i >= self.primaries)
+            .unwrap_or(i)
     }
 }
 

@@ -1,0 +1,222 @@
+//! Retries: after an attempt failed, whether the request goes to another backend.
+//!
+//! The forwarder asks after every failed attempt; the pool's balancer then picks a backend not
+//! yet tried. A retry must be safe, fit the pool's bounds, and be affordable:
+//! - safe: nothing reached the backend (refused, connect timeout), or the method is idempotent
+//!   (or `retry_non_idempotent` is set) and no response started; in both cases the whole body
+//!   must still be at hand (not read yet, or kept within `retry_buffer`);
+//! - bounded: at most `tries` attempts, all within `try_timeout`;
+//! - affordable: the pool's retry budget (tower's token bucket, as linkerd uses it) lets
+//!   retries add at most `retry_budget` to the request rate, plus a small floor so that a quiet
+//!   pool can still retry, which keeps a failing pool from being hammered by its own retries.
+
+use std::time::Duration;
+
+use http::Method;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::config::RetryPolicy;
+use crate::metrics::RetryRefusal;
+
+/// Retries a pool allows regardless of its request rate, per second.
+const MIN_RETRIES_PER_SECOND: u32 = 10;
+/// How long a request counts towards the budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// How one failed attempt failed, as far as sending it again is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Nothing reached the backend: refused, unreachable, connect timeout.
+    NotSent,
+    /// The request reached the backend but no response started (reset, response timeout).
+    NoAnswer,
+}
+
+/// One pool's retry rules and its budget, shared by all its requests.
+pub(crate) struct RetryRules {
+    policy: RetryPolicy,
+    budget: Option<TpsBudget>,
+}
+
+impl std::fmt::Debug for RetryRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryRules")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryRules {
+    pub(crate) fn new(policy: &RetryPolicy) -> Self {
+        RetryRules {
+            budget: policy.budget.map(|ratio| {
+                // The parser keeps the ratio within 0..=10, inside tower's accepted range.
+                TpsBudget::new(BUDGET_WINDOW, MIN_RETRIES_PER_SECOND, ratio)
+            }),
+            policy: policy.clone(),
+        }
+    }
+
+    /// A request starts: it adds to the budget, and its attempts are bounded from now.
+    pub(super) fn start(&self, method: &Method) -> Attempts<'_> {
+        if let Some(budget) = &self.budget {
+            budget.deposit();
+        }
+        Attempts {
+            rules: self,
+            made: 0,
+            deadline: self.policy.try_timeout.map(|t| Instant::now() + t),
+            may_resend: self.policy.non_idempotent || is_idempotent(method),
+        }
+    }
+
+    /// How much of a request body to keep for sending it again: none for a request that will
+    /// never be resent after reaching a backend.
+    pub(super) fn body_to_keep(&self, method: &Method) -> usize {
+        if self.policy.non_idempotent || is_idempotent(method) {
+            self.policy.buffer
+        } else {
+            0
+        }
+    }
+}
+
+/// The attempts of one request.
+#[derive(Debug)]
+pub(super) struct Attempts<'a> {
+    rules: &'a RetryRules,
+    made: u32,
+    deadline: Option<Instant>,
+    may_resend: bool,
+}
+
+impl Attempts<'_> {
+    /// Starts an attempt; returns how long it may wait for the response head: the pool's
+    /// `response` timeout, cut to what is left of `try_timeout`.
+    pub(super) fn begin(&mut self, response: Duration) -> Duration {
+        self.made += 1;
+        match self.deadline {
+            Some(deadline) => response.min(deadline.saturating_duration_since(Instant::now())),
+            None => response,
+        }
+    }
+
+    /// After a failed attempt: `Ok` if the request may go to another backend (the budget has
+    /// then paid for it), else why not.
+    pub(super) fn retry(&self, failure: Failure, body_at_hand: bool) -> Result<(), RetryRefusal> {
+        if !body_at_hand || (failure == Failure::NoAnswer && !self.may_resend) {
+            return Err(RetryRefusal::Unsafe);
+        }
+        if self.rules.policy.tries.is_some_and(|t| self.made >= t) {
+            return Err(RetryRefusal::Tries);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(RetryRefusal::TryTimeout);
+        }
+        if let Some(budget) = &self.rules.budget
+            && !budget.withdraw()
+        {
+            return Err(RetryRefusal::Budget);
+        }
+        Ok(())
+    }
+}
+
+/// Methods that RFC 9110 defines as idempotent: sending them twice has the effect of once.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::defaults;
+
+    fn rules(f: impl FnOnce(&mut RetryPolicy)) -> RetryRules {
+        let mut policy = RetryPolicy {
+            tries: None,
+            try_timeout: None,
+            non_idempotent: false,
+            buffer: defaults::RETRY_BUFFER,
+            budget: None,
+        };
+        f(&mut policy);
+        RetryRules::new(&policy)
+    }
+
+    #[test]
+    fn only_safe_failures_are_retried() {
+        let r = rules(|_| {});
+        let mut post = r.start(&Method::POST);
+        post.begin(Duration::from_secs(1));
+        assert_eq!(post.retry(Failure::NotSent, true), Ok(()));
+        assert_eq!(
+            post.retry(Failure::NoAnswer, true),
+            Err(RetryRefusal::Unsafe)
+        );
+        assert_eq!(r.body_to_keep(&Method::POST), 0);
+        let mut get = r.start(&Method::GET);
+        get.begin(Duration::from_secs(1));
+        assert_eq!(get.retry(Failure::NoAnswer, true), Ok(()));
+        assert_eq!(
+            get.retry(Failure::NoAnswer, false),
+            Err(RetryRefusal::Unsafe),
+            "a body that left and was not kept cannot be sent again"
+        );
+        let r = rules(|p| p.non_idempotent = true);
+        let post = r.start(&Method::POST);
+        assert_eq!(post.retry(Failure::NoAnswer, true), Ok(()));
+        assert_eq!(r.body_to_keep(&Method::PATCH), defaults::RETRY_BUFFER);
+    }
+
+    #[test]
+    fn tries_count_the_first_attempt() {
+        let r = rules(|p| p.tries = Some(2));
+        let mut a = r.start(&Method::GET);
+        a.begin(Duration::from_secs(1));
+        assert_eq!(a.retry(Failure::NotSent, true), Ok(()));
+        a.begin(Duration::from_secs(1));
+        assert_eq!(a.retry(Failure::NotSent, true), Err(RetryRefusal::Tries));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_timeout_bounds_every_attempt_and_the_retries() {
+        let r = rules(|p| p.try_timeout = Some(Duration::from_secs(5)));
+        let mut a = r.start(&Method::GET);
+        assert_eq!(a.begin(Duration::from_secs(3)), Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(a.retry(Failure::NoAnswer, true), Ok(()));
+        assert_eq!(
+            a.begin(Duration::from_secs(3)),
+            Duration::from_secs(2),
+            "the second attempt gets what is left"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            a.retry(Failure::NoAnswer, true),
+            Err(RetryRefusal::TryTimeout)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_caps_retries_at_a_share_of_requests() {
+        let r = rules(|p| p.budget = Some(0.2));
+        // The floor: MIN_RETRIES_PER_SECOND over the window, whatever the traffic.
+        let floor = MIN_RETRIES_PER_SECOND * BUDGET_WINDOW.as_secs() as u32;
+        let mut allowed = 0;
+        for _ in 0..1000 {
+            let a = r.start(&Method::GET);
+            if a.retry(Failure::NotSent, true).is_ok() {
+                allowed += 1;
+            }
+        }
+        // 1000 requests allow 20% of them on top of the floor, and no more.
+        assert_eq!(allowed, floor + 200);
+        let a = r.start(&Method::GET);
+        assert_eq!(a.retry(Failure::NotSent, true), Err(RetryRefusal::Budget));
+    }
+}
