@@ -82,7 +82,11 @@ async fn slow_response_head_is_retried_when_idempotent_else_a_504() {
     assert_eq!((ans.status.as_u16(), ans.backend()), (200, "other"));
     assert_eq!(other.requests(), 1);
     proxy
-        .wait_for_log(&["no response head in time", &slow.addr.to_string(), "retry=true"])
+        .wait_for_log(&[
+            "no response head in time",
+            &slow.addr.to_string(),
+            "retry=true",
+        ])
         .await;
     // The next turn is the other backend's; the one after, a POST, meets the slow one and is
     // not sent twice: it may have taken effect.
@@ -93,7 +97,11 @@ async fn slow_response_head_is_retried_when_idempotent_else_a_504() {
     let ans = send(&c, req).await;
     assert_eq!(ans.status, 504);
     assert_eq!(ans.body, "504 Gateway Timeout\n");
-    assert_eq!(other.requests(), 2, "the POST was not sent to the other backend");
+    assert_eq!(
+        other.requests(),
+        2,
+        "the POST was not sent to the other backend"
+    );
     proxy.wait_for_log(&["not_retried=\"unsafe\""]).await;
 }
 

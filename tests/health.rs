@@ -140,3 +140,95 @@ async fn all_unhealthy_503_answers_at_once() {
         before
     );
 }
+
+/// A backend whose `/health` alternates: pass, fail, pass, fail... Returns its address and
+/// the number of checks it has answered.
+async fn flapping_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::AtomicUsize;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let checks = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = checks.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let status = if req.uri().path() == "/health" {
+                            let n = counter.fetch_add(1, Ordering::SeqCst);
+                            if n.is_multiple_of(2) { 200 } else { 503 }
+                        } else {
+                            200
+                        };
+                        async move {
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("x-backend", "flapping")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, checks)
+}
+
+#[tokio::test]
+async fn a_backend_alternating_pass_and_fail_does_not_flap() {
+    let (addr, checks) = flapping_backend().await;
+    let steady = Backend::start("steady").await;
+    // rise 2 / fall 3: a run of two failures never happens, so it never leaves rotation.
+    let proxy = Proxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}[upstreams.app.health_check]\npath = \"/health\"\ninterval = \"50ms\"\nrise = 2\nfall = 3\n",
+        config_with(&format!("\"{addr}\", \"{}\"", steady.addr), "max_fails = 0")
+    ));
+    wait_for("20 checks of the flapping backend", || {
+        checks.load(Ordering::SeqCst) >= 20
+    })
+    .await;
+    let c = client();
+    let metrics = get(&c, proxy.admin.expect("admin"), "/metrics").await.body;
+    let series = |name: &str, labels: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&addr.to_string()) && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        series("rproxy_health_checks_total", "result=\"fail\"") >= 9.0,
+        "the failing checks are counted: {metrics}"
+    );
+    assert_eq!(
+        series("rproxy_backend_state_changes_total", ""),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(series("rproxy_backend_up", ""), 1.0);
+    assert!(
+        !proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("backend is unhealthy")),
+        "it never left rotation"
+    );
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&c, proxy.addr(), "/").await.backend().to_string());
+    }
+    assert!(
+        answers.iter().any(|b| b == "flapping"),
+        "it still serves: {answers:?}"
+    );
+}

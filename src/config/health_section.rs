@@ -153,11 +153,19 @@ fn check_headers(
         ) {
             (Ok(n), Ok(v)) => out.push((n, v)),
             (Err(_), _) => {
-                r.error(&item_key, value.span(), format!("`{name}` is not a valid header name"));
+                r.error(
+                    &item_key,
+                    value.span(),
+                    format!("`{name}` is not a valid header name"),
+                );
                 ok = false;
             }
             (_, Err(_)) => {
-                r.error(&item_key, value.span(), "not a valid header value (control characters?)");
+                r.error(
+                    &item_key,
+                    value.span(),
+                    "not a valid header value (control characters?)",
+                );
                 ok = false;
             }
         }

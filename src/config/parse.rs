@@ -499,7 +499,10 @@ mod tests {
             assert!(e.contains(wanted), "{wanted} in {e}");
         }
         let with_headers = load("headers = { \"X-Check\" = \"rproxy\" }", "").expect("headers");
-        let http = with_headers.upstreams["u"].health_check.clone().and_then(|h| h.http);
+        let http = with_headers.upstreams["u"]
+            .health_check
+            .clone()
+            .and_then(|h| h.http);
         assert_eq!(
             http.map(|h| h.headers.len()),
             Some(1),

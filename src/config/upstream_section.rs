@@ -12,8 +12,8 @@ use super::model::{
     BalanceFactor, BalancePolicy, PassiveHealth, ServerAddr, ServerConfig, StickyConfig,
     UpstreamConfig, defaults,
 };
-use super::retry_section::{RETRY_KEYS, retry_policy, slow_start};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
+use super::retry_section::{RETRY_KEYS, retry_policy, slow_start};
 
 const UPSTREAM_KEYS: &[&str] = &[
     "balance",

@@ -48,9 +48,13 @@ async fn check_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait =
-            config.interval + Duration::from_millis(fastrand::u64(..=millis(config.interval) / 10));
+        let began = tokio::time::Instant::now();
         let result = probe(backend.addr, &config).await;
+        // Checks start every interval (HAProxy's `inter`), however long one took: a backend
+        // whose checks time out is judged as fast as one that refuses.
+        wait = (config.interval
+            + Duration::from_millis(fastrand::u64(..=millis(config.interval) / 10)))
+        .saturating_sub(began.elapsed());
         backend.metrics.check(result.is_ok());
         backend.live.record_check(result.is_ok());
         failed_before |= result.is_err();

@@ -16,8 +16,8 @@ use tower::util::MapResponse;
 
 use crate::config::UpstreamConfig;
 
-use super::request_body::UpstreamRequestBody;
 use super::fair_io::UpstreamIo;
+use super::request_body::UpstreamRequestBody;
 
 /// hyper-util's connector, its connections wrapped so they yield (see `fair_io`).
 pub(crate) type UpstreamConnector =

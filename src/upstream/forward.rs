@@ -22,10 +22,10 @@ use crate::metrics::{ErrorKind, RetryRefusal};
 use crate::state::ListenerRuntime;
 
 use super::body::ProxyBody;
-use super::request_body::{ClientBodyFailure, RequestBodySlot};
-use super::retry::Failure;
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
 use super::pool::{Backend, InFlightGuard, Pool};
+use super::request_body::{ClientBodyFailure, RequestBodySlot};
+use super::retry::Failure;
 use super::{hash_key, request_id};
 
 /// Everything about the client connection a request needs.

@@ -390,13 +390,21 @@ impl Pool {
         backups: bool,
     ) -> Option<usize> {
         let (balancer, offset, tier) = if backups {
-            (&self.backup_balancer, self.primaries, &self.backends[self.primaries..])
+            (
+                &self.backup_balancer,
+                self.primaries,
+                &self.backends[self.primaries..],
+            )
         } else {
             (&self.primary_balancer, 0, &self.backends[..self.primaries])
         };
         let eligible = |i: usize| {
             let b = &tier[i];
-            (if healthy_only { b.in_rotation() } else { !b.down }) && !tried.contains(offset + i)
+            (if healthy_only {
+                b.in_rotation()
+            } else {
+                !b.down
+            }) && !tried.contains(offset + i)
         };
         balancer.pick(ctx, &eligible).map(|i| offset + i)
     }
