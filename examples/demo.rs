@@ -88,11 +88,8 @@ async fn main() -> anyhow::Result<()> {
     println!("rproxy demo: three app servers, app-1 with weight 2, behind rproxy on {addr}\n");
     println!("The configuration it runs:\n\n{text}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async move {
-        tokio::select! {
-            _ = stop_rx => {}
-            _ = signals.stopped() => {}
-        }
+    let serving = tokio::spawn(server.run_until(signals, async move {
+        let _ = stop_rx.await;
     }));
 
     println!("Eight requests through rproxy (smooth weighted round-robin):");

@@ -19,4 +19,4 @@ pub mod server;
 pub mod state;
 pub mod upstream;
 
-pub use server::{Server, Signals, StartError};
+pub use server::{Server, Signals, StartError, send_to_pid_file, signal_for};

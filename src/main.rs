@@ -22,6 +22,12 @@ struct Cli {
     /// Check the configuration and exit: prints `ok`, or every error found (exit 1).
     #[arg(short = 't', long = "test")]
     test: bool,
+
+    /// Signal the running rproxy (found through the configuration's `pid_file`): `reload`
+    /// (SIGHUP: re-read the configuration), `stop` (SIGTERM: drain and exit), `reopen`
+    /// (SIGUSR1: reopen the access log file). The configuration is checked first.
+    #[arg(short = 's', long = "signal", value_name = "COMMAND", value_parser = ["reload", "stop", "reopen"])]
+    signal: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -30,6 +36,9 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(errors) => return report(&cli, &errors),
     };
+    if let Some(command) = &cli.signal {
+        return send_signal(&cli, command, config.pid_file.as_deref());
+    }
 
     let workers = config
         .workers
@@ -49,7 +58,7 @@ fn main() -> ExitCode {
 
     if cli.test {
         // Name resolution is part of the check, as with `nginx -t`; nothing is bound.
-        let resolved = runtime.block_on(rproxy::state::build_snapshot(config.into()));
+        let resolved = runtime.block_on(rproxy::state::build_snapshot(config.into(), None));
         return match resolved {
             Ok(_) => {
                 println!("ok: {} is valid", cli.config.display());
@@ -96,13 +105,38 @@ fn main() -> ExitCode {
             workers,
             "rproxy started"
         );
-        server.run(signals.stopped()).await;
+        server.run(signals).await;
         rproxy::access_log::flush();
         ExitCode::SUCCESS
     });
     // Anything still running (a stuck name lookup) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// `rproxy -s COMMAND`: signals the process named in the pid file.
+fn send_signal(cli: &Cli, command: &str, pid_file: Option<&std::path::Path>) -> ExitCode {
+    let Some(pid_file) = pid_file else {
+        eprintln!(
+            "rproxy: {} has no `pid_file`, so the running process cannot be found; add pid_file = \"rproxy.pid\" (and restart), or send the signal with kill",
+            cli.config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some(sig) = rproxy::signal_for(command) else {
+        eprintln!("rproxy: unknown signal command `{command}`");
+        return ExitCode::FAILURE;
+    };
+    match rproxy::send_to_pid_file(pid_file, sig) {
+        Ok(pid) => {
+            println!("rproxy: sent {command} to process {pid}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rproxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report(cli: &Cli, errors: &rproxy::config::ConfigErrors) -> ExitCode {

@@ -6,7 +6,7 @@
 
 mod status;
 
-pub use status::{ListenerSockets, Status};
+pub use status::Status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +24,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::render_process_metrics;
+use crate::listener::ListenerSockets;
+use crate::metrics::{render_process_metrics, without_removed_backends};
 use crate::state::SharedState;
 
 /// What the admin endpoints answer from.
@@ -35,7 +36,8 @@ pub struct AdminState {
     /// True while every listener is bound and serving; false during shutdown.
     pub ready: Arc<AtomicBool>,
     pub state: SharedState,
-    pub listeners: Vec<ListenerSockets>,
+    /// The listeners as they are now (a reload changes them).
+    pub listeners: Arc<arc_swap::ArcSwap<Vec<ListenerSockets>>>,
     pub started: SystemTime,
 }
 
@@ -102,7 +104,13 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/metrics" => match &state.metrics {
             Some(handle) => {
-                let mut body = handle.render();
+                let snapshot = state.state.load();
+                let mut body = without_removed_backends(&handle.render(), |u, b| {
+                    snapshot
+                        .pools
+                        .get(u)
+                        .is_some_and(|p| p.backends().iter().any(|x| x.label == b))
+                });
                 body.push_str(&render_process_metrics());
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
                 resp.headers_mut().insert(
@@ -117,7 +125,7 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             ),
         },
         "/status" => {
-            let status = status::build(&state.state.load(), &state.listeners, state.started);
+            let status = status::build(&state.state.load(), &state.listeners.load(), state.started);
             match serde_json::to_vec_pretty(&status) {
                 Ok(json) => typed(json.into(), "application/json"),
                 Err(e) => {

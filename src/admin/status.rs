@@ -1,21 +1,12 @@
 //! `GET /status`: every listener and upstream, and per backend its settings, state and live
 //! numbers, as JSON. The HTML status page (`page.rs`) is built from the same document.
 
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::listener::ConnectionLimit;
+use crate::listener::ListenerSockets;
 use crate::state::Snapshot;
-
-/// What `/status` needs beyond the snapshot: the listeners' sockets and connection counts.
-#[derive(Debug, Clone)]
-pub struct ListenerSockets {
-    pub name: String,
-    pub addresses: Vec<SocketAddr>,
-    pub connections: ConnectionLimit,
-}
 
 #[derive(Debug, Serialize)]
 pub struct Status {

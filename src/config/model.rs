@@ -54,6 +54,8 @@ pub struct Config {
     /// `tracing` filter used when `RUST_LOG` is not set.
     pub log_level: Option<String>,
     pub drain_timeout: Duration,
+    /// Where the process writes its pid (for `rproxy -s reload`); none by default.
+    pub pid_file: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` chain is believed and extended.
     pub trusted_proxies: Vec<IpNet>,
     pub listeners: BTreeMap<String, ListenerConfig>,

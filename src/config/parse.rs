@@ -19,6 +19,7 @@ use super::upstream_section::upstream;
 const TOP_KEYS: &[&str] = &[
     "workers",
     "log_level",
+    "pid_file",
     "drain_timeout",
     "trusted_proxies",
     "listeners",
@@ -50,6 +51,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         .map(|n| n as usize);
     let log_level = get(root, "log_level").and_then(|v| log_level(&mut r, v));
     let drain_timeout = duration_or(&mut r, root, "", "drain_timeout", defaults::DRAIN_TIMEOUT);
+    let pid_file = get(root, "pid_file").and_then(|v| pid_file(&mut r, file, v));
     let trusted_proxies = get(root, "trusted_proxies")
         .map(|v| trusted_proxies(&mut r, v))
         .unwrap_or_default();
@@ -77,11 +79,27 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         workers,
         log_level,
         drain_timeout,
+        pid_file,
         trusted_proxies,
         listeners: listeners.into_iter().map(|(k, d)| (k, d.config)).collect(),
         upstreams,
         admin,
         log: log.unwrap_or_default(),
+    })
+}
+
+/// `pid_file = "rproxy.pid"`: a relative path is taken from the configuration file's folder,
+/// so `rproxy -s reload -c FILE` finds it from anywhere.
+fn pid_file(r: &mut Reader<'_>, file: &Path, v: &Value<'_>) -> Option<std::path::PathBuf> {
+    let text = r.string(v, "pid_file")?;
+    if text.is_empty() {
+        r.error("pid_file", v.span(), "must not be empty");
+        return None;
+    }
+    let path = Path::new(text);
+    Some(match file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
     })
 }
 

@@ -9,6 +9,8 @@ pub struct HealthMachine {
     streak: u32,
     rise: u32,
     fall: u32,
+    /// Whether any check has failed yet.
+    failed: bool,
 }
 
 impl HealthMachine {
@@ -18,7 +20,19 @@ impl HealthMachine {
             streak: 0,
             rise: rise.max(1),
             fall: fall.max(1),
+            failed: false,
         }
+    }
+
+    /// New thresholds (a reload changed them); the current streak still counts.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
+    /// Whether a check has ever failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed
     }
 
     pub fn healthy(&self) -> bool {
@@ -27,6 +41,7 @@ impl HealthMachine {
 
     /// Records one check result; returns the new state when it changed.
     pub fn observe(&mut self, passed: bool) -> Option<bool> {
+        self.failed |= !passed;
         if passed == self.healthy {
             self.streak = 0;
             return None;

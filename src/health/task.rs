@@ -1,7 +1,11 @@
 //! The check loop: one task per checked backend for the whole process, on its own timer with
 //! a little jitter, feeding the rise/fall machine and publishing the backend's state.
+//!
+//! A reload stops every task and starts those of the new snapshot. The rise/fall machine lives
+//! in the backend's live state, which the reload carries over for an unchanged address, so a
+//! restarted task goes on where the last one stopped; only the timing starts afresh.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -12,10 +16,16 @@ use crate::upstream::{Backend, Pool};
 use super::check::probe;
 use super::state::HealthMachine;
 
-/// Starts the checks of every pool that has them; they stop with `stop`.
+/// Starts the checks of every pool that has them; they stop with `stop`. Backends of pools
+/// without checks (after a reload removed them) are released from any earlier verdict.
 pub fn spawn_checks<'p>(pools: impl IntoIterator<Item = &'p Arc<Pool>>, stop: &CancellationToken) {
     for pool in pools {
         let Some(config) = pool.health_check.clone() else {
+            for backend in pool.backends() {
+                if lock(&backend.live.health).take().is_some() {
+                    backend.set_healthy(true);
+                }
+            }
             continue;
         };
         for backend in pool.backends().iter().filter(|b| !b.down) {
@@ -35,14 +45,18 @@ async fn check_loop(
     config: HealthCheckConfig,
     stop: CancellationToken,
 ) {
-    let mut machine = HealthMachine::new(config.initially_healthy, config.rise, config.fall);
-    backend.set_healthy(machine.healthy());
+    let healthy = {
+        let mut machine = lock(&backend.live.health);
+        let machine = machine.get_or_insert_with(|| {
+            HealthMachine::new(config.initially_healthy, config.rise, config.fall)
+        });
+        machine.set_thresholds(config.rise, config.fall);
+        machine.healthy()
+    };
+    backend.set_healthy(healthy);
     // The first check comes at a random point of the first interval, so a pool's checks spread
     // out instead of all firing together; later ones add up to a tenth of jitter.
     let mut wait = Duration::from_millis(fastrand::u64(..=millis(config.interval)));
-    // Slow start applies to a backend seen failing, not to one merely assumed unhealthy at
-    // start (`initial = "unhealthy"`) that passes its first checks.
-    let mut failed_before = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -57,11 +71,16 @@ async fn check_loop(
         .saturating_sub(began.elapsed());
         backend.metrics.check(result.is_ok());
         backend.live.record_check(result.is_ok());
-        failed_before |= result.is_err();
-        if let Some(healthy) = machine.observe(result.is_ok()) {
+        let (change, failed_before) = match lock(&backend.live.health).as_mut() {
+            Some(machine) => (machine.observe(result.is_ok()), machine.has_failed()),
+            None => (None, false),
+        };
+        if let Some(healthy) = change {
             backend.set_healthy(healthy);
             match &result {
                 Ok(()) => {
+                    // Slow start applies to a backend seen failing, not to one merely assumed
+                    // unhealthy at start (`initial = "unhealthy"`) that passes its checks.
                     if failed_before {
                         backend.live.slow_start.begin();
                     }
@@ -75,6 +94,11 @@ async fn check_loop(
             tracing::debug!(upstream = %upstream, backend = %backend.addr, reason = %reason, "health check failed");
         }
     }
+}
+
+fn lock(m: &Mutex<Option<HealthMachine>>) -> MutexGuard<'_, Option<HealthMachine>> {
+    // Nothing panics while the lock is held; a poisoned lock still holds a valid machine.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn millis(d: Duration) -> u64 {

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -39,57 +40,95 @@ use super::validate::{self, Verdict};
 struct ListenerCtx {
     name: Arc<str>,
     state: SharedState,
+    /// Cancelled when the connections are to finish gracefully (shutdown, listener removed).
     shutdown: CancellationToken,
+    /// Cancelled when the connections still open after the drain timeout are to be closed.
+    kill: CancellationToken,
     metrics: Arc<ListenerMetrics>,
+}
+
+/// How one accept loop and its connections are told to stop.
+#[derive(Debug, Clone)]
+pub struct ListenerStops {
+    /// Stops accepting on this socket.
+    pub accept: CancellationToken,
+    /// Asks this listener's connections to finish gracefully.
+    pub drain: CancellationToken,
+    /// Closes this listener's remaining connections at once.
+    pub kill: CancellationToken,
 }
 
 /// The connection budget of one listener, shared by all its listen sockets.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
     slots: Arc<Semaphore>,
-    limit: usize,
+    limit: Arc<AtomicUsize>,
 }
 
 impl ConnectionLimit {
     pub fn new(limit: usize) -> Self {
         ConnectionLimit {
             slots: Arc::new(Semaphore::new(limit)),
-            limit,
+            limit: Arc::new(AtomicUsize::new(limit)),
         }
     }
 
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// Client connections open on the listener now.
     pub fn open(&self) -> usize {
-        self.limit.saturating_sub(self.slots.available_permits())
+        self.limit().saturating_sub(self.slots.available_permits())
+    }
+
+    /// A reload changed `max_connections`: open connections stay; a lower limit takes effect
+    /// as they close.
+    pub fn set_limit(&self, new: usize) {
+        let old = self.limit.swap(new, Ordering::Relaxed);
+        if new > old {
+            self.slots.add_permits(new - old);
+        } else if new < old {
+            let owed = (old - new) - self.slots.forget_permits(old - new);
+            if let Ok(owed) = u32::try_from(owed)
+                && owed > 0
+            {
+                // The rest are held by open connections: take them as those close.
+                let slots = Arc::clone(&self.slots);
+                tokio::spawn(async move {
+                    if let Ok(permits) = slots.acquire_many_owned(owed).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
     }
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on
 /// `tracker` so the caller can wait for them to drain.
 pub async fn serve_listener(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     name: Arc<str>,
     state: SharedState,
     limit: ConnectionLimit,
-    shutdown: CancellationToken,
+    stops: ListenerStops,
     tracker: TaskTracker,
 ) {
     let ctx = Arc::new(ListenerCtx {
         metrics: Arc::new(ListenerMetrics::new(&name)),
         name,
         state,
-        shutdown,
+        shutdown: stops.drain,
+        kill: stops.kill,
     });
+    let accept_stop = stops.accept;
     loop {
-        let Some(slot) = connection_slot(&limit, &listener, &ctx).await else {
+        let Some(slot) = connection_slot(&limit, &listener, &ctx.name, &accept_stop).await else {
             break;
         };
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
+            _ = accept_stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -124,7 +163,8 @@ pub async fn serve_listener(
 async fn connection_slot(
     limit: &ConnectionLimit,
     listener: &TcpListener,
-    ctx: &ListenerCtx,
+    name: &str,
+    stop: &CancellationToken,
 ) -> Option<OwnedSemaphorePermit> {
     if let Ok(slot) = Arc::clone(&limit.slots).try_acquire_owned() {
         return Some(slot);
@@ -134,15 +174,15 @@ async fn connection_slot(
     loop {
         let waiting = addr.and_then(accept_queue_len);
         tracing::warn!(
-            listener = %ctx.name,
-            limit = limit.limit,
+            listener = %name,
+            limit = limit.limit(),
             waiting = waiting.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
             "connection limit reached; new connections wait in the accept queue"
         );
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return None,
+            _ = stop.cancelled() => return None,
             slot = Arc::clone(&limit.slots).acquire_owned() => {
-                tracing::info!(listener = %ctx.name, waited = ?since.elapsed(), "below the connection limit again; accepting");
+                tracing::info!(listener = %name, waited = ?since.elapsed(), "below the connection limit again; accepting");
                 return slot.ok();
             }
             _ = tokio::time::sleep(LIMIT_LOG_INTERVAL) => {}
@@ -208,11 +248,11 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<List
                 builder.max_headers(settings.limits.max_headers);
             }
             let conn = builder.serve_connection(io, service);
-            drive(conn, watchdog, &ctx.shutdown, peer).await;
+            drive(conn, watchdog, &ctx, peer).await;
         }
         Protocol::Http2 => {
             let conn = http2_builder(&settings).serve_connection(io, service);
-            drive(conn, watchdog, &ctx.shutdown, peer).await;
+            drive(conn, watchdog, &ctx, peer).await;
         }
     }
 }
@@ -285,7 +325,7 @@ async fn handle(
 async fn drive<C>(
     conn: C,
     watchdog: impl Future<Output = Expiry>,
-    shutdown: &CancellationToken,
+    ctx: &ListenerCtx,
     peer: SocketAddr,
 ) where
     C: GracefulConnection,
@@ -302,9 +342,13 @@ async fn drive<C>(
                 }
                 return;
             }
-            _ = shutdown.cancelled(), if !closing => {
+            _ = ctx.shutdown.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            _ = ctx.kill.cancelled() => {
+                tracing::debug!(client = %peer, "drain timeout of a removed listener; closing");
+                return;
             }
             expiry = &mut watchdog, if !closing => match expiry {
                 Expiry::Idle => {

@@ -8,8 +8,10 @@ mod bind;
 mod head_scan;
 mod http;
 mod io;
+mod sockets;
 mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity, RequestEnd};
 pub use bind::bind;
-pub use http::{ConnectionLimit, serve_listener};
+pub use http::{ConnectionLimit, ListenerStops, serve_listener};
+pub use sockets::{BindError, ListenerSet, ListenerSockets, Plan};

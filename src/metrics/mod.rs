@@ -32,6 +32,10 @@ pub const HEALTH_CHECKS_TOTAL: &str = "rproxy_health_checks_total";
 pub const BACKEND_STATE_CHANGES_TOTAL: &str = "rproxy_backend_state_changes_total";
 pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "rproxy_upstream_fail_open_total";
 pub const UPSTREAM_RETRIES_REFUSED_TOTAL: &str = "rproxy_upstream_retries_refused_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "rproxy_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "rproxy_config_last_reload_successful";
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
+    "rproxy_config_last_reload_success_timestamp_seconds";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -111,6 +115,18 @@ fn describe() {
         "Episodes of every backend unhealthy, in which requests were sent to them anyway"
     );
     describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Configuration reloads (SIGHUP), by result: success or failure"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESSFUL,
+        "1 if the last configuration load (start or reload) succeeded, else 0"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
+        "When the configuration was last loaded successfully (Unix seconds)"
+    );
+    describe_counter!(
         UPSTREAM_RETRIES_REFUSED_TOTAL,
         "Failed requests not sent again, by reason: unsafe (the request may have taken effect), tries, try_timeout, budget"
     );
@@ -130,5 +146,70 @@ pub(crate) fn class_index(status: u16) -> usize {
         300..=399 => 2,
         400..=499 => 3,
         _ => 4,
+    }
+}
+
+/// Records a configuration load: at start (`true`, not counted as a reload) or a reload.
+pub fn reload_result(ok: bool) {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let result = if ok { "success" } else { "failure" };
+        metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+    } else {
+        // The first load: both results exist from the start, at 0.
+        for result in ["success", "failure"] {
+            metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+        }
+    }
+    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESSFUL).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP).set(now);
+    }
+}
+
+/// Drops the series of backends that are no longer configured (a reload removed them): the
+/// exporter has no way to forget a series, so they are left out of what `/metrics` shows.
+/// `current(upstream, backend)` says whether a backend label still exists.
+pub fn without_removed_backends(text: &str, current: impl Fn(&str, &str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let keep = line.starts_with('#')
+            || match (label(line, "upstream"), label(line, "backend")) {
+                (Some(u), Some(b)) => current(u, b),
+                _ => true,
+            };
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The value of label `name` in one sample line, as written (rproxy's label values never
+/// contain quotes).
+fn label<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    let labels = &line[line.find('{')? + 1..line.find('}')?];
+    labels.split("\",").find_map(|pair| {
+        let (key, value) = pair.split_once("=\"")?;
+        (key.trim_start_matches(',') == name).then(|| value.trim_end_matches('"'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_backends_leave_the_output() {
+        let text = "# TYPE x counter\nx{upstream=\"app\",backend=\"10.0.0.1:80\",code=\"2xx\"} 3\nx{upstream=\"app\",backend=\"10.0.0.2:80\",code=\"2xx\"} 4\ny{upstream=\"app\"} 1\nz 2\n";
+        let kept = without_removed_backends(text, |u, b| u == "app" && b == "10.0.0.2:80");
+        assert_eq!(
+            kept,
+            "# TYPE x counter\nx{upstream=\"app\",backend=\"10.0.0.2:80\",code=\"2xx\"} 4\ny{upstream=\"app\"} 1\nz 2\n"
+        );
     }
 }

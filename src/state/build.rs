@@ -11,7 +11,12 @@ use super::{ListenerRuntime, Snapshot};
 
 /// Builds the runtime state for `config`. Fails only when a server name cannot be resolved;
 /// every such failure is reported, not just the first.
-pub async fn build_snapshot(config: Arc<Config>) -> Result<Snapshot, ConfigErrors> {
+///
+/// On a reload, `previous` is the running snapshot: backends in both keep their live state.
+pub async fn build_snapshot(
+    config: Arc<Config>,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigErrors> {
     let mut pools = HashMap::new();
     let mut errors = Vec::new();
     for (name, upstream) in &config.upstreams {
@@ -20,7 +25,8 @@ pub async fn build_snapshot(config: Arc<Config>) -> Result<Snapshot, ConfigError
                 if servers.iter().all(|s| s.config.down) {
                     tracing::warn!(upstream = %name, "every server of this upstream is marked down: its requests get 503");
                 }
-                pools.insert(name.clone(), Arc::new(Pool::new(upstream, servers)));
+                let before = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
+                pools.insert(name.clone(), Arc::new(Pool::new(upstream, servers, before)));
             }
             Err(e) => errors.extend(e.0),
         }

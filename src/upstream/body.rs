@@ -16,7 +16,7 @@ use crate::access_log::AccessRecord;
 use crate::idle_timer::IdleTimer;
 use crate::listener::RequestEnd;
 
-use super::pool::InFlightGuard;
+use super::backend::InFlightGuard;
 
 pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -21,9 +21,10 @@ use crate::listener::RequestEnd;
 use crate::metrics::{ErrorKind, RetryRefusal};
 use crate::state::ListenerRuntime;
 
+use super::backend::{Backend, InFlightGuard};
 use super::body::ProxyBody;
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
-use super::pool::{Backend, InFlightGuard, Pool};
+use super::pool::Pool;
 use super::request_body::{ClientBodyFailure, RequestBodySlot};
 use super::retry::Failure;
 use super::{hash_key, request_id};

@@ -4,6 +4,7 @@
 //! balancer picks a backend, the client sends the request over a kept-alive connection, and
 //! the answer streams back through [`ProxyBody`].
 
+mod backend;
 mod body;
 mod client;
 mod fair_io;
@@ -18,8 +19,9 @@ mod retry;
 mod slow_start;
 mod sticky;
 
+pub use backend::{Backend, BackendLive};
 pub use body::ProxyBody;
 pub use forward::{Peer, forward};
 pub use latency::LatencyWindow;
-pub use pool::{Backend, BackendLive, Pool};
+pub use pool::Pool;
 pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};

@@ -5,12 +5,9 @@
 //! "nothing left" outcome, live here and nowhere else. Per-backend live numbers sit in an `Arc`
 //! keyed by the backend's address so that a rebuilt pool (reload) can carry them over.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use http::uri::Authority;
 
 use crate::balancer::{
     Balancer, ConsistentHash, IpHash, KeyHash, LeastConn, Loads, PickContext, RandomTwo,
@@ -19,210 +16,12 @@ use crate::balancer::{
 use crate::config::{
     BalancePolicy, HealthCheckConfig, KeyTemplate, PassiveHealth, ResolvedServer, UpstreamConfig,
 };
-use crate::metrics::{BackendMetrics, PoolMetrics};
+use crate::metrics::PoolMetrics;
 
+use super::backend::{Backend, backend};
 use super::client::{UpstreamClient, build_client};
-use super::latency::LatencyWindow;
 use super::retry::RetryRules;
-use super::slow_start::SlowStart;
 use super::sticky::Sticky;
-
-/// One backend address of a pool.
-#[derive(Debug)]
-pub struct Backend {
-    pub addr: SocketAddr,
-    /// The server as written in the configuration (a name or an address).
-    pub written: String,
-    pub weight: u32,
-    pub backup: bool,
-    pub down: bool,
-    /// `addr` as a URI authority, built once for every request's URI.
-    pub authority: Authority,
-    pub live: Arc<BackendLive>,
-    pub metrics: Arc<BackendMetrics>,
-}
-
-impl Backend {
-    /// May take requests now: not `down` in the configuration, and healthy.
-    pub fn in_rotation(&self) -> bool {
-        !self.down && self.live.healthy()
-    }
-
-    /// Publishes the active checks' verdict (rotation, `rproxy_backend_up`, `/status`).
-    pub(crate) fn set_healthy(&self, healthy: bool) {
-        if healthy {
-            // Passing its checks brings a backend back whatever passive health said.
-            self.live.passive_out_until.store(0, Ordering::Release);
-        }
-        let was = self.live.unhealthy.swap(!healthy, Ordering::AcqRel);
-        if was == healthy {
-            // A change (was unhealthy, now healthy, or the reverse).
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.live.state_since.store(now, Ordering::Relaxed);
-            self.metrics.state_change(healthy);
-        }
-        self.metrics
-            .up
-            .set(if healthy && !self.down { 1.0 } else { 0.0 });
-    }
-
-    /// Counts a request as started on this backend; the count drops again when the guard is
-    /// dropped, whatever way the request ends.
-    pub(crate) fn start(&self) -> InFlightGuard {
-        self.live.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.live.requests.fetch_add(1, Ordering::Relaxed);
-        self.metrics.in_flight.increment(1.0);
-        InFlightGuard {
-            live: Arc::clone(&self.live),
-            metrics: Arc::clone(&self.metrics),
-        }
-    }
-}
-
-/// Numbers that change while traffic flows; shared across threads and kept across reloads.
-#[derive(Debug, Default)]
-pub struct BackendLive {
-    /// Shared with the load-aware balancers.
-    in_flight: Arc<AtomicU64>,
-    requests: AtomicU64,
-    failures: AtomicU64,
-    /// Time to response head over the last minute.
-    pub latency: LatencyWindow,
-    /// Failed its active checks (healthy by default).
-    unhealthy: AtomicBool,
-    /// When the health state last changed (Unix seconds; 0: never).
-    state_since: AtomicU64,
-    /// The last check's result: 0 none yet, 1 passed, 2 failed.
-    last_check: AtomicU8,
-    /// Passive health: failures in the current window, when the window began, and until when
-    /// the backend is left out (milliseconds on the process clock; 0: not out).
-    passive_fails: AtomicU64,
-    passive_window: AtomicU64,
-    passive_out_until: AtomicU64,
-    /// Where the backend is in its slow-start ramp, if in one.
-    pub slow_start: SlowStart,
-}
-
-/// Milliseconds on a process-wide monotonic clock, for passive-health windows.
-fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    u64::try_from(
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
-    .saturating_add(1)
-}
-
-impl BackendLive {
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Neither failing its active checks nor left out by passive health. Called for every
-    /// candidate of every pick, so the clock is read only while a backend is actually out.
-    pub fn healthy(&self) -> bool {
-        if self.unhealthy.load(Ordering::Acquire) {
-            return false;
-        }
-        let until = self.passive_out_until.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        if until > now_ms() {
-            return false;
-        }
-        // Its time out is over: clear it, so later picks skip the clock again, and let it
-        // ramp up (when the pool has a slow start) rather than take its full share at once.
-        if self
-            .passive_out_until
-            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.slow_start.begin();
-        }
-        true
-    }
-
-    /// A request to this backend failed (connect, timeout, reset, or a `fail_on_status`).
-    /// Returns true when that left the backend out for `fail_timeout`.
-    pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
-        if passive.max_fails == 0 {
-            return false;
-        }
-        let now = now_ms();
-        let window = u64::try_from(passive.fail_timeout.as_millis()).unwrap_or(u64::MAX);
-        let start = self.passive_window.load(Ordering::Acquire);
-        if now.saturating_sub(start) > window {
-            // A new window: earlier failures are forgotten.
-            self.passive_window.store(now, Ordering::Release);
-            self.passive_fails.store(0, Ordering::Release);
-        }
-        let fails = self.passive_fails.fetch_add(1, Ordering::AcqRel) + 1;
-        if fails < u64::from(passive.max_fails) {
-            return false;
-        }
-        self.passive_fails.store(0, Ordering::Release);
-        self.passive_out_until
-            .store(now.saturating_add(window), Ordering::Release);
-        true
-    }
-
-    /// A request succeeded: the failure count starts over (nginx does the same).
-    pub(crate) fn passive_success(&self) {
-        if self.passive_fails.load(Ordering::Relaxed) > 0 {
-            self.passive_fails.store(0, Ordering::Release);
-        }
-    }
-
-    /// When the health state last changed, in Unix seconds, if it ever did.
-    pub fn state_since(&self) -> Option<u64> {
-        Some(self.state_since.load(Ordering::Relaxed)).filter(|&s| s > 0)
-    }
-
-    /// The last active check's result, if one ran.
-    pub fn last_check(&self) -> Option<bool> {
-        match self.last_check.load(Ordering::Relaxed) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn record_check(&self, passed: bool) {
-        self.last_check
-            .store(if passed { 1 } else { 2 }, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug)]
-pub struct InFlightGuard {
-    live: Arc<BackendLive>,
-    metrics: Arc<BackendMetrics>,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.in_flight.decrement(1.0);
-    }
-}
 
 /// Per-pool timeouts, read on every request.
 #[derive(Debug, Clone, Copy)]
@@ -238,9 +37,12 @@ pub struct Pool {
     /// holds for one request; they are never kept beyond it.
     backends: Vec<Arc<Backend>>,
     primaries: usize,
-    primary_balancer: Box<dyn Balancer>,
-    backup_balancer: Box<dyn Balancer>,
+    primary_balancer: Arc<dyn Balancer>,
+    backup_balancer: Arc<dyn Balancer>,
+    /// What the balancers were built from; a reload with the same shape keeps them.
+    shape: Shape,
     pub(crate) client: UpstreamClient,
+    client_settings: ClientSettings,
     pub timeouts: PoolTimeouts,
     pub metrics: PoolMetrics,
     /// For `balance = "hash"`: how each request's key is built.
@@ -262,32 +64,45 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: &UpstreamConfig, servers: Vec<ResolvedServer>) -> Self {
+    /// A pool for `config` with its resolved `servers`. On a reload, `previous` is the pool of
+    /// the same name being replaced: backends at the same address keep their live state, and
+    /// the balancers and upstream client are kept when nothing they depend on changed, so the
+    /// round-robin position and the pooled connections survive.
+    pub fn new(
+        config: &UpstreamConfig,
+        servers: Vec<ResolvedServer>,
+        previous: Option<&Pool>,
+    ) -> Self {
         let (primary, backup): (Vec<_>, Vec<_>) =
             servers.into_iter().partition(|s| !s.config.backup);
         let primaries = primary.len();
         let backends: Vec<Arc<Backend>> = primary
             .into_iter()
             .chain(backup)
-            .map(|s| Arc::new(backend(&config.name, s)))
+            .map(|s| {
+                let before = previous.and_then(|p| p.backends.iter().find(|b| b.addr == s.addr));
+                Arc::new(backend(&config.name, s, before.map(|b| &**b)))
+            })
             .collect();
-        let policy = |tier: &[Arc<Backend>]| -> Box<dyn Balancer> {
+        let shape = Shape::of(config, &backends);
+        let same_shape = previous.filter(|p| p.shape == shape);
+        let policy = |tier: &[Arc<Backend>]| -> Arc<dyn Balancer> {
             let weights = tier.iter().map(|b| b.weight);
             // Round-robin leaves `down` servers out of its cycle, as nginx does; the hashes
             // count them (nginx hashes over the whole list) and skip them when picked.
             let rr_weights = tier.iter().map(|b| if b.down { 0 } else { b.weight });
             match &config.balance {
-                BalancePolicy::RoundRobin => Box::new(RoundRobin::new(rr_weights)),
+                BalancePolicy::RoundRobin => Arc::new(RoundRobin::new(rr_weights)),
                 BalancePolicy::LeastConn => {
-                    Box::new(LeastConn::new(rr_weights.collect(), loads(tier)))
+                    Arc::new(LeastConn::new(rr_weights.collect(), loads(tier)))
                 }
                 BalancePolicy::RandomTwo => {
-                    Box::new(RandomTwo::new(rr_weights.collect(), loads(tier)))
+                    Arc::new(RandomTwo::new(rr_weights.collect(), loads(tier)))
                 }
-                BalancePolicy::IpHash => Box::new(IpHash::new(weights)),
+                BalancePolicy::IpHash => Arc::new(IpHash::new(weights)),
                 BalancePolicy::Hash {
                     consistent: false, ..
-                } => Box::new(KeyHash::new(weights)),
+                } => Arc::new(KeyHash::new(weights)),
                 BalancePolicy::Hash {
                     consistent: true,
                     balance_factor,
@@ -295,7 +110,7 @@ impl Pool {
                 } => {
                     let ring =
                         ConsistentHash::new(tier.iter().map(|b| (b.written.as_str(), b.weight)));
-                    Box::new(match balance_factor {
+                    Arc::new(match balance_factor {
                         Some(f) => {
                             ring.with_balance_factor(f.get(), rr_weights.collect(), loads(tier))
                         }
@@ -310,11 +125,21 @@ impl Pool {
             .map(|c| Sticky::new(c, backends.iter().map(|b| b.addr)));
         Pool {
             name: Arc::from(config.name.as_str()),
-            primary_balancer: policy(&backends[..primaries]),
-            backup_balancer: policy(&backends[primaries..]),
+            primary_balancer: same_shape.map_or_else(
+                || policy(&backends[..primaries]),
+                |p| Arc::clone(&p.primary_balancer),
+            ),
+            backup_balancer: same_shape.map_or_else(
+                || policy(&backends[primaries..]),
+                |p| Arc::clone(&p.backup_balancer),
+            ),
+            client: previous
+                .filter(|p| p.client_settings == ClientSettings::of(config))
+                .map_or_else(|| build_client(config), |p| p.client.clone()),
+            client_settings: ClientSettings::of(config),
+            shape,
             backends,
             primaries,
-            client: build_client(config),
             metrics: PoolMetrics::new(&config.name),
             sticky,
             health_check: config.health_check.clone(),
@@ -429,33 +254,47 @@ impl Pool {
     }
 }
 
-fn loads(tier: &[Arc<Backend>]) -> Loads {
-    tier.iter().map(|b| Arc::clone(&b.live.in_flight)).collect()
+/// What a pool's balancers depend on: the policy and each backend's address, weight, tier and
+/// `down` flag, in order.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    balance: BalancePolicy,
+    backends: Vec<(std::net::SocketAddr, u32, bool, bool)>,
 }
 
-fn backend(upstream: &str, s: ResolvedServer) -> Backend {
-    // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
-    let authority = Authority::try_from(s.addr.to_string().as_str())
-        .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
-    // The label is the server as written; a name with several addresses gets one series per
-    // address, so those carry the address instead.
-    let label = if s.written == s.addr.to_string() || s.sole_address {
-        s.written.clone()
-    } else {
-        format!("{} ({})", s.written, s.addr)
-    };
-    let metrics = BackendMetrics::new(upstream, &label);
-    metrics.up.set(if s.config.down { 0.0 } else { 1.0 });
-    Backend {
-        addr: s.addr,
-        written: s.written,
-        weight: s.config.weight.get(),
-        backup: s.config.backup,
-        down: s.config.down,
-        authority,
-        live: Arc::default(),
-        metrics,
+impl Shape {
+    fn of(config: &UpstreamConfig, backends: &[Arc<Backend>]) -> Self {
+        Shape {
+            balance: config.balance.clone(),
+            backends: backends
+                .iter()
+                .map(|b| (b.addr, b.weight, b.backup, b.down))
+                .collect(),
+        }
     }
+}
+
+/// What the upstream client is built from; a reload with the same settings keeps the client
+/// and its pooled connections.
+#[derive(Debug, PartialEq)]
+struct ClientSettings {
+    connect: Duration,
+    keepalive: Duration,
+    idle_per_backend: usize,
+}
+
+impl ClientSettings {
+    fn of(config: &UpstreamConfig) -> Self {
+        ClientSettings {
+            connect: config.connect_timeout,
+            keepalive: config.keepalive_timeout,
+            idle_per_backend: config.keepalive_connections,
+        }
+    }
+}
+
+fn loads(tier: &[Arc<Backend>]) -> Loads {
+    tier.iter().map(|b| Arc::clone(&b.live.in_flight)).collect()
 }
 
 #[cfg(test)]
@@ -489,7 +328,7 @@ mod tests {
                 config: s.clone(),
             })
             .collect();
-        Pool::new(up, resolved)
+        Pool::new(up, resolved, None)
     }
 
     fn port(p: &Pool, i: usize) -> u16 {

@@ -1,0 +1,240 @@
+//! The set of listening sockets and their accept loops, kept in step with the configuration.
+//!
+//! At start and on every reload the server asks for a `Plan` (which binds only the addresses
+//! the new configuration adds, so a reload that cannot bind fails before anything changed),
+//! then applies it once the new snapshot is in place. A socket whose listener and address are
+//! unchanged is never closed, so a reload never causes a moment of `connection refused`; its
+//! accept loop and open connections go on untouched. A removed listener stops accepting, its
+//! connections are asked to finish, and those still open after the drain timeout are closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::state::SharedState;
+
+use super::bind::bind;
+use super::http::{ConnectionLimit, ListenerStops, serve_listener};
+
+/// A listen address that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener `{listener}`: cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub listener: String,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// The running listeners.
+#[derive(Debug)]
+pub struct ListenerSet {
+    state: SharedState,
+    /// Cancelled at shutdown; every listener's tokens are its children.
+    stop: CancellationToken,
+    connections: TaskTracker,
+    accept_loops: TaskTracker,
+    sockets: Vec<Running>,
+    groups: HashMap<String, Group>,
+}
+
+/// One listen socket of one listener.
+#[derive(Debug)]
+struct Running {
+    listener: String,
+    /// The address as configured (`127.0.0.1:0` stays that, whatever port it got).
+    configured: SocketAddr,
+    bound: SocketAddr,
+    accept_stop: CancellationToken,
+}
+
+/// What the sockets of one listener share.
+#[derive(Debug)]
+struct Group {
+    limit: ConnectionLimit,
+    drain: CancellationToken,
+    kill: CancellationToken,
+}
+
+/// The sockets a configuration needs: kept ones and newly bound ones.
+#[derive(Debug)]
+pub struct Plan {
+    wanted: Vec<Wanted>,
+}
+
+#[derive(Debug)]
+struct Wanted {
+    listener: String,
+    configured: SocketAddr,
+    max_connections: usize,
+    /// `None`: the running socket for this listener and address stays.
+    new_socket: Option<TcpListener>,
+}
+
+/// One listener's addresses and connection count, for `/status`.
+#[derive(Debug, Clone)]
+pub struct ListenerSockets {
+    pub name: String,
+    pub addresses: Vec<SocketAddr>,
+    pub connections: ConnectionLimit,
+}
+
+impl Plan {
+    /// `(listener, address)` of every socket this plan binds, with the ports the system chose.
+    pub fn new_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.wanted
+            .iter()
+            .filter_map(|w| {
+                let socket = w.new_socket.as_ref()?;
+                Some((w.listener.clone(), socket.local_addr().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl ListenerSet {
+    pub fn new(state: SharedState, stop: CancellationToken, connections: TaskTracker) -> Self {
+        ListenerSet {
+            state,
+            stop,
+            connections,
+            accept_loops: TaskTracker::new(),
+            sockets: Vec::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    /// Binds every address `config` has that is not already listening; nothing else changes.
+    /// A plan that is not applied closes its new sockets when dropped.
+    pub fn plan(&self, config: &Config) -> Result<Plan, BindError> {
+        let mut wanted = Vec::new();
+        for (name, l) in &config.listeners {
+            for addr in &l.listen {
+                let kept = self
+                    .sockets
+                    .iter()
+                    .any(|s| s.listener == *name && s.configured == *addr);
+                let new_socket = if kept {
+                    None
+                } else {
+                    let socket = bind(*addr).map_err(|source| BindError {
+                        listener: name.clone(),
+                        addr: *addr,
+                        source,
+                    })?;
+                    // Port 0 asks the system for a port: report the one it chose.
+                    let bound = socket.local_addr().unwrap_or(*addr);
+                    tracing::info!(listener = %name, addr = %bound, "listening");
+                    Some(socket)
+                };
+                wanted.push(Wanted {
+                    listener: name.clone(),
+                    configured: *addr,
+                    max_connections: l.max_connections,
+                    new_socket,
+                });
+            }
+        }
+        Ok(Plan { wanted })
+    }
+
+    /// Makes the running sockets those of `plan`: starts the new ones, stops the removed ones
+    /// and drains the connections of removed listeners, closing what is left of them after
+    /// `drain_timeout`.
+    pub fn apply(&mut self, plan: Plan, drain_timeout: Duration) {
+        let keep = |s: &Running| {
+            plan.wanted
+                .iter()
+                .any(|w| w.listener == s.listener && w.configured == s.configured)
+        };
+        for gone in self.sockets.iter().filter(|s| !keep(s)) {
+            tracing::info!(listener = %gone.listener, addr = %gone.bound, "reload: stopped listening");
+            gone.accept_stop.cancel();
+        }
+        self.sockets.retain(keep);
+        let names: Vec<&str> = plan.wanted.iter().map(|w| w.listener.as_str()).collect();
+        let removed: Vec<String> = self
+            .groups
+            .keys()
+            .filter(|n| !names.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(group) = self.groups.remove(&name) {
+                tracing::info!(listener = %name, ?drain_timeout, "reload: listener removed; its connections finish their requests");
+                group.drain.cancel();
+                tokio::spawn(async move {
+                    tokio::time::sleep(drain_timeout).await;
+                    group.kill.cancel();
+                });
+            }
+        }
+        for w in plan.wanted {
+            let group = self
+                .groups
+                .entry(w.listener.clone())
+                .or_insert_with(|| Group {
+                    limit: ConnectionLimit::new(w.max_connections),
+                    drain: self.stop.child_token(),
+                    kill: CancellationToken::new(),
+                });
+            if group.limit.limit() != w.max_connections {
+                group.limit.set_limit(w.max_connections);
+            }
+            let Some(socket) = w.new_socket else {
+                continue;
+            };
+            let bound = socket.local_addr().unwrap_or(w.configured);
+            let accept_stop = self.stop.child_token();
+            self.accept_loops.spawn(serve_listener(
+                Arc::new(socket),
+                Arc::from(w.listener.as_str()),
+                Arc::clone(&self.state),
+                group.limit.clone(),
+                ListenerStops {
+                    accept: accept_stop.clone(),
+                    drain: group.drain.clone(),
+                    kill: group.kill.clone(),
+                },
+                self.connections.clone(),
+            ));
+            self.sockets.push(Running {
+                listener: w.listener,
+                configured: w.configured,
+                bound,
+                accept_stop,
+            });
+        }
+    }
+
+    /// Every listener with its bound addresses, in name order.
+    pub fn describe(&self) -> Vec<ListenerSockets> {
+        let mut out: Vec<ListenerSockets> = self
+            .groups
+            .iter()
+            .map(|(name, g)| ListenerSockets {
+                name: name.clone(),
+                addresses: self
+                    .sockets
+                    .iter()
+                    .filter(|s| s.listener == *name)
+                    .map(|s| s.bound)
+                    .collect(),
+                connections: g.limit.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Waits until every accept loop has stopped (after the stop token was cancelled).
+    pub async fn stopped(&self) {
+        self.accept_loops.close();
+        self.accept_loops.wait().await;
+    }
+}

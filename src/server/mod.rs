@@ -1,0 +1,243 @@
+//! The running proxy: binds every listener, serves, reloads on SIGHUP, and drains on stop.
+//!
+//! `Server::bind` does everything that can fail at start (name resolution, binding) before any
+//! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop
+//! signal, applying reloads as they come (`reload`), then stops accepting, lets requests in
+//! progress finish within the drain timeout, and returns.
+
+mod reload;
+mod signals;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{AdminState, serve_admin};
+use crate::config::{Config, ConfigErrors};
+use crate::listener::{BindError, ListenerSet, ListenerSockets, Plan, bind};
+use crate::state::{SharedState, build_snapshot};
+
+pub use signals::{Control, PidFile, Signals, send_to_pid_file, signal_for};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server {
+    config: Arc<Config>,
+    state: SharedState,
+    listeners: ListenerSet,
+    /// The sockets bound by `bind`, started by `run`.
+    first_plan: Option<Plan>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    /// Stops the health-check tasks of the current snapshot (a reload restarts them).
+    checks: CancellationToken,
+    admin: Option<(TcpListener, AdminState)>,
+    /// What `/status` shows of the listeners; updated by reloads.
+    described: Arc<ArcSwap<Vec<ListenerSockets>>>,
+    pid_file: Option<PidFile>,
+}
+
+impl Server {
+    /// Builds the runtime state and binds every listen address.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        check_fd_limit(&config);
+        let config = Arc::new(config);
+        let snapshot = build_snapshot(Arc::clone(&config), None).await?;
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let listeners = ListenerSet::new(Arc::clone(&state), stop.clone(), connections.clone());
+        let first_plan = listeners.plan(&config)?;
+        let described = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let admin = match &config.admin {
+            Some(a) => {
+                let socket = bind(a.listen).map_err(|source| BindError {
+                    listener: "admin".to_string(),
+                    addr: a.listen,
+                    source,
+                })?;
+                let addr = socket.local_addr().unwrap_or(a.listen);
+                tracing::info!(addr = %addr, "admin listening");
+                let admin = AdminState {
+                    token: a.token.as_deref().map(Arc::from),
+                    metrics: None,
+                    ready: Arc::new(AtomicBool::new(false)),
+                    state: Arc::clone(&state),
+                    listeners: Arc::clone(&described),
+                    started: std::time::SystemTime::now(),
+                };
+                Some((socket, admin))
+            }
+            None => None,
+        };
+        // Last: a start that fails above leaves no pid file behind.
+        let pid_file = match &config.pid_file {
+            Some(path) => Some(PidFile::write(path).map_err(|source| StartError::PidFile {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Server {
+            checks: stop.child_token(),
+            config,
+            state,
+            listeners,
+            first_plan: Some(first_plan),
+            stop,
+            connections,
+            admin,
+            described,
+            pid_file,
+        })
+    }
+
+    /// Serves this recorder's metrics on the admin listener's `/metrics`.
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        if let Some((_, state)) = &mut self.admin {
+            state.metrics = Some(handle.clone());
+        }
+        // The exporter compacts its histograms only when asked to.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+        self
+    }
+
+    /// The admin listener's bound address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(s, _)| s.local_addr().ok())
+    }
+
+    /// `(listener name, bound address)` for every socket, before `run`.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.first_plan
+            .as_ref()
+            .map(Plan::new_addresses)
+            .unwrap_or_default()
+    }
+
+    /// Serves until a stop signal, reloading on each SIGHUP, then drains. Returns the number
+    /// of connections that were still open when the drain timeout ran out (0 after a clean
+    /// drain).
+    pub async fn run(self, signals: Signals) -> usize {
+        self.run_until(signals, std::future::pending()).await
+    }
+
+    /// `run`, also stopping when `stop` resolves (for embedding, as the demo does).
+    pub async fn run_until(
+        mut self,
+        mut signals: Signals,
+        stop: impl Future<Output = ()>,
+    ) -> usize {
+        if let Some(plan) = self.first_plan.take() {
+            self.listeners.apply(plan, self.config.drain_timeout);
+        }
+        self.described.store(Arc::new(self.listeners.describe()));
+        crate::health::spawn_checks(self.state.load().pools.values(), &self.checks);
+        let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
+        let admin_loop = TaskTracker::new();
+        if let Some((socket, admin)) = self.admin.take() {
+            admin_loop.spawn(serve_admin(socket, admin, self.stop.clone()));
+        }
+        admin_loop.close();
+        if let Some(ready) = &ready {
+            ready.store(true, Ordering::Release);
+        }
+        crate::metrics::reload_result(true);
+        tokio::pin!(stop);
+        loop {
+            let control = tokio::select! {
+                c = signals.next() => c,
+                () = &mut stop => Control::Stop,
+            };
+            if control == Control::Stop {
+                break;
+            }
+            self.reload().await;
+        }
+        signals.exit_on_second_stop();
+        if let Some(ready) = &ready {
+            ready.store(false, Ordering::Release);
+        }
+
+        let drain_timeout = self.config.drain_timeout;
+        tracing::info!(
+            ?drain_timeout,
+            "shutting down: no new connections, finishing requests in progress"
+        );
+        self.stop.cancel();
+        self.listeners.stopped().await;
+        admin_loop.wait().await;
+        self.connections.close();
+        let left = if tokio::time::timeout(drain_timeout, self.connections.wait())
+            .await
+            .is_err()
+        {
+            let left = self.connections.len();
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing the connections still open"
+            );
+            left
+        } else {
+            tracing::info!("all connections drained");
+            0
+        };
+        drop(self.pid_file.take());
+        left
+    }
+}
+
+/// Raises the open-file limit to the hard limit (each client connection needs a descriptor,
+/// and one more for its backend), and warns when the listeners' connection limits could still
+/// run past it. Past the limit accept fails with EMFILE; the listener logs that and retries.
+fn check_fd_limit(config: &Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let wanted: u64 = config
+        .listeners
+        .values()
+        .map(|l| l.max_connections as u64 * 2 * l.listen.len() as u64)
+        .sum();
+    if wanted > limit {
+        tracing::warn!(
+            open_file_limit = limit,
+            needed = wanted,
+            "the listeners' max_connections may need more file descriptors than allowed; raise the hard limit (ulimit -Hn) or lower max_connections"
+        );
+    } else {
+        tracing::debug!(open_file_limit = limit, "open-file limit");
+    }
+}
+
+/// How long a reload may wait for name resolution before it gives up (the old configuration
+/// keeps running).
+const RELOAD_RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,171 @@
+//! Reload (SIGHUP): read the file again, validate all of it, build the new snapshot and bind
+//! new listen addresses, and only when every step succeeded swap the snapshot and bring the
+//! listeners and health checks in step with it. Any failure leaves the running configuration
+//! exactly as it was.
+//!
+//! Requests already running keep the snapshot they loaded; new requests get the new one.
+//! Backends present before and after (same upstream, same address) keep their live state:
+//! health and rise/fall progress, passive failures, in-flight counts, slow start, and, when
+//! the pool's shape is unchanged, its balancers' positions (see `Pool::new`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigErrors, parse};
+use crate::state::{Snapshot, build_snapshot};
+
+use super::{RELOAD_RESOLVE_TIMEOUT, Server};
+
+impl Server {
+    /// Applies the configuration file as it is now, or logs why not and changes nothing.
+    pub(super) async fn reload(&mut self) {
+        let path = self.config.source.clone();
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+        let prepared = async {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigErrors::whole_file(&path, format!("cannot read the file: {e}"))
+            })?;
+            let config = Arc::new(parse(&path, &text)?);
+            let current = self.state.load_full();
+            let snapshot = tokio::time::timeout(
+                RELOAD_RESOLVE_TIMEOUT,
+                build_snapshot(Arc::clone(&config), Some(&current)),
+            )
+            .await
+            .map_err(|_| {
+                ConfigErrors::whole_file(&path, "name resolution did not finish in 30s")
+            })??;
+            let plan = self
+                .listeners
+                .plan(&config)
+                .map_err(|e| ConfigErrors::whole_file(&path, e.to_string()))?;
+            Ok::<_, ConfigErrors>((snapshot, plan))
+        };
+        let (snapshot, plan) = match prepared.await {
+            Ok(ready) => ready,
+            Err(errors) => {
+                // One line per error (file:line:column: key: what is wrong), then the verdict.
+                for e in &errors.0 {
+                    tracing::error!("reload: {e}");
+                }
+                tracing::error!(
+                    errors = errors.0.len(),
+                    "reload failed; the running configuration is unchanged"
+                );
+                crate::metrics::reload_result(false);
+                return;
+            }
+        };
+        let new_config = Arc::clone(&snapshot.config);
+        let old = self.state.swap(Arc::new(snapshot));
+        self.listeners.apply(plan, new_config.drain_timeout);
+        self.described.store(Arc::new(self.listeners.describe()));
+        // The checks restart on the new backends; their rise/fall state is in the backends'
+        // live state, carried over for every unchanged address.
+        self.checks.cancel();
+        self.checks = self.stop.child_token();
+        crate::health::spawn_checks(self.state.load().pools.values(), &self.checks);
+        log_changes(&old, &self.state.load());
+        warn_restart_only(&self.config, &new_config);
+        self.config = new_config;
+        crate::metrics::reload_result(true);
+        tracing::info!("configuration reloaded");
+    }
+}
+
+/// One info line per listener and backend added, removed or changed; or that nothing did.
+fn log_changes(old: &Snapshot, new: &Snapshot) {
+    let mut changes = 0;
+    let (before, after) = (&old.config.listeners, &new.config.listeners);
+    for name in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+        match (before.get(name), after.get(name)) {
+            (None, Some(l)) => {
+                tracing::info!(listener = %name, listen = ?l.listen, upstream = %l.upstream, "reload: listener added");
+            }
+            (Some(_), None) => {
+                tracing::info!(listener = %name, "reload: listener removed");
+            }
+            (Some(a), Some(b)) if a != b => {
+                tracing::info!(listener = %name, listen = ?b.listen, upstream = %b.upstream, "reload: listener changed");
+            }
+            _ => continue,
+        }
+        changes += 1;
+    }
+    let (before, after) = (&old.config.upstreams, &new.config.upstreams);
+    for name in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+        match (before.get(name), after.get(name)) {
+            (None, Some(_)) => {
+                tracing::info!(upstream = %name, "reload: upstream added");
+            }
+            (Some(_), None) => {
+                tracing::info!(upstream = %name, "reload: upstream removed");
+            }
+            (Some(a), Some(b)) if a != b => {
+                if a.balance != b.balance {
+                    tracing::info!(upstream = %name, from = a.balance.name(), to = b.balance.name(), "reload: balancing policy changed");
+                }
+                let servers = backend_changes(name, &old.pools, &new.pools);
+                if servers == 0 && a.balance == b.balance {
+                    tracing::info!(upstream = %name, "reload: upstream settings changed");
+                }
+                changes += servers;
+            }
+            _ => continue,
+        }
+        changes += 1;
+    }
+    if changes == 0 {
+        tracing::info!("reload: nothing changed");
+    }
+}
+
+/// Logs the backends of upstream `name` added, removed or changed; returns how many.
+fn backend_changes(
+    name: &str,
+    before: &std::collections::HashMap<String, Arc<crate::upstream::Pool>>,
+    after: &std::collections::HashMap<String, Arc<crate::upstream::Pool>>,
+) -> usize {
+    let (Some(old), Some(new)) = (before.get(name), after.get(name)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for b in new.backends() {
+        match old.backends().iter().find(|o| o.addr == b.addr) {
+            None => {
+                tracing::info!(upstream = %name, backend = %b.label, weight = b.weight, backup = b.backup, down = b.down, "reload: backend added");
+            }
+            Some(o) if (o.weight, o.backup, o.down) != (b.weight, b.backup, b.down) => {
+                tracing::info!(upstream = %name, backend = %b.label, weight = b.weight, backup = b.backup, down = b.down, "reload: backend changed (its state is kept)");
+            }
+            Some(_) => continue,
+        }
+        n += 1;
+    }
+    for o in old.backends() {
+        if !new.backends().iter().any(|b| b.addr == o.addr) {
+            tracing::info!(upstream = %name, backend = %o.label, in_flight = o.live.in_flight(), "reload: backend removed; its requests in progress finish");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Settings read once at start: a reload that changes them says they wait for a restart.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let pending = [
+        ("admin", old.admin != new.admin),
+        ("log", old.log != new.log),
+        ("workers", old.workers != new.workers),
+        ("log_level", old.log_level != new.log_level),
+        ("pid_file", old.pid_file != new.pid_file),
+    ];
+    for (key, changed) in pending {
+        if changed {
+            tracing::warn!(
+                key,
+                "reload: `{key}` changed; it takes effect at the next restart"
+            );
+        }
+    }
+}

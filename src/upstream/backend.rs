@@ -1,0 +1,251 @@
+//! One backend of a pool: its address and settings from the configuration, and its live
+//! state (in-flight count, health, passive failures, slow start, latency), which sits in an
+//! `Arc` so that a rebuilt pool (reload) carries it over for the same address.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::uri::Authority;
+
+use crate::config::{PassiveHealth, ResolvedServer};
+use crate::health::HealthMachine;
+use crate::metrics::BackendMetrics;
+
+use super::latency::LatencyWindow;
+use super::slow_start::SlowStart;
+
+/// One backend address of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The server as written in the configuration (a name or an address).
+    pub written: String,
+    /// Its `backend` label in the metrics: `written`, with the address when a name has several.
+    pub label: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub down: bool,
+    /// `addr` as a URI authority, built once for every request's URI.
+    pub authority: Authority,
+    pub live: Arc<BackendLive>,
+    pub metrics: Arc<BackendMetrics>,
+}
+
+impl Backend {
+    /// May take requests now: not `down` in the configuration, and healthy.
+    pub fn in_rotation(&self) -> bool {
+        !self.down && self.live.healthy()
+    }
+
+    /// Publishes the active checks' verdict (rotation, `rproxy_backend_up`, `/status`).
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        if healthy {
+            // Passing its checks brings a backend back whatever passive health said.
+            self.live.passive_out_until.store(0, Ordering::Release);
+        }
+        let was = self.live.unhealthy.swap(!healthy, Ordering::AcqRel);
+        if was == healthy {
+            // A change (was unhealthy, now healthy, or the reverse).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.live.state_since.store(now, Ordering::Relaxed);
+            self.metrics.state_change(healthy);
+        }
+        self.metrics
+            .up
+            .set(if healthy && !self.down { 1.0 } else { 0.0 });
+    }
+
+    /// Counts a request as started on this backend; the count drops again when the guard is
+    /// dropped, whatever way the request ends.
+    pub(crate) fn start(&self) -> InFlightGuard {
+        self.live.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.live.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.increment(1.0);
+        InFlightGuard {
+            live: Arc::clone(&self.live),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// Numbers that change while traffic flows; shared across threads and kept across reloads.
+#[derive(Debug, Default)]
+pub struct BackendLive {
+    /// Shared with the load-aware balancers.
+    pub(super) in_flight: Arc<AtomicU64>,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Time to response head over the last minute.
+    pub latency: LatencyWindow,
+    /// Failed its active checks (healthy by default).
+    unhealthy: AtomicBool,
+    /// When the health state last changed (Unix seconds; 0: never).
+    state_since: AtomicU64,
+    /// The last check's result: 0 none yet, 1 passed, 2 failed.
+    last_check: AtomicU8,
+    /// Passive health: failures in the current window, when the window began, and until when
+    /// the backend is left out (milliseconds on the process clock; 0: not out).
+    passive_fails: AtomicU64,
+    passive_window: AtomicU64,
+    passive_out_until: AtomicU64,
+    /// Where the backend is in its slow-start ramp, if in one.
+    pub slow_start: SlowStart,
+    /// The active checks' rise/fall progress; `None` while the pool has no checks. Here rather
+    /// than in the check task so that a reload, which restarts the tasks, keeps it.
+    pub(crate) health: Mutex<Option<HealthMachine>>,
+}
+
+/// Milliseconds on a process-wide monotonic clock, for passive-health windows.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+    .saturating_add(1)
+}
+
+impl BackendLive {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Neither failing its active checks nor left out by passive health. Called for every
+    /// candidate of every pick, so the clock is read only while a backend is actually out.
+    pub fn healthy(&self) -> bool {
+        if self.unhealthy.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = self.passive_out_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if until > now_ms() {
+            return false;
+        }
+        // Its time out is over: clear it, so later picks skip the clock again, and let it
+        // ramp up (when the pool has a slow start) rather than take its full share at once.
+        if self
+            .passive_out_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.slow_start.begin();
+        }
+        true
+    }
+
+    /// A request to this backend failed (connect, timeout, reset, or a `fail_on_status`).
+    /// Returns true when that left the backend out for `fail_timeout`.
+    pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
+        if passive.max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let window = u64::try_from(passive.fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        let start = self.passive_window.load(Ordering::Acquire);
+        if now.saturating_sub(start) > window {
+            // A new window: earlier failures are forgotten.
+            self.passive_window.store(now, Ordering::Release);
+            self.passive_fails.store(0, Ordering::Release);
+        }
+        let fails = self.passive_fails.fetch_add(1, Ordering::AcqRel) + 1;
+        if fails < u64::from(passive.max_fails) {
+            return false;
+        }
+        self.passive_fails.store(0, Ordering::Release);
+        self.passive_out_until
+            .store(now.saturating_add(window), Ordering::Release);
+        true
+    }
+
+    /// A request succeeded: the failure count starts over (nginx does the same).
+    pub(crate) fn passive_success(&self) {
+        if self.passive_fails.load(Ordering::Relaxed) > 0 {
+            self.passive_fails.store(0, Ordering::Release);
+        }
+    }
+
+    /// When the health state last changed, in Unix seconds, if it ever did.
+    pub fn state_since(&self) -> Option<u64> {
+        Some(self.state_since.load(Ordering::Relaxed)).filter(|&s| s > 0)
+    }
+
+    /// The last active check's result, if one ran.
+    pub fn last_check(&self) -> Option<bool> {
+        match self.last_check.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn record_check(&self, passed: bool) {
+        self.last_check
+            .store(if passed { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct InFlightGuard {
+    live: Arc<BackendLive>,
+    metrics: Arc<BackendMetrics>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
+    }
+}
+
+/// A backend for a new pool. `previous` is the same address in the pool this one replaces
+/// (reload): its live state carries over, and its metric series if the label is unchanged.
+pub(super) fn backend(upstream: &str, s: ResolvedServer, previous: Option<&Backend>) -> Backend {
+    // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
+    let authority = Authority::try_from(s.addr.to_string().as_str())
+        .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
+    // The label is the server as written; a name with several addresses gets one series per
+    // address, so those carry the address instead.
+    let label = if s.written == s.addr.to_string() || s.sole_address {
+        s.written.clone()
+    } else {
+        format!("{} ({})", s.written, s.addr)
+    };
+    let live = previous.map_or_else(Arc::default, |p| Arc::clone(&p.live));
+    let metrics = match previous {
+        Some(p) if p.label == label => Arc::clone(&p.metrics),
+        _ => BackendMetrics::new(upstream, &label),
+    };
+    let up = !s.config.down && live.healthy();
+    metrics.up.set(if up { 1.0 } else { 0.0 });
+    Backend {
+        label,
+        addr: s.addr,
+        written: s.written,
+        weight: s.config.weight.get(),
+        backup: s.config.backup,
+        down: s.config.down,
+        authority,
+        live,
+        metrics,
+    }
+}

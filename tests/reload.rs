@@ -1,0 +1,406 @@
+//! Reload on SIGHUP and `rproxy -s reload`, with the real binary under load: valid files take
+//! effect, invalid ones change nothing, no request fails, and what was learned about the
+//! backends (health, in-flight counts) survives the swap.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many log lines contain `needle`.
+fn count(proxy: &Proxy, needle: &str) -> usize {
+    proxy.logs().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Writes `config` and sends SIGHUP; waits for the reload's outcome and returns whether it
+/// succeeded and how long it took to take effect.
+async fn reload(proxy: &Proxy, config: &str) -> (bool, Duration) {
+    let (ok_before, failed_before) = (
+        count(proxy, "configuration reloaded"),
+        count(proxy, "reload failed"),
+    );
+    std::fs::write(&proxy.config_path, config).expect("write config");
+    let sent = Instant::now();
+    proxy.signal("HUP");
+    loop {
+        if count(proxy, "configuration reloaded") > ok_before {
+            return (true, sent.elapsed());
+        }
+        if count(proxy, "reload failed") > failed_before {
+            return (false, sent.elapsed());
+        }
+        assert!(
+            sent.elapsed() < DEADLINE,
+            "no reload outcome: {:#?}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_under_load_lose_no_request() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr");
+    // Valid variants: add and remove backends, change weights and policies. Invalid ones: a
+    // syntax error, a reference to no upstream, and a listen address already in use.
+    let valid = [
+        (config_with(&list(&[&a, &b]), ""), vec!["a", "b"]),
+        (
+            config_with(
+                &format!(
+                    r#"{{ addr = "{}", weight = 3 }}, "{}", "{}""#,
+                    a.addr, b.addr, c.addr
+                ),
+                "balance = \"least_conn\"",
+            ),
+            vec!["a", "b", "c"],
+        ),
+        (
+            config_with(&list(&[&b, &c]), "balance = \"random_two\""),
+            vec!["b", "c"],
+        ),
+        (
+            config_with(&list(&[&c, &a]), "balance = \"ip_hash\""),
+            vec!["a", "c"],
+        ),
+    ];
+    let invalid = [
+        "[listeners.web\nlisten = ".to_string(),
+        config_with(&list(&[&a]), "").replace("upstream = \"app\"", "upstream = \"nope\""),
+        format!(
+            "{}\n[listeners.other]\nlisten = \"{taken}\"\nupstream = \"app\"\n",
+            config_with(&list(&[&a]), "")
+        ),
+    ];
+    // The access log is off: 64 clients fill it faster than the test can search its lines.
+    let quiet = |config: &str| format!("[log]\naccess = \"off\"\n{config}");
+    let valid = valid.map(|(config, names)| (quiet(&config), names));
+    let invalid = invalid.map(|config| quiet(&config));
+    let proxy = Proxy::start(&valid[0].0);
+    let addr = proxy.addr();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            // Bounded in count as well as in time.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let req = hyper::Request::get(format!("http://{addr}/"))
+                    .body(http_body_util::Full::default())
+                    .expect("request");
+                match tokio::time::timeout(DEADLINE, c.request(req)).await {
+                    Ok(Ok(resp)) if resp.status() == 200 => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    }
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let probe = client();
+    let mut current = &valid[0].1;
+    let mut slowest = Duration::ZERO;
+    let (mut applied, mut rejected) = (0, 0);
+    for i in 0..100 {
+        let (text, expected_ok) = if i % 4 == 3 {
+            (invalid[(i / 4) % invalid.len()].clone(), false)
+        } else {
+            let v = &valid[(i + 1) % valid.len()];
+            (v.0.clone(), true)
+        };
+        let (ok, took) = reload(&proxy, &text).await;
+        assert_eq!(ok, expected_ok, "reload {i}: {:#?}", proxy.logs());
+        if ok {
+            applied += 1;
+            slowest = slowest.max(took);
+            current = &valid[(i + 1) % valid.len()].1;
+        } else {
+            rejected += 1;
+        }
+        // New requests see exactly the configuration in effect (the old one after a failure).
+        for _ in 0..6 {
+            let ans = get(&probe, addr, "/").await;
+            assert_eq!(ans.status, 200);
+            assert!(
+                current.contains(&ans.backend()),
+                "reload {i}: {} answered; expected one of {current:?}",
+                ans.backend()
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let served = served.load(Ordering::Relaxed);
+    eprintln!(
+        "{applied} reloads applied, {rejected} rejected, slowest took effect in {slowest:?}; {served} requests served under load, {} failed",
+        failures.load(Ordering::Relaxed)
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(served > 1000, "the load ran: {served}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest reload {slowest:?}"
+    );
+    // Every rejection named the file and what was wrong; the listener never moved.
+    let file = proxy.config_path.display().to_string();
+    proxy
+        .wait_for_log(&["reload: ", &file, "TOML syntax"])
+        .await;
+    proxy
+        .wait_for_log(&[
+            "reload: ",
+            &file,
+            "listeners.web.upstream",
+            "no upstream named `nope`",
+        ])
+        .await;
+    proxy
+        .wait_for_log(&["reload: ", "listener `other`", &taken.to_string(), "in use"])
+        .await;
+    assert_eq!(proxy.addr(), addr);
+    drop(held);
+}
+
+#[tokio::test]
+async fn health_and_in_flight_counts_survive_a_reload() {
+    let (busy, leaving, sick) = (
+        Backend::start("busy").await,
+        Backend::start("leaving").await,
+        Backend::start("sick").await,
+    );
+    let idle = Backend::start("idle").await;
+    let checks = "\n[upstreams.app.health_check]\npath = \"/health\"\ninterval = \"100ms\"\nrise = 2\nfall = 2\n";
+    let config = |servers: &str| {
+        format!(
+            "{}{checks}",
+            config_with(servers, "balance = \"least_conn\"\nmax_fails = 0")
+        )
+    };
+    let proxy = Proxy::start(&config(&list(&[&busy, &leaving, &sick])));
+    sick.healthy.store(false, Ordering::SeqCst);
+    proxy
+        .wait_for_log(&["backend is unhealthy", &sick.addr.to_string()])
+        .await;
+
+    // Four slow requests: least_conn puts two on `busy` and two on `leaving`.
+    let addr = proxy.addr();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(tokio::spawn(async move {
+            get(&client(), addr, "/slow/2000").await
+        }));
+    }
+    wait_for("the slow requests to reach their backends", || {
+        busy.requests() + leaving.requests() >= 4
+    })
+    .await;
+    assert_eq!((busy.requests(), leaving.requests()), (2, 2));
+
+    // Reload: `leaving` goes, `idle` comes, `busy` changes weight (its state is kept).
+    let servers = format!(
+        r#"{{ addr = "{}", weight = 2 }}, {}"#,
+        busy.addr,
+        list(&[&idle, &sick])
+    );
+    let (ok, _) = reload(&proxy, &config(&servers)).await;
+    assert!(ok, "{:#?}", proxy.logs());
+    proxy
+        .wait_for_log(&[
+            "backend changed (its state is kept)",
+            &busy.addr.to_string(),
+        ])
+        .await;
+    proxy
+        .wait_for_log(&["backend removed", &leaving.addr.to_string()])
+        .await;
+
+    // least_conn still sees busy's two requests in flight (2 per weight 2 is more than 0), so
+    // quick requests all go to `idle`; had the counts been lost they would alternate. The
+    // unhealthy backend is still out.
+    let c = client();
+    let mut to = Vec::new();
+    for _ in 0..10 {
+        to.push(get(&c, addr, "/").await.backend().to_string());
+    }
+    assert!(
+        to.iter().all(|b| b == "idle"),
+        "least_conn forgot the in-flight requests: {to:?}"
+    );
+    assert_eq!(sick.requests(), 0, "the unhealthy backend got traffic");
+
+    // Every slow request completes, the two on the removed backend included.
+    let mut by = Vec::new();
+    for s in slow {
+        let ans = s.await.expect("slow request");
+        assert_eq!(ans.status, 200, "{}", ans.body);
+        by.push(ans.backend().to_string());
+    }
+    by.sort();
+    assert_eq!(by, ["busy", "busy", "leaving", "leaving"]);
+}
+
+#[tokio::test]
+async fn a_keepalive_connection_opened_before_a_reload_keeps_working() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        config_with(&list(&[&a, &b]), "")
+    ));
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    conn.write_all(request).await.expect("write");
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+
+    // Drop `a`, keep `b`: the open connection stays, and is served by the new config.
+    let (ok, _) = reload(
+        &proxy,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            config_with(&list(&[&b]), "")
+        ),
+    )
+    .await;
+    assert!(ok);
+    for _ in 0..3 {
+        conn.write_all(request).await.expect("write after reload");
+        let answer = read_response(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("x-backend: b"), "{answer}");
+    }
+
+    // The removed backend's series left /metrics; the reload was counted.
+    let metrics = get(&client(), proxy.admin.expect("admin"), "/metrics")
+        .await
+        .body;
+    assert!(!metrics.contains(&a.addr.to_string()), "{metrics}");
+    assert!(metrics.contains(&b.addr.to_string()));
+    assert!(
+        metrics.contains("rproxy_config_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rproxy_config_last_reload_successful 1"));
+
+    // A bad file is counted, and the last reload shows as failed; traffic goes on.
+    let (ok, _) = reload(&proxy, "[listeners.web]\nlisten = 5\n").await;
+    assert!(!ok);
+    let metrics = get(&client(), proxy.admin.expect("admin"), "/metrics")
+        .await
+        .body;
+    assert!(
+        metrics.contains("rproxy_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rproxy_config_last_reload_successful 0"));
+    conn.write_all(request)
+        .await
+        .expect("write after a failed reload");
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_listeners() {
+    let a = Backend::start("a").await;
+    let base = config_with(&list(&[&a]), "");
+    let proxy = Proxy::start(&base);
+    let extra =
+        format!("{base}\n[listeners.extra]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n");
+    let (ok, _) = reload(&proxy, &extra).await;
+    assert!(ok);
+    let line = proxy.wait_for_log(&["listening", "listener=extra"]).await;
+    let extra_addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .expect("the new listener's address");
+    assert_eq!(get(&client(), extra_addr, "/").await.backend(), "a");
+
+    let (ok, _) = reload(&proxy, &base).await;
+    assert!(ok);
+    proxy
+        .wait_for_log(&["stopped listening", "listener=extra"])
+        .await;
+    wait_for("the removed listener to refuse connections", || {
+        std::net::TcpStream::connect(extra_addr).is_err()
+    })
+    .await;
+    assert_eq!(get(&client(), proxy.addr(), "/").await.backend(), "a");
+}
+
+#[tokio::test]
+async fn rproxy_s_reload_signals_through_the_pid_file() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = |servers: &[&Backend]| {
+        format!(
+            "pid_file = \"rproxy.pid\"\n{}",
+            config_with(&list(servers), "")
+        )
+    };
+    let mut proxy = Proxy::start(&config(&[&a]));
+    let pid_file = proxy.config_path.with_file_name("rproxy.pid");
+    let written = std::fs::read_to_string(&pid_file).expect("pid file written at start");
+    assert_eq!(written.trim(), proxy.pid().to_string());
+
+    std::fs::write(&proxy.config_path, config(&[&b])).expect("write");
+    let out = std::process::Command::new(rproxy_bin())
+        .args(["-s", "reload", "-c"])
+        .arg(&proxy.config_path)
+        .output()
+        .expect("run rproxy -s reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent reload to process"));
+    proxy.wait_for_log(&["configuration reloaded"]).await;
+    assert_eq!(get(&client(), proxy.addr(), "/").await.backend(), "b");
+
+    // Without a pid_file the command says what is missing.
+    let plain = proxy.config_path.with_file_name("plain.toml");
+    std::fs::write(&plain, config_with(&list(&[&a]), "")).expect("write");
+    let out = std::process::Command::new(rproxy_bin())
+        .args(["-s", "reload", "-c"])
+        .arg(&plain)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `pid_file`"));
+
+    proxy.signal("TERM");
+    proxy.wait_exit().await;
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
+}
