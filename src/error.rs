@@ -31,6 +31,9 @@ pub enum ProxyError {
     /// A backend answered in a way that cannot be passed on (an unrequested protocol switch).
     #[error("invalid response from backend")]
     InvalidUpstreamResponse,
+    /// No route of the listener matches the request, and it has no default upstream.
+    #[error("no route for this host and path")]
+    NoRoute,
 }
 
 impl ProxyError {
@@ -43,6 +46,7 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::InvalidUpstreamResponse => StatusCode::BAD_GATEWAY,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 

@@ -74,7 +74,7 @@ pub(super) fn build(
             addresses: l.addresses.iter().map(ToString::to_string).collect(),
             upstream: snapshot
                 .listener(&l.name)
-                .map(|r| r.pool.name.to_string())
+                .and_then(|r| r.settings.upstream.clone())
                 .unwrap_or_default(),
             connections_open: l.connections.open(),
             max_connections: l.connections.limit(),

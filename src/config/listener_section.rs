@@ -7,10 +7,12 @@ use toml::de::DeValue;
 
 use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
+use super::route_section::routes;
 
 const LISTENER_KEYS: &[&str] = &[
     "listen",
     "upstream",
+    "routes",
     "header_timeout",
     "keepalive_timeout",
     "body_timeout",
@@ -57,15 +59,19 @@ pub(super) fn listener(
             );
             None
         }),
-        None => {
-            r.error(
-                path,
-                whole.span(),
-                "missing key `upstream` (the pool to send to)",
-            );
-            None
-        }
+        None => None,
     };
+    let routes = match get(t, "routes") {
+        Some(v) => routes(r, &join(path, "routes"), v, upstream_names),
+        None => Some(Vec::new()),
+    };
+    if get(t, "upstream").is_none() && get(t, "routes").is_none() {
+        r.error(
+            path,
+            whole.span(),
+            "missing key `upstream` (the pool to send to) or `routes`",
+        );
+    }
     let header_timeout = duration_or(r, t, path, "header_timeout", defaults::HEADER_TIMEOUT);
     let keepalive_timeout =
         duration_or(r, t, path, "keepalive_timeout", defaults::KEEPALIVE_TIMEOUT);
@@ -119,13 +125,18 @@ pub(super) fn listener(
         None => Some(None),
     };
     let allow_underscores = flag(r, t, path, "allow_underscores_in_headers");
-    let upstream = upstream?;
+    let upstream = match get(t, "upstream") {
+        Some(_) => Some(upstream?),
+        None => None,
+    };
+    let routes = routes?;
     let (listen, listen_origin) = listen?;
     Some(ListenerDraft {
         config: ListenerConfig {
             name: path.trim_start_matches("listeners.").to_string(),
             listen,
             upstream,
+            routes,
             header_timeout,
             keepalive_timeout,
             body_timeout,

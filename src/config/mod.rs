@@ -12,6 +12,7 @@ mod parse;
 mod reader;
 mod resolve;
 mod retry_section;
+mod route_section;
 mod upstream_section;
 
 use std::path::Path;
@@ -21,7 +22,7 @@ pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config,
     HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, PassiveHealth, RequestLimits,
-    RetryPolicy, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -102,7 +102,10 @@ pub struct AdminConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: Vec<SocketAddr>,
-    pub upstream: String,
+    /// The default route: the pool for requests no route matches (404 without one).
+    pub upstream: Option<String>,
+    /// Routes by host and path prefix, in file order.
+    pub routes: Vec<RouteConfig>,
     /// Time allowed for a complete request head, from the first byte of it (or from accept).
     pub header_timeout: Duration,
     /// How long an idle client connection is kept open between requests.
@@ -115,6 +118,18 @@ pub struct ListenerConfig {
     /// Open client connections at most; more wait in the kernel's accept queue.
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
+}
+
+/// One `[[listeners.NAME.routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Lowercase, without a trailing dot; `*.example.com` for a wildcard; `None`: any host.
+    pub host: Option<String>,
+    /// Starts with `/`; `/` matches everything.
+    pub path_prefix: String,
+    pub upstream: String,
+    /// Remove `path_prefix` from the path sent to the backend.
+    pub strip_prefix: bool,
 }
 
 /// What a client request may be, checked at the edge before anything is forwarded.

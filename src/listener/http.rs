@@ -26,9 +26,8 @@ use crate::access_log::AccessRecord;
 use crate::config::{ListenerConfig, defaults};
 use crate::error::{ProxyError, local_response};
 use crate::metrics::ListenerMetrics;
-use crate::router;
 use crate::state::SharedState;
-use crate::upstream::{Peer, ProxyBody, forward};
+use crate::upstream::{Peer, ProxyBody, Route, forward};
 
 use super::activity::{ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
@@ -195,7 +194,7 @@ const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
     let settings = {
         let snapshot = ctx.state.load();
-        let Some(l) = router::route(&snapshot, &ctx.name) else {
+        let Some(l) = snapshot.listener(&ctx.name) else {
             return;
         };
         l.settings.clone()
@@ -288,7 +287,7 @@ async fn handle(
     let end = RequestEnd::new(activity.begin(), Arc::clone(&ctx.metrics));
     let head_flags = activity.take_head_flags();
     let snapshot = ctx.state.load_full();
-    let Some(listener) = router::route(&snapshot, &ctx.name) else {
+    let Some(listener) = snapshot.listener(&ctx.name) else {
         let (head, body) = ProxyError::NoBackend.response().into_parts();
         let status = head.status.as_u16();
         return Response::from_parts(head, body.finish_with(None, end, status));
@@ -296,12 +295,29 @@ async fn handle(
     let (mut parts, body) = req.into_parts();
     let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
         Verdict::Forward => {
-            let peer = Peer {
-                addr: peer,
-                proto: "http",
-            };
-            let req = Request::from_parts(parts, body);
-            return forward(listener, &snapshot.trusted_proxies, peer, req, end).await;
+            let host = parts
+                .uri
+                .host()
+                .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
+            match listener.routes.lookup(host, parts.uri.path()) {
+                Some(target) => {
+                    let peer = Peer {
+                        addr: peer,
+                        proto: "http",
+                    };
+                    let req = Request::from_parts(parts, body);
+                    let route = Route {
+                        listener,
+                        pool: target.to,
+                        strip_prefix: target.strip,
+                    };
+                    return forward(route, &snapshot.trusted_proxies, peer, req, end).await;
+                }
+                None => {
+                    tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
+                    ProxyError::NoRoute.response()
+                }
+            }
         }
         Verdict::ServerOptions => {
             let mut resp = local_response(StatusCode::OK, false);

@@ -80,13 +80,13 @@ fn log_changes(old: &Snapshot, new: &Snapshot) {
     for name in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
         match (before.get(name), after.get(name)) {
             (None, Some(l)) => {
-                tracing::info!(listener = %name, listen = ?l.listen, upstream = %l.upstream, "reload: listener added");
+                tracing::info!(listener = %name, listen = ?l.listen, upstream = ?l.upstream, routes = l.routes.len(), "reload: listener added");
             }
             (Some(_), None) => {
                 tracing::info!(listener = %name, "reload: listener removed");
             }
             (Some(a), Some(b)) if a != b => {
-                tracing::info!(listener = %name, listen = ?b.listen, upstream = %b.upstream, "reload: listener changed");
+                tracing::info!(listener = %name, listen = ?b.listen, upstream = ?b.upstream, routes = b.routes.len(), "reload: listener changed");
             }
             _ => continue,
         }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, resolve_servers};
+use crate::router::RouteTable;
 use crate::upstream::Pool;
 
 use super::{ListenerRuntime, Snapshot};
@@ -36,22 +37,27 @@ pub async fn build_snapshot(
     }
     let mut listeners = HashMap::new();
     for (name, l) in &config.listeners {
-        // Validation guarantees the upstream exists; a miss here would be a bug, reported as
-        // a config error rather than a panic.
-        let Some(pool) = pools.get(&l.upstream) else {
-            return Err(ConfigErrors::whole_file(
-                &config.source,
-                format!(
-                    "listeners.{name}.upstream: no upstream named `{}`",
-                    l.upstream
-                ),
-            ));
+        // Validation guarantees every upstream named exists; a miss here would be a bug,
+        // reported as a config error rather than a panic.
+        let pool = |upstream: &str| {
+            pools.get(upstream).map(Arc::clone).ok_or_else(|| {
+                ConfigErrors::whole_file(
+                    &config.source,
+                    format!("listeners.{name}: no upstream named `{upstream}`"),
+                )
+            })
         };
+        let default = l.upstream.as_deref().map(pool).transpose()?;
+        let routes = l
+            .routes
+            .iter()
+            .map(|r| Ok((r.clone(), pool(&r.upstream)?)))
+            .collect::<Result<Vec<_>, ConfigErrors>>()?;
         listeners.insert(
             name.clone(),
             Arc::new(ListenerRuntime {
                 name: Arc::from(name.as_str()),
-                pool: Arc::clone(pool),
+                routes: RouteTable::new(routes, default),
                 settings: l.clone(),
             }),
         );

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::{Config, ListenerConfig};
+use crate::router::RouteTable;
 use crate::upstream::Pool;
 
 pub use build::build_snapshot;
@@ -33,8 +34,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct ListenerRuntime {
     pub name: Arc<str>,
-    /// The listener's default route.
-    pub pool: Arc<Pool>,
+    /// Which pool each request goes to, by host and path; the listener's `upstream` is its
+    /// default.
+    pub routes: RouteTable<Arc<Pool>>,
     /// Timeouts and limits, as validated.
     pub settings: ListenerConfig,
 }

@@ -19,6 +19,7 @@ use crate::balancer::{PickContext, Tried};
 use crate::error::{ProxyError, error_chain};
 use crate::listener::RequestEnd;
 use crate::metrics::{ErrorKind, RetryRefusal};
+use crate::router::strip_path;
 use crate::state::ListenerRuntime;
 
 use super::backend::{Backend, InFlightGuard};
@@ -37,15 +38,24 @@ pub struct Peer {
     pub proto: &'static str,
 }
 
-/// Forwards `req` through `listener`'s pool and returns the response for the client.
+/// Where the router sent a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub listener: &'a ListenerRuntime,
+    pub pool: &'a Pool,
+    /// The route's path prefix, to remove from the path sent upstream.
+    pub strip_prefix: Option<&'a str>,
+}
+
+/// Forwards `req` through the routed pool and returns the response for the client.
 pub async fn forward(
-    listener: &ListenerRuntime,
+    route: Route<'_>,
     trusted_proxies: &[ipnet::IpNet],
     peer: Peer,
     req: Request<Incoming>,
     end: RequestEnd,
 ) -> Response<ProxyBody> {
-    let pool = &listener.pool;
+    let Route { listener, pool, .. } = route;
     let (mut parts, body) = req.into_parts();
     let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
     let request_id = request_id::ensure(&mut parts.headers);
@@ -54,11 +64,7 @@ pub async fn forward(
         log
     });
 
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = upstream_path(&parts, route.strip_prefix);
     let mut attempts = pool.retry.start(&parts.method);
     let slot = RequestBodySlot::new(
         body,
@@ -277,6 +283,22 @@ fn response_for_client(
     }
     remove_hop_by_hop(&mut head.headers);
     Response::from_parts(head, ProxyBody::upstream(body, body_timeout, in_flight))
+}
+
+/// The path and query sent upstream: the client's, less the route's prefix when it strips one.
+fn upstream_path(parts: &Parts, strip_prefix: Option<&str>) -> PathAndQuery {
+    let original = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match strip_prefix {
+        // The stripped text is a suffix of a valid path and query, so it parses again.
+        Some(prefix) => {
+            PathAndQuery::try_from(strip_path(original.as_str(), prefix)).unwrap_or(original)
+        }
+        None => original,
+    }
 }
 
 /// `http://<backend>/<path and query>`: the client connects by the authority and sends the

@@ -21,7 +21,7 @@ mod sticky;
 
 pub use backend::{Backend, BackendLive};
 pub use body::ProxyBody;
-pub use forward::{Peer, forward};
+pub use forward::{Peer, Route, forward};
 pub use latency::LatencyWindow;
 pub use pool::Pool;
 pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};
