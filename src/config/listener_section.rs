@@ -8,11 +8,14 @@ use toml::de::DeValue;
 use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 use super::route_section::routes;
+use super::tls_section::tls;
 
 const LISTENER_KEYS: &[&str] = &[
     "listen",
     "upstream",
     "routes",
+    "tls",
+    "redirect_https",
     "header_timeout",
     "keepalive_timeout",
     "body_timeout",
@@ -65,7 +68,10 @@ pub(super) fn listener(
         Some(v) => routes(r, &join(path, "routes"), v, upstream_names),
         None => Some(Vec::new()),
     };
-    if get(t, "upstream").is_none() && get(t, "routes").is_none() {
+    if get(t, "upstream").is_none()
+        && get(t, "routes").is_none()
+        && get(t, "redirect_https").is_none()
+    {
         r.error(
             path,
             whole.span(),
@@ -125,6 +131,18 @@ pub(super) fn listener(
         None => Some(None),
     };
     let allow_underscores = flag(r, t, path, "allow_underscores_in_headers");
+    let tls = match get(t, "tls") {
+        Some(v) => tls(r, &join(path, "tls"), v).map(Some),
+        None => Some(None),
+    };
+    let redirect_https = flag(r, t, path, "redirect_https");
+    if let (Some(v), Some(Some(_))) = (get(t, "redirect_https"), &tls) {
+        r.error(
+            &join(path, "redirect_https"),
+            v.span(),
+            "a listener with `tls` is already https; redirect_https belongs on a plain one",
+        );
+    }
     let upstream = match get(t, "upstream") {
         Some(_) => Some(upstream?),
         None => None,
@@ -137,6 +155,8 @@ pub(super) fn listener(
             listen,
             upstream,
             routes,
+            tls: tls?,
+            redirect_https: redirect_https?,
             header_timeout,
             keepalive_timeout,
             body_timeout,

@@ -13,6 +13,7 @@ mod reader;
 mod resolve;
 mod retry_section;
 mod route_section;
+mod tls_section;
 mod upstream_section;
 
 use std::path::Path;
@@ -20,9 +21,10 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
-    AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, Config,
+    AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, CertFiles, Config,
     HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, PassiveHealth, RequestLimits,
-    RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig, UpstreamConfig, defaults,
+    RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig, TlsConfig, UpstreamConfig,
+    defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -106,6 +106,10 @@ pub struct ListenerConfig {
     pub upstream: Option<String>,
     /// Routes by host and path prefix, in file order.
     pub routes: Vec<RouteConfig>,
+    /// HTTPS: the certificates served; `None` for plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// A plain listener answers every request with a 308 to the same URL over https.
+    pub redirect_https: bool,
     /// Time allowed for a complete request head, from the first byte of it (or from accept).
     pub header_timeout: Duration,
     /// How long an idle client connection is kept open between requests.
@@ -118,6 +122,24 @@ pub struct ListenerConfig {
     /// Open client connections at most; more wait in the kernel's accept queue.
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
+}
+
+/// A listener's `tls`: the first certificate is the default (clients without SNI, or with a
+/// name no entry lists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certs: Vec<CertFiles>,
+}
+
+/// One certificate chain and its key, as PEM files, and the names it is chosen for by SNI
+/// (exact names or `*.example.com`; empty: only as the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub hosts: Vec<String>,
+    /// Where it is in the file, for errors found when the files are read.
+    pub origin: Origin,
 }
 
 /// One `[[listeners.NAME.routes]]` entry.

@@ -33,6 +33,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The file being read.
+    pub(crate) fn file(&self) -> &'a Path {
+        self.file
+    }
+
     pub(crate) fn origin(&self, key: &str, span: Range<usize>) -> Origin {
         let (line, column) = self.lines.locate(span.start);
         Origin {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -32,6 +33,8 @@ use crate::upstream::{Peer, ProxyBody, Route, forward};
 use super::activity::{ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
 use super::io::{ClientIo, Protocol, sniff};
+use super::sockets::Described;
+use super::tls::ClientStream;
 use super::validate::{self, Verdict};
 
 /// What every connection of one listener shares.
@@ -43,6 +46,8 @@ struct ListenerCtx {
     shutdown: CancellationToken,
     /// Cancelled when the connections still open after the drain timeout are to be closed.
     kill: CancellationToken,
+    /// Every listener's bound addresses (a redirect to https names the https port).
+    described: Described,
     metrics: Arc<ListenerMetrics>,
 }
 
@@ -113,8 +118,10 @@ pub async fn serve_listener(
     limit: ConnectionLimit,
     stops: ListenerStops,
     tracker: TaskTracker,
+    described: Described,
 ) {
     let ctx = Arc::new(ListenerCtx {
+        described,
         metrics: Arc::new(ListenerMetrics::new(&name)),
         name,
         state,
@@ -191,31 +198,58 @@ async fn connection_slot(
 
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
-    let settings = {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
+    let (settings, tls) = {
         let snapshot = ctx.state.load();
         let Some(l) = snapshot.listener(&ctx.name) else {
             return;
         };
-        l.settings.clone()
+        (l.settings.clone(), l.tls.clone())
     };
     let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
-    let sniffed = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
-        sniffed = tokio::time::timeout(header_timeout, sniff(&mut stream)) => sniffed,
+    // The protocol: from ALPN over TLS (the handshake bounded by the header timeout), else
+    // from the first bytes.
+    let opened = async {
+        match tls {
+            Some(config) => {
+                let tls = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(stream)
+                    .await?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let proto = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+                Ok(Some((
+                    ClientStream::Tls(Box::new(tls)),
+                    proto,
+                    BytesMut::new(),
+                )))
+            }
+            None => {
+                let mut stream = stream;
+                Ok(sniff(&mut stream)
+                    .await?
+                    .map(|(proto, prefix)| (ClientStream::Plain(stream), proto, prefix)))
+            }
+        }
     };
-    let (proto, prefix) = match sniffed {
-        Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
+    let opened: std::io::Result<_> = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        opened = tokio::time::timeout(header_timeout, opened) => match opened {
+            Ok(opened) => opened,
+            Err(_) => {
+                tracing::debug!(client = %peer, "no TLS handshake or request within the header timeout");
+                return;
+            }
+        },
+    };
+    let (stream, proto, prefix) = match opened {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(e) => {
             tracing::debug!(client = %peer, error = %e, "client connection failed before a request");
             return;
         }
-        Err(_) => {
-            tracing::debug!(client = %peer, "client sent nothing within the header timeout");
-            return;
-        }
     };
+    let over_tls = matches!(stream, ClientStream::Tls(_));
     let activity = ConnActivity::new();
     let io = TokioIo::new(ClientIo::new(
         stream,
@@ -230,7 +264,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<List
         service_fn(move |req| {
             let ctx = Arc::clone(&ctx);
             let activity = Arc::clone(&activity);
-            async move { Ok::<_, Infallible>(handle(&ctx, &activity, peer, req).await) }
+            async move { Ok::<_, Infallible>(handle(&ctx, &activity, peer, over_tls, req).await) }
         })
     };
     let watchdog = activity.watch(header_timeout, keepalive, proto == Protocol::Http1);
@@ -282,6 +316,7 @@ async fn handle(
     ctx: &ListenerCtx,
     activity: &Arc<ConnActivity>,
     peer: SocketAddr,
+    over_tls: bool,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let end = RequestEnd::new(activity.begin(), Arc::clone(&ctx.metrics));
@@ -294,6 +329,9 @@ async fn handle(
     };
     let (mut parts, body) = req.into_parts();
     let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        Verdict::Forward if listener.settings.redirect_https => {
+            super::redirect::to_https(&parts, &snapshot, &ctx.described.load())
+        }
         Verdict::Forward => {
             let host = parts
                 .uri
@@ -303,7 +341,7 @@ async fn handle(
                 Some(target) => {
                     let peer = Peer {
                         addr: peer,
-                        proto: "http",
+                        proto: if over_tls { "https" } else { "http" },
                     };
                     let req = Request::from_parts(parts, body);
                     let route = Route {

@@ -20,6 +20,7 @@ use crate::idle_timer::IdleTimer;
 
 use super::activity::ConnActivity;
 use super::head_scan::HeadScan;
+use super::tls::ClientStream;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -53,7 +54,7 @@ pub(super) async fn sniff(stream: &mut TcpStream) -> io::Result<Option<(Protocol
 #[derive(Debug)]
 pub(super) struct ClientIo {
     prefix: BytesMut,
-    inner: TcpStream,
+    inner: ClientStream,
     activity: Arc<ConnActivity>,
     http1: bool,
     scan: HeadScan,
@@ -63,7 +64,7 @@ pub(super) struct ClientIo {
 
 impl ClientIo {
     pub(super) fn new(
-        inner: TcpStream,
+        inner: ClientStream,
         prefix: BytesMut,
         activity: Arc<ConnActivity>,
         protocol: Protocol,

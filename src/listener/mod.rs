@@ -5,13 +5,17 @@
 
 mod activity;
 mod bind;
+mod cert_dates;
 mod head_scan;
 mod http;
 mod io;
+mod redirect;
 mod sockets;
+mod tls;
 mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity, RequestEnd};
 pub use bind::bind;
 pub use http::{ConnectionLimit, ListenerStops, serve_listener};
-pub use sockets::{BindError, ListenerSet, ListenerSockets, Plan};
+pub use sockets::{BindError, Described, ListenerSet, ListenerSockets, Plan};
+pub use tls::server_config as tls_server_config;

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,7 +42,12 @@ pub struct ListenerSet {
     accept_loops: TaskTracker,
     sockets: Vec<Running>,
     groups: HashMap<String, Group>,
+    /// What `describe` says, kept current for `/status` and for redirects to the https port.
+    described: Described,
 }
+
+/// The listeners with their bound addresses, as last applied.
+pub type Described = Arc<ArcSwap<Vec<ListenerSockets>>>;
 
 /// One listen socket of one listener.
 #[derive(Debug)]
@@ -106,7 +112,13 @@ impl ListenerSet {
             accept_loops: TaskTracker::new(),
             sockets: Vec::new(),
             groups: HashMap::new(),
+            described: Arc::new(ArcSwap::from_pointee(Vec::new())),
         }
+    }
+
+    /// The listeners and their bound addresses, updated by every `apply`.
+    pub fn described(&self) -> Described {
+        Arc::clone(&self.described)
     }
 
     /// Binds every address `config` has that is not already listening; nothing else changes.
@@ -202,6 +214,7 @@ impl ListenerSet {
                     kill: group.kill.clone(),
                 },
                 self.connections.clone(),
+                Arc::clone(&self.described),
             ));
             self.sockets.push(Running {
                 listener: w.listener,
@@ -210,10 +223,11 @@ impl ListenerSet {
                 accept_stop,
             });
         }
+        self.described.store(Arc::new(self.describe()));
     }
 
     /// Every listener with its bound addresses, in name order.
-    pub fn describe(&self) -> Vec<ListenerSockets> {
+    fn describe(&self) -> Vec<ListenerSockets> {
         let mut out: Vec<ListenerSockets> = self
             .groups
             .iter()

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, serve_admin};
 use crate::config::{Config, ConfigErrors};
-use crate::listener::{BindError, ListenerSet, ListenerSockets, Plan, bind};
+use crate::listener::{BindError, ListenerSet, Plan, bind};
 use crate::state::{SharedState, build_snapshot};
 
 pub use signals::{Control, PidFile, Signals, send_to_pid_file, signal_for};
@@ -50,8 +50,7 @@ pub struct Server {
     /// Stops the health-check tasks of the current snapshot (a reload restarts them).
     checks: CancellationToken,
     admin: Option<(TcpListener, AdminState)>,
-    /// What `/status` shows of the listeners; updated by reloads.
-    described: Arc<ArcSwap<Vec<ListenerSockets>>>,
+
     pid_file: Option<PidFile>,
 }
 
@@ -66,7 +65,7 @@ impl Server {
         let connections = TaskTracker::new();
         let listeners = ListenerSet::new(Arc::clone(&state), stop.clone(), connections.clone());
         let first_plan = listeners.plan(&config)?;
-        let described = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let described = listeners.described();
         let admin = match &config.admin {
             Some(a) => {
                 let socket = bind(a.listen).map_err(|source| BindError {
@@ -105,7 +104,6 @@ impl Server {
             stop,
             connections,
             admin,
-            described,
             pid_file,
         })
     }
@@ -155,7 +153,6 @@ impl Server {
         if let Some(plan) = self.first_plan.take() {
             self.listeners.apply(plan, self.config.drain_timeout);
         }
-        self.described.store(Arc::new(self.listeners.describe()));
         crate::health::spawn_checks(self.state.load().pools.values(), &self.checks);
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
         let admin_loop = TaskTracker::new();

@@ -59,7 +59,6 @@ impl Server {
         let new_config = Arc::clone(&snapshot.config);
         let old = self.state.swap(Arc::new(snapshot));
         self.listeners.apply(plan, new_config.drain_timeout);
-        self.described.store(Arc::new(self.listeners.describe()));
         // The checks restart on the new backends; their rise/fall state is in the backends'
         // live state, carried over for every unchanged address.
         self.checks.cancel();

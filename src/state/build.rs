@@ -48,6 +48,11 @@ pub async fn build_snapshot(
             })
         };
         let default = l.upstream.as_deref().map(pool).transpose()?;
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| crate::listener::tls_server_config(t, &config.source))
+            .transpose()?;
         let routes = l
             .routes
             .iter()
@@ -59,6 +64,7 @@ pub async fn build_snapshot(
                 name: Arc::from(name.as_str()),
                 routes: RouteTable::new(routes, default),
                 settings: l.clone(),
+                tls,
             }),
         );
     }

@@ -39,6 +39,8 @@ pub struct ListenerRuntime {
     pub routes: RouteTable<Arc<Pool>>,
     /// Timeouts and limits, as validated.
     pub settings: ListenerConfig,
+    /// For an https listener: its certificates, read when this snapshot was built.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Snapshot {

@@ -141,7 +141,7 @@ pub async fn forward(
                 let mut resp = response_for_client(resp, pool.timeouts.body, in_flight);
                 if let Some(sticky) = &pool.sticky
                     && pinned != Some(index)
-                    && let Some(cookie) = sticky.set_cookie(index)
+                    && let Some(cookie) = sticky.set_cookie(index, peer.proto == "https")
                 {
                     // New client, or its backend could not take it: pin it to this one.
                     resp.headers_mut()

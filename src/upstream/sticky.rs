@@ -27,8 +27,10 @@ pub struct Sticky {
     cookie: String,
     /// Backend index by id.
     by_id: HashMap<String, usize>,
-    /// The `Set-Cookie` value for each backend, made once.
+    /// The `Set-Cookie` value for each backend, made once: as configured, and with `Secure`
+    /// for requests that came over TLS.
     set_cookie: Vec<HeaderValue>,
+    set_cookie_secure: Vec<HeaderValue>,
 }
 
 impl Sticky {
@@ -40,15 +42,22 @@ impl Sticky {
         );
         let mut by_id = HashMap::new();
         let mut set_cookie = Vec::new();
+        let mut set_cookie_secure = Vec::new();
+        let secure = StickyConfig {
+            secure: true,
+            ..config.clone()
+        };
         for (i, addr) in addrs.into_iter().enumerate() {
             let id = backend_id(&key, addr);
             set_cookie.push(set_cookie_value(config, &id));
+            set_cookie_secure.push(set_cookie_value(&secure, &id));
             by_id.insert(id, i);
         }
         Sticky {
             cookie: config.cookie.clone(),
             by_id,
             set_cookie,
+            set_cookie_secure,
         }
     }
 
@@ -64,9 +73,14 @@ impl Sticky {
             .copied()
     }
 
-    /// The `Set-Cookie` header that pins a client to backend `index`.
-    pub fn set_cookie(&self, index: usize) -> Option<&HeaderValue> {
-        self.set_cookie.get(index)
+    /// The `Set-Cookie` header that pins a client to backend `index`; over TLS it always
+    /// carries `Secure`, so the cookie never leaves the encrypted connection.
+    pub fn set_cookie(&self, index: usize, over_tls: bool) -> Option<&HeaderValue> {
+        if over_tls {
+            self.set_cookie_secure.get(index)
+        } else {
+            self.set_cookie.get(index)
+        }
     }
 }
 
@@ -126,7 +140,7 @@ mod tests {
         let a = Sticky::new(&config(None), addrs(&["10.0.0.1:3000", "10.0.0.2:3000"]));
         let b = Sticky::new(&config(None), addrs(&["10.0.0.2:3000", "10.0.0.1:3000"]));
         let cookie = a
-            .set_cookie(0)
+            .set_cookie(0, false)
             .expect("cookie")
             .to_str()
             .expect("text")
@@ -155,7 +169,7 @@ mod tests {
         );
         let value = |s: &Sticky| {
             let c = s
-                .set_cookie(0)
+                .set_cookie(0, false)
                 .expect("cookie")
                 .to_str()
                 .expect("text")
