@@ -30,6 +30,7 @@ pub mod defaults {
     /// the backend does and rarely meets one that the backend has just closed.
     pub const UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
     pub const UPSTREAM_KEEPALIVE_CONNECTIONS: usize = 32;
+    pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const MAX_WEIGHT: u32 = 1_000_000;
     pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
     /// Request line plus headers, like HAProxy's default buffer.
@@ -227,6 +228,8 @@ pub struct UpstreamConfig {
     pub body_timeout: Duration,
     /// Idle pooled connections to a backend are closed after this long.
     pub keepalive_timeout: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
     /// Idle pooled connections kept per backend.
     pub keepalive_connections: usize,
     /// Sticky sessions by cookie, on top of the balancing policy.

@@ -30,6 +30,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "body_timeout",
     "keepalive_timeout",
     "keepalive_connections",
+    "websocket_idle_timeout",
 ];
 const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down"];
 
@@ -62,6 +63,13 @@ pub(super) fn upstream(
         path,
         "keepalive_timeout",
         defaults::UPSTREAM_KEEPALIVE_TIMEOUT,
+    );
+    let websocket_idle_timeout = duration_or(
+        r,
+        t,
+        path,
+        "websocket_idle_timeout",
+        defaults::WEBSOCKET_IDLE_TIMEOUT,
     );
     let keepalive_connections = match get(t, "keepalive_connections") {
         Some(v) => r
@@ -116,6 +124,7 @@ pub(super) fn upstream(
         response_timeout,
         body_timeout,
         keepalive_timeout,
+        websocket_idle_timeout,
         keepalive_connections: keepalive_connections?,
         sticky: sticky?,
         health_check: health_check?,

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +18,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -280,12 +280,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Listener
                 // Only when changed: hyper then parses headers on the heap, a little slower.
                 builder.max_headers(settings.limits.max_headers);
             }
-            let conn = builder.serve_connection(io, service);
-            drive(conn, watchdog, &ctx, peer).await;
+            // With upgrades: a WebSocket's connection leaves hyper for its tunnel.
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), watchdog, &ctx, peer).await;
         }
         Protocol::Http2 => {
             let conn = http2_builder(&settings).serve_connection(io, service);
-            drive(conn, watchdog, &ctx, peer).await;
+            drive(conn, |c| c.graceful_shutdown(), watchdog, &ctx, peer).await;
         }
     }
 }
@@ -376,14 +377,15 @@ async fn handle(
 
 /// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at
 /// once when a request head times out.
-async fn drive<C>(
+async fn drive<C, E>(
     conn: C,
+    graceful: fn(Pin<&mut C>),
     watchdog: impl Future<Output = Expiry>,
     ctx: &ListenerCtx,
     peer: SocketAddr,
 ) where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     tokio::pin!(conn);
     tokio::pin!(watchdog);
@@ -397,7 +399,7 @@ async fn drive<C>(
                 return;
             }
             _ = ctx.shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 closing = true;
             }
             _ = ctx.kill.cancelled() => {
@@ -406,7 +408,7 @@ async fn drive<C>(
             }
             expiry = &mut watchdog, if !closing => match expiry {
                 Expiry::Idle => {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     closing = true;
                 }
                 Expiry::HeaderTimeout => {

@@ -12,6 +12,7 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
@@ -28,7 +29,7 @@ use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
 use super::pool::Pool;
 use super::request_body::{ClientBodyFailure, RequestBodySlot};
 use super::retry::Failure;
-use super::{hash_key, request_id};
+use super::{hash_key, request_id, tunnel};
 
 /// Everything about the client connection a request needs.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +58,16 @@ pub async fn forward(
 ) -> Response<ProxyBody> {
     let Route { listener, pool, .. } = route;
     let (mut parts, body) = req.into_parts();
+    // A WebSocket keeps its upgrade headers, and the client side of the switch for later.
+    let mut client_upgrade = if tunnel::requested(&parts) {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
     let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
+    if client_upgrade.is_some() {
+        tunnel::restore_upgrade_headers(&mut parts.headers);
+    }
     let request_id = request_id::ensure(&mut parts.headers);
     let mut log = AccessRecord::start(&listener.name, client_ip, &parts).map(|mut log| {
         log.request_id = Some(request_id);
@@ -115,14 +125,16 @@ pub async fn forward(
         let sent = Instant::now();
         let timeout = attempts.begin(pool.timeouts.response);
         match tokio::time::timeout(timeout, pool.client.request(upstream_req)).await {
-            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                // rproxy forwards no Upgrade, so a switch was never asked for.
+            Ok(Ok(resp))
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() =>
+            {
+                // Only a WebSocket's Upgrade is forwarded, so this switch was never asked for.
                 backend.live.record_failure();
                 backend.metrics.error(ErrorKind::Protocol);
                 tracing::warn!(upstream = %pool.name, backend = %backend.addr, "backend switched protocols unasked; answering 502");
                 break Err(ProxyError::InvalidUpstreamResponse);
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 let time_to_head = sent.elapsed();
                 let status = resp.status().as_u16();
                 if pool.passive.fail_on_status.contains(&status) {
@@ -138,7 +150,20 @@ pub async fn forward(
                     log.backend = Some(backend.addr);
                     log.upstream_time = Some(time_to_head);
                 }
-                let mut resp = response_for_client(resp, pool.timeouts.body, in_flight);
+                let mut resp = match client_upgrade.take() {
+                    Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let backend_side = hyper::upgrade::on(&mut resp);
+                        tunnel::spawn(
+                            client_side,
+                            backend_side,
+                            pool.timeouts.websocket_idle,
+                            in_flight,
+                            backend.label.clone(),
+                        );
+                        switched_for_client(resp)
+                    }
+                    _ => response_for_client(resp, pool.timeouts.body, in_flight),
+                };
                 if let Some(sticky) = &pool.sticky
                     && pinned != Some(index)
                     && let Some(cookie) = sticky.set_cookie(index, peer.proto == "https")
@@ -299,6 +324,15 @@ fn upstream_path(parts: &Parts, strip_prefix: Option<&str>) -> PathAndQuery {
         }
         None => original,
     }
+}
+
+/// The backend's `101` as the client gets it: its headers (hop-by-hop ones replaced by the
+/// upgrade's own) and no body; the bytes that follow go through the tunnel.
+fn switched_for_client(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut head, _) = resp.into_parts();
+    remove_hop_by_hop(&mut head.headers);
+    tunnel::restore_upgrade_headers(&mut head.headers);
+    Response::from_parts(head, ProxyBody::local(bytes::Bytes::new()))
 }
 
 /// `http://<backend>/<path and query>`: the client connects by the authority and sends the

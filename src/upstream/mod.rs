@@ -18,6 +18,7 @@ mod request_id;
 mod retry;
 mod slow_start;
 mod sticky;
+mod tunnel;
 
 pub use backend::{Backend, BackendLive};
 pub use body::ProxyBody;

@@ -28,6 +28,8 @@ use super::sticky::Sticky;
 pub struct PoolTimeouts {
     pub response: Duration,
     pub body: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub websocket_idle: Duration,
 }
 
 #[derive(Debug)]
@@ -155,6 +157,7 @@ impl Pool {
             timeouts: PoolTimeouts {
                 response: config.response_timeout,
                 body: config.body_timeout,
+                websocket_idle: config.websocket_idle_timeout,
             },
         }
     }

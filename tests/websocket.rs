@@ -1,0 +1,119 @@
+//! WebSockets through the real binary (tokio-tungstenite on both ends): messages both ways,
+//! the tunnel pinned by the sticky cookie set on the 101, unharmed by a SIGHUP, and closed
+//! after `websocket_idle_timeout` without traffic.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use common::*;
+
+/// A WebSocket backend that answers each text message with `NAME: message`.
+async fn echo_backend(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(text) = msg
+                        && ws
+                            .send(Message::text(format!("{name}: {text}")))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends `text` and returns the answer.
+async fn round_trip(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.expect("send");
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(Message::Text(answer)))) => answer.to_string(),
+        other => panic!("no answer to {text:?}: {other:?}"),
+    }
+}
+
+fn config(a: SocketAddr, b: SocketAddr, weight: u32) -> String {
+    format!(
+        "{}websocket_idle_timeout = \"1s\"\n[upstreams.app.sticky]\ncookie = \"route\"\n",
+        config_with(
+            &format!(r#"{{ addr = "{a}", weight = {weight} }}, "{b}""#),
+            ""
+        )
+    )
+}
+
+#[tokio::test]
+async fn a_websocket_is_sticky_survives_a_reload_and_closes_when_idle() {
+    let (one, two) = (echo_backend("one").await, echo_backend("two").await);
+    let proxy = Proxy::start(&config(one, two, 1));
+    let url = format!("ws://{}/chat", proxy.addr());
+
+    let (mut ws, resp) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket through rproxy");
+    assert_eq!(resp.status(), 101);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("cookie")
+        .to_string();
+    let answer = round_trip(&mut ws, "hello").await;
+    let first = answer.split(':').next().expect("name").to_string();
+    assert!(answer == format!("{first}: hello"), "{answer}");
+
+    // With the cookie, every new WebSocket reaches the same backend.
+    for i in 0..4 {
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("header"));
+        let (mut pinned, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("pinned websocket");
+        assert_eq!(
+            round_trip(&mut pinned, &format!("m{i}")).await,
+            format!("{first}: m{i}")
+        );
+    }
+
+    // A reload (a weight change) leaves the open tunnel alone.
+    std::fs::write(&proxy.config_path, config(one, two, 3)).expect("write");
+    proxy.signal("HUP");
+    proxy.wait_for_log(&["configuration reloaded"]).await;
+    assert_eq!(
+        round_trip(&mut ws, "after reload").await,
+        format!("{first}: after reload")
+    );
+
+    // Then silence: after websocket_idle_timeout (1s) rproxy closes the tunnel.
+    let closed = tokio::time::timeout(DEADLINE, ws.next()).await;
+    assert!(
+        matches!(
+            closed,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_))))
+        ),
+        "{closed:?}"
+    );
+    proxy.wait_for_log(&["websocket idle"]).await;
+}
