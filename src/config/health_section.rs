@@ -128,6 +128,8 @@ fn http_check(r: &mut Reader<'_>, path: &str, t: &Table<'_>) -> Option<HttpCheck
         expect_body: expect_body?,
         host: host?,
         headers: headers?,
+        // Set by the upstream section, which knows whether the pool speaks HTTP/2.
+        h2: false,
     })
 }
 

@@ -230,6 +230,8 @@ pub struct UpstreamConfig {
     pub keepalive_timeout: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub websocket_idle_timeout: Duration,
+    /// Speak HTTP/2 (cleartext, prior knowledge) to the backends, for gRPC-style services.
+    pub h2: bool,
     /// Idle pooled connections kept per backend.
     pub keepalive_connections: usize,
     /// Sticky sessions by cookie, on top of the balancing policy.
@@ -292,6 +294,8 @@ pub struct HttpCheck {
     pub expect_body: Option<String>,
     /// `Host` sent with the check; the backend's address when unset.
     pub host: Option<String>,
+    /// Over HTTP/2, as the pool's requests are (`h2 = true` on the upstream).
+    pub h2: bool,
     /// Other headers sent with the check.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }

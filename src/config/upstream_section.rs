@@ -31,6 +31,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "keepalive_timeout",
     "keepalive_connections",
     "websocket_idle_timeout",
+    "h2",
 ];
 const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down"];
 
@@ -81,8 +82,14 @@ pub(super) fn upstream(
         Some(v) => sticky(r, &join(path, "sticky"), v).map(Some),
         None => Some(None),
     };
+    let h2 = flag(r, t, path, "h2");
     let health_check = match get(t, "health_check") {
-        Some(v) => health_check(r, &join(path, "health_check"), v).map(Some),
+        Some(v) => health_check(r, &join(path, "health_check"), v).map(|mut check| {
+            if let Some(http) = &mut check.http {
+                http.h2 = h2 == Some(true);
+            }
+            Some(check)
+        }),
         None => Some(None),
     };
     let max_fails = match get(t, "max_fails") {
@@ -125,6 +132,7 @@ pub(super) fn upstream(
         body_timeout,
         keepalive_timeout,
         websocket_idle_timeout,
+        h2: h2?,
         keepalive_connections: keepalive_connections?,
         sticky: sticky?,
         health_check: health_check?,

@@ -31,7 +31,21 @@ pub(super) async fn probe(addr: SocketAddr, config: &HealthCheckConfig) -> Resul
 }
 
 async fn http_probe(stream: TcpStream, addr: SocketAddr, http: &HttpCheck) -> Result<(), String> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if http.h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "health check connection ended with an error");
+            }
+        });
+        return check_answer(sender, addr, http).await;
+    }
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
@@ -39,18 +53,59 @@ async fn http_probe(stream: TcpStream, addr: SocketAddr, http: &HttpCheck) -> Re
             tracing::debug!(error = %e, "health check connection ended with an error");
         }
     });
+    check_answer(sender, addr, http).await
+}
+
+/// Either protocol's request sender: one GET, the answer checked.
+trait CheckSender {
+    fn send(
+        &mut self,
+        req: Request<Empty<Bytes>>,
+    ) -> impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send;
+}
+
+impl CheckSender for hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    fn send(
+        &mut self,
+        req: Request<Empty<Bytes>>,
+    ) -> impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send {
+        self.send_request(req)
+    }
+}
+
+impl CheckSender for hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    fn send(
+        &mut self,
+        req: Request<Empty<Bytes>>,
+    ) -> impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send {
+        self.send_request(req)
+    }
+}
+
+async fn check_answer(
+    mut sender: impl CheckSender,
+    addr: SocketAddr,
+    http: &HttpCheck,
+) -> Result<(), String> {
     let host = http.host.clone().unwrap_or_else(|| addr.to_string());
-    let mut req = Request::get(http.path.as_str())
-        .header(header::HOST, host)
-        .header(header::USER_AGENT, "rproxy-health-check")
-        .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
+    let mut req = if http.h2 {
+        // HTTP/2 takes the host in the URI (`:authority`) and has no `Connection` header.
+        Request::get(format!("http://{host}{}", http.path))
+            .header(header::USER_AGENT, "rproxy-health-check")
+            .body(Empty::<Bytes>::new())
+    } else {
+        Request::get(http.path.as_str())
+            .header(header::HOST, host)
+            .header(header::USER_AGENT, "rproxy-health-check")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+    }
+    .map_err(|e| format!("request: {e}"))?;
     for (name, value) in &http.headers {
         req.headers_mut().insert(name.clone(), value.clone());
     }
     let resp = sender
-        .send_request(req)
+        .send(req)
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();

@@ -31,6 +31,7 @@ pub(crate) fn build_client(config: &UpstreamConfig) -> UpstreamClient {
     connector.set_nodelay(true);
     connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
     Client::builder(TokioExecutor::new())
+        .http2_only(config.h2)
         .pool_idle_timeout(config.keepalive_timeout)
         .pool_max_idle_per_host(config.keepalive_connections)
         // Without a timer, idle connections are only dropped when next checked out.

@@ -59,12 +59,20 @@ pub async fn forward(
     let Route { listener, pool, .. } = route;
     let (mut parts, body) = req.into_parts();
     // A WebSocket keeps its upgrade headers, and the client side of the switch for later.
-    let mut client_upgrade = if tunnel::requested(&parts) {
+    let mut client_upgrade = if !pool.h2 && tunnel::requested(&parts) {
         parts.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
+    // gRPC needs `te: trailers` to reach an HTTP/2 backend; it is hop-by-hop, so it is
+    // removed with the others and put back for such a pool.
+    let te_trailers = pool.h2 && asks_for_trailers(&parts.headers);
     let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
     if client_upgrade.is_some() {
         tunnel::restore_upgrade_headers(&mut parts.headers);
     }
@@ -117,7 +125,11 @@ pub async fn forward(
 
         let mut upstream_req = Request::new(slot.attempt());
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.version_mut() = if pool.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         *upstream_req.uri_mut() = backend_uri(backend.authority.clone(), path.clone());
         *upstream_req.headers_mut() = parts.headers.clone();
 
@@ -324,6 +336,16 @@ fn upstream_path(parts: &Parts, strip_prefix: Option<&str>) -> PathAndQuery {
         }
         None => original,
     }
+}
+
+/// Whether the client's `TE` lists `trailers`.
+fn asks_for_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The backend's `101` as the client gets it: its headers (hop-by-hop ones replaced by the

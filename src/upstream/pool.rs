@@ -63,6 +63,8 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// When a failed request goes to another backend, and the budget for that.
     pub(crate) retry: RetryRules,
+    /// Requests go to the backends over HTTP/2.
+    pub h2: bool,
 }
 
 impl Pool {
@@ -150,6 +152,7 @@ impl Pool {
             failing_open: AtomicBool::new(false),
             slow_start: config.slow_start,
             retry: RetryRules::new(&config.retry),
+            h2: config.h2,
             hash_key: match &config.balance {
                 BalancePolicy::Hash { key, .. } => Some(key.clone()),
                 _ => None,
@@ -281,6 +284,7 @@ impl Shape {
 /// and its pooled connections.
 #[derive(Debug, PartialEq)]
 struct ClientSettings {
+    h2: bool,
     connect: Duration,
     keepalive: Duration,
     idle_per_backend: usize,
@@ -289,6 +293,7 @@ struct ClientSettings {
 impl ClientSettings {
     fn of(config: &UpstreamConfig) -> Self {
         ClientSettings {
+            h2: config.h2,
             connect: config.connect_timeout,
             keepalive: config.keepalive_timeout,
             idle_per_backend: config.keepalive_connections,
