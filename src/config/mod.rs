@@ -21,10 +21,10 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
-    AccessFormat, AccessTarget, AdminConfig, BalanceFactor, BalancePolicy, CertFiles, Config,
-    HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin, PassiveHealth, RequestLimits,
-    RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig, TlsConfig, UpstreamConfig,
-    defaults,
+    AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,
+    CertFiles, Config, HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin,
+    PassiveHealth, RequestLimits, RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig,
+    TlsConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -143,6 +143,21 @@ pub struct CertFiles {
     pub origin: Origin,
 }
 
+/// An upstream's `tls`: how its backends are reached over TLS and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    /// PEM CA certificates to verify backends with; the system bundle when unset.
+    pub ca: Option<PathBuf>,
+    /// The name backend certificates must carry; the backend's IP address when unset.
+    pub server_name: Option<String>,
+    /// Accept any backend certificate (warned about at every load).
+    pub insecure_skip_verify: bool,
+    /// A client certificate and key for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub origin: Origin,
+}
+
 /// One `[[listeners.NAME.routes]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
@@ -230,8 +245,10 @@ pub struct UpstreamConfig {
     pub keepalive_timeout: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub websocket_idle_timeout: Duration,
-    /// Speak HTTP/2 (cleartext, prior knowledge) to the backends, for gRPC-style services.
+    /// Speak HTTP/2 to the backends, for gRPC-style services (prior knowledge, or ALPN over TLS).
     pub h2: bool,
+    /// TLS to the backends.
+    pub tls: Option<BackendTlsConfig>,
     /// Idle pooled connections kept per backend.
     pub keepalive_connections: usize,
     /// Sticky sessions by cookie, on top of the balancing policy.

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::model::{CertFiles, TlsConfig};
-use super::reader::{Reader, Value, get, join};
+use super::model::{BackendTlsConfig, CertFiles, TlsConfig};
+use super::reader::{Reader, Value, flag, get, join};
 
 const TLS_KEYS: &[&str] = &["cert", "key", "certs"];
 const CERT_KEYS: &[&str] = &["cert", "key", "hosts"];
@@ -108,4 +108,50 @@ fn relative_to(file: &Path, text: &str) -> PathBuf {
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path.to_path_buf(),
     }
+}
+
+const BACKEND_TLS_KEYS: &[&str] = &[
+    "ca",
+    "server_name",
+    "insecure_skip_verify",
+    "client_cert",
+    "client_key",
+];
+
+/// An upstream's `tls = { ca = "...", server_name = "..." }`.
+pub(super) fn backend_tls(
+    r: &mut Reader<'_>,
+    key: &str,
+    v: &Value<'_>,
+) -> Option<BackendTlsConfig> {
+    let t = r.table(v, key)?;
+    r.check_keys(t, key, BACKEND_TLS_KEYS);
+    let file = r.file();
+    let mut path = |name: &str| match get(t, name) {
+        Some(p) => r
+            .string(p, &join(key, name))
+            .map(|text| Some(relative_to(file, text))),
+        None => Some(None),
+    };
+    let ca = path("ca");
+    let client_cert = path("client_cert");
+    let client_key = path("client_key");
+    let server_name = match get(t, "server_name") {
+        Some(n) => r
+            .string(n, &join(key, "server_name"))
+            .map(|s| Some(s.to_string())),
+        None => Some(None),
+    };
+    let insecure_skip_verify = flag(r, t, key, "insecure_skip_verify");
+    if get(t, "client_cert").is_some() != get(t, "client_key").is_some() {
+        r.error(key, v.span(), "client_cert and client_key go together");
+    }
+    Some(BackendTlsConfig {
+        ca: ca?,
+        server_name: server_name?,
+        insecure_skip_verify: insecure_skip_verify?,
+        client_cert: client_cert?,
+        client_key: client_key?,
+        origin: r.origin(key, v.span()),
+    })
 }

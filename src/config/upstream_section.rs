@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 use super::retry_section::{RETRY_KEYS, retry_policy, slow_start};
+use super::tls_section::backend_tls;
 
 const UPSTREAM_KEYS: &[&str] = &[
     "balance",
@@ -32,6 +33,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "keepalive_connections",
     "websocket_idle_timeout",
     "h2",
+    "tls",
 ];
 const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down"];
 
@@ -83,6 +85,10 @@ pub(super) fn upstream(
         None => Some(None),
     };
     let h2 = flag(r, t, path, "h2");
+    let tls = match get(t, "tls") {
+        Some(v) => backend_tls(r, &join(path, "tls"), v).map(Some),
+        None => Some(None),
+    };
     let health_check = match get(t, "health_check") {
         Some(v) => health_check(r, &join(path, "health_check"), v).map(|mut check| {
             if let Some(http) = &mut check.http {
@@ -133,6 +139,7 @@ pub(super) fn upstream(
         keepalive_timeout,
         websocket_idle_timeout,
         h2: h2?,
+        tls: tls?,
         keepalive_connections: keepalive_connections?,
         sticky: sticky?,
         health_check: health_check?,

@@ -10,16 +10,31 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConfig, HttpCheck};
+use crate::upstream::{BackendStream, BackendTls};
+use tokio_util::either::Either;
 
 /// How much of a body `expect_body` searches.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// `Ok` when the backend passes; otherwise why not, for the log.
-pub(super) async fn probe(addr: SocketAddr, config: &HealthCheckConfig) -> Result<(), String> {
+/// `Ok` when the backend passes; otherwise why not, for the log. With `tls` (the pool's TLS
+/// to its backends) the check completes a verified handshake first, so a backend with a bad
+/// certificate fails its checks.
+pub(super) async fn probe(
+    addr: SocketAddr,
+    config: &HealthCheckConfig,
+    tls: Option<&BackendTls>,
+) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        let stream = match tls {
+            Some(tls) => tls
+                .connect(addr.ip(), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?,
+            None => Either::Left(tcp),
+        };
         match &config.http {
             None => Ok(()),
             Some(http) => http_probe(stream, addr, http).await,
@@ -30,7 +45,11 @@ pub(super) async fn probe(addr: SocketAddr, config: &HealthCheckConfig) -> Resul
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
 }
 
-async fn http_probe(stream: TcpStream, addr: SocketAddr, http: &HttpCheck) -> Result<(), String> {
+async fn http_probe(
+    stream: BackendStream,
+    addr: SocketAddr,
+    http: &HttpCheck,
+) -> Result<(), String> {
     if http.h2 {
         let (sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthCheckConfig;
-use crate::upstream::{Backend, Pool};
+use crate::upstream::{Backend, BackendTls, Pool};
 
 use super::check::probe;
 use super::state::HealthMachine;
@@ -33,6 +33,7 @@ pub fn spawn_checks<'p>(pools: impl IntoIterator<Item = &'p Arc<Pool>>, stop: &C
                 Arc::clone(&pool.name),
                 Arc::clone(backend),
                 config.clone(),
+                pool.tls.clone(),
                 stop.clone(),
             ));
         }
@@ -43,6 +44,7 @@ async fn check_loop(
     upstream: Arc<str>,
     backend: Arc<Backend>,
     config: HealthCheckConfig,
+    tls: Option<Arc<BackendTls>>,
     stop: CancellationToken,
 ) {
     let healthy = {
@@ -63,7 +65,7 @@ async fn check_loop(
             _ = tokio::time::sleep(wait) => {}
         }
         let began = tokio::time::Instant::now();
-        let result = probe(backend.addr, &config).await;
+        let result = probe(backend.addr, &config, tls.as_deref()).await;
         // Checks start every interval (HAProxy's `inter`), however long one took: a backend
         // whose checks time out is judged as fast as one that refuses.
         wait = (config.interval

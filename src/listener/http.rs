@@ -20,6 +20,7 @@ use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +35,6 @@ use super::activity::{ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
 use super::io::{ClientIo, Protocol, sniff};
 use super::sockets::Described;
-use super::tls::ClientStream;
 use super::validate::{self, Verdict};
 
 /// What every connection of one listener shares.
@@ -217,17 +217,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Listener
                     .await?;
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let proto = if h2 { Protocol::Http2 } else { Protocol::Http1 };
-                Ok(Some((
-                    ClientStream::Tls(Box::new(tls)),
-                    proto,
-                    BytesMut::new(),
-                )))
+                Ok(Some((Either::Right(Box::new(tls)), proto, BytesMut::new())))
             }
             None => {
                 let mut stream = stream;
                 Ok(sniff(&mut stream)
                     .await?
-                    .map(|(proto, prefix)| (ClientStream::Plain(stream), proto, prefix)))
+                    .map(|(proto, prefix)| (Either::Left(stream), proto, prefix)))
             }
         }
     };
@@ -249,7 +245,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Listener
             return;
         }
     };
-    let over_tls = matches!(stream, ClientStream::Tls(_));
+    let over_tls = matches!(stream, Either::Right(_));
     let activity = ConnActivity::new();
     let io = TokioIo::new(ClientIo::new(
         stream,

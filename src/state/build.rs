@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, resolve_servers};
 use crate::router::RouteTable;
-use crate::upstream::Pool;
+use crate::upstream::{BackendTls, Pool};
 
 use super::{ListenerRuntime, Snapshot};
 
@@ -26,8 +26,21 @@ pub async fn build_snapshot(
                 if servers.iter().all(|s| s.config.down) {
                     tracing::warn!(upstream = %name, "every server of this upstream is marked down: its requests get 503");
                 }
+                let tls = match &upstream.tls {
+                    Some(t) => match BackendTls::load(t, name, upstream.h2, &config.source) {
+                        Ok(tls) => Some(Arc::new(tls)),
+                        Err(e) => {
+                            errors.extend(e.0);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let before = previous.and_then(|p| p.pools.get(name)).map(|p| &**p);
-                pools.insert(name.clone(), Arc::new(Pool::new(upstream, servers, before)));
+                pools.insert(
+                    name.clone(),
+                    Arc::new(Pool::new(upstream, servers, before, tls)),
+                );
             }
             Err(e) => errors.extend(e.0),
         }

@@ -17,7 +17,8 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use super::backend_tls::{BackendStream, negotiated_h2};
 
 const READ_BUDGET: usize = 64 * 1024;
 
@@ -25,14 +26,17 @@ const READ_BUDGET: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct UpstreamIo {
     io: TokioIo<Fair>,
+    /// ALPN chose HTTP/2 (TLS backends of an `h2` pool).
+    h2: bool,
 }
 
 impl UpstreamIo {
-    /// Wraps a connection made by hyper-util's `HttpConnector`.
-    pub(crate) fn new(connected: TokioIo<TcpStream>) -> Self {
+    /// Wraps a connection to a backend, plain or TLS.
+    pub(crate) fn new(stream: BackendStream) -> Self {
         UpstreamIo {
+            h2: negotiated_h2(&stream),
             io: TokioIo::new(Fair {
-                inner: connected.into_inner(),
+                inner: stream,
                 read_this_poll: 0,
             }),
         }
@@ -42,7 +46,7 @@ impl UpstreamIo {
 /// The socket, counting what one poll of its task has read.
 #[derive(Debug)]
 struct Fair {
-    inner: TcpStream,
+    inner: BackendStream,
     read_this_poll: usize,
 }
 
@@ -141,6 +145,10 @@ impl Write for UpstreamIo {
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
-        Connected::new()
+        if self.h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }

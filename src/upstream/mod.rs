@@ -5,6 +5,7 @@
 //! the answer streams back through [`ProxyBody`].
 
 mod backend;
+mod backend_tls;
 mod body;
 mod client;
 mod fair_io;
@@ -21,6 +22,7 @@ mod sticky;
 mod tunnel;
 
 pub use backend::{Backend, BackendLive};
+pub use backend_tls::{BackendStream, BackendTls};
 pub use body::ProxyBody;
 pub use forward::{Peer, Route, forward};
 pub use latency::LatencyWindow;

@@ -19,6 +19,7 @@ use crate::config::{
 use crate::metrics::PoolMetrics;
 
 use super::backend::{Backend, backend};
+use super::backend_tls::BackendTls;
 use super::client::{UpstreamClient, build_client};
 use super::retry::RetryRules;
 use super::sticky::Sticky;
@@ -65,6 +66,8 @@ pub struct Pool {
     pub(crate) retry: RetryRules,
     /// Requests go to the backends over HTTP/2.
     pub h2: bool,
+    /// TLS to the backends (the health checks use it too).
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 impl Pool {
@@ -76,6 +79,7 @@ impl Pool {
         config: &UpstreamConfig,
         servers: Vec<ResolvedServer>,
         previous: Option<&Pool>,
+        tls: Option<Arc<BackendTls>>,
     ) -> Self {
         let (primary, backup): (Vec<_>, Vec<_>) =
             servers.into_iter().partition(|s| !s.config.backup);
@@ -137,9 +141,11 @@ impl Pool {
                 || policy(&backends[primaries..]),
                 |p| Arc::clone(&p.backup_balancer),
             ),
+            // A TLS pool always gets a new client: its CA or certificate files may have changed.
             client: previous
-                .filter(|p| p.client_settings == ClientSettings::of(config))
-                .map_or_else(|| build_client(config), |p| p.client.clone()),
+                .filter(|p| p.client_settings == ClientSettings::of(config) && tls.is_none())
+                .map_or_else(|| build_client(config, tls.clone()), |p| p.client.clone()),
+            tls,
             client_settings: ClientSettings::of(config),
             shape,
             backends,
@@ -336,7 +342,7 @@ mod tests {
                 config: s.clone(),
             })
             .collect();
-        Pool::new(up, resolved, None)
+        Pool::new(up, resolved, None, None)
     }
 
     fn port(p: &Pool, i: usize) -> u16 {

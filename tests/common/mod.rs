@@ -3,6 +3,8 @@
 //! wait for a condition (everything polls with a deadline).
 #![allow(dead_code, unreachable_pub)] // Each test file uses a different part of this.
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};

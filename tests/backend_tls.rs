@@ -1,0 +1,130 @@
+//! TLS to backends: a backend serving HTTPS with a certificate from a test CA is verified for
+//! `server_name` (and its health checks pass over TLS); a name the certificate does not carry
+//! is refused (502, and the checks fail); `insecure_skip_verify` accepts it with a warning.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use common::certs::Ca;
+use common::*;
+
+/// An HTTPS backend (HTTP/1.1 over rustls) answering `https-backend`.
+async fn https_backend(cert: &Path, key: &Path) -> SocketAddr {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .expect("read cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("pem");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    hyper::Response::builder()
+                        .header("x-backend", "https-backend")
+                        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(backend: SocketAddr, tls: &str) -> String {
+    format!(
+        "{}[upstreams.app.health_check]\npath = \"/\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+        config_with(
+            &format!("\"{backend}\""),
+            &format!("tls = {tls}\nmax_fails = 0")
+        )
+    )
+}
+
+#[tokio::test]
+async fn backends_are_verified_by_name_against_the_ca() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf("app", &["app.internal"]);
+    std::fs::write(ca.path("ca.pem"), &ca.pem).expect("write CA");
+    let backend = https_backend(&cert, &key).await;
+    let ca_path = ca.path("ca.pem").display().to_string();
+
+    let good = Proxy::start(&config(
+        backend,
+        &format!("{{ ca = \"{ca_path}\", server_name = \"app.internal\" }}"),
+    ));
+    let ans = get(&client(), good.addr(), "/").await;
+    assert_eq!((ans.status.as_u16(), ans.backend()), (200, "https-backend"));
+
+    let wrong = Proxy::start(&config(
+        backend,
+        &format!("{{ ca = \"{ca_path}\", server_name = \"other.internal\" }}"),
+    ));
+    // The checks fail on the certificate, and a request is refused, not sent in the clear.
+    wrong
+        .wait_for_log(&["backend is unhealthy", "TLS", "certificate"])
+        .await;
+    let ans = get(&client(), wrong.addr(), "/").await;
+    assert_eq!(ans.status, 502);
+    wrong
+        .wait_for_log(&["backend request failed", "certificate"])
+        .await;
+
+    let insecure = Proxy::start(&config(backend, "{ insecure_skip_verify = true }"));
+    insecure
+        .wait_for_log(&["insecure_skip_verify", "NOT verified"])
+        .await;
+    let ans = get(&client(), insecure.addr(), "/").await;
+    assert_eq!(ans.status, 200);
+    assert!(
+        !good
+            .logs()
+            .iter()
+            .any(|l| l.contains("backend is unhealthy")),
+        "verified checks pass"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_ca_file_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("u.toml");
+    let backend = "127.0.0.1:9".parse().expect("addr");
+    std::fs::write(&path, config(backend, "{ ca = \"nope.pem\" }")).expect("write");
+    let out = std::process::Command::new(rproxy_bin())
+        .args(["-t", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run rproxy -t");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("upstreams.app.tls: cannot read the CA file")
+            && stderr.contains("nope.pem"),
+        "{stderr}"
+    );
+}
