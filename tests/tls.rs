@@ -327,3 +327,53 @@ async fn curl_reaches_the_site_as_a_user_would() {
         assert_eq!(stdout, want, "{version}");
     }
 }
+
+#[tokio::test]
+async fn resumption_works_and_an_expired_certificate_is_warned_about() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf_with("old", &["a.example"], |p| {
+        p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2020, 6, 30);
+    });
+    let certs = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let proxy = Proxy::start(&https_config(&certs, "\"127.0.0.1:1\"", ""));
+    let line = proxy
+        .wait_for_log(&["the certificate has expired", "2020-06-30"])
+        .await;
+    assert!(line.contains("old.pem"), "{line}");
+
+    // A second connection with the same client resumes the first one's session.
+    let (cert, key, _) = ca.leaf("site", &["a.example"]);
+    let certs = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let proxy = Proxy::start(&https_config(&certs, "\"127.0.0.1:1\"", ""));
+    let connector = ca.client(&[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let name = ServerName::try_from("a.example").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        kinds.push(tls.get_ref().1.handshake_kind());
+        // Read the session ticket TLS 1.3 sends after the handshake, then close.
+        let req = b"GET / HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut tls, req)
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer).await;
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}

@@ -36,10 +36,21 @@ impl Ca {
 
     /// Writes `NAME.pem` and `NAME.key` for `names`; returns the paths and the cert's DER.
     pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+        self.leaf_with(file, names, |_| {})
+    }
+
+    /// `leaf`, with the parameters adjusted by `adjust` (validity dates, say).
+    pub fn leaf_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf, Vec<u8>) {
         let key = KeyPair::generate().expect("key");
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        adjust(&mut params);
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
