@@ -14,8 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use common::certs::Ca;
 use common::*;
 
-/// An HTTPS backend (HTTP/1.1 over rustls) answering `https-backend`.
-async fn https_backend(cert: &Path, key: &Path) -> SocketAddr {
+/// An HTTPS backend answering `https-backend`: HTTP/1.1, or HTTP/2 by ALPN when `h2`.
+async fn https_backend(cert: &Path, key: &Path, h2: bool) -> SocketAddr {
     let chain = CertificateDer::pem_file_iter(cert)
         .expect("read cert")
         .collect::<Result<Vec<_>, _>>()
@@ -29,6 +29,12 @@ async fn https_backend(cert: &Path, key: &Path) -> SocketAddr {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .expect("server config");
+    let mut config = config;
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -41,14 +47,23 @@ async fn https_backend(cert: &Path, key: &Path) -> SocketAddr {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|_req| async {
+                let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    let version = format!("{:?}", req.version());
                     hyper::Response::builder()
                         .header("x-backend", "https-backend")
+                        .header("x-version", version)
                         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = if h2 {
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                };
             });
         }
     });
@@ -70,7 +85,7 @@ async fn backends_are_verified_by_name_against_the_ca() {
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf("app", &["app.internal"]);
     std::fs::write(ca.path("ca.pem"), &ca.pem).expect("write CA");
-    let backend = https_backend(&cert, &key).await;
+    let backend = https_backend(&cert, &key, false).await;
     let ca_path = ca.path("ca.pem").display().to_string();
 
     let good = Proxy::start(&config(
@@ -126,5 +141,28 @@ async fn a_missing_ca_file_is_a_config_error() {
         stderr.contains("upstreams.app.tls: cannot read the CA file")
             && stderr.contains("nope.pem"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_h2_pool_negotiates_http2_over_tls() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf("grpc", &["grpc.internal"]);
+    std::fs::write(ca.path("ca.pem"), &ca.pem).expect("write CA");
+    let backend = https_backend(&cert, &key, true).await;
+    let tls = format!(
+        "{{ ca = \"{}\", server_name = \"grpc.internal\" }}\nh2 = true",
+        ca.path("ca.pem").display()
+    );
+    let proxy = Proxy::start(&config(backend, &tls));
+    let ans = get(&client(), proxy.addr(), "/").await;
+    assert_eq!(ans.status, 200);
+    assert_eq!(ans.headers["x-version"], "HTTP/2.0", "ALPN chose h2");
+    assert!(
+        !proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("backend is unhealthy")),
+        "HTTP/2 checks over TLS pass"
     );
 }
