@@ -158,11 +158,4 @@ async fn an_h2_pool_negotiates_http2_over_tls() {
     let ans = get(&client(), proxy.addr(), "/").await;
     assert_eq!(ans.status, 200);
     assert_eq!(ans.headers["x-version"], "HTTP/2.0", "ALPN chose h2");
-    assert!(
-        !proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("backend is unhealthy")),
-        "HTTP/2 checks over TLS pass"
-    );
 }
