@@ -1,9 +1,12 @@
 //! The HTTP listener: accept loop and one task per client connection.
 //!
-//! Each connection is sniffed (HTTP/1 or HTTP/2 prior knowledge) under the header timeout,
-//! served by hyper, and watched for the header and keep-alive timeouts. On shutdown every
-//! connection is asked to finish gracefully: HTTP/1 closes once its request in progress is
-//! done (at once if idle), HTTP/2 sends GOAWAY and finishes open streams.
+//! Each connection is sniffed (HTTP/1 or HTTP/2 prior knowledge), or on an https listener
+//! completes its TLS handshake and takes the protocol from ALPN, all under the header timeout;
+//! then it is served by hyper and watched for the header and keep-alive timeouts. Each request
+//! is checked (`validate`), routed (`router`) and forwarded (`upstream`). On shutdown, or when
+//! a reload removes the listener, every connection is asked to finish gracefully: HTTP/1
+//! closes once its request in progress is done (at once if idle), HTTP/2 sends GOAWAY and
+//! finishes open streams.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -112,7 +115,7 @@ impl ConnectionLimit {
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on
 /// `tracker` so the caller can wait for them to drain.
 pub async fn serve_listener(
-    listener: Arc<TcpListener>,
+    listener: TcpListener,
     name: Arc<str>,
     state: SharedState,
     limit: ConnectionLimit,

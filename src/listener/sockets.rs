@@ -204,7 +204,7 @@ impl ListenerSet {
             let bound = socket.local_addr().unwrap_or(w.configured);
             let accept_stop = self.stop.child_token();
             self.accept_loops.spawn(serve_listener(
-                Arc::new(socket),
+                socket,
                 Arc::from(w.listener.as_str()),
                 Arc::clone(&self.state),
                 group.limit.clone(),

@@ -11,7 +11,6 @@ mod signals;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -234,7 +233,3 @@ fn check_fd_limit(config: &Config) {
         tracing::debug!(open_file_limit = limit, "open-file limit");
     }
 }
-
-/// How long a reload may wait for name resolution before it gives up (the old configuration
-/// keeps running).
-const RELOAD_RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);

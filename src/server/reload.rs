@@ -14,7 +14,11 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigErrors, parse};
 use crate::state::{Snapshot, build_snapshot};
 
-use super::{RELOAD_RESOLVE_TIMEOUT, Server};
+use super::Server;
+
+/// How long a reload may wait for name resolution before it gives up (the old configuration
+/// keeps running).
+const RELOAD_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Server {
     /// Applies the configuration file as it is now, or logs why not and changes nothing.
