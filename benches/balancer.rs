@@ -1,6 +1,6 @@
 //! Hot pure parts, measured alone: one pick per policy (round-robin with and without
-//! ineligible peers, ip_hash, hash, consistent hash) at 2, 16 and 256 backends, and parsing
-//! the full example configuration.
+//! ineligible peers, ip_hash, hash, consistent hash) at 2, 16 and 256 backends, a route lookup
+//! among 1 and 500 hosts, and parsing the full example configuration.
 //!
 //!     cargo bench --bench balancer
 
@@ -87,5 +87,34 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_robin, hashing, config_parse);
+/// Routing with hundreds of host routes, each with a few path prefixes: a request's lookup
+/// should cost about the same as with one route.
+fn routing(c: &mut Criterion) {
+    use rproxy::config::RouteConfig;
+    use rproxy::router::RouteTable;
+    let mut group = c.benchmark_group("route_lookup");
+    for hosts in [1usize, 500] {
+        let routes = (0..hosts).flat_map(|i| {
+            ["/", "/api", "/api/v2", "/static/"].map(move |prefix| {
+                (
+                    RouteConfig {
+                        host: Some(format!("site{i}.example.com")),
+                        path_prefix: prefix.to_string(),
+                        upstream: String::new(),
+                        strip_prefix: false,
+                    },
+                    i,
+                )
+            })
+        });
+        let table = RouteTable::new(routes, None);
+        let host = format!("Site{}.example.com:443", hosts - 1);
+        group.bench_with_input(BenchmarkId::from_parameter(hosts), &table, |b, table| {
+            b.iter(|| std::hint::black_box(table.lookup(Some(&host), "/api/v2/users/7")));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, round_robin, hashing, config_parse, routing);
 criterion_main!(benches);

@@ -377,3 +377,20 @@ async fn resumption_works_and_an_expired_certificate_is_warned_about() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_client_without_sni_gets_the_default_certificate() {
+    let ca = Ca::new();
+    // The first certificate is the default; this one also names 127.0.0.1, which a client
+    // connecting by IP address (and so sending no SNI) verifies.
+    let (d_cert, d_key, d_der) = ca.leaf("default", &["127.0.0.1", "default.example"]);
+    let (a_cert, a_key, _) = ca.leaf("a", &["a.example"]);
+    let certs = format!(
+        "{{ certs = [{}, {}] }}",
+        entry(&d_cert, &d_key, ""),
+        entry(&a_cert, &a_key, "\"a.example\"")
+    );
+    let proxy = Proxy::start(&https_config(&certs, "\"127.0.0.1:1\"", ""));
+    let (_, cert, _) = handshake(&ca, proxy.addr(), "127.0.0.1", &[]).await;
+    assert_eq!(cert, d_der);
+}
