@@ -85,6 +85,15 @@ fn https_config(certs: &str, upstream: &str, extra_listener: &str) -> String {
     )
 }
 
+/// `tls = { cert, key }`: one certificate for every name.
+fn single(cert: &Path, key: &Path) -> String {
+    format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    )
+}
+
 fn entry(cert: &Path, key: &Path, hosts: &str) -> String {
     format!(
         "{{ cert = \"{}\", key = \"{}\", hosts = [{hosts}] }}",
@@ -129,11 +138,7 @@ async fn sighup_swaps_the_certificate_and_a_bad_key_keeps_the_old_one() {
     let ca = Ca::new();
     let (cert, key, first_der) = ca.leaf("site", &["a.example"]);
     let backend = Backend::start("app").await;
-    let certs = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let certs = single(&cert, &key);
     let proxy = Proxy::start(&https_config(&certs, &format!("\"{}\"", backend.addr), ""));
     let addr = proxy.addr();
     let (_, seen, _) = handshake(&ca, addr, "a.example", &[]).await;
@@ -169,15 +174,7 @@ async fn a_bad_key_at_start_is_a_clear_error() {
     let config_path = ca.path("bad.toml");
     std::fs::write(
         &config_path,
-        https_config(
-            &format!(
-                "{{ cert = \"{}\", key = \"{}\" }}",
-                cert.display(),
-                other_key.display()
-            ),
-            "\"127.0.0.1:1\"",
-            "",
-        ),
+        https_config(&single(&cert, &other_key), "\"127.0.0.1:1\"", ""),
     )
     .expect("write");
     let out = std::process::Command::new(rproxy_bin())
@@ -219,11 +216,7 @@ async fn sticky_cookies_are_secure_over_tls_and_a_plain_listener_redirects() {
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf("site", &["a.example"]);
     let backend = Backend::start("app").await;
-    let certs = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let certs = single(&cert, &key);
     let plain = "[listeners.plain]\nlisten = \"127.0.0.1:0\"\nredirect_https = true\n";
     let config = format!(
         "{}[upstreams.app.sticky]\ncookie = \"route\"\n",
@@ -259,11 +252,7 @@ async fn sticky_cookies_are_secure_over_tls_and_a_plain_listener_redirects() {
 async fn a_client_stalling_in_the_handshake_is_closed() {
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf("site", &["a.example"]);
-    let certs = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let certs = single(&cert, &key);
     let proxy = Proxy::start(&https_config(&certs, "\"127.0.0.1:1\"", ""));
     let mut stalled = TcpStream::connect(proxy.addr()).await.expect("connect");
     // Half a ClientHello's record header, then nothing: closed after header_timeout (500ms).
@@ -292,11 +281,7 @@ async fn curl_reaches_the_site_as_a_user_would() {
     let (cert, key, _) = ca.leaf("site", &["a.example"]);
     std::fs::write(ca.path("ca.pem"), &ca.pem).expect("write CA");
     let backend = Backend::start("app").await;
-    let certs = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let certs = single(&cert, &key);
     let proxy = Proxy::start(&https_config(&certs, &format!("\"{}\"", backend.addr), ""));
     let port = proxy.addr().port();
     for version in ["--http1.1", "--http2"] {
@@ -335,11 +320,7 @@ async fn resumption_works_and_an_expired_certificate_is_warned_about() {
         p.not_before = rcgen::date_time_ymd(2019, 1, 1);
         p.not_after = rcgen::date_time_ymd(2020, 6, 30);
     });
-    let certs = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let certs = single(&cert, &key);
     let proxy = Proxy::start(&https_config(&certs, "\"127.0.0.1:1\"", ""));
     let line = proxy
         .wait_for_log(&["the certificate has expired", "2020-06-30"])
@@ -348,11 +329,7 @@ async fn resumption_works_and_an_expired_certificate_is_warned_about() {
 
     // A second connection with the same client resumes the first one's session.
     let (cert, key, _) = ca.leaf("site", &["a.example"]);
-    let certs = format!(
-        "{{ cert = \"{}\", key = \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let certs = single(&cert, &key);
     let proxy = Proxy::start(&https_config(&certs, "\"127.0.0.1:1\"", ""));
     let connector = ca.client(&[b"http/1.1"]);
     let mut kinds = Vec::new();

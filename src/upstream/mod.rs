@@ -17,6 +17,7 @@ mod pool;
 mod request_body;
 mod request_id;
 mod retry;
+mod retry_budget;
 mod slow_start;
 mod sticky;
 mod tunnel;

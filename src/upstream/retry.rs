@@ -6,23 +6,22 @@
 //!   (or `retry_non_idempotent` is set) and no response started; in both cases the whole body
 //!   must still be at hand (not read yet, or kept within `retry_buffer`);
 //! - bounded: at most `tries` attempts, all within `try_timeout`;
-//! - affordable: the pool's retry budget (tower's token bucket, as linkerd uses it) lets
-//!   retries add at most `retry_budget` to the request rate, plus a small floor so that a quiet
-//!   pool can still retry, which keeps a failing pool from being hammered by its own retries.
+//! - affordable: the pool's retry budget (`retry_budget`) lets retries add at most a share of
+//!   the request rate, plus a small floor so that a quiet pool can still retry, which keeps a
+//!   failing pool from being hammered by its own retries.
 
 use std::time::Duration;
 
 use http::Method;
 use tokio::time::Instant;
-use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::config::RetryPolicy;
 use crate::metrics::RetryRefusal;
 
+use super::retry_budget::RetryBudget;
+
 /// Retries a pool allows regardless of its request rate, per second.
-const MIN_RETRIES_PER_SECOND: u32 = 10;
-/// How long a request counts towards the budget.
-const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+const MIN_RETRIES_PER_SECOND: u64 = 10;
 
 /// How one failed attempt failed, as far as sending it again is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,26 +33,18 @@ pub(super) enum Failure {
 }
 
 /// One pool's retry rules and its budget, shared by all its requests.
+#[derive(Debug)]
 pub(crate) struct RetryRules {
     policy: RetryPolicy,
-    budget: Option<TpsBudget>,
-}
-
-impl std::fmt::Debug for RetryRules {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryRules")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
+    budget: Option<RetryBudget>,
 }
 
 impl RetryRules {
     pub(crate) fn new(policy: &RetryPolicy) -> Self {
         RetryRules {
-            budget: policy.budget.map(|ratio| {
-                // The parser keeps the ratio within 0..=10, inside tower's accepted range.
-                TpsBudget::new(BUDGET_WINDOW, MIN_RETRIES_PER_SECOND, ratio)
-            }),
+            budget: policy
+                .budget
+                .map(|ratio| RetryBudget::new(ratio, MIN_RETRIES_PER_SECOND)),
             policy: policy.clone(),
         }
     }
@@ -206,7 +197,7 @@ mod tests {
     async fn the_budget_caps_retries_at_a_share_of_requests() {
         let r = rules(|p| p.budget = Some(0.2));
         // The floor: MIN_RETRIES_PER_SECOND over the window, whatever the traffic.
-        let floor = MIN_RETRIES_PER_SECOND * BUDGET_WINDOW.as_secs() as u32;
+        let floor = MIN_RETRIES_PER_SECOND * 10;
         let mut allowed = 0;
         for _ in 0..1000 {
             let a = r.start(&Method::GET);
