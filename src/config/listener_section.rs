@@ -8,6 +8,7 @@ use toml::de::DeValue;
 use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 use super::route_section::routes;
+use super::tcp_section::protocol;
 use super::tls_section::tls;
 
 const LISTENER_KEYS: &[&str] = &[
@@ -16,6 +17,10 @@ const LISTENER_KEYS: &[&str] = &[
     "routes",
     "tls",
     "redirect_https",
+    "protocol",
+    "proxy_protocol",
+    "accept_proxy_protocol",
+    "idle_timeout",
     "header_timeout",
     "keepalive_timeout",
     "body_timeout",
@@ -136,6 +141,7 @@ pub(super) fn listener(
         None => Some(None),
     };
     let redirect_https = flag(r, t, path, "redirect_https");
+    let tcp = protocol(r, path, t);
     if let (Some(v), Some(Some(_))) = (get(t, "redirect_https"), &tls) {
         r.error(
             &join(path, "redirect_https"),
@@ -157,6 +163,7 @@ pub(super) fn listener(
             routes,
             tls: tls?,
             redirect_https: redirect_https?,
+            tcp: tcp?,
             header_timeout,
             keepalive_timeout,
             body_timeout,
@@ -172,6 +179,7 @@ pub(super) fn listener(
             http2_max_concurrent_streams: u32::try_from(streams?).ok()?,
         },
         listen_origin,
+        upstream_origin: get(t, "upstream").map(|v| r.origin(&upstream_key, v.span())),
     })
 }
 
@@ -179,6 +187,8 @@ pub(super) fn listener(
 pub(super) struct ListenerDraft {
     pub(super) config: ListenerConfig,
     listen_origin: Origin,
+    /// Where `upstream` is, for the checks made once every upstream is read.
+    pub(super) upstream_origin: Option<Origin>,
 }
 
 fn listen_addrs(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<SocketAddr>> {

@@ -13,6 +13,7 @@ mod reader;
 mod resolve;
 mod retry_section;
 mod route_section;
+mod tcp_section;
 mod tls_section;
 mod upstream_section;
 
@@ -24,7 +25,7 @@ pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,
     CertFiles, Config, HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin,
     PassiveHealth, RequestLimits, RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig,
-    TlsConfig, UpstreamConfig, defaults,
+    TcpSettings, TlsConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

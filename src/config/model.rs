@@ -31,6 +31,7 @@ pub mod defaults {
     pub const UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
     pub const UPSTREAM_KEEPALIVE_CONNECTIONS: usize = 32;
     pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const MAX_WEIGHT: u32 = 1_000_000;
     pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
     /// Request line plus headers, like HAProxy's default buffer.
@@ -111,6 +112,8 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// A plain listener answers every request with a 308 to the same URL over https.
     pub redirect_https: bool,
+    /// Layer 4: balance raw TCP connections instead of HTTP requests.
+    pub tcp: Option<TcpSettings>,
     /// Time allowed for a complete request head, from the first byte of it (or from accept).
     pub header_timeout: Duration,
     /// How long an idle client connection is kept open between requests.
@@ -141,6 +144,17 @@ pub struct CertFiles {
     pub hosts: Vec<String>,
     /// Where it is in the file, for errors found when the files are read.
     pub origin: Origin,
+}
+
+/// A `protocol = "tcp"` listener's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Send a PROXY protocol header of this version (1 or 2) to the backend.
+    pub send_proxy_protocol: Option<u8>,
+    /// Read a PROXY protocol header (v1 or v2) from the client first.
+    pub accept_proxy_protocol: bool,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// An upstream's `tls`: how its backends are reached over TLS and verified.

@@ -14,6 +14,7 @@ use super::error::ConfigErrors;
 use super::listener_section::{check_listen_addrs, listener};
 use super::model::{AccessFormat, AccessTarget, AdminConfig, Config, LogConfig, defaults};
 use super::reader::{Reader, Table, Value, duration_or, entries, get, join};
+use super::tcp_section::check_tcp_upstream;
 use super::upstream_section::upstream;
 
 const TOP_KEYS: &[&str] = &[
@@ -68,6 +69,19 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         listener(r, path, t, whole, &upstream_names)
     });
     check_listen_addrs(&mut r, root, &listeners);
+    for draft in listeners.values() {
+        if let (Some(_), Some(origin), Some(upstream)) = (
+            draft.config.tcp,
+            &draft.upstream_origin,
+            draft
+                .config
+                .upstream
+                .as_ref()
+                .and_then(|u| upstreams.get(u)),
+        ) {
+            check_tcp_upstream(&mut r, origin, upstream);
+        }
+    }
 
     if !r.errors.is_empty() {
         r.errors.sort_by_key(|e| (e.line, e.column));

@@ -38,17 +38,18 @@ use super::activity::{ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
 use super::io::{ClientIo, Protocol, sniff};
 use super::sockets::Described;
+use super::tcp::serve_tcp;
 use super::validate::{self, Verdict};
 
 /// What every connection of one listener shares.
 #[derive(Debug, Clone)]
-struct ListenerCtx {
-    name: Arc<str>,
-    state: SharedState,
+pub(super) struct ListenerCtx {
+    pub(super) name: Arc<str>,
+    pub(super) state: SharedState,
     /// Cancelled when the connections are to finish gracefully (shutdown, listener removed).
     shutdown: CancellationToken,
     /// Cancelled when the connections still open after the drain timeout are to be closed.
-    kill: CancellationToken,
+    pub(super) kill: CancellationToken,
     /// Every listener's bound addresses (a redirect to https names the https port).
     described: Described,
     metrics: Arc<ListenerMetrics>,
@@ -150,7 +151,16 @@ pub async fn serve_listener(
                 ctx.metrics.connections_total.increment(1);
                 ctx.metrics.connections_open.increment(1.0);
                 tracker.spawn(async move {
-                    serve_connection(stream, peer, Arc::clone(&ctx)).await;
+                    // The protocol is read per connection: a reload may change it.
+                    let tcp = ctx
+                        .state
+                        .load()
+                        .listener(&ctx.name)
+                        .and_then(|l| l.settings.tcp);
+                    match tcp {
+                        Some(settings) => serve_tcp(stream, peer, &ctx, settings).await,
+                        None => serve_connection(stream, peer, Arc::clone(&ctx)).await,
+                    }
                     ctx.metrics.connections_open.decrement(1.0);
                     drop(slot);
                 });

@@ -9,13 +9,16 @@ mod cert_dates;
 mod head_scan;
 mod http;
 mod io;
+mod proxy_protocol;
 mod redirect;
 mod sockets;
+mod tcp;
 mod tls;
 mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity, RequestEnd};
 pub use bind::bind;
 pub use http::{ConnectionLimit, ListenerStops, serve_listener};
+pub use proxy_protocol::header as proxy_header;
 pub use sockets::{BindError, Described, ListenerSet, ListenerSockets, Plan};
 pub use tls::server_config as tls_server_config;

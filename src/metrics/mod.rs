@@ -33,6 +33,9 @@ pub const BACKEND_STATE_CHANGES_TOTAL: &str = "rproxy_backend_state_changes_tota
 pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "rproxy_upstream_fail_open_total";
 pub const UPSTREAM_RETRIES_REFUSED_TOTAL: &str = "rproxy_upstream_retries_refused_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "rproxy_config_reloads_total";
+pub const TCP_CONNECTIONS_TOTAL: &str = "rproxy_tcp_connections_total";
+pub const TCP_CONNECTIONS_OPEN: &str = "rproxy_tcp_connections_open";
+pub const TCP_BYTES_TOTAL: &str = "rproxy_tcp_bytes_total";
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "rproxy_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
     "rproxy_config_last_reload_success_timestamp_seconds";
@@ -113,6 +116,18 @@ fn describe() {
     describe_counter!(
         UPSTREAM_FAIL_OPEN_TOTAL,
         "Episodes of every backend unhealthy, in which requests were sent to them anyway"
+    );
+    describe_counter!(
+        TCP_CONNECTIONS_TOTAL,
+        "TCP connections (protocol = \"tcp\" listeners) handed to each backend"
+    );
+    describe_gauge!(
+        TCP_CONNECTIONS_OPEN,
+        "TCP connections open on each protocol = \"tcp\" listener"
+    );
+    describe_counter!(
+        TCP_BYTES_TOTAL,
+        "Bytes copied by protocol = \"tcp\" listeners, by direction (up: client to backend), counted when a connection ends"
     );
     describe_counter!(
         CONFIG_RELOADS_TOTAL,

@@ -23,7 +23,7 @@ use crate::metrics::{ErrorKind, RetryRefusal};
 use crate::router::strip_path;
 use crate::state::ListenerRuntime;
 
-use super::backend::{Backend, InFlightGuard};
+use super::backend::InFlightGuard;
 use super::body::ProxyBody;
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
 use super::pool::Pool;
@@ -150,7 +150,7 @@ pub async fn forward(
                 let time_to_head = sent.elapsed();
                 let status = resp.status().as_u16();
                 if pool.passive.fail_on_status.contains(&status) {
-                    passive_failure(pool, backend, &format!("status {status}"));
+                    pool.passive_failure(backend, &format!("status {status}"));
                 } else {
                     backend.live.passive_success();
                 }
@@ -198,7 +198,7 @@ pub async fn forward(
                 }
                 backend.live.record_failure();
                 backend.metrics.error(error_kind(&e));
-                passive_failure(pool, backend, "request failed");
+                pool.passive_failure(backend, "request failed");
                 let failure = if e.is_connect() {
                     Failure::NotSent
                 } else {
@@ -223,7 +223,7 @@ pub async fn forward(
             Err(_) => {
                 backend.live.record_failure();
                 backend.metrics.error(ErrorKind::Timeout);
-                passive_failure(pool, backend, "response timeout");
+                pool.passive_failure(backend, "response timeout");
                 let retry = attempts.retry(Failure::NoAnswer, slot.resendable());
                 tracing::error!(
                     upstream = %pool.name,
@@ -250,21 +250,6 @@ pub async fn forward(
     let (head, body) = response.into_parts();
     let body = body.finish_with(log, end, head.status.as_u16());
     Response::from_parts(head, body)
-}
-
-/// Counts a failure towards passive health, and says so when it leaves the backend out.
-fn passive_failure(pool: &Pool, backend: &Backend, what: &str) {
-    if backend.live.passive_failure(&pool.passive) {
-        backend.metrics.state_change(false);
-        tracing::warn!(
-            upstream = %pool.name,
-            backend = %backend.addr,
-            max_fails = pool.passive.max_fails,
-            fail_timeout = ?pool.passive.fail_timeout,
-            last = what,
-            "backend failed max_fails times within fail_timeout; left out for fail_timeout"
-        );
-    }
 }
 
 /// How a failed request to a backend is counted: refused or unreachable (`connect`), broken

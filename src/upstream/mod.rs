@@ -20,6 +20,7 @@ mod retry;
 mod retry_budget;
 mod slow_start;
 mod sticky;
+mod stream_forward;
 mod tunnel;
 
 pub use backend::{Backend, BackendLive};
@@ -29,3 +30,4 @@ pub use forward::{Peer, Route, forward};
 pub use latency::LatencyWindow;
 pub use pool::Pool;
 pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};
+pub use stream_forward::{StreamTotals, forward_stream};

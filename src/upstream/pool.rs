@@ -27,6 +27,8 @@ use super::sticky::Sticky;
 /// Per-pool timeouts, read on every request.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolTimeouts {
+    /// A TCP connection to a backend (layer 4; the HTTP client has its own copy).
+    pub connect: Duration,
     pub response: Duration,
     pub body: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
@@ -164,6 +166,7 @@ impl Pool {
                 _ => None,
             },
             timeouts: PoolTimeouts {
+                connect: config.connect_timeout,
                 response: config.response_timeout,
                 body: config.body_timeout,
                 websocket_idle: config.websocket_idle_timeout,
@@ -173,6 +176,21 @@ impl Pool {
 
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// Counts a failure towards passive health, and says so when it leaves the backend out.
+    pub(crate) fn passive_failure(&self, backend: &Backend, what: &str) {
+        if backend.live.passive_failure(&self.passive) {
+            backend.metrics.state_change(false);
+            tracing::warn!(
+                upstream = %self.name,
+                backend = %backend.addr,
+                max_fails = self.passive.max_fails,
+                fail_timeout = ?self.passive.fail_timeout,
+                last = what,
+                "backend failed max_fails times within fail_timeout; left out for fail_timeout"
+            );
+        }
     }
 
     /// Whether backend `index` may take a request now (a pinned one, say).

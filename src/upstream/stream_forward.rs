@@ -1,0 +1,218 @@
+//! Layer 4: one client TCP connection balanced to one backend connection, and bytes copied
+//! both ways for the life of both (nginx's `stream`, HAProxy's `mode tcp`).
+//!
+//! Called by the listener for each connection of a `protocol = "tcp"` listener. A backend that
+//! refuses or does not connect in time is skipped for the next one before any byte moves, so
+//! the client does not notice; when none connects the client connection is closed. The copy has
+//! back-pressure (tokio's `copy_bidirectional`), passes a half-close on (a client that shuts
+//! its write side still gets the rest of the answer), turns a reset on one side into a reset
+//! on the other, and ends after `idle_timeout` without a byte. The connection counts as
+//! in-flight on its backend all along, so `least_conn` balances open connections.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::balancer::{PickContext, Tried};
+use crate::config::TcpSettings;
+use crate::metrics::ErrorKind;
+
+use super::pool::Pool;
+
+/// What a finished connection moved, for the listener's metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamTotals {
+    /// Client to backend.
+    pub up: u64,
+    /// Backend to client.
+    pub down: u64,
+}
+
+/// Connects `client` to a backend of `pool` and copies until both sides are done.
+/// `client_addr` is the client as known (from a PROXY header when one was accepted), `local`
+/// the address it connected to.
+pub async fn forward_stream(
+    pool: &Pool,
+    settings: &TcpSettings,
+    listener: &str,
+    mut client: TcpStream,
+    client_addr: SocketAddr,
+    local: SocketAddr,
+) -> StreamTotals {
+    let ctx = PickContext {
+        client_ip: client_addr.ip(),
+        key: b"",
+    };
+    let mut tried = Tried::default();
+    let (index, mut backend_conn) = loop {
+        let Some(index) = pool.select(&ctx, &tried) else {
+            tracing::warn!(listener, upstream = %pool.name, client = %client_addr, tried = !tried.is_empty(), "no backend accepted the connection; closing it");
+            return StreamTotals::default();
+        };
+        tried.insert(index);
+        let backend = &pool.backends()[index];
+        match tokio::time::timeout(pool.timeouts.connect, TcpStream::connect(backend.addr)).await {
+            Ok(Ok(conn)) => break (index, conn),
+            Ok(Err(e)) => {
+                backend.live.record_failure();
+                backend.metrics.error(ErrorKind::Connect);
+                pool.passive_failure(backend, "connect failed");
+                tracing::warn!(listener, upstream = %pool.name, backend = %backend.addr, error = %e, "backend connect failed; trying the next one");
+            }
+            Err(_) => {
+                backend.live.record_failure();
+                backend.metrics.error(ErrorKind::Connect);
+                pool.passive_failure(backend, "connect timeout");
+                tracing::warn!(listener, upstream = %pool.name, backend = %backend.addr, timeout = ?pool.timeouts.connect, "backend connect timed out; trying the next one");
+            }
+        }
+    };
+    let backend = &pool.backends()[index];
+    let _in_flight = backend.start();
+    metrics::counter!(crate::metrics::TCP_CONNECTIONS_TOTAL, "listener" => listener.to_string(), "upstream" => pool.name.to_string(), "backend" => backend.label.clone()).increment(1);
+    if let Err(e) = backend_conn.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a backend connection");
+    }
+    if let Some(version) = settings.send_proxy_protocol {
+        let header = crate::listener::proxy_header(version, client_addr, local);
+        if let Err(e) = backend_conn.write_all(&header).await {
+            tracing::warn!(backend = %backend.addr, error = %e, "cannot send the PROXY header");
+            return StreamTotals::default();
+        }
+    }
+    let activity = Arc::new(Activity::new());
+    let totals = pump(
+        &mut client,
+        &mut backend_conn,
+        &activity,
+        settings.idle_timeout,
+    )
+    .await;
+    backend.live.passive_success();
+    totals
+}
+
+/// Copies both ways until both sides have closed, one resets (the other is then reset too), or
+/// nothing moves for `idle`.
+async fn pump(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    activity: &Arc<Activity>,
+    idle: Duration,
+) -> StreamTotals {
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let outcome = {
+        let mut c = Counted {
+            inner: &mut *client,
+            read: &up,
+            activity,
+        };
+        let mut b = Counted {
+            inner: &mut *backend,
+            read: &down,
+            activity,
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut c, &mut b) => copied.map(|_| ()),
+            () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::debug!(error = %e, "TCP connection ended by a reset, an error or the idle timeout");
+        // An abortive close (RST) on both, so the side still open learns the other failed
+        // rather than seeing a clean end of stream.
+        for s in [&*client, &*backend] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+    StreamTotals {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+    }
+}
+
+/// When bytes last moved, on the tokio clock.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    }
+}
+
+/// A socket that counts what is read from it and notes activity both ways.
+struct Counted<'a> {
+    inner: &'a mut TcpStream,
+    read: &'a AtomicU64,
+    activity: &'a Activity,
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
