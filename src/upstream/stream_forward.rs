@@ -4,7 +4,7 @@
 //! Called by the listener for each connection of a `protocol = "tcp"` listener. A backend that
 //! refuses or does not connect in time is skipped for the next one before any byte moves, so
 //! the client does not notice; when none connects the client connection is closed. The copy has
-//! back-pressure (tokio's `copy_bidirectional`), passes a half-close on (a client that shuts
+//! back-pressure (tokio's `copy_bidirectional`, 64 KiB each way), passes a half-close on (a client that shuts
 //! its write side still gets the rest of the answer), turns a reset on one side into a reset
 //! on the other, and ends after `idle_timeout` without a byte. The connection counts as
 //! in-flight on its backend all along, so `least_conn` balances open connections.
@@ -26,6 +26,10 @@ use crate::config::TcpSettings;
 use crate::metrics::ErrorKind;
 
 use super::pool::Pool;
+
+/// Copy buffer per direction: tokio's default of 8 KiB costs a system call per 8 KiB; 64 KiB
+/// moved one stream about a tenth faster here (`benches/tcp_throughput.sh`).
+const BUFFER: usize = 64 * 1024;
 
 /// What a finished connection moved, for the listener's metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -121,7 +125,9 @@ async fn pump(
             activity,
         };
         tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut c, &mut b) => copied.map(|_| ()),
+            copied = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER) => {
+                copied.map(|_| ())
+            }
             () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
         }
     };

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Single-stream TCP throughput: a direct connection to a sink, and the same through rproxy
+# (protocol = "tcp"), nginx's stream module and HAProxy `mode tcp`, each proxy with one worker
+# so the comparison is per core. Loopback only; everything started here is stopped by its pid.
+#
+#   bash benches/tcp_throughput.sh [BYTES] [RUNS]     (default 2 GiB, 3 runs; best run shown)
+#
+# Installs nginx (with libnginx-mod-stream) and haproxy if missing. Not part of CI: these
+# machines are shared, so the figures are for comparison on one machine at one time.
+set -euo pipefail
+BYTES=${1:-2147483648}
+RUNS=${2:-3}
+cd "$(dirname "$0")/.."
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+cargo build --release --quiet --bin rproxy --example tcp_bench
+BENCH=target/release/examples/tcp_bench
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+"$BENCH" serve > "$DIR/sink.out" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q listening "$DIR/sink.out" 2>/dev/null && break; sleep 0.05; done
+SINK=$(awk '/listening/ {print $2}' "$DIR/sink.out")
+
+RPROXY_PORT=$("$BENCH" port)
+NGINX_PORT=$("$BENCH" port)
+HAPROXY_PORT=$("$BENCH" port)
+
+cat > "$DIR/rproxy.toml" <<CONF
+workers = 1
+[log]
+access = "off"
+[listeners.bench]
+listen = "127.0.0.1:$RPROXY_PORT"
+protocol = "tcp"
+upstream = "sink"
+[upstreams.sink]
+servers = ["$SINK"]
+CONF
+target/release/rproxy -c "$DIR/rproxy.toml" 2> "$DIR/rproxy.log" &
+PIDS+=($!)
+
+cat > "$DIR/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+error_log stderr;
+events { worker_connections 1024; }
+stream {
+    upstream sink { server $SINK; }
+    # The sink answers after the client half-closes; nginx closes both sides on a half-close
+    # unless told otherwise (rproxy and HAProxy pass it on by default).
+    server { listen 127.0.0.1:$NGINX_PORT; proxy_pass sink; proxy_half_close on; }
+}
+CONF
+nginx -p "$DIR" -c "$DIR/nginx.conf" -g "daemon off; pid $DIR/nginx.pid;" 2> "$DIR/nginx.log" &
+PIDS+=($!)
+
+cat > "$DIR/haproxy.cfg" <<CONF
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend sink
+backend sink
+    server s1 $SINK
+CONF
+haproxy -f "$DIR/haproxy.cfg" -db 2> "$DIR/haproxy.log" &
+PIDS+=($!)
+
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+wait_port "$RPROXY_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"
+
+best() {
+    local best=0 mib
+    for _ in $(seq "$RUNS"); do
+        mib=$("$BENCH" send "$1" "$BYTES" | awk '{print $3}')
+        [ "$mib" -gt "$best" ] && best=$mib
+    done
+    echo "$best"
+}
+
+echo "one TCP stream, $BYTES bytes, best of $RUNS runs (MiB/s):"
+printf '  %-16s %s\n' direct "$(best "$SINK")"
+printf '  %-16s %s\n' rproxy "$(best "127.0.0.1:$RPROXY_PORT")"
+printf '  %-16s %s\n' "nginx stream" "$(best "127.0.0.1:$NGINX_PORT")"
+printf '  %-16s %s\n' "haproxy tcp" "$(best "127.0.0.1:$HAPROXY_PORT")"
