@@ -400,6 +400,8 @@ async fn least_conn_counts_open_connections() {
         1,
         "{in_flight:?}"
     );
+    let status = get(&c, admin, "/status").await.body;
+    assert!(status.contains("\"protocol\": \"tcp\""), "{status}");
     for _ in 0..3 {
         let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
         assert_eq!(

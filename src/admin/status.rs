@@ -20,6 +20,8 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct ListenerStatus {
     pub name: String,
+    /// `http`, `https` or `tcp`.
+    pub protocol: &'static str,
     pub addresses: Vec<String>,
     pub upstream: String,
     pub connections_open: usize,
@@ -71,6 +73,11 @@ pub(super) fn build(
         .iter()
         .map(|l| ListenerStatus {
             name: l.name.clone(),
+            protocol: match snapshot.listener(&l.name) {
+                Some(r) if r.settings.tcp.is_some() => "tcp",
+                Some(r) if r.tls.is_some() => "https",
+                _ => "http",
+            },
             addresses: l.addresses.iter().map(ToString::to_string).collect(),
             upstream: snapshot
                 .listener(&l.name)
