@@ -8,31 +8,11 @@ use toml::de::DeValue;
 use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
 use super::route_section::routes;
-use super::tcp_section::protocol;
+use super::tcp_section::{HTTP_ONLY, TCP_ONLY, protocol};
 use super::tls_section::tls;
 
-const LISTENER_KEYS: &[&str] = &[
-    "listen",
-    "upstream",
-    "routes",
-    "tls",
-    "redirect_https",
-    "protocol",
-    "proxy_protocol",
-    "accept_proxy_protocol",
-    "idle_timeout",
-    "header_timeout",
-    "keepalive_timeout",
-    "body_timeout",
-    "send_timeout",
-    "max_header_size",
-    "max_headers",
-    "max_uri_length",
-    "max_body_size",
-    "max_connections",
-    "allow_underscores_in_headers",
-    "http2_max_concurrent_streams",
-];
+/// Keys every listener takes; the HTTP-only and TCP-only ones are in `tcp_section`.
+const COMMON_KEYS: &[&str] = &["listen", "upstream", "protocol", "max_connections"];
 
 pub(super) fn listener(
     r: &mut Reader<'_>,
@@ -41,7 +21,8 @@ pub(super) fn listener(
     whole: &Value<'_>,
     upstream_names: &[String],
 ) -> Option<ListenerDraft> {
-    r.check_keys(t, path, LISTENER_KEYS);
+    let known: Vec<&str> = [COMMON_KEYS, HTTP_ONLY, TCP_ONLY].concat();
+    r.check_keys(t, path, &known);
     let listen_key = join(path, "listen");
     let listen = match get(t, "listen") {
         Some(v) => listen_addrs(r, &listen_key, v).map(|a| (a, r.origin(&listen_key, v.span()))),

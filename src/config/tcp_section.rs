@@ -6,7 +6,7 @@ use super::model::{BalancePolicy, Origin, TcpSettings, UpstreamConfig, defaults}
 use super::reader::{Reader, Table, duration_or, flag, get, join};
 
 /// Keys only an HTTP listener understands.
-const HTTP_ONLY: &[&str] = &[
+pub(super) const HTTP_ONLY: &[&str] = &[
     "routes",
     "tls",
     "redirect_https",
