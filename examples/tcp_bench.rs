@@ -5,6 +5,8 @@
 //!     tcp_bench send ADDR BYTES    # sends BYTES on one connection, waits for the count,
 //!                                  # prints `BYTES SECONDS MiB/s`
 //!     tcp_bench port               # prints a free port on 127.0.0.1
+//!     tcp_bench idle ADDR N        # opens N keep-alive HTTP connections, one GET on each,
+//!                                  # prints `ready` and holds them until killed
 
 use std::time::Instant;
 
@@ -31,7 +33,15 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", l.local_addr()?.port());
             Ok(())
         }
-        _ => anyhow::bail!("usage: tcp_bench serve | send ADDR BYTES | port"),
+        Some("idle") => {
+            let addr = args.get(1).ok_or_else(|| anyhow::anyhow!("idle ADDR N"))?;
+            let n: usize = args
+                .get(2)
+                .ok_or_else(|| anyhow::anyhow!("idle ADDR N"))?
+                .parse()?;
+            idle(addr, n).await
+        }
+        _ => anyhow::bail!("usage: tcp_bench serve | send ADDR BYTES | port | idle ADDR N"),
     }
 }
 
@@ -78,5 +88,27 @@ async fn send(addr: &str, bytes: u64) -> anyhow::Result<()> {
         "{bytes} {seconds:.3} {:.0}",
         bytes as f64 / seconds / 1_048_576.0
     );
+    Ok(())
+}
+
+/// Opens `n` connections, each answering one keep-alive GET, then holds them all open.
+async fn idle(addr: &str, n: usize) -> anyhow::Result<()> {
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        // Read until the 12-byte body has arrived after the head.
+        while !got.ends_with(b"hello world\n") {
+            let k = s.read(&mut buf).await?;
+            anyhow::ensure!(k > 0, "closed before an answer");
+            got.extend_from_slice(&buf[..k]);
+        }
+        open.push(s);
+    }
+    println!("ready {}", open.len());
+    std::future::pending::<()>().await;
     Ok(())
 }

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Side by side: rproxy, nginx and HAProxy proxying a 12-byte answer from two keep-alive nginx
+# backends, one worker each, the proxy pinned to CPU 0 and wrk plus the backends to CPU 1.
+# Systems run interleaved in rounds so drift hits all alike; medians are reported, with the
+# proxy's CPU time per request from /proc/PID/stat. Writes benches/RESULTS.md.
+#
+#   bash benches/compare/run.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
+#
+# Everything listens on 127.0.0.1; every process started here is stopped by its pid.
+set -euo pipefail
+SECONDS_PER_RUN=${1:-10}
+ROUNDS=${2:-3}
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+# The idle-connection test wants 10,000 client connections; HAProxy reserves two descriptors
+# per connection, so under a lower hard limit all systems get the same smaller number.
+ulimit -n "$(ulimit -Hn)"
+IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
+[ "$IDLE_N" -gt 10000 ] && IDLE_N=10000
+
+need=()
+for tool in nginx haproxy wrk; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+cargo build --release --quiet --bin rproxy --example tcp_bench
+
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+# Keep the logs when something fails to start, for the error below.
+show_logs() { tail -n 5 "$DIR"/*.log >&2 2>/dev/null || true; }
+port() { "$ROOT/target/release/examples/tcp_bench" port; }
+B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
+
+mkdir -p "$DIR/backends" "$DIR/nginx"
+cat > "$DIR/backends/nginx.conf" <<CONF
+worker_processes 1;
+error_log stderr;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$B1; location / { add_header X-Backend b1; return 200 "hello world\n"; } }
+    server { listen 127.0.0.1:$B2; location / { add_header X-Backend b2; return 200 "hello world\n"; } }
+}
+CONF
+taskset -c 1 nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" -g "daemon off; pid $DIR/backends/nginx.pid;" 2>"$DIR/backends.log" &
+PIDS+=($!)
+
+cat > "$DIR/rproxy.toml" <<CONF
+workers = 1
+[log]
+access = "off"
+[listeners.web]
+listen = "127.0.0.1:$P_RPROXY"
+upstream = "app"
+[upstreams.app]
+servers = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
+CONF
+taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/rproxy.toml" 2>"$DIR/rproxy.log" &
+PIDS+=($!)
+RPROXY_PID=$!
+
+cat > "$DIR/nginx/nginx.conf" <<CONF
+worker_processes 1;
+error_log stderr;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream app { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 32; }
+    server {
+        listen 127.0.0.1:$P_NGINX;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+CONF
+taskset -c 0 nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -g "daemon off; master_process off; pid $DIR/nginx/nginx.pid;" 2>"$DIR/nginx.log" &
+PIDS+=($!)
+NGINX_PID=$!
+
+cat > "$DIR/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn $((IDLE_N + 50))
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option forwardfor
+    http-reuse always
+frontend web
+    bind 127.0.0.1:$P_HAPROXY
+    default_backend app
+backend app
+    balance roundrobin
+    server b1 127.0.0.1:$B1
+    server b2 127.0.0.1:$B2
+CONF
+taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
+PIDS+=($!)
+HAPROXY_PID=$!
+
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 did not open" >&2; show_logs; return 1
+}
+for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY; do wait_port "$p"; done
+
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY)
+declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+SYSTEMS=(rproxy nginx haproxy)
+
+# Each proxy must really alternate between the two backends.
+for s in "${SYSTEMS[@]}"; do
+    seen=$(for _ in 1 2 3 4; do curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[$s]}/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-backend" {print $2}'; done | sort -u | tr '\n' ' ')
+    [ "$seen" = "b1 b2 " ] || { echo "$s does not alternate between the backends: $seen" >&2; exit 1; }
+done
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+to_us() { # wrk latency ("812.00us", "1.20ms", "2.00s") in microseconds
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else print n * 1000000 }'
+}
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+RESULTS="$DIR/results.tsv"
+for c in 1 50 200; do
+    for round in $(seq "$ROUNDS"); do
+        for s in "${SYSTEMS[@]}"; do
+            before=$(ticks "${PID[$s]}")
+            out=$(taskset -c 1 wrk -t1 -c"$c" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:${PORT[$s]}/")
+            after=$(ticks "${PID[$s]}")
+            requests=$(echo "$out" | awk '/requests in/ {print $1}')
+            rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+            p50=$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+            p99=$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+            errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+            cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$s" "$rps" "$p50" "$p99" "$cpu" "$errors" >> "$RESULTS"
+            echo "c=$c round $round $s: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} us CPU/request $errors" >&2
+        done
+    done
+done
+
+# Memory for 10,000 idle keep-alive client connections.
+idle_kib() {
+    local pid=$1 port=$2 before after
+    before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    "$ROOT/target/release/examples/tcp_bench" idle "127.0.0.1:$port" "$IDLE_N" > "$DIR/idle.out" &
+    local client=$!
+    for _ in $(seq 600); do grep -q ready "$DIR/idle.out" 2>/dev/null && break; sleep 0.1; done
+    after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    kill "$client" 2>/dev/null || true
+    wait "$client" 2>/dev/null || true
+    echo $((after - before))
+}
+declare -A IDLE
+for s in "${SYSTEMS[@]}"; do
+    IDLE[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}")
+    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB" >&2
+done
+
+{
+    echo "# rproxy against nginx and HAProxy"
+    echo
+    echo "Produced by \`bash benches/compare/run.sh $SECONDS_PER_RUN $ROUNDS\` on $(date -u +%Y-%m-%d)."
+    echo "Machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)."
+    echo "Versions: rproxy $(git -C "$ROOT" describe --always --dirty), $(nginx -v 2>&1), $(haproxy -v | head -1), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')."
+    echo
+    echo "Each proxy has one worker pinned to CPU 0; wrk (-t1, ${SECONDS_PER_RUN}s per run) and the two nginx"
+    echo "backends (12-byte answer, keep-alive) share CPU 1. Systems ran interleaved, $ROUNDS rounds; medians."
+    echo "CPU per request is the proxy's utime+stime over a run divided by the requests it served."
+    echo
+    echo "| connections | system | requests/s | p50 µs | p99 µs | CPU µs/request | CPU vs nginx |"
+    echo "|---|---|---|---|---|---|---|"
+    for c in 1 50 200; do
+        ng_cpu=$(awk -F'\t' -v c="$c" '$1 == c && $2 == "nginx" {print $6}' "$RESULTS" | median)
+        for s in "${SYSTEMS[@]}"; do
+            col() { awk -F'\t' -v c="$c" -v s="$s" -v k="$1" '$1 == c && $2 == s {print $k}' "$RESULTS" | median; }
+            cpu=$(col 6)
+            printf '| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx |\n' "$c" "$s" "$(col 3)" "$(col 4)" "$(col 5)" "$cpu" "$(awk -v a="$cpu" -v b="$ng_cpu" 'BEGIN {print a / b}')"
+        done
+    done
+    echo
+    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy |"
+    echo "|---|---|---|---|"
+    echo "| resident memory added | ${IDLE[rproxy]} KiB | ${IDLE[nginx]} KiB | ${IDLE[haproxy]} KiB |"
+    per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.2f", k * 1024 / n}'; }
+    echo "| bytes per connection | $(per "${IDLE[rproxy]}") | $(per "${IDLE[nginx]}") | $(per "${IDLE[haproxy]}") |"
+} > "$ROOT/benches/RESULTS.md"
+cat "$ROOT/benches/RESULTS.md"
