@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::rolling::claim;
+
 const SLOT_SECONDS: u64 = 10;
 const SLOTS: usize = 6;
 /// Upper bounds in microseconds: 250 µs, 500 µs, 1 ms ... about 65 s, then everything above.
@@ -43,15 +45,8 @@ impl LatencyWindow {
 
     fn record_at(&self, latency: Duration, period: u64) {
         let slot = &self.slots[(period % SLOTS as u64) as usize];
-        let seen = slot.period.load(Ordering::Acquire);
-        if seen != period
-            && slot
-                .period
-                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // This request moved the slot into a new period: drop the old counts. A request
-            // recording concurrently may lose its count here; a status page can afford that.
+        if claim(&slot.period, period) {
+            // This request moved the slot into a new period: drop the old counts.
             for c in &slot.counts {
                 c.store(0, Ordering::Relaxed);
             }

@@ -18,6 +18,7 @@ mod request_body;
 mod request_id;
 mod retry;
 mod retry_budget;
+mod rolling;
 mod slow_start;
 mod sticky;
 mod stream_forward;

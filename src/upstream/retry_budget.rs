@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
+use super::rolling::claim;
+
 /// Slots of one second each: the window the budget looks back over.
 const SLOTS: usize = 10;
 
@@ -75,15 +77,9 @@ impl RetryBudget {
     fn current(&self) -> &Slot {
         let now = self.second();
         let slot = &self.slots[(now % SLOTS as u64) as usize];
-        let seen = slot.second.load(Ordering::Acquire);
-        if seen != now
-            && slot
-                .second
-                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // This thread moved the slot to the new second: it starts empty. Counts another
-            // thread adds in between are lost, which only makes the budget slightly stricter.
+        if claim(&slot.second, now) {
+            // This thread moved the slot to the new second: it starts empty. A lost count
+            // only makes the budget slightly stricter.
             slot.requests.store(0, Ordering::Relaxed);
             slot.retries.store(0, Ordering::Relaxed);
         }
