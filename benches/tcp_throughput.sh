@@ -12,32 +12,17 @@ BYTES=${1:-2147483648}
 RUNS=${2:-3}
 cd "$(dirname "$0")/.."
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-
-cargo build --release --quiet --bin rproxy --example tcp_bench
-BENCH=target/release/examples/tcp_bench
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+source benches/common.sh
+install_missing nginx haproxy libnginx-mod-stream
 
 "$BENCH" serve > "$DIR/sink.out" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q listening "$DIR/sink.out" 2>/dev/null && break; sleep 0.05; done
 SINK=$(awk '/listening/ {print $2}' "$DIR/sink.out")
 
-RPROXY_PORT=$("$BENCH" port)
-NGINX_PORT=$("$BENCH" port)
-HAPROXY_PORT=$("$BENCH" port)
+RPROXY_PORT=$(port)
+NGINX_PORT=$(port)
+HAPROXY_PORT=$(port)
 
 cat > "$DIR/rproxy.toml" <<CONF
 workers = 1
@@ -85,14 +70,6 @@ CONF
 haproxy -f "$DIR/haproxy.cfg" -db 2> "$DIR/haproxy.log" &
 PIDS+=($!)
 
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 did not open" >&2
-    return 1
-}
 wait_port "$RPROXY_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"
 
 best() {

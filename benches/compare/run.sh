@@ -18,23 +18,8 @@ ulimit -n "$(ulimit -Hn)"
 IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
 [ "$IDLE_N" -gt 10000 ] && IDLE_N=10000
 
-need=()
-for tool in nginx haproxy wrk; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-cargo build --release --quiet --bin rproxy --example tcp_bench
-
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-# Keep the logs when something fails to start, for the error below.
-show_logs() { tail -n 5 "$DIR"/*.log >&2 2>/dev/null || true; }
-port() { "$ROOT/target/release/examples/tcp_bench" port; }
+source benches/common.sh
+install_missing nginx haproxy wrk
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 
 mkdir -p "$DIR/backends" "$DIR/nginx"
@@ -113,13 +98,6 @@ taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
 PIDS+=($!)
 HAPROXY_PID=$!
 
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 did not open" >&2; show_logs; return 1
-}
 for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY; do wait_port "$p"; done
 
 declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY)
@@ -162,7 +140,7 @@ done
 idle_kib() {
     local pid=$1 port=$2 before after
     before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    "$ROOT/target/release/examples/tcp_bench" idle "127.0.0.1:$port" "$IDLE_N" > "$DIR/idle.out" &
+    "$BENCH" idle "127.0.0.1:$port" "$IDLE_N" > "$DIR/idle.out" &
     local client=$!
     for _ in $(seq 600); do grep -q ready "$DIR/idle.out" 2>/dev/null && break; sleep 0.1; done
     after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
