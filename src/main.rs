@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A reverse-proxy load balancer: the nginx upstream block, done better.
 #[derive(Debug, Parser)]
 #[command(name = "rproxy", version, about)]
@@ -81,13 +85,16 @@ fn main() -> ExitCode {
             tracing::error!("cannot open the access log: {e}");
             return ExitCode::FAILURE;
         }
-        // Before anything records: handles made earlier would record nowhere.
-        let metrics = match rproxy::metrics::install() {
-            Ok(handle) => Some(handle),
-            Err(e) => {
+        // Before anything records: handles made earlier would record nowhere. Without an
+        // admin listener nothing could read the metrics (and `[admin]` is read at start
+        // only), so none are recorded: each request then costs a little less.
+        let metrics = match config.admin.is_some().then(rproxy::metrics::install) {
+            Some(Ok(handle)) => Some(handle),
+            Some(Err(e)) => {
                 tracing::error!("cannot install the metrics recorder: {e}; /metrics is disabled");
                 None
             }
+            None => None,
         };
         let mut server = match rproxy::Server::bind(config).await {
             Ok(server) => server,
