@@ -7,7 +7,7 @@
 //! the first byte of a new request head arrived. A watchdog task per connection reads this.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,6 +27,9 @@ pub struct ConnActivity {
     head_started: AtomicU64,
     /// What `HeadScan` found in the raw head of the request now arriving.
     head_flags: AtomicU8,
+    /// Whether the last request left the connection at a clean message boundary, so that it
+    /// may be parked while idle (see `http1`).
+    parkable: AtomicBool,
 }
 
 /// Held while a request is in progress (until its response body is done or dropped).
@@ -75,6 +78,7 @@ impl ConnActivity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             head_flags: AtomicU8::new(0),
+            parkable: AtomicBool::new(false),
         })
     }
 
@@ -107,6 +111,19 @@ impl ConnActivity {
     /// What the raw head of the request now starting carried (see `head_scan`); clears it.
     pub(crate) fn take_head_flags(&self) -> u8 {
         self.head_flags.swap(0, Ordering::AcqRel)
+    }
+
+    /// Whether the connection may be parked now: no request in progress, nothing of a new
+    /// head read, and the last request left it `parkable`.
+    pub(crate) fn idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
+            && self.parkable.load(Ordering::Acquire)
+    }
+
+    /// Says whether the request now in progress leaves the connection parkable once answered.
+    pub(crate) fn set_parkable(&self, parkable: bool) {
+        self.parkable.store(parkable, Ordering::Release);
     }
 
     pub fn requests(&self) -> u64 {

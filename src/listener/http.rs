@@ -34,8 +34,9 @@ use crate::metrics::ListenerMetrics;
 use crate::state::SharedState;
 use crate::upstream::{Peer, ProxyBody, Route, forward};
 
-use super::activity::{ConnActivity, Expiry, RequestEnd};
+use super::activity::{ActiveRequest, ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
+use super::http1::serve_http1;
 use super::io::{ClientIo, Protocol, sniff};
 use super::sockets::Described;
 use super::tcp::serve_tcp;
@@ -47,7 +48,7 @@ pub(super) struct ListenerCtx {
     pub(super) name: Arc<str>,
     pub(super) state: SharedState,
     /// Cancelled when the connections are to finish gracefully (shutdown, listener removed).
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     /// Cancelled when the connections still open after the drain timeout are to be closed.
     pub(super) kill: CancellationToken,
     /// Every listener's bound addresses (a redirect to https names the https port).
@@ -158,7 +159,9 @@ pub async fn serve_listener(
                         .listener(&ctx.name)
                         .and_then(|l| l.settings.tcp);
                     match tcp {
-                        Some(settings) => serve_tcp(stream, peer, &ctx, settings).await,
+                        // Boxed, as below: a connection's task is as large as the largest
+                        // thing it ever awaits inline, for its whole life.
+                        Some(settings) => Box::pin(serve_tcp(stream, peer, &ctx, settings)).await,
                         None => serve_connection(stream, peer, Arc::clone(&ctx)).await,
                     }
                     ctx.metrics.connections_open.decrement(1.0);
@@ -212,16 +215,86 @@ async fn connection_slot(
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
-    let (settings, tls) = {
+    // Only what the connection needs of its listener's settings is kept: it may stay open for
+    // long, and everything its task holds across an await is memory for all that time.
+    let (tls, h1, h2, header_timeout, keepalive, send_timeout) = {
         let snapshot = ctx.state.load();
         let Some(l) = snapshot.listener(&ctx.name) else {
             return;
         };
-        (l.settings.clone(), l.tls.clone())
+        let s = &l.settings;
+        (
+            l.tls.clone(),
+            http1_builder(s),
+            http2_builder(s),
+            s.header_timeout,
+            s.keepalive_timeout,
+            s.send_timeout,
+        )
     };
-    let (header_timeout, keepalive) = (settings.header_timeout, settings.keepalive_timeout);
-    // The protocol: from ALPN over TLS (the handshake bounded by the header timeout), else
-    // from the first bytes.
+    // Boxed: freed once the protocol is known (a TLS handshake's state is large).
+    let Some((stream, proto, prefix)) =
+        Box::pin(open(stream, tls, header_timeout, &ctx, peer)).await
+    else {
+        return;
+    };
+    let over_tls = matches!(stream, Either::Right(_));
+    let activity = ConnActivity::new();
+    let io = TokioIo::new(ClientIo::new(
+        stream,
+        prefix,
+        Arc::clone(&activity),
+        proto,
+        send_timeout,
+    ));
+    let service = {
+        let ctx = Arc::clone(&ctx);
+        let activity = Arc::clone(&activity);
+        service_fn(move |req: Request<Incoming>| {
+            let ctx = Arc::clone(&ctx);
+            // Begun when hyper hands the request over, not when its future first runs: a read
+            // that could park the connection (see `http1`) must find it busy in between.
+            let active = activity.begin();
+            let head_flags = activity.take_head_flags();
+            let parkable = ends_cleanly(&req);
+            let activity = Arc::clone(&activity);
+            async move {
+                let resp = answer(&ctx, active, head_flags, peer, over_tls, req).await;
+                activity.set_parkable(parkable && !has_close_token(resp.headers()));
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let watchdog = activity.watch(header_timeout, keepalive, proto == Protocol::Http1);
+    tokio::pin!(watchdog);
+    match proto {
+        Protocol::Http1 => {
+            drop(h2);
+            serve_http1(&h1, io, service, watchdog, &ctx, peer).await;
+        }
+        Protocol::Http2 => {
+            let mut conn = Box::pin(h2.serve_connection(io, service));
+            drive(
+                conn.as_mut(),
+                |c| c.graceful_shutdown(),
+                watchdog,
+                &ctx,
+                peer,
+            )
+            .await;
+        }
+    }
+}
+
+/// The protocol: from ALPN over TLS (the handshake bounded by the header timeout), else from
+/// the first bytes. `None` when the client left, failed or was too slow, or on shutdown.
+async fn open(
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    header_timeout: Duration,
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+) -> Option<(super::tls::ClientStream, Protocol, BytesMut)> {
     let opened = async {
         match tls {
             Some(config) => {
@@ -241,63 +314,33 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Listener
         }
     };
     let opened: std::io::Result<_> = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
         opened = tokio::time::timeout(header_timeout, opened) => match opened {
             Ok(opened) => opened,
             Err(_) => {
                 tracing::debug!(client = %peer, "no TLS handshake or request within the header timeout");
-                return;
+                return None;
             }
         },
     };
-    let (stream, proto, prefix) = match opened {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(client = %peer, error = %e, "client connection failed before a request");
-            return;
-        }
-    };
-    let over_tls = matches!(stream, Either::Right(_));
-    let activity = ConnActivity::new();
-    let io = TokioIo::new(ClientIo::new(
-        stream,
-        prefix,
-        Arc::clone(&activity),
-        proto,
-        settings.send_timeout,
-    ));
-    let service = {
-        let ctx = Arc::clone(&ctx);
-        let activity = Arc::clone(&activity);
-        service_fn(move |req| {
-            let ctx = Arc::clone(&ctx);
-            let activity = Arc::clone(&activity);
-            async move { Ok::<_, Infallible>(handle(&ctx, &activity, peer, over_tls, req).await) }
-        })
-    };
-    let watchdog = activity.watch(header_timeout, keepalive, proto == Protocol::Http1);
-    match proto {
-        Protocol::Http1 => {
-            let mut builder = http1::Builder::new();
-            builder
-                .keep_alive(true)
-                // rproxy's watchdog enforces the header timeout (see `activity`).
-                .header_read_timeout(None)
-                .max_header_size(settings.limits.max_header_size);
-            if settings.limits.max_headers != defaults::MAX_HEADERS {
-                // Only when changed: hyper then parses headers on the heap, a little slower.
-                builder.max_headers(settings.limits.max_headers);
-            }
-            // With upgrades: a WebSocket's connection leaves hyper for its tunnel.
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), watchdog, &ctx, peer).await;
-        }
-        Protocol::Http2 => {
-            let conn = http2_builder(&settings).serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), watchdog, &ctx, peer).await;
-        }
+    opened.unwrap_or_else(|e| {
+        tracing::debug!(client = %peer, error = %e, "client connection failed before a request");
+        None
+    })
+}
+
+fn http1_builder(settings: &ListenerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        // rproxy's watchdog enforces the header timeout (see `activity`).
+        .header_read_timeout(None)
+        .max_header_size(settings.limits.max_header_size);
+    if settings.limits.max_headers != defaults::MAX_HEADERS {
+        // Only when changed: hyper then parses headers on the heap, a little slower.
+        builder.max_headers(settings.limits.max_headers);
     }
+    builder
 }
 
 /// HTTP/2 limits, chosen rather than inherited: a client gets at most
@@ -322,15 +365,37 @@ pub(crate) const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 pub(crate) const H2_MAX_PENDING_RESETS: usize = 20;
 pub(crate) const H2_MAX_LOCAL_RESETS: usize = 256;
 
-async fn handle(
+/// Whether, once answered, `req` leaves its HTTP/1 connection at a known message boundary
+/// with nothing of it left unread, and open: then the connection may be parked while idle.
+/// A request with a body might not be read to its end (a refused upload), and hyper would
+/// then drain or close; an upgrade hands the socket over.
+fn ends_cleanly(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body;
+    req.version() == hyper::Version::HTTP_11
+        && req.body().is_end_stream()
+        && !req.headers().contains_key(header::UPGRADE)
+        && !has_close_token(req.headers())
+}
+
+fn has_close_token(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Validates, routes and forwards one request, or answers it locally.
+async fn answer(
     ctx: &ListenerCtx,
-    activity: &Arc<ConnActivity>,
+    active: ActiveRequest,
+    head_flags: u8,
     peer: SocketAddr,
     over_tls: bool,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let end = RequestEnd::new(activity.begin(), Arc::clone(&ctx.metrics));
-    let head_flags = activity.take_head_flags();
+    let end = RequestEnd::new(active, Arc::clone(&ctx.metrics));
     let snapshot = ctx.state.load_full();
     let Some(listener) = snapshot.listener(&ctx.name) else {
         let (head, body) = ProxyError::NoBackend.response().into_parts();
@@ -384,20 +449,31 @@ async fn handle(
     Response::from_parts(head, body.finish_with(log, end, status))
 }
 
+/// How `drive` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Driven {
+    /// hyper finished the connection by itself (the client closed, or it was parked: see
+    /// `http1`).
+    Finished,
+    /// rproxy ended or is ending it: shutdown or keep-alive expiry (graceful), a request head
+    /// that timed out, or the drain timeout.
+    Closed,
+}
+
 /// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at
-/// once when a request head times out.
-async fn drive<C, E>(
-    conn: C,
+/// once when a request head times out. hyper's errors are logged here.
+pub(super) async fn drive<C, E, W>(
+    mut conn: Pin<&mut C>,
     graceful: fn(Pin<&mut C>),
-    watchdog: impl Future<Output = Expiry>,
+    mut watchdog: Pin<&mut W>,
     ctx: &ListenerCtx,
     peer: SocketAddr,
-) where
+) -> Driven
+where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
+    W: Future<Output = Expiry>,
 {
-    tokio::pin!(conn);
-    tokio::pin!(watchdog);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -405,7 +481,7 @@ async fn drive<C, E>(
                 if let Err(e) = result {
                     tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
                 }
-                return;
+                return if closing { Driven::Closed } else { Driven::Finished };
             }
             _ = ctx.shutdown.cancelled(), if !closing => {
                 graceful(conn.as_mut());
@@ -413,16 +489,16 @@ async fn drive<C, E>(
             }
             _ = ctx.kill.cancelled() => {
                 tracing::debug!(client = %peer, "drain timeout of a removed listener; closing");
-                return;
+                return Driven::Closed;
             }
-            expiry = &mut watchdog, if !closing => match expiry {
+            expiry = watchdog.as_mut(), if !closing => match expiry {
                 Expiry::Idle => {
                     graceful(conn.as_mut());
                     closing = true;
                 }
                 Expiry::HeaderTimeout => {
                     tracing::debug!(client = %peer, "request head not received within the header timeout; closing");
-                    return;
+                    return Driven::Closed;
                 }
             },
         }

@@ -5,6 +5,12 @@
 //! activity tracker when a request head starts, notes a `#` in an HTTP/1 request target (which
 //! `http::Uri` would silently drop), and ends a write that stays blocked longer than the send
 //! timeout: a client that never reads its response cannot hold the connection forever.
+//!
+//! It also lets an idle HTTP/1 connection be *parked* (see `http1`): once a response has been
+//! flushed, no request is in progress and the socket has nothing to read, a read ends hyper's
+//! connection as if the client had closed, without closing the socket. hyper's buffers are
+//! then freed while the connection waits, and a new hyper connection takes the socket when
+//! the next request arrives. This is how nginx keeps an idle keep-alive connection cheap.
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -60,6 +66,13 @@ pub(super) struct ClientIo {
     scan: HeadScan,
     /// The send timeout: a write blocked this long ends the connection.
     write_stall: IdleTimer,
+    /// Whether everything hyper wrote has been flushed (hyper flushes only once its own
+    /// buffer is empty): a connection is parked only then.
+    written_all: bool,
+    /// Set once the task was woken to park an idle connection; cleared by the next read.
+    nudged: bool,
+    /// Set when a read ended hyper's connection to park it.
+    parked: bool,
 }
 
 impl ClientIo {
@@ -77,7 +90,47 @@ impl ClientIo {
             http1: protocol == Protocol::Http1,
             scan: HeadScan::new(),
             write_stall: IdleTimer::new(send_timeout),
+            written_all: true,
+            nudged: false,
+            parked: false,
         }
+    }
+
+    /// True when hyper's connection ended because rproxy parked it, not because the client
+    /// closed: the socket is open and idle.
+    pub(super) fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Resumes after parking: `unread` is what hyper had read but not used (the start of a
+    /// pipelined request), served again before the socket.
+    pub(super) fn resume(&mut self, unread: Bytes) {
+        self.parked = false;
+        if !unread.is_empty() {
+            let mut prefix = BytesMut::from(unread);
+            prefix.extend_from_slice(&self.prefix);
+            self.prefix = prefix;
+        }
+    }
+
+    /// Whether bytes wait in the replay buffer (then there is no need to wait for the socket).
+    pub(super) fn has_unread(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// Ready when the client sent something (or closed) on a parked connection.
+    pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.inner {
+            tokio_util::either::Either::Left(tcp) => tcp.poll_read_ready(cx),
+            tokio_util::either::Either::Right(tls) => tls.get_ref().0.poll_read_ready(cx),
+        }
+    }
+
+    /// A read found nothing to read: park when the last response is flushed, no request is in
+    /// progress and nothing of a new one has arrived. hyper polls in the order read, write,
+    /// flush, so a response that ended since the last flush is flushed before the next read.
+    fn should_park(&self) -> bool {
+        self.http1 && self.written_all && self.prefix.is_empty() && self.activity.idle()
     }
 
     /// Notes bytes just read. Only a head that starts a read on an idle connection is scanned;
@@ -126,13 +179,26 @@ impl AsyncRead for ClientIo {
             let chunk = this.prefix.split_to(n);
             buf.put_slice(&chunk);
             this.saw(&chunk);
+            if this.prefix.is_empty() {
+                // Free the sniff buffer rather than keep it for the life of the connection.
+                this.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let filled = &buf.filled()[before..];
-            this.saw(filled);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let filled = &buf.filled()[before..];
+                this.saw(filled);
+                this.nudged = false;
+            }
+            Poll::Pending if this.should_park() => {
+                // Reads as end of stream: hyper ends the connection and gives the socket back.
+                this.parked = true;
+                return Poll::Ready(Ok(()));
+            }
+            _ => {}
         }
         polled
     }
@@ -144,6 +210,7 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.written_all = false;
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.written(polled, cx)
     }
@@ -153,6 +220,7 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.written_all = false;
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.written(polled, cx)
     }
@@ -163,10 +231,25 @@ impl AsyncWrite for ClientIo {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.written(polled, cx)
+        let polled = self.written(polled, cx);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            self.written_all = true;
+            if self.http1 && !self.nudged && self.activity.idle() {
+                // The response just ended. hyper has already tried a read during it and will
+                // not read again until the client sends more, so poll it once more now: that
+                // read finds nothing and parks the connection.
+                self.nudged = true;
+                cx.waker().wake_by_ref();
+            }
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // hyper ends a parked connection as if the client had closed; the socket stays.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

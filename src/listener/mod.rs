@@ -8,6 +8,7 @@ mod bind;
 mod cert_dates;
 mod head_scan;
 mod http;
+mod http1;
 mod io;
 mod proxy_protocol;
 mod redirect;
