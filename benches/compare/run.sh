@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Side by side: rproxy, nginx and HAProxy proxying a 12-byte answer from two keep-alive nginx
-# backends, one worker each, the proxy pinned to CPU 0 and wrk plus the backends to CPU 1.
-# Systems run interleaved in rounds so drift hits all alike; medians are reported, with the
-# proxy's CPU time per request from /proc/PID/stat. Writes benches/RESULTS.md.
+# backends, one worker each, the proxy pinned to CPU 0 and the load generator plus the
+# backends to CPU 1. Systems run interleaved in rounds so drift hits all alike; medians are
+# reported, with the proxy's CPU time per request from /proc/PID/stat. Also measured: memory
+# for idle keep-alive connections (first, on fresh processes), HTTP/2 clients (h2load),
+# rproxy with metrics, an access log file and health checks on, rproxy with two workers, and
+# single-stream TCP throughput (benches/tcp_throughput.sh). Writes benches/RESULTS.md.
 #
 #   bash benches/compare/run.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
 #
@@ -19,8 +22,9 @@ IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
 [ "$IDLE_N" -gt 10000 ] && IDLE_N=10000
 
 source benches/common.sh
-install_missing nginx haproxy wrk
+install_missing nginx haproxy wrk nghttp2-client curl
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
+P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port)
 
 mkdir -p "$DIR/backends" "$DIR/nginx"
 cat > "$DIR/backends/nginx.conf" <<CONF
@@ -51,6 +55,25 @@ taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/rproxy.toml" 2>"$DIR/rproxy.
 PIDS+=($!)
 RPROXY_PID=$!
 
+# The same with what production runs: metrics (an admin listener), an access log file and
+# health checks. Its CPU per request against the plain one is the cost of observing.
+cat > "$DIR/observed.toml" <<CONF
+workers = 1
+[log]
+access = "$DIR/access.log"
+[admin]
+listen = "127.0.0.1:$P_ADMIN"
+[listeners.web]
+listen = "127.0.0.1:$P_OBSERVED"
+upstream = "app"
+[upstreams.app]
+servers = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
+health_check = { interval = "1s", path = "/" }
+CONF
+taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/observed.toml" 2>"$DIR/observed.log" &
+PIDS+=($!)
+OBSERVED_PID=$!
+
 cat > "$DIR/nginx/nginx.conf" <<CONF
 worker_processes 1;
 error_log stderr;
@@ -61,6 +84,7 @@ http {
     upstream app { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 32; }
     server {
         listen 127.0.0.1:$P_NGINX;
+        listen 127.0.0.1:$P_NGINX_H2 http2;
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -88,6 +112,7 @@ defaults
     http-reuse always
 frontend web
     bind 127.0.0.1:$P_HAPROXY
+    bind 127.0.0.1:$P_HAPROXY_H2 proto h2
     default_backend app
 backend app
     balance roundrobin
@@ -98,16 +123,37 @@ taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
 PIDS+=($!)
 HAPROXY_PID=$!
 
-for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY; do wait_port "$p"; done
+for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2; do wait_port "$p"; done
 
-declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY)
-declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED)
+declare -A H2_PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2)
+declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID)
 SYSTEMS=(rproxy nginx haproxy)
 
 # Each proxy must really alternate between the two backends.
-for s in "${SYSTEMS[@]}"; do
+for s in "${SYSTEMS[@]}" rproxy-observed; do
     seen=$(for _ in 1 2 3 4; do curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[$s]}/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-backend" {print $2}'; done | sort -u | tr '\n' ' ')
     [ "$seen" = "b1 b2 " ] || { echo "$s does not alternate between the backends: $seen" >&2; exit 1; }
+done
+
+# Memory for 10,000 idle keep-alive client connections, measured first: after a load run an
+# allocator may keep freed memory, which would hide part of what the connections cost.
+idle_kib() {
+    local pid=$1 port=$2 before after
+    before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    "$BENCH" idle "127.0.0.1:$port" "$IDLE_N" > "$DIR/idle.out" &
+    local client=$!
+    for _ in $(seq 600); do grep -q ready "$DIR/idle.out" 2>/dev/null && break; sleep 0.1; done
+    sleep 1 # the same settling time for every system
+    after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    kill "$client" 2>/dev/null || true
+    wait "$client" 2>/dev/null || true
+    echo $((after - before))
+}
+declare -A IDLE
+for s in "${SYSTEMS[@]}"; do
+    IDLE[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}")
+    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB" >&2
 done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -119,8 +165,10 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 
 RESULTS="$DIR/results.tsv"
 for c in 1 50 200; do
+    runs=("${SYSTEMS[@]}")
+    [ "$c" = 50 ] && runs+=(rproxy-observed)
     for round in $(seq "$ROUNDS"); do
-        for s in "${SYSTEMS[@]}"; do
+        for s in "${runs[@]}"; do
             before=$(ticks "${PID[$s]}")
             out=$(taskset -c 1 wrk -t1 -c"$c" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:${PORT[$s]}/")
             after=$(ticks "${PID[$s]}")
@@ -136,23 +184,48 @@ for c in 1 50 200; do
     done
 done
 
-# Memory for 10,000 idle keep-alive client connections.
-idle_kib() {
-    local pid=$1 port=$2 before after
-    before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    "$BENCH" idle "127.0.0.1:$port" "$IDLE_N" > "$DIR/idle.out" &
-    local client=$!
-    for _ in $(seq 600); do grep -q ready "$DIR/idle.out" 2>/dev/null && break; sleep 0.1; done
-    after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    kill "$client" 2>/dev/null || true
-    wait "$client" 2>/dev/null || true
-    echo $((after - before))
-}
-declare -A IDLE
-for s in "${SYSTEMS[@]}"; do
-    IDLE[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}")
-    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB" >&2
+# HTTP/2 clients (h2c, prior knowledge): 50 connections with 10 streams each; the backends
+# stay HTTP/1.1 keep-alive.
+H2="$DIR/h2.tsv"
+for round in $(seq "$ROUNDS"); do
+    for s in "${SYSTEMS[@]}"; do
+        before=$(ticks "${PID[$s]}")
+        out=$(taskset -c 1 h2load -t1 -c50 -m10 -D "$SECONDS_PER_RUN" "http://127.0.0.1:${H2_PORT[$s]}/" 2>&1)
+        after=$(ticks "${PID[$s]}")
+        done_n=$(echo "$out" | awk '/^requests:/ {print $6}')
+        ok_n=$(echo "$out" | awk '/^requests:/ {print $8}')
+        rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+        mean=$(to_us "$(echo "$out" | awk '/^time for request:/ {print $6}')")
+        cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$done_n" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}')
+        printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$rps" "$mean" "$cpu" "$ok_n" >> "$H2"
+        echo "h2 round $round $s: $rps req/s, mean ${mean}us, ${cpu} us CPU/request, $done_n done, $ok_n succeeded" >&2
+    done
 done
+
+# Two workers against one. This machine has two cores and the load generator and backends
+# need CPU too, so nothing here is pinned and the figure shows what this machine allows, not
+# what rproxy would do with the load generator elsewhere.
+for w in 1 2; do
+    P_W=$(port)
+    sed -e "s/^workers = 1/workers = $w/" -e "s/127.0.0.1:$P_RPROXY\"/127.0.0.1:$P_W\"/" "$DIR/rproxy.toml" > "$DIR/workers$w.toml"
+    "$ROOT/target/release/rproxy" -c "$DIR/workers$w.toml" 2>"$DIR/workers$w.log" &
+    PIDS+=($!)
+    PORT[workers$w]=$P_W
+    PID[workers$w]=$!
+    wait_port "$P_W"
+done
+WORKERS="$DIR/workers.tsv"
+for round in $(seq "$ROUNDS"); do
+    for w in 1 2; do
+        out=$(wrk -t2 -c200 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:${PORT[workers$w]}/")
+        rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+        printf '%s\t%s\n' "$w" "$rps" >> "$WORKERS"
+        echo "workers=$w round $round: $rps req/s" >&2
+    done
+done
+
+# One TCP stream through the layer-4 mode of each (its own script, its own processes).
+bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
 
 {
     echo "# rproxy against nginx and HAProxy"
@@ -181,5 +254,53 @@ done
     echo "| resident memory added | ${IDLE[rproxy]} KiB | ${IDLE[nginx]} KiB | ${IDLE[haproxy]} KiB |"
     per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.2f", k * 1024 / n}'; }
     echo "| bytes per connection | $(per "${IDLE[rproxy]}") | $(per "${IDLE[nginx]}") | $(per "${IDLE[haproxy]}") |"
+    echo
+    echo "Idle connections were opened (one GET each) before any load run, on fresh processes;"
+    echo "memory was read one second after the last was open."
+    echo
+    echo "### Observing costs: metrics, an access log file and health checks"
+    echo
+    echo "\"rproxy-observed\" is the same rproxy with an admin listener (metrics recorded), the access"
+    echo "log written to a file and health checks every second, at 50 connections:"
+    echo
+    plain=$(awk -F'\t' '$1 == 50 && $2 == "rproxy" {print $6}' "$RESULTS" | median)
+    observed=$(awk -F'\t' '$1 == 50 && $2 == "rproxy-observed" {print $6}' "$RESULTS" | median)
+    echo "| rproxy | CPU µs/request | requests/s |"
+    echo "|---|---|---|"
+    echo "| plain | $plain | $(awk -F'\t' '$1 == 50 && $2 == "rproxy" {print $3}' "$RESULTS" | median) |"
+    echo "| observed | $observed | $(awk -F'\t' '$1 == 50 && $2 == "rproxy-observed" {print $3}' "$RESULTS" | median) |"
+    echo "| observed / plain | $(awk -v a="$observed" -v b="$plain" 'BEGIN {printf "%.2fx", a / b}') | |"
+    echo
+    echo "### HTTP/2 clients"
+    echo
+    echo "h2load -t1 -c50 -m10 (500 streams in flight, cleartext prior knowledge), ${SECONDS_PER_RUN}s per run,"
+    echo "$ROUNDS interleaved rounds, medians; backends stay HTTP/1.1. $(h2load --version 2>&1 | head -1)."
+    echo
+    echo "| system | requests/s | mean latency µs | CPU µs/request | CPU vs nginx |"
+    echo "|---|---|---|---|---|"
+    ng_h2=$(awk -F'\t' '$1 == "nginx" {print $4}' "$H2" | median)
+    for s in "${SYSTEMS[@]}"; do
+        col() { awk -F'\t' -v s="$s" -v k="$1" '$1 == s {print $k}' "$H2" | median; }
+        cpu=$(col 4)
+        printf '| %s | %.0f | %.0f | %.2f | %.2fx |\n' "$s" "$(col 2)" "$(col 3)" "$cpu" "$(awk -v a="$cpu" -v b="$ng_h2" 'BEGIN {print a / b}')"
+    done
+    echo
+    echo "### Two workers"
+    echo
+    one=$(awk -F'\t' '$1 == 1 {print $2}' "$WORKERS" | median)
+    two=$(awk -F'\t' '$1 == 2 {print $2}' "$WORKERS" | median)
+    echo "rproxy with \`workers = 1\` and \`workers = 2\`, nothing pinned, wrk -t2 -c200 on the same two"
+    echo "cores as the proxy and the backends: $one and $two requests/s (median of $ROUNDS), a ratio of"
+    echo "$(awk -v a="$two" -v b="$one" 'BEGIN {printf "%.2f", a / b}'). With the load generator and backends on the same two cores this"
+    echo "measures what this machine allows, not scaling with a core to spare."
+    echo
+    echo "### One TCP stream (layer 4)"
+    echo
+    echo "\`bash benches/tcp_throughput.sh 1073741824 3\`:"
+    echo
+    echo '```'
+    cat "$DIR/tcp.txt"
+    echo '```'
+
 } > "$ROOT/benches/RESULTS.md"
 cat "$ROOT/benches/RESULTS.md"

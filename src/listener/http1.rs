@@ -2,11 +2,11 @@
 //!
 //! Called by `http::serve_connection` once the protocol is known. A keep-alive connection
 //! spends most of its life waiting for the next request, and a hyper connection holds about
-//! 16 KB of buffers all along. So when a response is flushed and nothing more has arrived, the
-//! connection is parked (see `io`): hyper's connection ends without closing the socket, and
-//! rproxy waits for the socket to become readable with only the socket and the watchdog
-//! held. The next request gets a new hyper connection on the same socket. Bytes hyper had
-//! read but not used (the start of a pipelined request) are replayed to the new one.
+//! 16 KB of buffers all along. So when a response is flushed and nothing more has arrived for
+//! a moment, the connection is parked (see `io`): hyper's connection ends without closing the
+//! socket, and rproxy waits for the socket to become readable holding little more than the
+//! socket and the watchdog. The next request gets a new hyper connection on the same socket.
+//! Bytes hyper had read but not used (the start of a pipelined request) are replayed to it.
 //!
 //! While parked the connection obeys the same rules as inside hyper: the keep-alive timeout
 //! closes it, a graceful shutdown closes it at once (it is idle), the drain timeout kills it.

@@ -7,10 +7,12 @@
 //! timeout: a client that never reads its response cannot hold the connection forever.
 //!
 //! It also lets an idle HTTP/1 connection be *parked* (see `http1`): once a response has been
-//! flushed, no request is in progress and the socket has nothing to read, a read ends hyper's
-//! connection as if the client had closed, without closing the socket. hyper's buffers are
-//! then freed while the connection waits, and a new hyper connection takes the socket when
-//! the next request arrives. This is how nginx keeps an idle keep-alive connection cheap.
+//! flushed, no request is in progress and the socket has had nothing to read for
+//! `PARK_AFTER`, a read ends hyper's connection as if the client had closed, without closing
+//! the socket. hyper's buffers are then freed while the connection waits, and a new hyper
+//! connection takes the socket when the next request arrives. nginx frees its buffers the
+//! same way; rproxy waits a moment first because under load the next request is usually
+//! microseconds away, and building a hyper connection for each request costs CPU.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +31,9 @@ use super::head_scan::HeadScan;
 use super::tls::ClientStream;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP/1 connection stays idle before it is parked.
+const PARK_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
@@ -69,8 +74,8 @@ pub(super) struct ClientIo {
     /// Whether everything hyper wrote has been flushed (hyper flushes only once its own
     /// buffer is empty): a connection is parked only then.
     written_all: bool,
-    /// Set once the task was woken to park an idle connection; cleared by the next read.
-    nudged: bool,
+    /// Runs while the connection is idle; parking waits for it.
+    park_after: IdleTimer,
     /// Set when a read ended hyper's connection to park it.
     parked: bool,
 }
@@ -91,7 +96,7 @@ impl ClientIo {
             scan: HeadScan::new(),
             write_stall: IdleTimer::new(send_timeout),
             written_all: true,
-            nudged: false,
+            park_after: IdleTimer::new(PARK_AFTER),
             parked: false,
         }
     }
@@ -106,6 +111,7 @@ impl ClientIo {
     /// pipelined request), served again before the socket.
     pub(super) fn resume(&mut self, unread: Bytes) {
         self.parked = false;
+        self.park_after.progressed();
         if !unread.is_empty() {
             let mut prefix = BytesMut::from(unread);
             prefix.extend_from_slice(&self.prefix);
@@ -126,10 +132,10 @@ impl ClientIo {
         }
     }
 
-    /// A read found nothing to read: park when the last response is flushed, no request is in
-    /// progress and nothing of a new one has arrived. hyper polls in the order read, write,
+    /// Whether the connection may be parked now: the last response is flushed, no request is
+    /// in progress and nothing of a new one has arrived. hyper polls in the order read, write,
     /// flush, so a response that ended since the last flush is flushed before the next read.
-    fn should_park(&self) -> bool {
+    fn may_park(&self) -> bool {
         self.http1 && self.written_all && self.prefix.is_empty() && self.activity.idle()
     }
 
@@ -191,9 +197,9 @@ impl AsyncRead for ClientIo {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 let filled = &buf.filled()[before..];
                 this.saw(filled);
-                this.nudged = false;
+                this.park_after.progressed();
             }
-            Poll::Pending if this.should_park() => {
+            Poll::Pending if this.may_park() && this.park_after.expired(cx) => {
                 // Reads as end of stream: hyper ends the connection and gives the socket back.
                 this.parked = true;
                 return Poll::Ready(Ok(()));
@@ -234,11 +240,10 @@ impl AsyncWrite for ClientIo {
         let polled = self.written(polled, cx);
         if matches!(polled, Poll::Ready(Ok(()))) {
             self.written_all = true;
-            if self.http1 && !self.nudged && self.activity.idle() {
-                // The response just ended. hyper has already tried a read during it and will
-                // not read again until the client sends more, so poll it once more now: that
-                // read finds nothing and parks the connection.
-                self.nudged = true;
+            // Idle from here: start the park timer. hyper already tried a read during the
+            // response and will not read again until the client sends more; the timer wakes
+            // the connection's task, hyper's next read finds nothing and parks it.
+            if self.may_park() && self.park_after.expired(cx) {
                 cx.waker().wake_by_ref();
             }
         }
