@@ -3,15 +3,14 @@
 //!
 //! Where it goes and how it looks is `[log]` in the configuration: stdout (the default, as in
 //! nginx's container images), stderr, a file, or off; nginx's `combined` format followed by
-//! rproxy's own fields, or JSON. Request threads only format a line and hand it over a
-//! channel: one writer thread buffers, flushes every 100 ms, and reopens the file on SIGUSR1
-//! (for logrotate), so no request waits on the disk.
+//! rproxy's own fields, or JSON. Request threads only format a line and append it to a
+//! shared buffer (`writer`): one writer thread writes it out every 100 ms and reopens the file
+//! on SIGUSR1 (for logrotate), so no request waits on the disk.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Version, header};
@@ -20,16 +19,12 @@ use tokio::time::Instant;
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
 
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+mod writer;
 
-enum Message {
-    Line(String),
-    Reopen,
-    Flush(Sender<()>),
-}
+use writer::Writer;
 
 struct Sink {
-    tx: Sender<Message>,
+    writer: Writer,
     format: AccessFormat,
 }
 
@@ -41,89 +36,41 @@ pub fn init(config: &LogConfig) -> io::Result<()> {
     if config.access == AccessTarget::Off {
         return Ok(());
     }
-    let out = open(&config.access)?;
-    let (tx, rx) = mpsc::channel();
-    let target = config.access.clone();
-    std::thread::Builder::new()
-        .name("rproxy-access-log".into())
-        .spawn(move || write_lines(&rx, out, &target))?;
-    // A second init keeps the first sink; the binary calls this once.
+    let writer = Writer::start(open(&config.access)?, config.access.clone())?;
     let _ = SINK.set(Sink {
-        tx,
+        writer,
         format: config.format,
     });
     Ok(())
 }
 
-/// Reopens the access log file (after logrotate moved it). Called on SIGUSR1.
+/// Reopens the access log file (SIGUSR1).
 pub fn reopen() {
     if let Some(sink) = SINK.get() {
-        let _ = sink.tx.send(Message::Reopen);
+        sink.writer.reopen();
     }
 }
 
-/// Writes out what is buffered; waits up to a second. Called before the process exits.
+/// Writes out every line so far (at exit).
 pub fn flush() {
     if let Some(sink) = SINK.get() {
-        let (done, wait) = mpsc::channel();
-        if sink.tx.send(Message::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(1));
-        }
+        sink.writer.flush();
     }
 }
 
 fn open(target: &AccessTarget) -> io::Result<Box<dyn Write + Send>> {
     Ok(match target {
-        AccessTarget::Stdout | AccessTarget::Off => Box::new(io::BufWriter::new(io::stdout())),
-        AccessTarget::Stderr => Box::new(io::BufWriter::new(io::stderr())),
-        AccessTarget::File(path) => Box::new(io::BufWriter::new(
+        AccessTarget::Stdout | AccessTarget::Off => Box::new(io::stdout()),
+        AccessTarget::Stderr => Box::new(io::stderr()),
+        AccessTarget::File(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?,
-        )),
+        ),
     })
 }
 
-fn write_lines(rx: &Receiver<Message>, mut out: Box<dyn Write + Send>, target: &AccessTarget) {
-    let mut failing = false;
-    let mut report = |result: io::Result<()>, what: &str| match result {
-        Ok(()) => failing = false,
-        Err(e) if !failing => {
-            failing = true;
-            tracing::error!(error = %e, "access log: cannot {what}");
-        }
-        Err(_) => {}
-    };
-    loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(Message::Line(line)) => report(out.write_all(line.as_bytes()), "write"),
-            Ok(Message::Reopen) => {
-                report(out.flush(), "flush");
-                match open(target) {
-                    Ok(new) => {
-                        out = new;
-                        tracing::info!("access log reopened");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "access log: cannot reopen; still writing to the old file");
-                    }
-                }
-            }
-            Ok(Message::Flush(done)) => {
-                report(out.flush(), "flush");
-                let _ = done.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => report(out.flush(), "flush"),
-            Err(RecvTimeoutError::Disconnected) => {
-                report(out.flush(), "flush");
-                return;
-            }
-        }
-    }
-}
-
-/// One request, from its arrival to the end of its response.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub listener: Arc<str>,
@@ -178,7 +125,7 @@ impl AccessRecord {
             AccessFormat::Combined => self.combined(bytes, complete),
             AccessFormat::Json => self.json(bytes, complete),
         };
-        let _ = sink.tx.send(Message::Line(line));
+        sink.writer.push(&line);
     }
 
     /// nginx's `combined` (`client - - [time] "request" status bytes "referer" "agent"`), then
@@ -192,7 +139,7 @@ impl AccessRecord {
         format!(
             "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" listener={} backend={} upstream_time={} request_time={:.3} complete={} request_id={}\n",
             self.client,
-            clf_time(SystemTime::now()),
+            clf_time_cached(SystemTime::now()),
             self.method,
             self.target.replace('"', "%22"),
             self.version,
@@ -255,6 +202,24 @@ impl AccessRecord {
         text.push('\n');
         text
     }
+}
+
+/// `clf_time`, formatted once per second per thread: at thousands of lines a second the
+/// formatting showed in profiles.
+fn clf_time_cached(now: SystemTime) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *cached = second;
+            *text = clf_time(now);
+        }
+        text.clone()
+    })
 }
 
 /// `21/Nov/2026:15:40:01 +0000`, the Common Log Format time, in UTC.
