@@ -203,11 +203,20 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # Two workers against one. This machine has two cores and the load generator and backends
-# need CPU too, so nothing here is pinned and the figure shows what this machine allows, not
-# what rproxy would do with the load generator elsewhere.
+# need CPU too, so nothing here is pinned (the backends get two workers of their own) and the
+# figure shows what this machine allows, not what rproxy would do with the load generator
+# elsewhere.
+B3=$(port); B4=$(port)
+mkdir -p "$DIR/backends2"
+sed -e "s/^worker_processes 1;/worker_processes 2;/" -e "s/127.0.0.1:$B1;/127.0.0.1:$B3;/" -e "s/127.0.0.1:$B2;/127.0.0.1:$B4;/" \
+    "$DIR/backends/nginx.conf" > "$DIR/backends2/nginx.conf"
+nginx -p "$DIR/backends2" -c "$DIR/backends2/nginx.conf" -g "daemon off; pid $DIR/backends2/nginx.pid;" 2>"$DIR/backends2.log" &
+PIDS+=($!)
+wait_port "$B3"; wait_port "$B4"
 for w in 1 2; do
     P_W=$(port)
-    sed -e "s/^workers = 1/workers = $w/" -e "s/127.0.0.1:$P_RPROXY\"/127.0.0.1:$P_W\"/" "$DIR/rproxy.toml" > "$DIR/workers$w.toml"
+    sed -e "s/^workers = 1/workers = $w/" -e "s/127.0.0.1:$P_RPROXY\"/127.0.0.1:$P_W\"/" \
+        -e "s/127.0.0.1:$B1\"/127.0.0.1:$B3\"/" -e "s/127.0.0.1:$B2\"/127.0.0.1:$B4\"/" "$DIR/rproxy.toml" > "$DIR/workers$w.toml"
     "$ROOT/target/release/rproxy" -c "$DIR/workers$w.toml" 2>"$DIR/workers$w.log" &
     PIDS+=($!)
     PORT[workers$w]=$P_W
@@ -289,8 +298,8 @@ bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
     echo
     one=$(awk -F'\t' '$1 == 1 {print $2}' "$WORKERS" | median)
     two=$(awk -F'\t' '$1 == 2 {print $2}' "$WORKERS" | median)
-    echo "rproxy with \`workers = 1\` and \`workers = 2\`, nothing pinned, wrk -t2 -c200 on the same two"
-    echo "cores as the proxy and the backends: $one and $two requests/s (median of $ROUNDS), a ratio of"
+    echo "rproxy with \`workers = 1\` and \`workers = 2\`, nothing pinned, wrk -t2 -c200 and two-worker nginx"
+    echo "backends on the same two cores as the proxy: $one and $two requests/s (median of $ROUNDS), a ratio of"
     echo "$(awk -v a="$two" -v b="$one" 'BEGIN {printf "%.2f", a / b}'). With the load generator and backends on the same two cores this"
     echo "measures what this machine allows, not scaling with a core to spare."
     echo
