@@ -49,7 +49,7 @@ async fn idle_keepalive_connections_hold_little_memory_and_serve_again() {
 
     // Unparked, a connection costs about 25 KB here (hyper's buffers and a large task, in a
     // debug build); parked, about 3 KB, plus what the allocator keeps of the buffers freed
-    // by connections that were open together. Parking comes 50ms after each response, so
+    // by connections that were open together. Parking comes 100ms after each response, so
     // the figure is polled rather than read once.
     let per_connection = || (proxy.rss_kib().saturating_sub(rest)) * 1024 / N as u64;
     let start = Instant::now();

@@ -236,12 +236,14 @@ done
 # One TCP stream through the layer-4 mode of each (its own script, its own processes).
 bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
 
+# Named before the report is written (writing it makes the tree dirty).
+VERSION=$(git -C "$ROOT" describe --always --dirty)
 {
     echo "# rproxy against nginx and HAProxy"
     echo
     echo "Produced by \`bash benches/compare/run.sh $SECONDS_PER_RUN $ROUNDS\` on $(date -u +%Y-%m-%d)."
     echo "Machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)."
-    echo "Versions: rproxy $(git -C "$ROOT" describe --always --dirty), $(nginx -v 2>&1), $(haproxy -v | head -1), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')."
+    echo "Versions: rproxy $VERSION, $(nginx -v 2>&1), $(haproxy -v | head -1), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')."
     echo
     echo "Each proxy has one worker pinned to CPU 0; wrk (-t1, ${SECONDS_PER_RUN}s per run) and the two nginx"
     echo "backends (12-byte answer, keep-alive) share CPU 1. Systems ran interleaved, $ROUNDS rounds; medians."

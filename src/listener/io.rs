@@ -33,7 +33,7 @@ use super::tls::ClientStream;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long an HTTP/1 connection stays idle before it is parked.
-const PARK_AFTER: Duration = Duration::from_millis(50);
+const PARK_AFTER: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
