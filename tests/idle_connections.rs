@@ -1,7 +1,8 @@
 //! Idle keep-alive client connections are parked: hyper's buffers are released between
 //! requests (see `listener::http1`), and nothing about the connection's behaviour changes.
 //! These tests hold many idle connections and watch rproxy's resident memory, then use every
-//! one of them again; and they split a pipelined request across the moment of parking.
+//! one of them again; split a pipelined request across the moment of parking; and use a TLS
+//! connection again after it was parked.
 
 mod common;
 
@@ -117,4 +118,50 @@ async fn a_refused_upload_still_closes_and_the_next_connection_parks() {
     );
     assert!(closed_by_server(&mut s).await);
     assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_tls_keepalive_connection_serves_again_after_being_parked() {
+    use common::certs::Ca;
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::ServerName;
+
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf("site", &["site.example"]);
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"off\"\n\
+         [listeners.https]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    let tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let name = ServerName::try_from("site.example").expect("name");
+    let tls = ca
+        .client(&[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    for round in 0..3 {
+        let req = http::Request::get("https://site.example/")
+            .header("host", "site.example")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = send
+            .send_request(req)
+            .await
+            .expect("response on the same connection");
+        assert_eq!(resp.status(), 200, "round {round}");
+        // Idle well past the park delay (100ms), so the next request meets a parked
+        // connection: this pause is the condition under test, not a wait for one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(backend.requests(), 3);
 }
