@@ -1,5 +1,5 @@
 //! The access log as an operator uses it: JSON lines in a file, reopened on SIGUSR1 after
-//! logrotate moved it, nginx's combined format on stdout by default, and `off`.
+//! logrotate moved it, nginx's combined format on stdout by default, `off`, and a full disk.
 
 mod common;
 
@@ -93,4 +93,29 @@ async fn combined_on_stdout_by_default_and_nothing_when_off() {
         "{:?}",
         quiet.logs()
     );
+}
+
+#[tokio::test]
+async fn a_full_disk_is_reported_once_and_requests_go_on() {
+    // Every write to /dev/full fails with ENOSPC.
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"/dev/full\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        b.addr
+    ));
+    let c = client();
+    // Requests across several of the writer's 100 ms rounds, each of which fails.
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(700) {
+        assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+    }
+    proxy.wait_for_log(&["access log: cannot write"]).await;
+    let reports = proxy
+        .logs()
+        .iter()
+        .filter(|l| l.contains("access log: cannot write"))
+        .count();
+    assert_eq!(reports, 1, "{:#?}", proxy.logs());
 }

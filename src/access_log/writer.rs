@@ -92,15 +92,9 @@ impl Writer {
 }
 
 fn run(shared: &Shared, mut out: Box<dyn Write + Send>, target: &AccessTarget) {
+    // A failing disk (full, gone) is reported once, and again only after a write succeeded:
+    // not every 100 ms while it lasts.
     let mut failing = false;
-    let mut report = |result: io::Result<()>, what: &str| match result {
-        Ok(()) => failing = false,
-        Err(e) if !failing => {
-            failing = true;
-            tracing::error!(error = %e, "access log: cannot {what}");
-        }
-        Err(_) => {}
-    };
     // Swapped with the shared buffer each round, so both keep their capacity.
     let mut taken = Vec::new();
     loop {
@@ -128,10 +122,20 @@ fn run(shared: &Shared, mut out: Box<dyn Write + Send>, target: &AccessTarget) {
             );
         }
         if !taken.is_empty() {
-            report(out.write_all(&taken), "write");
+            match out.write_all(&taken).and_then(|()| out.flush()) {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("access log: writing again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "access log: cannot write; lines are lost until it can");
+                }
+                Err(_) => {}
+            }
             taken.clear();
         }
-        report(out.flush(), "flush");
         if reopen {
             match super::open(target) {
                 Ok(new) => {
