@@ -1,8 +1,9 @@
 //! The HTTP listener: accept loop and one task per client connection.
 //!
-//! Each connection is sniffed (HTTP/1 or HTTP/2 prior knowledge), or on an https listener
-//! completes its TLS handshake and takes the protocol from ALPN, all under the header timeout;
-//! then it is served by hyper and watched for the header and keep-alive timeouts. Each request
+//! Each connection is opened (`open`: sniffed for HTTP/1 or HTTP/2 prior knowledge, or on an
+//! https listener its TLS handshake, the protocol then from ALPN, all under the header
+//! timeout); then it is served by hyper (HTTP/1 through `http1`, which parks it while idle)
+//! and watched for the header and keep-alive timeouts. Each request
 //! is checked (`validate`), routed (`router`) and forwarded (`upstream`). On shutdown, or when
 //! a reload removes the listener, every connection is asked to finish gracefully: HTTP/1
 //! closes once its request in progress is done (at once if idle), HTTP/2 sends GOAWAY and
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -36,8 +36,9 @@ use crate::upstream::{Peer, ProxyBody, Route, forward};
 
 use super::activity::{ActiveRequest, ConnActivity, Expiry, RequestEnd};
 use super::bind::accept_queue_len;
-use super::http1::serve_http1;
-use super::io::{ClientIo, Protocol, sniff};
+use super::http1::{ends_cleanly, has_close_token, serve_http1};
+use super::io::{ClientIo, Protocol};
+use super::open::open;
 use super::sockets::Described;
 use super::tcp::serve_tcp;
 use super::validate::{self, Verdict};
@@ -286,49 +287,6 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Listener
     }
 }
 
-/// The protocol: from ALPN over TLS (the handshake bounded by the header timeout), else from
-/// the first bytes. `None` when the client left, failed or was too slow, or on shutdown.
-async fn open(
-    stream: TcpStream,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    header_timeout: Duration,
-    ctx: &ListenerCtx,
-    peer: SocketAddr,
-) -> Option<(super::tls::ClientStream, Protocol, BytesMut)> {
-    let opened = async {
-        match tls {
-            Some(config) => {
-                let tls = tokio_rustls::TlsAcceptor::from(config)
-                    .accept(stream)
-                    .await?;
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let proto = if h2 { Protocol::Http2 } else { Protocol::Http1 };
-                Ok(Some((Either::Right(Box::new(tls)), proto, BytesMut::new())))
-            }
-            None => {
-                let mut stream = stream;
-                Ok(sniff(&mut stream)
-                    .await?
-                    .map(|(proto, prefix)| (Either::Left(stream), proto, prefix)))
-            }
-        }
-    };
-    let opened: std::io::Result<_> = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return None,
-        opened = tokio::time::timeout(header_timeout, opened) => match opened {
-            Ok(opened) => opened,
-            Err(_) => {
-                tracing::debug!(client = %peer, "no TLS handshake or request within the header timeout");
-                return None;
-            }
-        },
-    };
-    opened.unwrap_or_else(|e| {
-        tracing::debug!(client = %peer, error = %e, "client connection failed before a request");
-        None
-    })
-}
-
 fn http1_builder(settings: &ListenerConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
@@ -364,27 +322,6 @@ pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
 pub(crate) const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 pub(crate) const H2_MAX_PENDING_RESETS: usize = 20;
 pub(crate) const H2_MAX_LOCAL_RESETS: usize = 256;
-
-/// Whether, once answered, `req` leaves its HTTP/1 connection at a known message boundary
-/// with nothing of it left unread, and open: then the connection may be parked while idle.
-/// A request with a body might not be read to its end (a refused upload), and hyper would
-/// then drain or close; an upgrade hands the socket over.
-fn ends_cleanly(req: &Request<Incoming>) -> bool {
-    use hyper::body::Body;
-    req.version() == hyper::Version::HTTP_11
-        && req.body().is_end_stream()
-        && !req.headers().contains_key(header::UPGRADE)
-        && !has_close_token(req.headers())
-}
-
-fn has_close_token(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
-}
 
 /// Validates, routes and forwards one request, or answers it locally.
 async fn answer(

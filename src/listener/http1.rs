@@ -18,6 +18,7 @@ use std::task::Poll;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
+use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 
 use crate::upstream::ProxyBody;
@@ -96,4 +97,25 @@ pub(super) async fn serve_http1<S, W>(
             }
         }
     }
+}
+
+/// Whether, once answered, `req` leaves its HTTP/1 connection at a known message boundary
+/// with nothing of it left unread, and open: then the connection may be parked while idle.
+/// A request with a body might not be read to its end (a refused upload), and hyper would
+/// then drain or close; an upgrade hands the socket over.
+pub(super) fn ends_cleanly(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body;
+    req.version() == hyper::Version::HTTP_11
+        && req.body().is_end_stream()
+        && !req.headers().contains_key(header::UPGRADE)
+        && !has_close_token(req.headers())
+}
+
+pub(super) fn has_close_token(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }

@@ -10,6 +10,7 @@ mod head_scan;
 mod http;
 mod http1;
 mod io;
+mod open;
 mod proxy_protocol;
 mod redirect;
 mod sockets;
