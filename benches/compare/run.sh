@@ -41,37 +41,32 @@ CONF
 taskset -c 1 nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" -g "daemon off; pid $DIR/backends/nginx.pid;" 2>"$DIR/backends.log" &
 PIDS+=($!)
 
-cat > "$DIR/rproxy.toml" <<CONF
-workers = 1
+# rproxy_conf PORT WORKERS BACKEND_A BACKEND_B ACCESS [SECTIONS] [UPSTREAM_KEYS]: round-robin
+# over two backends with enough idle upstream connections.
+rproxy_conf() {
+    cat <<CONF
+workers = $2
 [log]
-access = "off"
+access = "$5"
+${6:-}
 [listeners.web]
-listen = "127.0.0.1:$P_RPROXY"
+listen = "127.0.0.1:$1"
 upstream = "app"
 [upstreams.app]
-servers = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
+servers = ["127.0.0.1:$3", "127.0.0.1:$4"]
 keepalive_connections = 256
+${7:-}
 CONF
+}
+rproxy_conf "$P_RPROXY" 1 "$B1" "$B2" off > "$DIR/rproxy.toml"
 taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/rproxy.toml" 2>"$DIR/rproxy.log" &
 PIDS+=($!)
 RPROXY_PID=$!
 
 # The same with what production runs: metrics (an admin listener), an access log file and
 # health checks. Its CPU per request against the plain one is the cost of observing.
-cat > "$DIR/observed.toml" <<CONF
-workers = 1
-[log]
-access = "$DIR/access.log"
-[admin]
-listen = "127.0.0.1:$P_ADMIN"
-[listeners.web]
-listen = "127.0.0.1:$P_OBSERVED"
-upstream = "app"
-[upstreams.app]
-servers = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
-keepalive_connections = 256
-health_check = { interval = "1s", path = "/" }
-CONF
+rproxy_conf "$P_OBSERVED" 1 "$B1" "$B2" "$DIR/access.log" "[admin]
+listen = \"127.0.0.1:$P_ADMIN\"" 'health_check = { interval = "1s", path = "/" }' > "$DIR/observed.toml"
 taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/observed.toml" 2>"$DIR/observed.log" &
 PIDS+=($!)
 OBSERVED_PID=$!
@@ -217,8 +212,7 @@ PIDS+=($!)
 wait_port "$B3"; wait_port "$B4"
 for w in 1 2; do
     P_W=$(port)
-    sed -e "s/^workers = 1/workers = $w/" -e "s/127.0.0.1:$P_RPROXY\"/127.0.0.1:$P_W\"/" \
-        -e "s/127.0.0.1:$B1\"/127.0.0.1:$B3\"/" -e "s/127.0.0.1:$B2\"/127.0.0.1:$B4\"/" "$DIR/rproxy.toml" > "$DIR/workers$w.toml"
+    rproxy_conf "$P_W" "$w" "$B3" "$B4" off > "$DIR/workers$w.toml"
     "$ROOT/target/release/rproxy" -c "$DIR/workers$w.toml" 2>"$DIR/workers$w.log" &
     PIDS+=($!)
     PORT[workers$w]=$P_W
