@@ -65,14 +65,21 @@ pub(super) fn set_forwarding(
         Some(chain) => client_from_chain(chain, peer_ip, is_trusted),
         None => peer_ip,
     };
-    let xff = match chain {
-        Some(chain) => format!("{chain}, {peer_ip}"),
-        None => peer_ip.to_string(),
+    // The peer's address is formatted once: it is usually both headers' value.
+    let peer_text = peer_ip.to_string();
+    let real_ip = if client == peer_ip {
+        HeaderValue::try_from(peer_text.as_str())
+    } else {
+        HeaderValue::try_from(client.to_string())
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    let xff = match chain {
+        Some(chain) => HeaderValue::try_from(format!("{chain}, {peer_text}")),
+        None => HeaderValue::try_from(peer_text),
+    };
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::try_from(client.to_string()) {
+    if let Ok(v) = real_ip {
         headers.insert(X_REAL_IP.clone(), v);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
