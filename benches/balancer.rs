@@ -116,5 +116,46 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_robin, hashing, config_parse, routing);
+/// What every proxied request's head goes through: hop-by-hop headers out, forwarding headers
+/// in (an untrusted client, the common case), on a typical browser-like head.
+fn header_rewriting(c: &mut Criterion) {
+    use http::{HeaderMap, HeaderValue, header};
+    let mut head = HeaderMap::new();
+    head.insert(header::HOST, HeaderValue::from_static("app.example"));
+    head.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64)"),
+    );
+    head.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/html,application/xhtml+xml"),
+    );
+    head.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("gzip, br"),
+    );
+    head.insert(
+        header::COOKIE,
+        HeaderValue::from_static("session=0123456789abcdef"),
+    );
+    head.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    let peer = "192.0.2.7:40000".parse().expect("address");
+    c.bench_function("headers/rewrite_request_head", |b| {
+        b.iter(|| {
+            let mut h = head.clone();
+            rproxy::upstream::remove_hop_by_hop(&mut h);
+            black_box(rproxy::upstream::set_forwarding(&mut h, peer, &[], "http"));
+            h
+        });
+    });
+}
+
+criterion_group!(
+    benches,
+    round_robin,
+    hashing,
+    config_parse,
+    routing,
+    header_rewriting
+);
 criterion_main!(benches);

@@ -27,7 +27,7 @@ pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers and the headers named in `Connection`.
-pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -46,7 +46,7 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets the forwarding headers and returns the client address as rproxy determined it.
-pub(super) fn set_forwarding(
+pub fn set_forwarding(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     trusted: &[IpNet],

@@ -28,6 +28,8 @@ pub use backend::{Backend, BackendLive};
 pub use backend_tls::{BackendStream, BackendTls};
 pub use body::ProxyBody;
 pub use forward::{Peer, Route, forward};
+/// Public for the header-rewriting benchmark (`benches/balancer.rs`).
+pub use headers::{remove_hop_by_hop, set_forwarding};
 pub use latency::LatencyWindow;
 pub use pool::Pool;
 pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};
