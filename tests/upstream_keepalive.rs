@@ -5,6 +5,10 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+
 use common::*;
 
 #[tokio::test]
@@ -80,4 +84,52 @@ async fn idle_pooled_connections_are_closed_by_rproxy() {
     // And a later request simply opens a new one.
     assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
     assert_eq!(raw.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn answers_without_a_body_keep_their_connection() {
+    // hyper never reads a body that is empty from the start, so these give their connection
+    // back by another path than a body read to its end.
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    let c = client();
+    for i in 0..100 {
+        let head = Request::head(format!("http://{}/", proxy.addr()))
+            .body(Full::default())
+            .expect("request");
+        assert_eq!(send(&c, head).await.status, 200, "HEAD {i}");
+        let empty = get(&c, proxy.addr(), "/download/0").await;
+        assert_eq!((empty.status.as_u16(), empty.body.as_str()), (200, ""));
+    }
+    assert_eq!(b.requests(), 200);
+    let conns = b.connections.load(Ordering::SeqCst);
+    assert!(conns <= 2, "200 bodyless answers used {conns} connections");
+}
+
+#[tokio::test]
+async fn a_response_the_client_abandons_does_not_spoil_the_next() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
+    for _ in 0..3 {
+        // The client reads the first chunk of a body that never ends, and goes away.
+        let c = client();
+        let resp = c
+            .get(
+                format!("http://{}/stall", proxy.addr())
+                    .parse()
+                    .expect("uri"),
+            )
+            .await
+            .expect("response head");
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a frame").expect("first chunk");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"first")));
+        drop((body, c));
+        // The connection that carried it is never handed to another request.
+        let c = client();
+        for _ in 0..5 {
+            let a = get(&c, proxy.addr(), "/").await;
+            assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "b"));
+        }
+    }
 }

@@ -260,7 +260,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Listener
             let parkable = ends_cleanly(&req);
             let activity = Arc::clone(&activity);
             async move {
-                let resp = answer(&ctx, active, head_flags, peer, over_tls, req).await;
+                let fut = Box::pin(answer(&ctx, active, head_flags, peer, over_tls, req));
+                let resp = fut.await;
                 activity.set_parkable(parkable && !has_close_token(resp.headers()));
                 Ok::<_, Infallible>(resp)
             }

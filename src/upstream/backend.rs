@@ -12,6 +12,7 @@ use crate::config::{PassiveHealth, ResolvedServer};
 use crate::health::HealthMachine;
 use crate::metrics::BackendMetrics;
 
+use super::keepalive::Keepalive;
 use super::latency::LatencyWindow;
 use super::slow_start::SlowStart;
 
@@ -30,6 +31,8 @@ pub struct Backend {
     pub authority: Authority,
     pub live: Arc<BackendLive>,
     pub metrics: Arc<BackendMetrics>,
+    /// Its idle upstream connections.
+    pub(crate) keepalive: Arc<Keepalive>,
 }
 
 impl Backend {
@@ -205,7 +208,7 @@ impl BackendLive {
 }
 
 #[derive(Debug)]
-pub struct InFlightGuard {
+pub(crate) struct InFlightGuard {
     live: Arc<BackendLive>,
     metrics: Arc<BackendMetrics>,
 }
@@ -219,7 +222,14 @@ impl Drop for InFlightGuard {
 
 /// A backend for a new pool. `previous` is the same address in the pool this one replaces
 /// (reload): its live state carries over, and its metric series if the label is unchanged.
-pub(super) fn backend(upstream: &str, s: ResolvedServer, previous: Option<&Backend>) -> Backend {
+/// `keepalive` is its idle connections: the previous ones when the client settings did not
+/// change.
+pub(super) fn backend(
+    upstream: &str,
+    s: ResolvedServer,
+    previous: Option<&Backend>,
+    keepalive: Arc<Keepalive>,
+) -> Backend {
     // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
     let authority = Authority::try_from(s.addr.to_string().as_str())
         .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
@@ -247,5 +257,6 @@ pub(super) fn backend(upstream: &str, s: ResolvedServer, previous: Option<&Backe
         authority,
         live,
         metrics,
+        keepalive,
     }
 }

@@ -175,11 +175,3 @@ impl ServerCertVerifier for AcceptAny {
 
 /// A connection to a backend: plain TCP, or TLS over it.
 pub type BackendStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
-
-/// Whether ALPN chose HTTP/2 on a backend connection.
-pub(super) fn negotiated_h2(stream: &BackendStream) -> bool {
-    match stream {
-        Either::Left(_) => false,
-        Either::Right(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
-    }
-}

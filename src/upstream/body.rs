@@ -17,6 +17,7 @@ use crate::idle_timer::IdleTimer;
 use crate::listener::RequestEnd;
 
 use super::backend::InFlightGuard;
+use super::keepalive::Reuse;
 
 pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,6 +37,8 @@ pub struct ProxyBody {
     log: Option<AccessRecord>,
     _in_flight: Option<InFlightGuard>,
     end: Option<(RequestEnd, u16)>,
+    /// The backend connection, given back when the body was read to its end.
+    reuse: Option<Reuse>,
 }
 
 #[derive(Debug)]
@@ -45,7 +48,12 @@ enum Inner {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, idle_timeout: Duration, in_flight: InFlightGuard) -> Self {
+    pub(crate) fn upstream(
+        body: Incoming,
+        idle_timeout: Duration,
+        in_flight: InFlightGuard,
+        reuse: Option<Reuse>,
+    ) -> Self {
         ProxyBody {
             inner: Inner::Upstream {
                 body,
@@ -57,6 +65,7 @@ impl ProxyBody {
             log: None,
             _in_flight: Some(in_flight),
             end: None,
+            reuse,
         }
     }
 
@@ -69,6 +78,7 @@ impl ProxyBody {
             log: None,
             _in_flight: None,
             end: None,
+            reuse: None,
         }
     }
 
@@ -86,6 +96,13 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        // hyper never polls a body that is empty from the start (a 204, or a HEAD's), so its
+        // end is read from the body itself too.
+        if let Some(reuse) = self.reuse.take()
+            && (self.complete || self.is_end_stream())
+        {
+            reuse.release();
+        }
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, self.complete);
         }

@@ -1,87 +1,207 @@
-//! The pooled client that carries requests to one pool's backends: HTTP/1.1, or HTTP/2 for an
-//! `h2` pool, over plain TCP or TLS.
+//! The client that carries requests to one pool's backends: HTTP/1.1, or HTTP/2 for an `h2`
+//! pool, over plain TCP or TLS, on connections kept in each backend's `Keepalive`.
 //!
-//! One client per pool, so each pool's keep-alive and TLS settings apply to its own backends
-//! and connections are never shared across trust settings. hyper-util keys idle connections
-//! by URI authority, which is the backend address, so reuse is per backend. The idle timeout
-//! stays below the backend's own keep-alive (Node.js: 5 s) so a pooled connection is normally
-//! closed by us first; when a backend closes one anyway just before reuse, hyper-util sends the
-//! unwritten request again on a new connection (`retry_canceled_requests`).
+//! Written on hyper's connection API rather than hyper-util's pooled client: that one found
+//! each request's connection by hashing the URI's authority under a lock, boxed and moved
+//! large futures, and spawned a task per request to give the connection back. Here the
+//! backend already holds its own idle connections, and the response body gives its
+//! connection back when it ends (see `Reuse`).
+//!
+//! One client per pool, so each pool's TLS settings apply to its own backends and connections
+//! are never shared across trust settings. The idle timeout stays below the backend's own
+//! keep-alive (Node.js: 5 s) so a pooled connection is normally closed by us first; when a
+//! backend closes one anyway just before reuse, hyper gives the unsent request back and it
+//! goes out on another connection.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpStream;
 use tokio_util::either::Either;
-use tower::Service;
 
 use crate::config::UpstreamConfig;
 
 use super::backend_tls::BackendTls;
 use super::fair_io::UpstreamIo;
+use super::keepalive::{H1Sender, H2Sender, Keepalive, Reuse, Sender};
 use super::request_body::UpstreamRequestBody;
 
-pub(crate) type UpstreamClient = Client<UpstreamConnector, UpstreamRequestBody>;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// hyper-util's TCP connector, then TLS when the pool has it; connections wrapped so they
-/// yield (see `fair_io`).
-#[derive(Debug, Clone)]
-pub(crate) struct UpstreamConnector {
-    tcp: HttpConnector,
-    tls: Option<Arc<BackendTls>>,
+/// Why a request got no response from a backend.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No connection: refused, unreachable, timed out, or a failed TLS handshake. The request
+    /// was not sent.
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    /// The connection failed, or the backend's answer was not HTTP.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
 }
 
-impl Service<Uri> for UpstreamConnector {
-    type Response = UpstreamIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
+/// What a pool's requests are sent with.
+#[derive(Debug)]
+pub(crate) struct UpstreamClient {
+    h2: bool,
+    connect_timeout: Duration,
+    tls: Option<Arc<BackendTls>>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.tcp.poll_ready(cx).map_err(Into::into)
+impl UpstreamClient {
+    pub(crate) fn new(config: &UpstreamConfig, tls: Option<Arc<BackendTls>>) -> Self {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        UpstreamClient {
+            h2: config.h2,
+            connect_timeout: config.connect_timeout,
+            tls,
+            http1: http1::Builder::new(),
+            http2,
+        }
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.tcp.call(uri);
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
-            let stream = match tls {
-                Some(tls) => {
-                    let ip = tcp.peer_addr()?.ip();
-                    tls.connect(ip, tcp).await?
-                }
-                None => Either::Left(tcp),
+    /// Sends `req` to the backend at `addr` on one of its kept-alive connections, or a new
+    /// one. An HTTP/1 response comes with the connection, to give back once its body is read.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        keepalive: &Arc<Keepalive>,
+        req: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+        let mut req = req;
+        // Kept connections first. One the backend closed just now gives the request back
+        // unsent, and the next one is tried.
+        while let Some(sender) = keepalive.checkout() {
+            let sent = match sender {
+                Sender::H1(sender) => send_h1(sender, req, keepalive).await,
+                Sender::H2(sender) => send_h2(sender, req).await,
             };
-            Ok(UpstreamIo::new(stream))
+            match sent {
+                Ok(answer) => return Ok(answer),
+                Err(Unsent::Back(r)) => req = *r,
+                Err(Unsent::Failed(e)) => return Err(e.into()),
+            }
+        }
+        // Boxed: connecting and the TLS handshake make a large future, and every request's
+        // future would carry (and move) that space if it were inline.
+        Box::pin(self.open_and_send(addr, keepalive, req)).await
+    }
+
+    /// Sends `req` on a new connection to `addr`.
+    async fn open_and_send(
+        &self,
+        addr: SocketAddr,
+        keepalive: &Arc<Keepalive>,
+        req: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+        let io = self.connect(addr).await?;
+        let sent = if self.h2 {
+            let (sender, conn) = self.http2.handshake(io).await?;
+            spawn_connection(conn);
+            keepalive.put(Sender::H2(sender.clone()));
+            send_h2(sender, req).await
+        } else {
+            let (sender, conn) = self.http1.handshake(io).await?;
+            // Upgrades: a WebSocket's 101 hands this connection over to the tunnel.
+            spawn_connection(conn.with_upgrades());
+            send_h1(sender, req, keepalive).await
+        };
+        sent.map_err(|unsent| match unsent {
+            Unsent::Failed(e) => SendError::Http(e),
+            // A new connection that closed before taking the request.
+            Unsent::Back(_) => SendError::Connect {
+                addr,
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "closed before the request",
+                ),
+            },
         })
     }
+
+    /// A new connection to `addr`: TCP (no delay, keep-alive probes), then TLS if the pool
+    /// has it.
+    async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, SendError> {
+        let failed = |source| SendError::Connect { addr, source };
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", self.connect_timeout),
+                ))
+            })?
+            .map_err(failed)?;
+        tcp.set_nodelay(true).map_err(failed)?;
+        // Probes find a backend host that vanished while a connection sat idle.
+        let probes = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&probes)
+            .map_err(failed)?;
+        let stream = match &self.tls {
+            Some(tls) => tls.connect(addr.ip(), tcp).await.map_err(failed)?,
+            None => Either::Left(tcp),
+        };
+        Ok(UpstreamIo::new(stream))
+    }
 }
 
-pub(crate) fn build_client(
-    config: &UpstreamConfig,
-    tls: Option<Arc<BackendTls>>,
-) -> UpstreamClient {
-    let mut tcp = HttpConnector::new();
-    tcp.set_connect_timeout(Some(config.connect_timeout));
-    tcp.set_nodelay(true);
-    tcp.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    // The URIs say http://; TLS is the connector's business, not the scheme's.
-    tcp.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .http2_only(config.h2)
-        .pool_idle_timeout(config.keepalive_timeout)
-        .pool_max_idle_per_host(config.keepalive_connections)
-        // Without a timer, idle connections are only dropped when next checked out.
-        .pool_timer(TokioTimer::new())
-        // The client's own Host header is forwarded, not one made from the backend address.
-        .set_host(false)
-        .retry_canceled_requests(true)
-        .build(UpstreamConnector { tcp, tls })
+/// A request that did not get an answer: given back unsent, or failed.
+enum Unsent {
+    /// Boxed: the rare case, and a request head is large.
+    Back(Box<Request<UpstreamRequestBody>>),
+    Failed(hyper::Error),
+}
+
+async fn send_h1(
+    mut sender: H1Sender,
+    req: Request<UpstreamRequestBody>,
+    keepalive: &Arc<Keepalive>,
+) -> Result<(Response<Incoming>, Option<Reuse>), Unsent> {
+    if sender.ready().await.is_err() {
+        return Err(Unsent::Back(Box::new(req)));
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, Some(Reuse::new(sender, keepalive)))),
+        Err(mut e) => match e.take_message() {
+            Some(req) => Err(Unsent::Back(Box::new(req))),
+            None => Err(Unsent::Failed(e.into_error())),
+        },
+    }
+}
+
+async fn send_h2(
+    mut sender: H2Sender,
+    req: Request<UpstreamRequestBody>,
+) -> Result<(Response<Incoming>, Option<Reuse>), Unsent> {
+    if sender.ready().await.is_err() {
+        return Err(Unsent::Back(Box::new(req)));
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, None)),
+        Err(mut e) => match e.take_message() {
+            Some(req) => Err(Unsent::Back(Box::new(req))),
+            None => Err(Unsent::Failed(e.into_error())),
+        },
+    }
+}
+
+/// hyper's half of a connection, which reads and writes it, runs on its own task until the
+/// connection closes.
+fn spawn_connection<F>(conn: F)
+where
+    F: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
 }

@@ -14,27 +14,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::backend_tls::{BackendStream, negotiated_h2};
+use super::backend_tls::BackendStream;
 
 const READ_BUDGET: usize = 64 * 1024;
 
-/// An upstream connection as the pooled client uses it.
+/// An upstream connection as the client uses it.
 #[derive(Debug)]
 pub(crate) struct UpstreamIo {
     io: TokioIo<Fair>,
-    /// ALPN chose HTTP/2 (TLS backends of an `h2` pool).
-    h2: bool,
 }
 
 impl UpstreamIo {
     /// Wraps a connection to a backend, plain or TLS.
     pub(crate) fn new(stream: BackendStream) -> Self {
         UpstreamIo {
-            h2: negotiated_h2(&stream),
             io: TokioIo::new(Fair {
                 inner: stream,
                 read_this_poll: 0,
@@ -140,15 +136,5 @@ impl Write for UpstreamIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        if self.h2 {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
     }
 }

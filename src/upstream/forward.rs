@@ -25,7 +25,9 @@ use crate::state::ListenerRuntime;
 
 use super::backend::InFlightGuard;
 use super::body::ProxyBody;
+use super::client::SendError;
 use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
+use super::keepalive::Reuse;
 use super::pool::Pool;
 use super::request_body::{ClientBodyFailure, RequestBodySlot};
 use super::retry::Failure;
@@ -130,14 +132,21 @@ pub async fn forward(
         } else {
             Version::HTTP_11
         };
-        *upstream_req.uri_mut() = backend_uri(backend.authority.clone(), path.clone());
+        *upstream_req.uri_mut() = if pool.h2 {
+            backend_uri(backend.authority.clone(), path.clone())
+        } else {
+            Uri::from(path.clone())
+        };
         *upstream_req.headers_mut() = parts.headers.clone();
 
         let in_flight = backend.start();
         let sent = Instant::now();
         let timeout = attempts.begin(pool.timeouts.response);
-        match tokio::time::timeout(timeout, pool.client.request(upstream_req)).await {
-            Ok(Ok(resp))
+        let sending = pool
+            .client
+            .send(backend.addr, &backend.keepalive, upstream_req);
+        match tokio::time::timeout(timeout, sending).await {
+            Ok(Ok((resp, _)))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() =>
             {
                 // Only a WebSocket's Upgrade is forwarded, so this switch was never asked for.
@@ -146,7 +155,7 @@ pub async fn forward(
                 tracing::warn!(upstream = %pool.name, backend = %backend.addr, "backend switched protocols unasked; answering 502");
                 break Err(ProxyError::InvalidUpstreamResponse);
             }
-            Ok(Ok(mut resp)) => {
+            Ok(Ok((mut resp, reuse))) => {
                 let time_to_head = sent.elapsed();
                 let status = resp.status().as_u16();
                 if pool.passive.fail_on_status.contains(&status) {
@@ -174,7 +183,7 @@ pub async fn forward(
                         );
                         switched_for_client(resp)
                     }
-                    _ => response_for_client(resp, pool.timeouts.body, in_flight),
+                    _ => response_for_client(resp, pool.timeouts.body, in_flight, reuse),
                 };
                 if let Some(sticky) = &pool.sticky
                     && pinned != Some(index)
@@ -199,7 +208,7 @@ pub async fn forward(
                 backend.live.record_failure();
                 backend.metrics.error(error_kind(&e));
                 pool.passive_failure(backend, "request failed");
-                let failure = if e.is_connect() {
+                let failure = if matches!(e, SendError::Connect { .. }) {
                     Failure::NotSent
                 } else {
                     Failure::NoAnswer
@@ -254,20 +263,12 @@ pub async fn forward(
 
 /// How a failed request to a backend is counted: refused or unreachable (`connect`), broken
 /// after sending (`reset`), or an answer hyper could not parse (`protocol`).
-fn error_kind(e: &hyper_util::client::legacy::Error) -> ErrorKind {
-    if e.is_connect() {
-        return ErrorKind::Connect;
+fn error_kind(e: &SendError) -> ErrorKind {
+    match e {
+        SendError::Connect { .. } => ErrorKind::Connect,
+        SendError::Http(h) if h.is_parse() => ErrorKind::Protocol,
+        SendError::Http(_) => ErrorKind::Reset,
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(h) = cause.downcast_ref::<hyper::Error>()
-            && h.is_parse()
-        {
-            return ErrorKind::Protocol;
-        }
-        source = cause.source();
-    }
-    ErrorKind::Reset
 }
 
 /// Prepares the client's request head for a backend and returns the client address: `Host`
@@ -291,11 +292,13 @@ fn rewrite_request_head(parts: &mut Parts, peer: Peer, trusted_proxies: &[ipnet:
 }
 
 /// A backend's response as the client gets it: hop-by-hop headers out, framed by rproxy, the
-/// body streamed under the body timeout and holding the backend's in-flight count.
+/// body streamed under the body timeout, holding the backend's in-flight count and (HTTP/1)
+/// its connection, which goes back to the backend's keep-alive cache at the body's end.
 fn response_for_client(
     resp: Response<Incoming>,
     body_timeout: std::time::Duration,
     in_flight: InFlightGuard,
+    reuse: Option<Reuse>,
 ) -> Response<ProxyBody> {
     let (mut head, body) = resp.into_parts();
     if head.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -304,7 +307,10 @@ fn response_for_client(
         head.headers.remove(header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(&mut head.headers);
-    Response::from_parts(head, ProxyBody::upstream(body, body_timeout, in_flight))
+    Response::from_parts(
+        head,
+        ProxyBody::upstream(body, body_timeout, in_flight, reuse),
+    )
 }
 
 /// The path and query sent upstream: the client's, less the route's prefix when it strips one.

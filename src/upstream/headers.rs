@@ -27,21 +27,44 @@ pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers and the headers named in `Connection`.
+///
+/// Runs twice per request, so it first looks at which names are present (one pass, no
+/// hashing) and only removes those: most requests carry none, most responses one or two.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let present = headers.keys().fold(0u8, |bits, name| {
+        bits | HOP_BY_HOP
+            .iter()
+            .position(|hop| hop == name)
+            .map_or(0, |i| 1 << i)
+    });
+    if present == 0 {
+        return;
+    }
+    // HOP_BY_HOP[0] is `Connection`: the headers it names go too (those that are hop-by-hop
+    // anyway, like `keep-alive`, are removed below).
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -65,16 +88,16 @@ pub fn set_forwarding(
         Some(chain) => client_from_chain(chain, peer_ip, is_trusted),
         None => peer_ip,
     };
-    // The peer's address is formatted once: it is usually both headers' value.
-    let peer_text = peer_ip.to_string();
+    // The peer's address is usually both headers' value.
+    let peer_text = ip_text(peer_ip);
     let real_ip = if client == peer_ip {
-        HeaderValue::try_from(peer_text.as_str())
+        Ok(peer_text.clone())
     } else {
         HeaderValue::try_from(client.to_string())
     };
     let xff = match chain {
-        Some(chain) => HeaderValue::try_from(format!("{chain}, {peer_text}")),
-        None => HeaderValue::try_from(peer_text),
+        Some(chain) => HeaderValue::try_from(format!("{chain}, {peer_ip}")),
+        None => Ok(peer_text),
     };
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -96,6 +119,24 @@ pub fn set_forwarding(
         headers.remove(header::FORWARDED);
     }
     client
+}
+
+/// `ip` as a header value. Formatting an address showed in profiles, and a connection's
+/// requests (often a thread's) come from one address, so each thread keeps the last one.
+fn ip_text(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((cached, text)) if *cached == ip => text.clone(),
+        _ => {
+            // An address prints as digits, dots, colons and hex: always a valid value.
+            let text = HeaderValue::try_from(ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            *last = Some((ip, text.clone()));
+            text
+        }
+    })
 }
 
 /// All values of a header joined with ", ", or `None` if it is absent or not text.
@@ -194,6 +235,50 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.com");
         for gone in ["connection", "x-secret", "te", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_and_the_rest_stays() {
+        for hop in HOP_BY_HOP.iter().map(HeaderName::as_str) {
+            let mut h = map(&[(hop, "x"), ("host", "a"), ("x-app", "1")]);
+            remove_hop_by_hop(&mut h);
+            assert!(!h.contains_key(hop), "{hop} must be removed");
+            assert_eq!(
+                (h["host"].as_bytes(), h["x-app"].as_bytes()),
+                (&b"a"[..], &b"1"[..])
+            );
+        }
+        let mut none = map(&[("host", "a"), ("x-app", "1"), ("x-app", "2")]);
+        let before = none.clone();
+        remove_hop_by_hop(&mut none);
+        assert_eq!(none, before, "nothing to remove, nothing changed");
+        let mut named = map(&[
+            ("connection", "close"),
+            ("connection", "Keep-Alive , X-Private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("x-public", "1"),
+        ]);
+        remove_hop_by_hop(&mut named);
+        assert_eq!(
+            named.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["x-public"]
+        );
+    }
+
+    #[test]
+    fn the_peer_address_is_the_same_on_every_request() {
+        for ip in ["192.0.2.7", "192.0.2.8", "192.0.2.7", "2001:db8::1"] {
+            let mut h = HeaderMap::new();
+            set_forwarding(&mut h, peer(ip), &[], "http");
+            assert_eq!(
+                (
+                    h["x-forwarded-for"].to_str().ok(),
+                    h["x-real-ip"].to_str().ok()
+                ),
+                (Some(ip), Some(ip))
+            );
         }
     }
 

@@ -1,4 +1,5 @@
-//! Upstream: the pools of backends, the pooled client that reaches them, and forwarding.
+//! Upstream: the pools of backends, the client that reaches them over kept-alive connections,
+//! and forwarding.
 //!
 //! The listener calls [`forward`] for each request with the pool the router chose; the pool's
 //! balancer picks a backend, the client sends the request over a kept-alive connection, and
@@ -12,6 +13,7 @@ mod fair_io;
 mod forward;
 mod hash_key;
 mod headers;
+mod keepalive;
 mod latency;
 mod pool;
 mod request_body;

@@ -20,7 +20,8 @@ use crate::metrics::PoolMetrics;
 
 use super::backend::{Backend, backend};
 use super::backend_tls::BackendTls;
-use super::client::{UpstreamClient, build_client};
+use super::client::UpstreamClient;
+use super::keepalive::Keepalive;
 use super::retry::RetryRules;
 use super::sticky::Sticky;
 
@@ -46,7 +47,7 @@ pub struct Pool {
     backup_balancer: Arc<dyn Balancer>,
     /// What the balancers were built from; a reload with the same shape keeps them.
     shape: Shape,
-    pub(crate) client: UpstreamClient,
+    pub(crate) client: Arc<UpstreamClient>,
     client_settings: ClientSettings,
     pub timeouts: PoolTimeouts,
     pub metrics: PoolMetrics,
@@ -76,7 +77,7 @@ impl Pool {
     /// A pool for `config` with its resolved `servers`. On a reload, `previous` is the pool of
     /// the same name being replaced: backends at the same address keep their live state, and
     /// the balancers and upstream client are kept when nothing they depend on changed, so the
-    /// round-robin position and the pooled connections survive.
+    /// round-robin position and each backend's idle connections survive.
     pub fn new(
         config: &UpstreamConfig,
         servers: Vec<ResolvedServer>,
@@ -86,12 +87,19 @@ impl Pool {
         let (primary, backup): (Vec<_>, Vec<_>) =
             servers.into_iter().partition(|s| !s.config.backup);
         let primaries = primary.len();
+        // A TLS pool always gets a new client: its CA or certificate files may have changed.
+        let same_client =
+            previous.filter(|p| p.client_settings == ClientSettings::of(config) && tls.is_none());
         let backends: Vec<Arc<Backend>> = primary
             .into_iter()
             .chain(backup)
             .map(|s| {
                 let before = previous.and_then(|p| p.backends.iter().find(|b| b.addr == s.addr));
-                Arc::new(backend(&config.name, s, before.map(|b| &**b)))
+                let keepalive = match (same_client, before) {
+                    (Some(_), Some(b)) => Arc::clone(&b.keepalive),
+                    _ => Keepalive::new(config.keepalive_connections, config.keepalive_timeout),
+                };
+                Arc::new(backend(&config.name, s, before.map(|b| &**b), keepalive))
             })
             .collect();
         let shape = Shape::of(config, &backends);
@@ -143,10 +151,10 @@ impl Pool {
                 || policy(&backends[primaries..]),
                 |p| Arc::clone(&p.backup_balancer),
             ),
-            // A TLS pool always gets a new client: its CA or certificate files may have changed.
-            client: previous
-                .filter(|p| p.client_settings == ClientSettings::of(config) && tls.is_none())
-                .map_or_else(|| build_client(config, tls.clone()), |p| p.client.clone()),
+            client: same_client.map_or_else(
+                || Arc::new(UpstreamClient::new(config, tls.clone())),
+                |p| Arc::clone(&p.client),
+            ),
             tls,
             client_settings: ClientSettings::of(config),
             shape,
@@ -305,7 +313,7 @@ impl Shape {
 }
 
 /// What the upstream client is built from; a reload with the same settings keeps the client
-/// and its pooled connections.
+/// and the backends' idle connections.
 #[derive(Debug, PartialEq)]
 struct ClientSettings {
     h2: bool,
