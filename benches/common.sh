@@ -12,7 +12,7 @@ install_missing() {
     fi
 }
 
-cargo build --release --quiet --bin rproxy --example tcp_bench
+cargo build --release --quiet --bin rproxy --example tcp_bench --example hyper_floor
 BENCH="$PWD/target/release/examples/tcp_bench"
 DIR=$(mktemp -d)
 PIDS=()

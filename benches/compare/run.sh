@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Side by side: rproxy, nginx and HAProxy proxying a 12-byte answer from two keep-alive nginx
+# Side by side: rproxy, nginx, HAProxy and hyper_floor (the least a hyper proxy does) proxying a 12-byte answer from two keep-alive nginx
 # backends, one worker each, the proxy pinned to CPU 0 and the load generator plus the
 # backends to CPU 1. Systems run interleaved in rounds so drift hits all alike; medians are
 # reported, with the proxy's CPU time per request from /proc/PID/stat. Also measured: memory
 # for idle keep-alive connections (first, on fresh processes), HTTP/2 clients (h2load),
 # rproxy with metrics, an access log file and health checks on, rproxy with two workers, and
-# single-stream TCP throughput (benches/tcp_throughput.sh). Writes benches/RESULTS.md.
+# single-stream TCP throughput (benches/tcp_throughput.sh), and user-space instructions per
+# request under valgrind (benches/instructions.sh). Writes benches/RESULTS.md.
 #
 #   bash benches/compare/run.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
 #
@@ -24,7 +25,7 @@ IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
 source benches/common.sh
 install_missing nginx haproxy wrk nghttp2-client curl
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
-P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port)
+P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port); P_FLOOR=$(port)
 
 mkdir -p "$DIR/backends" "$DIR/nginx"
 cat > "$DIR/backends/nginx.conf" <<CONF
@@ -120,12 +121,18 @@ taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
 PIDS+=($!)
 HAPROXY_PID=$!
 
-for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2; do wait_port "$p"; done
+# The floor under rproxy's costs: the same hyper server and client with nothing around them.
+taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$P_FLOOR" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/floor.log" &
+PIDS+=($!)
+FLOOR_PID=$!
 
-declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED)
+for p in $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2; do wait_port "$p"; done
+
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR)
 declare -A H2_PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2)
-declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID)
-SYSTEMS=(rproxy nginx haproxy)
+declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID)
+SYSTEMS=(rproxy nginx haproxy hyper-floor)
+H2_SYSTEMS=(rproxy nginx haproxy) # hyper_floor serves HTTP/1 only
 
 # Each proxy must really alternate between the two backends.
 for s in "${SYSTEMS[@]}" rproxy-observed; do
@@ -185,7 +192,7 @@ done
 # stay HTTP/1.1 keep-alive.
 H2="$DIR/h2.tsv"
 for round in $(seq "$ROUNDS"); do
-    for s in "${SYSTEMS[@]}"; do
+    for s in "${H2_SYSTEMS[@]}"; do
         before=$(ticks "${PID[$s]}")
         out=$(taskset -c 1 h2load -t1 -c50 -m10 -D "$SECONDS_PER_RUN" "http://127.0.0.1:${H2_PORT[$s]}/" 2>&1)
         after=$(ticks "${PID[$s]}")
@@ -232,6 +239,9 @@ done
 # One TCP stream through the layer-4 mode of each (its own script, its own processes).
 bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
 
+# Instructions per request under valgrind (its own script, its own processes).
+bash "$ROOT/benches/instructions.sh" 20000 > "$DIR/instructions.txt"
+
 # Named before the report is written (writing it makes the tree dirty).
 VERSION=$(git -C "$ROOT" describe --always --dirty)
 {
@@ -260,11 +270,15 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
         done
     done
     echo
-    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy |"
-    echo "|---|---|---|---|"
-    echo "| resident memory added | ${IDLE[rproxy]} KiB | ${IDLE[nginx]} KiB | ${IDLE[haproxy]} KiB |"
+    echo "hyper-floor is \`examples/hyper_floor.rs\`: hyper's HTTP/1 server and client, round-robin and"
+    echo "X-Forwarded-For, nothing else (no timeouts, health, retries, limits or header hygiene). rproxy is"
+    echo "built on the same hyper, so this is the floor under its costs."
+    echo
+    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy | hyper-floor |"
+    echo "|---|---|---|---|---|"
+    echo "| resident memory added | ${IDLE[rproxy]} KiB | ${IDLE[nginx]} KiB | ${IDLE[haproxy]} KiB | ${IDLE[hyper-floor]} KiB |"
     per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.2f", k * 1024 / n}'; }
-    echo "| bytes per connection | $(per "${IDLE[rproxy]}") | $(per "${IDLE[nginx]}") | $(per "${IDLE[haproxy]}") |"
+    echo "| bytes per connection | $(per "${IDLE[rproxy]}") | $(per "${IDLE[nginx]}") | $(per "${IDLE[haproxy]}") | $(per "${IDLE[hyper-floor]}") |"
     echo
     echo "Idle connections were opened (one GET each) before any load run, on fresh processes;"
     echo "memory was read one second after the last was open."
@@ -290,7 +304,7 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "| system | requests/s | mean latency µs | CPU µs/request | CPU vs nginx |"
     echo "|---|---|---|---|---|"
     ng_h2=$(awk -F'\t' '$1 == "nginx" {print $4}' "$H2" | median)
-    for s in "${SYSTEMS[@]}"; do
+    for s in "${H2_SYSTEMS[@]}"; do
         col() { awk -F'\t' -v s="$s" -v k="$1" '$1 == s {print $k}' "$H2" | median; }
         cpu=$(col 4)
         printf '| %s | %.0f | %.0f | %.2f | %.2fx |\n' "$s" "$(col 2)" "$(col 3)" "$cpu" "$(awk -v a="$cpu" -v b="$ng_h2" 'BEGIN {print a / b}')"
@@ -312,6 +326,14 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo '```'
     cat "$DIR/tcp.txt"
     echo '```'
+    echo
+    echo "### Instructions per request"
+    echo
+    echo "\`bash benches/instructions.sh 20000\`: user-space instructions per request counted by valgrind"
+    echo "(cachegrind), h2load --h1 -c50, one worker each. Repeatable to within 1% on this shared machine,"
+    echo "where CPU time is not; it leaves out the kernel's share and cache misses."
+    echo
+    cat "$DIR/instructions.txt"
 
 } > "$ROOT/benches/RESULTS.md"
 cat "$ROOT/benches/RESULTS.md"

@@ -285,6 +285,9 @@ fn rewrite_request_head(parts: &mut Parts, peer: Peer, trusted_proxies: &[ipnet:
     // hyper answers `Expect: 100-continue` to the client itself when the body is first read;
     // the backend receives the body without being asked to expect it.
     parts.headers.remove(header::EXPECT);
+    // Room for the forwarding headers and the request id at once, rather than a regrowth
+    // of the map while they go in one by one.
+    parts.headers.reserve(6);
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
