@@ -417,6 +417,9 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes this task nearly every time, and a fixed
+            // order spares a random draw per wake.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(client = %peer, error = %e, "client connection ended with an error");

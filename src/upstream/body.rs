@@ -34,7 +34,7 @@ pub struct ProxyBody {
     complete: bool,
     /// A backend body error held back for one poll (see `poll_frame`).
     deferred_error: Option<BodyError>,
-    log: Option<AccessRecord>,
+    log: Option<Box<AccessRecord>>,
     _in_flight: Option<InFlightGuard>,
     end: Option<(RequestEnd, u16)>,
     /// The backend connection, given back when the body was read to its end.
@@ -84,7 +84,12 @@ impl ProxyBody {
 
     /// Attaches what must be finished when the response is: the access log line, the
     /// listener's request metrics and the connection's activity guard.
-    pub fn finish_with(mut self, log: Option<AccessRecord>, end: RequestEnd, status: u16) -> Self {
+    pub fn finish_with(
+        mut self,
+        log: Option<Box<AccessRecord>>,
+        end: RequestEnd,
+        status: u16,
+    ) -> Self {
         self.log = log.map(|mut log| {
             log.status = status;
             log
