@@ -254,9 +254,9 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "Each proxy has one worker pinned to CPU 0; wrk (-t1, ${SECONDS_PER_RUN}s per run) and the two nginx"
     echo "backends (12-byte answer, keep-alive) share CPU 1. Systems ran interleaved, $ROUNDS rounds; medians."
     echo "CPU per request is the proxy's utime+stime over a run divided by the requests it served."
-    echo "Upstream keep-alive holds enough idle connections for 200 requests in flight on all three"
+    echo "Upstream keep-alive holds enough idle connections for 200 requests in flight everywhere"
     echo "(nginx \`keepalive 512\`, rproxy \`keepalive_connections = 256\` per backend, HAProxy"
-    echo "\`http-reuse always\`); with the defaults (32) a proxy opens a new backend connection for"
+    echo "\`http-reuse always\`, hyper-floor keeps all); with the defaults (32) a proxy opens a new backend connection for"
     echo "about one request in eight at 200 connections, and measures connection set-up instead."
     echo
     echo "| connections | system | requests/s | p50 µs | p99 µs | CPU µs/request | CPU vs nginx |"
