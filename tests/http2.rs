@@ -18,9 +18,11 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
+const ACK: u8 = 1;
 const END_HEADERS: u8 = 4;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -189,4 +191,47 @@ async fn a_client_stream_reset_cancels_the_backend_request() {
     .await;
     // Only the stream ended: the client's connection is still usable.
     sender.ready().await.expect("connection still open");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_keepalive_timeout() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nkeepalive_timeout = \"300ms\"\n[upstreams.app]\nservers = [\"{}\"]\n",
+        b.addr
+    ));
+    let mut s = open_h2(proxy.addr()).await;
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
+        .await
+        .expect("request");
+    read_until(&mut s, HEADERS).await.expect("a response");
+    // Nothing more is sent, but pings are answered as a client library would: the watchdog's
+    // expiry must end the connection with GOAWAY, then close it.
+    let ends = async {
+        let mut goaway = false;
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return goaway;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return goaway;
+            }
+            match head[3] {
+                GOAWAY => goaway = true,
+                PING if head[4] & ACK == 0 => {
+                    let _ = s.write_all(&frame(PING, ACK, 0, &payload)).await;
+                }
+                _ => {}
+            }
+        }
+    };
+    let goaway = tokio::time::timeout(DEADLINE, ends)
+        .await
+        .expect("closed within the deadline");
+    assert!(goaway, "GOAWAY before the close");
+    assert_eq!(b.requests(), 1);
 }

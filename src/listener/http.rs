@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,8 +33,9 @@ use crate::metrics::ListenerMetrics;
 use crate::state::SharedState;
 use crate::upstream::{Peer, ProxyBody, Route, forward};
 
-use super::activity::{ActiveRequest, ConnActivity, Expiry, RequestEnd};
+use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
 use super::bind::accept_queue_len;
+use super::drive::drive;
 use super::http1::{ends_cleanly, has_close_token, serve_http1};
 use super::io::{ClientIo, Protocol};
 use super::open::open;
@@ -387,63 +387,4 @@ async fn answer(
     let (head, body) = answer.into_parts();
     let status = head.status.as_u16();
     Response::from_parts(head, body.finish_with(log, end, status))
-}
-
-/// How `drive` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Driven {
-    /// hyper finished the connection by itself (the client closed, or it was parked: see
-    /// `http1`).
-    Finished,
-    /// rproxy ended or is ending it: shutdown or keep-alive expiry (graceful), a request head
-    /// that timed out, or the drain timeout.
-    Closed,
-}
-
-/// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at
-/// once when a request head times out. hyper's errors are logged here.
-pub(super) async fn drive<C, E, W>(
-    mut conn: Pin<&mut C>,
-    graceful: fn(Pin<&mut C>),
-    mut watchdog: Pin<&mut W>,
-    ctx: &ListenerCtx,
-    peer: SocketAddr,
-) -> Driven
-where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-    W: Future<Output = Expiry>,
-{
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            // The connection first: it is what wakes this task nearly every time, and a fixed
-            // order spares a random draw per wake.
-            biased;
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-                }
-                return if closing { Driven::Closed } else { Driven::Finished };
-            }
-            _ = ctx.shutdown.cancelled(), if !closing => {
-                graceful(conn.as_mut());
-                closing = true;
-            }
-            _ = ctx.kill.cancelled() => {
-                tracing::debug!(client = %peer, "drain timeout of a removed listener; closing");
-                return Driven::Closed;
-            }
-            expiry = watchdog.as_mut(), if !closing => match expiry {
-                Expiry::Idle => {
-                    graceful(conn.as_mut());
-                    closing = true;
-                }
-                Expiry::HeaderTimeout => {
-                    tracing::debug!(client = %peer, "request head not received within the header timeout; closing");
-                    return Driven::Closed;
-                }
-            },
-        }
-    }
 }

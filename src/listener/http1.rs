@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 use crate::upstream::ProxyBody;
 
 use super::activity::Expiry;
-use super::http::{Driven, ListenerCtx, drive};
+use super::drive::{Driven, drive};
+use super::http::ListenerCtx;
 use super::io::ClientIo;
 
 /// Serves requests on `io` until the client closes, a timeout expires or rproxy shuts down.

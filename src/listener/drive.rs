@@ -1,0 +1,124 @@
+//! Running one hyper connection (HTTP/1 or HTTP/2) to its end, beside the three signals that
+//! can end it early: a graceful shutdown, the drain timeout of a removed listener, and the
+//! connection's watchdog (keep-alive expiry, request-head timeout).
+//!
+//! Called by `http` (HTTP/2) and `http1` for every connection. The connection's task wakes
+//! a few times per request, nearly always for the connection itself. A `select!` would poll
+//! the two shutdown signals and the watchdog on each of those wakes; here they are polled only
+//! when one of them woke the task, which a waker of their own records.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+use super::activity::Expiry;
+use super::http::ListenerCtx;
+
+/// How `drive` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Driven {
+    /// hyper finished the connection by itself (the client closed, or it was parked: see
+    /// `http1`).
+    Finished,
+    /// rproxy ended or is ending it: shutdown or keep-alive expiry (graceful), a request head
+    /// that timed out, or the drain timeout.
+    Closed,
+}
+
+/// The waker the signals are polled with: it notes that a signal fired and wakes the task.
+#[derive(Debug)]
+struct SignalWake {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for SignalWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at
+/// once when a request head times out. hyper's errors are logged here.
+pub(super) async fn drive<C, E, W>(
+    mut conn: Pin<&mut C>,
+    graceful: fn(Pin<&mut C>),
+    mut watchdog: Pin<&mut W>,
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+) -> Driven
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    W: Future<Output = Expiry>,
+{
+    let shutdown = ctx.shutdown.cancelled();
+    let kill = ctx.kill.cancelled();
+    tokio::pin!(shutdown, kill);
+    // Fired at first, so that the first poll registers every signal.
+    let signals = Arc::new(SignalWake {
+        fired: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let signal_waker = Waker::from(Arc::clone(&signals));
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+                }
+                return Poll::Ready(if closing {
+                    Driven::Closed
+                } else {
+                    Driven::Finished
+                });
+            }
+            // Registered before the flag is read: a signal firing in between still wakes us.
+            signals.task.register(cx.waker());
+            if !signals.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut signal_cx = Context::from_waker(&signal_waker);
+            if kill.as_mut().poll(&mut signal_cx).is_ready() {
+                tracing::debug!(client = %peer, "drain timeout of a removed listener; closing");
+                return Poll::Ready(Driven::Closed);
+            }
+            if closing {
+                // Shutdown and the watchdog have done their part.
+                return Poll::Pending;
+            }
+            let expiry = if shutdown.as_mut().poll(&mut signal_cx).is_ready() {
+                Some(Expiry::Idle)
+            } else if let Poll::Ready(expiry) = watchdog.as_mut().poll(&mut signal_cx) {
+                Some(expiry)
+            } else {
+                None
+            };
+            match expiry {
+                None => return Poll::Pending,
+                Some(Expiry::HeaderTimeout) => {
+                    tracing::debug!(client = %peer, "request head not received within the header timeout; closing");
+                    return Poll::Ready(Driven::Closed);
+                }
+                // Shutdown or keep-alive expiry: hyper finishes what is in flight and closes;
+                // the connection is polled again at once to let it.
+                Some(Expiry::Idle) => {
+                    graceful(conn.as_mut());
+                    closing = true;
+                }
+            }
+        }
+    })
+    .await
+}
