@@ -13,11 +13,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 
 use super::activity::Expiry;
 use super::http::ListenerCtx;
+
+/// How long a connection closed for keep-alive expiry may take to finish closing. hyper's
+/// HTTP/2 close waits for the client to answer a ping, and a client that never does would
+/// otherwise keep the connection (nothing is in flight when it expires, so nothing is lost).
+const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// How `drive` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +78,8 @@ where
     });
     let signal_waker = Waker::from(Arc::clone(&signals));
     let mut closing = false;
+    // Armed when the watchdog closes the connection for keep-alive expiry.
+    let mut cut: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -96,11 +104,21 @@ where
             }
             if closing {
                 // Shutdown and the watchdog have done their part.
+                if cut.as_mut().is_some_and(|c| c.as_mut().poll(&mut signal_cx).is_ready()) {
+                    tracing::debug!(client = %peer, "client did not finish closing an expired connection; cutting it");
+                    return Poll::Ready(Driven::Closed);
+                }
                 return Poll::Pending;
             }
             let expiry = if shutdown.as_mut().poll(&mut signal_cx).is_ready() {
                 Some(Expiry::Idle)
             } else if let Poll::Ready(expiry) = watchdog.as_mut().poll(&mut signal_cx) {
+                if expiry == Expiry::Idle {
+                    let mut limit = Box::pin(tokio::time::sleep(IDLE_CLOSE_LIMIT));
+                    // Polled once so that its firing wakes the task through the signals.
+                    let _ = limit.as_mut().poll(&mut signal_cx);
+                    cut = Some(limit);
+                }
                 Some(expiry)
             } else {
                 None
