@@ -36,3 +36,87 @@ wait_port() {
     show_logs
     return 1
 }
+
+# The configurations every comparison uses, printed to stdout.
+
+# backends_conf B1 B2 [WORKERS]: two nginx backends answering 12 bytes with X-Backend b1 / b2.
+backends_conf() {
+    cat <<CONF
+worker_processes ${3:-1};
+error_log stderr;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$1; location / { add_header X-Backend b1; return 200 "hello world\n"; } }
+    server { listen 127.0.0.1:$2; location / { add_header X-Backend b2; return 200 "hello world\n"; } }
+}
+CONF
+}
+
+# rproxy_conf PORT WORKERS BACKEND_A BACKEND_B ACCESS [SECTIONS] [UPSTREAM_KEYS]: round-robin
+# over two backends with enough idle upstream connections.
+rproxy_conf() {
+    cat <<CONF
+workers = $2
+[log]
+access = "$5"
+${6:-}
+[listeners.web]
+listen = "127.0.0.1:$1"
+upstream = "app"
+[upstreams.app]
+servers = ["127.0.0.1:$3", "127.0.0.1:$4"]
+keepalive_connections = 256
+${7:-}
+CONF
+}
+
+# nginx_proxy_conf PORT B1 B2 [EXTRA_LISTEN]: nginx as the same proxy, one worker.
+nginx_proxy_conf() {
+    cat <<CONF
+worker_processes 1;
+error_log stderr;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream app { server 127.0.0.1:$2; server 127.0.0.1:$3; keepalive 512; }
+    server {
+        listen 127.0.0.1:$1;
+        ${4:-}
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+CONF
+}
+
+# haproxy_conf PORT B1 B2 [EXTRA_BIND] [MAXCONN]: HAProxy as the same proxy, one thread.
+haproxy_conf() {
+    cat <<CONF
+global
+    nbthread 1
+    maxconn ${5:-4096}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option forwardfor
+    http-reuse always
+frontend web
+    bind 127.0.0.1:$1
+    ${4:-}
+    default_backend app
+backend app
+    balance roundrobin
+    server b1 127.0.0.1:$2
+    server b2 127.0.0.1:$3
+CONF
+}

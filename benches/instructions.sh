@@ -22,17 +22,7 @@ install_missing valgrind nginx haproxy nghttp2-client curl
 
 B1=$(port); B2=$(port)
 mkdir -p "$DIR/backends"
-cat > "$DIR/backends/nginx.conf" <<CONF
-worker_processes 1;
-error_log stderr;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$B1; location / { add_header X-Backend b1; return 200 "hello world\n"; } }
-    server { listen 127.0.0.1:$B2; location / { add_header X-Backend b2; return 200 "hello world\n"; } }
-}
-CONF
+backends_conf "$B1" "$B2" > "$DIR/backends/nginx.conf"
 nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" -g "daemon off; pid $DIR/backends/nginx.pid;" 2>"$DIR/backends.log" &
 PIDS+=($!)
 wait_port "$B1"; wait_port "$B2"
@@ -42,58 +32,9 @@ config() {
     local dir="$DIR/$1-$2"
     mkdir -p "$dir"
     case $1 in
-        rproxy) cat > "$dir/rproxy.toml" <<CONF
-workers = 1
-[log]
-access = "off"
-[listeners.web]
-listen = "127.0.0.1:$2"
-upstream = "app"
-[upstreams.app]
-servers = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
-keepalive_connections = 256
-CONF
-        ;;
-        nginx) cat > "$dir/nginx.conf" <<CONF
-worker_processes 1;
-error_log stderr;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream app { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 512; }
-    server {
-        listen 127.0.0.1:$2;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        }
-    }
-}
-CONF
-        ;;
-        haproxy) cat > "$dir/haproxy.cfg" <<CONF
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option forwardfor
-    http-reuse always
-frontend web
-    bind 127.0.0.1:$2
-    default_backend app
-backend app
-    balance roundrobin
-    server b1 127.0.0.1:$B1
-    server b2 127.0.0.1:$B2
-CONF
-        ;;
+        rproxy) rproxy_conf "$2" 1 "$B1" "$B2" off > "$dir/rproxy.toml" ;;
+        nginx) nginx_proxy_conf "$2" "$B1" "$B2" > "$dir/nginx.conf" ;;
+        haproxy) haproxy_conf "$2" "$B1" "$B2" > "$dir/haproxy.cfg" ;;
     esac
 }
 

@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,18 +97,7 @@ async fn a_stalled_request_body_gets_408() {
 async fn a_stalled_response_body_is_cut() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&listener_config(b.addr, "", "body_timeout = \"300ms\""));
-    let resp = client()
-        .get(
-            format!("http://{}/stall", proxy.addr())
-                .parse()
-                .expect("uri"),
-        )
-        .await
-        .expect("response head");
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let first = body.frame().await.expect("a frame").expect("first chunk");
-    assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"first")));
+    let body = stalled_body(&client(), proxy.addr()).await;
     let rest = tokio::time::timeout(DEADLINE, body.collect())
         .await
         .expect("cut in time");

@@ -5,9 +5,8 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
 use common::*;
 
@@ -113,17 +112,7 @@ async fn a_response_the_client_abandons_does_not_spoil_the_next() {
     for _ in 0..3 {
         // The client reads the first chunk of a body that never ends, and goes away.
         let c = client();
-        let resp = c
-            .get(
-                format!("http://{}/stall", proxy.addr())
-                    .parse()
-                    .expect("uri"),
-            )
-            .await
-            .expect("response head");
-        let mut body = resp.into_body();
-        let first = body.frame().await.expect("a frame").expect("first chunk");
-        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"first")));
+        let body = stalled_body(&c, proxy.addr()).await;
         drop((body, c));
         // The connection that carried it is never handed to another request.
         let c = client();

@@ -28,37 +28,10 @@ B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port); P_FLOOR=$(port)
 
 mkdir -p "$DIR/backends" "$DIR/nginx"
-cat > "$DIR/backends/nginx.conf" <<CONF
-worker_processes 1;
-error_log stderr;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$B1; location / { add_header X-Backend b1; return 200 "hello world\n"; } }
-    server { listen 127.0.0.1:$B2; location / { add_header X-Backend b2; return 200 "hello world\n"; } }
-}
-CONF
+backends_conf "$B1" "$B2" > "$DIR/backends/nginx.conf"
 taskset -c 1 nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" -g "daemon off; pid $DIR/backends/nginx.pid;" 2>"$DIR/backends.log" &
 PIDS+=($!)
 
-# rproxy_conf PORT WORKERS BACKEND_A BACKEND_B ACCESS [SECTIONS] [UPSTREAM_KEYS]: round-robin
-# over two backends with enough idle upstream connections.
-rproxy_conf() {
-    cat <<CONF
-workers = $2
-[log]
-access = "$5"
-${6:-}
-[listeners.web]
-listen = "127.0.0.1:$1"
-upstream = "app"
-[upstreams.app]
-servers = ["127.0.0.1:$3", "127.0.0.1:$4"]
-keepalive_connections = 256
-${7:-}
-CONF
-}
 rproxy_conf "$P_RPROXY" 1 "$B1" "$B2" off > "$DIR/rproxy.toml"
 taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/rproxy.toml" 2>"$DIR/rproxy.log" &
 PIDS+=($!)
@@ -72,51 +45,12 @@ taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/observed.toml" 2>"$DIR/obser
 PIDS+=($!)
 OBSERVED_PID=$!
 
-cat > "$DIR/nginx/nginx.conf" <<CONF
-worker_processes 1;
-error_log stderr;
-events { worker_connections 20000; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream app { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 512; }
-    server {
-        listen 127.0.0.1:$P_NGINX;
-        listen 127.0.0.1:$P_NGINX_H2 http2;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        }
-    }
-}
-CONF
+nginx_proxy_conf "$P_NGINX" "$B1" "$B2" "listen 127.0.0.1:$P_NGINX_H2 http2;" > "$DIR/nginx/nginx.conf"
 taskset -c 0 nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -g "daemon off; master_process off; pid $DIR/nginx/nginx.pid;" 2>"$DIR/nginx.log" &
 PIDS+=($!)
 NGINX_PID=$!
 
-cat > "$DIR/haproxy.cfg" <<CONF
-global
-    nbthread 1
-    maxconn $((IDLE_N + 50))
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option forwardfor
-    http-reuse always
-frontend web
-    bind 127.0.0.1:$P_HAPROXY
-    bind 127.0.0.1:$P_HAPROXY_H2 proto h2
-    default_backend app
-backend app
-    balance roundrobin
-    server b1 127.0.0.1:$B1
-    server b2 127.0.0.1:$B2
-CONF
+haproxy_conf "$P_HAPROXY" "$B1" "$B2" "bind 127.0.0.1:$P_HAPROXY_H2 proto h2" $((IDLE_N + 50)) > "$DIR/haproxy.cfg"
 taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
 PIDS+=($!)
 HAPROXY_PID=$!
@@ -212,8 +146,7 @@ done
 # elsewhere.
 B3=$(port); B4=$(port)
 mkdir -p "$DIR/backends2"
-sed -e "s/^worker_processes 1;/worker_processes 2;/" -e "s/127.0.0.1:$B1;/127.0.0.1:$B3;/" -e "s/127.0.0.1:$B2;/127.0.0.1:$B4;/" \
-    "$DIR/backends/nginx.conf" > "$DIR/backends2/nginx.conf"
+backends_conf "$B3" "$B4" 2 > "$DIR/backends2/nginx.conf"
 nginx -p "$DIR/backends2" -c "$DIR/backends2/nginx.conf" -g "daemon off; pid $DIR/backends2/nginx.pid;" 2>"$DIR/backends2.log" &
 PIDS+=($!)
 wait_port "$B3"; wait_port "$B4"

@@ -499,6 +499,23 @@ pub async fn get(
     send(client, req).await
 }
 
+/// GET `/stall` (a body that sends "first" and then nothing) through the proxy at `addr`:
+/// the response body once its first chunk has been read.
+pub async fn stalled_body(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+) -> Incoming {
+    let resp = client
+        .get(format!("http://{addr}/stall").parse().expect("uri"))
+        .await
+        .expect("response head");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("first chunk");
+    assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"first")));
+    body
+}
+
 /// A config with one listener on an ephemeral port in front of `servers` (TOML array items).
 pub fn config_with(servers: &str, upstream_extra: &str) -> String {
     format!(
