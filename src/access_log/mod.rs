@@ -169,15 +169,14 @@ impl AccessRecord {
         }
         out.push_str(" upstream_time=");
         match self.upstream_time {
-            Some(d) => {
-                let _ = write!(out, "{:.3}", d.as_secs_f64());
-            }
+            Some(d) => push_seconds(&mut out, d),
             None => out.push('-'),
         }
+        out.push_str(" request_time=");
+        push_seconds(&mut out, self.started.elapsed());
         let _ = writeln!(
             out,
-            " request_time={:.3} complete={complete} request_id={}",
-            self.started.elapsed().as_secs_f64(),
+            " complete={complete} request_id={}",
             self.request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
@@ -274,9 +273,32 @@ fn clf_time(now: SystemTime) -> String {
     }
 }
 
+/// `d` in seconds with three decimals, rounded to the millisecond, as nginx writes
+/// `$request_time`. Integer arithmetic: formatting an `f64` showed in profiles.
+fn push_seconds(out: &mut String, d: Duration) {
+    use std::fmt::Write as _;
+    let ms = (d.as_micros() + 500) / 1000;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_with_three_decimals() {
+        let text = |micros| {
+            let mut out = String::new();
+            push_seconds(&mut out, Duration::from_micros(micros));
+            out
+        };
+        assert_eq!(text(0), "0.000");
+        assert_eq!(text(2_000), "0.002");
+        assert_eq!(text(1_234_567), "1.235");
+        assert_eq!(text(999_600), "1.000");
+        assert_eq!(text(61_000_499), "61.000");
+    }
 
     #[test]
     fn common_log_format_time() {
