@@ -120,25 +120,17 @@ fn routing(c: &mut Criterion) {
 /// in (an untrusted client, the common case), on a typical browser-like head.
 fn header_rewriting(c: &mut Criterion) {
     use http::{HeaderMap, HeaderValue, header};
-    let mut head = HeaderMap::new();
-    head.insert(header::HOST, HeaderValue::from_static("app.example"));
-    head.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64)"),
-    );
-    head.insert(
-        header::ACCEPT,
-        HeaderValue::from_static("text/html,application/xhtml+xml"),
-    );
-    head.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("gzip, br"),
-    );
-    head.insert(
-        header::COOKIE,
-        HeaderValue::from_static("session=0123456789abcdef"),
-    );
-    head.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    let head: HeaderMap = [
+        (header::HOST, "app.example"),
+        (header::USER_AGENT, "Mozilla/5.0 (X11; Linux x86_64)"),
+        (header::ACCEPT, "text/html,application/xhtml+xml"),
+        (header::ACCEPT_ENCODING, "gzip, br"),
+        (header::COOKIE, "session=0123456789abcdef"),
+        (header::CONNECTION, "keep-alive"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name, HeaderValue::from_static(value)))
+    .collect();
     let peer = "192.0.2.7:40000".parse().expect("address");
     c.bench_function("headers/rewrite_request_head", |b| {
         b.iter(|| {

@@ -110,30 +110,27 @@ where
                 }
                 return Poll::Pending;
             }
-            let expiry = if shutdown.as_mut().poll(&mut signal_cx).is_ready() {
-                Some(Expiry::Idle)
-            } else if let Poll::Ready(expiry) = watchdog.as_mut().poll(&mut signal_cx) {
-                if expiry == Expiry::Idle {
+            // Shutdown: hyper finishes what is in flight and closes (the drain timeout bounds
+            // it); the connection is polled again at once to let it.
+            if shutdown.as_mut().poll(&mut signal_cx).is_ready() {
+                graceful(conn.as_mut());
+                closing = true;
+                continue;
+            }
+            match watchdog.as_mut().poll(&mut signal_cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Expiry::HeaderTimeout) => {
+                    tracing::debug!(client = %peer, "request head not received within the header timeout; closing");
+                    return Poll::Ready(Driven::Closed);
+                }
+                // Keep-alive expiry: nothing is in flight, so the close is bounded here.
+                Poll::Ready(Expiry::Idle) => {
+                    graceful(conn.as_mut());
+                    closing = true;
                     let mut limit = Box::pin(tokio::time::sleep(IDLE_CLOSE_LIMIT));
                     // Polled once so that its firing wakes the task through the signals.
                     let _ = limit.as_mut().poll(&mut signal_cx);
                     cut = Some(limit);
-                }
-                Some(expiry)
-            } else {
-                None
-            };
-            match expiry {
-                None => return Poll::Pending,
-                Some(Expiry::HeaderTimeout) => {
-                    tracing::debug!(client = %peer, "request head not received within the header timeout; closing");
-                    return Poll::Ready(Driven::Closed);
-                }
-                // Shutdown or keep-alive expiry: hyper finishes what is in flight and closes;
-                // the connection is polled again at once to let it.
-                Some(Expiry::Idle) => {
-                    graceful(conn.as_mut());
-                    closing = true;
                 }
             }
         }

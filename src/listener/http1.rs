@@ -21,7 +21,7 @@ use hyper::service::HttpService;
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 
-use crate::upstream::ProxyBody;
+use crate::upstream::{ProxyBody, has_token};
 
 use super::activity::Expiry;
 use super::drive::{Driven, drive};
@@ -113,10 +113,5 @@ pub(super) fn ends_cleanly(req: &Request<Incoming>) -> bool {
 }
 
 pub(super) fn has_close_token(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    has_token(headers, &header::CONNECTION, "close")
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -168,13 +168,8 @@ async fn send_h1(
     if sender.ready().await.is_err() {
         return Err(Unsent::Back(Box::new(req)));
     }
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, Some(Reuse::new(sender, keepalive)))),
-        Err(mut e) => match e.take_message() {
-            Some(req) => Err(Unsent::Back(Box::new(req))),
-            None => Err(Unsent::Failed(e.into_error())),
-        },
-    }
+    let resp = answered(sender.try_send_request(req).await)?;
+    Ok((resp, Some(Reuse::new(sender, keepalive))))
 }
 
 async fn send_h2(
@@ -184,13 +179,18 @@ async fn send_h2(
     if sender.ready().await.is_err() {
         return Err(Unsent::Back(Box::new(req)));
     }
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, None)),
-        Err(mut e) => match e.take_message() {
-            Some(req) => Err(Unsent::Back(Box::new(req))),
-            None => Err(Unsent::Failed(e.into_error())),
-        },
-    }
+    Ok((answered(sender.try_send_request(req).await)?, None))
+}
+
+/// hyper's answer to a sent request, either protocol: the response, or the request given back
+/// unsent, or the failure.
+fn answered(
+    sent: Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>>,
+) -> Result<Response<Incoming>, Unsent> {
+    sent.map_err(|mut e| match e.take_message() {
+        Some(req) => Unsent::Back(Box::new(req)),
+        None => Unsent::Failed(e.into_error()),
+    })
 }
 
 /// hyper's half of a connection, which reads and writes it, runs on its own task until the

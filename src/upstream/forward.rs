@@ -26,7 +26,7 @@ use crate::state::ListenerRuntime;
 use super::backend::InFlightGuard;
 use super::body::ProxyBody;
 use super::client::SendError;
-use super::headers::{join_cookies, remove_hop_by_hop, set_forwarding};
+use super::headers::{has_token, join_cookies, remove_hop_by_hop, set_forwarding};
 use super::keepalive::Reuse;
 use super::pool::Pool;
 use super::request_body::{ClientBodyFailure, RequestBodySlot};
@@ -68,7 +68,7 @@ pub async fn forward(
     };
     // gRPC needs `te: trailers` to reach an HTTP/2 backend; it is hop-by-hop, so it is
     // removed with the others and put back for such a pool.
-    let te_trailers = pool.h2 && asks_for_trailers(&parts.headers);
+    let te_trailers = pool.h2 && has_token(&parts.headers, &header::TE, "trailers");
     let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
     if te_trailers {
         parts
@@ -330,16 +330,6 @@ fn upstream_path(parts: &Parts, strip_prefix: Option<&str>) -> PathAndQuery {
         }
         None => original,
     }
-}
-
-/// Whether the client's `TE` lists `trailers`.
-fn asks_for_trailers(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The backend's `101` as the client gets it: its headers (hop-by-hop ones replaced by the

@@ -26,6 +26,25 @@ pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-for
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// The tokens of a comma-separated header (`Connection`, `Upgrade`, `TE`), over all its
+/// lines, trimmed; lines that are not text are skipped.
+pub(crate) fn tokens<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether the comma-separated header `name` lists `token` (compared without case).
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// Removes hop-by-hop headers and the headers named in `Connection`.
 ///
 /// Runs twice per request, so it first looks at which names are present (one pass, no
@@ -43,12 +62,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // HOP_BY_HOP[0] is `Connection`: the headers it names go too (those that are hop-by-hop
     // anyway, like `keep-alive`, are removed below).
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
             .filter(|token| {
                 !token.eq_ignore_ascii_case("close")
                     && !HOP_BY_HOP

@@ -16,25 +16,17 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::backend::InFlightGuard;
+use super::headers::has_token;
 
 const BUFFER: usize = 16 * 1024;
 
 /// Whether the client asks for a WebSocket: an HTTP/1.1 GET with `Upgrade: websocket` and
 /// `Connection: upgrade`. Other upgrades (h2c, TLS) are not tunnelled.
 pub(super) fn requested(parts: &Parts) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     parts.version == Version::HTTP_11
         && parts.method == Method::GET
-        && has(header::UPGRADE, "websocket")
-        && has(header::CONNECTION, "upgrade")
+        && has_token(&parts.headers, &header::UPGRADE, "websocket")
+        && has_token(&parts.headers, &header::CONNECTION, "upgrade")
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs, after the hop-by-hop cleanup.
