@@ -2,7 +2,7 @@
 //! requests (see `listener::http1`), and nothing about the connection's behaviour changes.
 //! These tests hold many idle connections and watch rproxy's resident memory, then use every
 //! one of them again; split a pipelined request across the moment of parking; and use a TLS
-//! connection again after it was parked.
+//! connection again after it was parked, and close parked connections on shutdown.
 
 mod common;
 
@@ -49,7 +49,7 @@ async fn idle_keepalive_connections_hold_little_memory_and_serve_again() {
     }
 
     // Unparked, a connection costs about 25 KB here (hyper's buffers and a large task, in a
-    // debug build); parked, about 3 KB, plus what the allocator keeps of the buffers freed
+    // debug build); parked, about 1 KB, plus what the allocator keeps of the buffers freed
     // by connections that were open together. Parking comes 100ms after each response, so
     // the figure is polled rather than read once.
     let per_connection = || (proxy.rss_kib().saturating_sub(rest)) * 1024 / N as u64;
@@ -71,6 +71,32 @@ async fn idle_keepalive_connections_hold_little_memory_and_serve_again() {
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
     }
     assert_eq!(backend.requests(), 2 * N + 1);
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_at_once_on_shutdown() {
+    let backend = Backend::start("b").await;
+    let mut proxy = Proxy::start(&format!(
+        "drain_timeout = \"60s\"\n{}",
+        config(backend.addr)
+    ));
+    let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
+    s.write_all(GET).await.expect("write");
+    assert_eq!(status_line(&read_response(&mut s).await), "HTTP/1.1 200 OK");
+    // Idle well past the park delay (100ms): this pause is the condition under test.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal("TERM");
+    // Closed by rproxy, which then exits long before the 60 s drain timeout.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(
+        closed.unwrap_or(0),
+        0,
+        "parked connection closed on shutdown"
+    );
+    assert_eq!(proxy.wait_exit().await.code(), Some(0));
 }
 
 #[tokio::test]

@@ -126,6 +126,13 @@ impl ConnActivity {
         self.parkable.store(parkable, Ordering::Release);
     }
 
+    /// When a parked connection (idle after a request, nothing of a new head read: see
+    /// `http1`) is closed: what `watch` would wait for in that state, as one deadline.
+    pub(crate) fn keepalive_deadline(&self, keepalive: Duration) -> Instant {
+        let idle = self.idle_since.load(Ordering::Acquire);
+        self.epoch + Duration::from_millis(idle.saturating_add(ms(keepalive)))
+    }
+
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -140,7 +147,6 @@ impl ConnActivity {
         keepalive: Duration,
         http1: bool,
     ) -> Expiry {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE / 2);
         loop {
             let now = self.now_ms();
             let (deadline, expiry) = if self.active.load(Ordering::Acquire) > 0 {
@@ -171,6 +177,12 @@ impl ConnActivity {
             tokio::time::sleep_until(self.epoch + Duration::from_millis(deadline)).await;
         }
     }
+}
+
+/// Milliseconds, as the timestamps above count them (a duration too long for them stays far
+/// off rather than wrapping).
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(NONE / 2)
 }
 
 impl Drop for ActiveRequest {
@@ -205,6 +217,11 @@ mod tests {
             .watch(Duration::from_secs(10), Duration::from_secs(75), true)
             .await;
         assert_eq!((e, t0.elapsed().as_secs()), (Expiry::Idle, 75));
+        // A parked connection's deadline is the same.
+        assert_eq!(
+            a.keepalive_deadline(Duration::from_secs(75)),
+            t0 + Duration::from_secs(75)
+        );
 
         let a = ConnActivity::new();
         drop(a.begin());

@@ -9,17 +9,14 @@
 //! closes once its request in progress is done (at once if idle), HTTP/2 sends GOAWAY and
 //! finishes open streams.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::either::Either;
@@ -27,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessRecord;
-use crate::config::{ListenerConfig, defaults};
 use crate::error::{ProxyError, local_response};
 use crate::metrics::ListenerMetrics;
 use crate::state::SharedState;
@@ -35,9 +31,10 @@ use crate::upstream::{Peer, ProxyBody, Route, forward};
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
 use super::bind::accept_queue_len;
+use super::client_conn::{ClientConn, ConnSettings, Socket};
 use super::drive::drive;
-use super::http1::{ends_cleanly, has_close_token, serve_http1};
-use super::io::{ClientIo, Protocol};
+use super::http1::serve_http1;
+use super::io::Protocol;
 use super::open::open;
 use super::sockets::Described;
 use super::tcp::serve_tcp;
@@ -149,25 +146,10 @@ pub async fn serve_listener(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
                 }
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                let ctx = Arc::clone(&ctx);
                 ctx.metrics.connections_total.increment(1);
                 ctx.metrics.connections_open.increment(1.0);
-                tracker.spawn(async move {
-                    // The protocol is read per connection: a reload may change it.
-                    let tcp = ctx
-                        .state
-                        .load()
-                        .listener(&ctx.name)
-                        .and_then(|l| l.settings.tcp);
-                    match tcp {
-                        // Boxed, as below: a connection's task is as large as the largest
-                        // thing it ever awaits inline, for its whole life.
-                        Some(settings) => Box::pin(serve_tcp(stream, peer, &ctx, settings)).await,
-                        None => serve_connection(stream, peer, Arc::clone(&ctx)).await,
-                    }
-                    ctx.metrics.connections_open.decrement(1.0);
-                    drop(slot);
-                });
+                let accepted = Box::new(Accepted { stream, peer, slot });
+                tracker.spawn(serve_client(accepted, Arc::clone(&ctx)));
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE or a connection reset before accept: keep serving, but
@@ -215,119 +197,92 @@ async fn connection_slot(
 
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
-    // Only what the connection needs of its listener's settings is kept: it may stay open for
-    // long, and everything its task holds across an await is memory for all that time.
-    let (tls, h1, h2, header_timeout, keepalive, send_timeout) = {
-        let snapshot = ctx.state.load();
-        let Some(l) = snapshot.listener(&ctx.name) else {
-            return;
-        };
-        let s = &l.settings;
-        (
-            l.tls.clone(),
-            http1_builder(s),
-            http2_builder(s),
-            s.header_timeout,
-            s.keepalive_timeout,
-            s.send_timeout,
-        )
-    };
-    // Boxed: freed once the protocol is known (a TLS handshake's state is large).
-    let Some((stream, proto, prefix)) =
-        Box::pin(open(stream, tls, header_timeout, &ctx, peer)).await
-    else {
-        return;
-    };
-    let over_tls = matches!(stream, Either::Right(_));
-    let activity = ConnActivity::new();
-    let io = TokioIo::new(ClientIo::new(
-        stream,
-        prefix,
-        Arc::clone(&activity),
-        proto,
-        send_timeout,
-    ));
-    let service = {
-        let ctx = Arc::clone(&ctx);
-        let activity = Arc::clone(&activity);
-        service_fn(move |req: Request<Incoming>| {
-            let ctx = Arc::clone(&ctx);
-            // Begun when hyper hands the request over, not when its future first runs: a read
-            // that could park the connection (see `http1`) must find it busy in between.
-            let active = activity.begin();
-            let head_flags = activity.take_head_flags();
-            let parkable = ends_cleanly(&req);
-            let activity = Arc::clone(&activity);
-            async move {
-                // Boxed: answering takes a future of about 5 KB, which hyper would otherwise
-                // keep in every connection's state and move whole; a box is one allocation
-                // per request, from memory the allocator just freed and the cache still holds.
-                let resp = Box::pin(answer(&ctx, active, head_flags, peer, over_tls, req)).await;
-                activity.set_parkable(parkable && !has_close_token(resp.headers()));
-                Ok::<_, Infallible>(resp)
+/// A connection just accepted, with its slot in the listener's connection budget.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+/// One client connection's task. `accepted` comes boxed, and an `async` block is returned
+/// rather than written as an `async fn` (which would keep a second copy of its arguments): a
+/// task is as large as everything its future may hold at once, for its whole life, and idle
+/// HTTP/1 connections are many.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments (above)"
+)]
+fn serve_client(accepted: Box<Accepted>, ctx: Arc<ListenerCtx>) -> impl Future<Output = ()> + Send {
+    async move {
+        let Accepted { stream, peer, slot } = *accepted;
+        // The protocol is read per connection: a reload may change it.
+        let tcp = ctx
+            .state
+            .load()
+            .listener(&ctx.name)
+            .and_then(|l| l.settings.tcp);
+        match tcp {
+            // Boxed, as below: raw TCP and HTTP/2 need more than parked HTTP/1 does.
+            Some(settings) => Box::pin(serve_tcp(stream, peer, &ctx, settings)).await,
+            None => 'http: {
+                // `let else`, not `if let`: the value `if let` matches would be kept all along.
+                let Some((conn, socket)) = Box::pin(open_client(stream, peer, &ctx)).await else {
+                    break 'http;
+                };
+                match conn.protocol {
+                    Protocol::Http1 => serve_http1(&conn, socket).await,
+                    Protocol::Http2 => Box::pin(serve_http2(&conn, socket)).await,
+                }
             }
-        })
+        }
+        ctx.metrics.connections_open.decrement(1.0);
+        drop(slot);
+    }
+}
+
+/// Opens a client connection (see `open`) with the settings its listener has now: only what
+/// it needs of them is kept, since it may stay open for long. `None` when it ended before a
+/// request could be read.
+async fn open_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+) -> Option<(ClientConn, Socket)> {
+    let (tls, settings) = {
+        let snapshot = ctx.state.load();
+        let l = snapshot.listener(&ctx.name)?;
+        (l.tls.clone(), ConnSettings::of(&l.settings))
     };
-    let watchdog = activity.watch(header_timeout, keepalive, proto == Protocol::Http1);
-    tokio::pin!(watchdog);
-    match proto {
-        Protocol::Http1 => {
-            drop(h2);
-            serve_http1(&h1, io, service, watchdog, &ctx, peer).await;
-        }
-        Protocol::Http2 => {
-            let mut conn = Box::pin(h2.serve_connection(io, service));
-            drive(
-                conn.as_mut(),
-                |c| c.graceful_shutdown(),
-                watchdog,
-                &ctx,
-                peer,
-            )
-            .await;
-        }
-    }
+    let (stream, protocol, prefix) = open(stream, tls, settings.header_timeout, ctx, peer).await?;
+    let conn = ClientConn {
+        over_tls: matches!(stream, Either::Right(_)),
+        ctx: Arc::clone(ctx),
+        peer,
+        protocol,
+        activity: ConnActivity::new(),
+        settings,
+    };
+    Some((conn, (stream, prefix)))
 }
 
-fn http1_builder(settings: &ListenerConfig) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .keep_alive(true)
-        // rproxy's watchdog enforces the header timeout (see `activity`).
-        .header_read_timeout(None)
-        .max_header_size(settings.limits.max_header_size);
-    if settings.limits.max_headers != defaults::MAX_HEADERS {
-        // Only when changed: hyper then parses headers on the heap, a little slower.
-        builder.max_headers(settings.limits.max_headers);
-    }
-    builder
+async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
+    let watchdog = pin!(conn.watchdog());
+    let hyper_conn = conn
+        .settings
+        .http2()
+        .serve_connection(conn.io(stream, prefix), conn.service());
+    drive(
+        pin!(hyper_conn),
+        |c| c.graceful_shutdown(),
+        watchdog,
+        &conn.ctx,
+        conn.peer,
+    )
+    .await;
 }
-
-/// HTTP/2 limits, chosen rather than inherited: a client gets at most
-/// `http2_max_concurrent_streams` requests in flight per connection, flow-control windows
-/// large enough for a fast download without letting one connection buffer much, a header
-/// list no larger than an HTTP/1 head may be, and a small budget of streams reset before they
-/// were served or failed by rproxy (rapid-reset floods end with GOAWAY).
-fn http2_builder(settings: &ListenerConfig) -> http2::Builder<TokioExecutor> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .max_concurrent_streams(settings.http2_max_concurrent_streams)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_header_list_size(u32::try_from(settings.limits.max_header_size).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
-    builder
-}
-
-pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
-pub(crate) const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
-pub(crate) const H2_MAX_PENDING_RESETS: usize = 20;
-pub(crate) const H2_MAX_LOCAL_RESETS: usize = 256;
 
 /// Validates, routes and forwards one request, or answers it locally.
-async fn answer(
+pub(super) async fn answer(
     ctx: &ListenerCtx,
     active: ActiveRequest,
     head_flags: u8,

@@ -1,6 +1,6 @@
 //! Serving one HTTP/1 client connection, parking it while it is idle.
 //!
-//! Called by `http::serve_connection` once the protocol is known. A keep-alive connection
+//! Called by `http::serve_client` once the protocol is HTTP/1. A keep-alive connection
 //! spends most of its life waiting for the next request, and a hyper connection holds about
 //! 16 KB of buffers all along. So when a response is flushed and nothing more has arrived for
 //! a moment, the connection is parked (see `io`): hyper's connection ends without closing the
@@ -11,93 +11,91 @@
 //! While parked the connection obeys the same rules as inside hyper: the keep-alive timeout
 //! closes it, a graceful shutdown closes it at once (it is idle), the drain timeout kills it.
 
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::Poll;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::HttpService;
 use hyper::{Request, header};
-use hyper_util::rt::TokioIo;
 
-use crate::upstream::{ProxyBody, has_token};
+use crate::upstream::has_token;
 
-use super::activity::Expiry;
+use super::client_conn::{ClientConn, Socket};
 use super::drive::{Driven, drive};
-use super::http::ListenerCtx;
-use super::io::ClientIo;
+use super::io::poll_read_ready;
+use super::tls::ClientStream;
 
-/// Serves requests on `io` until the client closes, a timeout expires or rproxy shuts down.
-pub(super) async fn serve_http1<S, W>(
-    builder: &http1::Builder,
-    mut io: TokioIo<ClientIo>,
-    service: S,
-    mut watchdog: Pin<&mut W>,
-    ctx: &ListenerCtx,
-    peer: SocketAddr,
-) where
-    S: HttpService<Incoming, ResBody = ProxyBody> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    W: Future<Output = Expiry>,
-{
-    loop {
-        // The hyper connection and its driver are boxed together, so that parking frees them:
-        // they are most of what a connection costs. With upgrades: a WebSocket's connection
-        // leaves hyper for its tunnel.
-        let served = Box::pin(async {
-            let mut conn = builder
-                .serve_connection(io, service.clone())
-                .with_upgrades();
-            let driven = drive(
-                Pin::new(&mut conn),
-                |c| c.graceful_shutdown(),
-                watchdog.as_mut(),
-                ctx,
-                peer,
-            )
-            .await;
-            // `None` after an upgrade: the tunnel owns the socket now.
-            (driven == Driven::Finished)
-                .then(|| conn.into_parts())
-                .flatten()
-        })
-        .await;
-        let Some(parts) = served else {
-            return;
-        };
-        io = parts.io;
-        if !io.inner().parked() {
-            return; // the client closed
-        }
-        io.inner_mut().resume(parts.read_buf);
-        if io.inner().has_unread() {
-            continue;
-        }
-        // Polled by hand rather than with `select!`: this is what a parked connection holds
-        // while it waits, so it is kept small.
-        let shutdown = ctx.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let readable = std::future::poll_fn(|cx| {
-            // Idle: a graceful shutdown closes it now, as hyper would (and the drain timeout,
-            // which only follows a graceful shutdown, has nothing left to do). Either
-            // watchdog expiry closes an idle connection.
-            if shutdown.as_mut().poll(cx).is_ready() || watchdog.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(false));
-            }
-            io.inner().poll_read_ready(cx).map_ok(|()| true)
-        })
-        .await;
-        match readable {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "idle client connection failed");
+/// Serves requests on `socket` until the client closes, a timeout expires or rproxy shuts
+/// down.
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps a second copy of its
+/// arguments for its whole life, and this future is most of what a parked connection is.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments (above)"
+)]
+pub(super) fn serve_http1(
+    conn: &ClientConn,
+    mut socket: Socket,
+) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        loop {
+            // Boxed, so that parking frees it: a hyper connection and its driver are most of
+            // what a connection costs.
+            socket = match Box::pin(until_parked(conn, socket)).await {
+                Some(parked) => parked,
+                None => return,
+            };
+            // Bytes left: the start of a pipelined request that hyper had read; serve it now.
+            if socket.1.is_empty() && !wait_for_request(conn, &socket.0).await {
                 return;
             }
         }
     }
+}
+
+/// Serves requests with one hyper connection until it is parked: then the socket and the
+/// bytes hyper had read but not used. `None` when the connection ended (the client closed, a
+/// timeout, shutdown) or was upgraded (a WebSocket's tunnel owns the socket now).
+async fn until_parked(conn: &ClientConn, (stream, prefix): Socket) -> Option<Socket> {
+    let mut hyper_conn = conn
+        .settings
+        .http1()
+        .serve_connection(conn.io(stream, prefix), conn.service())
+        .with_upgrades();
+    let driven = drive(
+        Pin::new(&mut hyper_conn),
+        |c| c.graceful_shutdown(),
+        pin!(conn.watchdog()),
+        &conn.ctx,
+        conn.peer,
+    )
+    .await;
+    if driven != Driven::Finished {
+        return None;
+    }
+    let parts = hyper_conn.into_parts()?;
+    parts.io.into_inner().into_parked(parts.read_buf)
+}
+
+/// Waits on a parked connection for the client's next bytes: true when they arrived. While
+/// idle, a graceful shutdown closes it at once, as hyper would (and the drain timeout, which
+/// only follows a graceful shutdown, has nothing left to do), and so does keep-alive expiry.
+/// Polled by hand rather than with `select!`, and a deadline rather than the watchdog's loop:
+/// this is what a parked connection holds while it waits, so it is kept small.
+async fn wait_for_request(conn: &ClientConn, stream: &ClientStream) -> bool {
+    let mut shutdown = pin!(conn.ctx.shutdown.cancelled());
+    let mut expiry = pin!(tokio::time::sleep_until(conn.keepalive_deadline()));
+    let readable = std::future::poll_fn(|cx| {
+        if shutdown.as_mut().poll(cx).is_ready() || expiry.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(false));
+        }
+        poll_read_ready(stream, cx).map_ok(|()| true)
+    })
+    .await;
+    readable.unwrap_or_else(|e| {
+        tracing::debug!(client = %conn.peer, error = %e, "idle client connection failed");
+        false
+    })
 }
 
 /// Whether, once answered, `req` leaves its HTTP/1 connection at a known message boundary

@@ -35,6 +35,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long an HTTP/1 connection stays idle before it is parked.
 const PARK_AFTER: Duration = Duration::from_millis(100);
 
+/// Ready when the client sent something (or closed) on a parked connection.
+pub(super) fn poll_read_ready(stream: &ClientStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    match stream {
+        tokio_util::either::Either::Left(tcp) => tcp.poll_read_ready(cx),
+        tokio_util::either::Either::Right(tls) => tls.get_ref().0.poll_read_ready(cx),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
     Http1,
@@ -101,35 +109,20 @@ impl ClientIo {
         }
     }
 
-    /// True when hyper's connection ended because rproxy parked it, not because the client
-    /// closed: the socket is open and idle.
-    pub(super) fn parked(&self) -> bool {
-        self.parked
-    }
-
-    /// Resumes after parking: `unread` is what hyper had read but not used (the start of a
-    /// pipelined request), served again before the socket.
-    pub(super) fn resume(&mut self, unread: Bytes) {
-        self.parked = false;
-        self.park_after.progressed();
+    /// After hyper's connection ended: the socket and what is left to replay, `unread` (what
+    /// hyper had read but not used, the start of a pipelined request) first, if rproxy
+    /// parked it; `None` if the client closed.
+    pub(super) fn into_parked(self, unread: Bytes) -> Option<(ClientStream, BytesMut)> {
+        if !self.parked {
+            return None;
+        }
+        let mut prefix = self.prefix;
         if !unread.is_empty() {
-            let mut prefix = BytesMut::from(unread);
-            prefix.extend_from_slice(&self.prefix);
-            self.prefix = prefix;
+            let rest = prefix;
+            prefix = BytesMut::from(unread);
+            prefix.extend_from_slice(&rest);
         }
-    }
-
-    /// Whether bytes wait in the replay buffer (then there is no need to wait for the socket).
-    pub(super) fn has_unread(&self) -> bool {
-        !self.prefix.is_empty()
-    }
-
-    /// Ready when the client sent something (or closed) on a parked connection.
-    pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &self.inner {
-            tokio_util::either::Either::Left(tcp) => tcp.poll_read_ready(cx),
-            tokio_util::either::Either::Right(tls) => tls.get_ref().0.poll_read_ready(cx),
-        }
+        Some((self.inner, prefix))
     }
 
     /// Whether the connection may be parked now: the last response is flushed, no request is

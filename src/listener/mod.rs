@@ -6,6 +6,7 @@
 mod activity;
 mod bind;
 mod cert_dates;
+mod client_conn;
 mod drive;
 mod head_scan;
 mod http;

@@ -1,7 +1,7 @@
 //! Opening a client connection: the TLS handshake on an https listener, or the sniff of the
 //! first bytes on a plain one, to learn the protocol before hyper takes over.
 //!
-//! Called by `http::serve_connection` for each accepted connection; bounded by the
+//! Called by `http::open_client` for each accepted connection; bounded by the
 //! listener's header timeout and ended early by a shutdown.
 
 use std::net::SocketAddr;

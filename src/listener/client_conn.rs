@@ -1,0 +1,163 @@
+//! What one client connection keeps for its whole life, and how a hyper connection is built
+//! from it.
+//!
+//! Made by `http::open_client` once the protocol is known; used by `http1` (once per
+//! hyper connection, as an idle connection is parked and resumed) and by HTTP/2. It is kept
+//! small: while an HTTP/1 connection is parked, this and the socket are nearly all it holds.
+//! A reload changes only new connections, so the settings are copied in at accept time.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{Service, service_fn};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::{ListenerConfig, defaults};
+use crate::upstream::ProxyBody;
+
+use super::activity::{ConnActivity, Expiry};
+use super::http::{ListenerCtx, answer};
+use super::http1::{ends_cleanly, has_close_token};
+use super::io::{ClientIo, Protocol};
+use super::tls::ClientStream;
+
+/// The listener settings a connection is served with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnSettings {
+    pub(super) header_timeout: Duration,
+    keepalive: Duration,
+    send_timeout: Duration,
+    max_header_size: usize,
+    max_headers: usize,
+    http2_max_concurrent_streams: u32,
+}
+
+impl ConnSettings {
+    pub(super) fn of(settings: &ListenerConfig) -> Self {
+        ConnSettings {
+            header_timeout: settings.header_timeout,
+            keepalive: settings.keepalive_timeout,
+            send_timeout: settings.send_timeout,
+            max_header_size: settings.limits.max_header_size,
+            max_headers: settings.limits.max_headers,
+            http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
+        }
+    }
+
+    pub(super) fn http1(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            // rproxy's watchdog enforces the header timeout (see `activity`).
+            .header_read_timeout(None)
+            .max_header_size(self.max_header_size);
+        if self.max_headers != defaults::MAX_HEADERS {
+            // Only when changed: hyper then parses headers on the heap, a little slower.
+            builder.max_headers(self.max_headers);
+        }
+        builder
+    }
+
+    /// HTTP/2 limits, chosen rather than inherited: a client gets at most
+    /// `http2_max_concurrent_streams` requests in flight per connection, flow-control windows
+    /// large enough for a fast download without letting one connection buffer much, a header
+    /// list no larger than an HTTP/1 head may be, and a small budget of streams reset before
+    /// they were served or failed by rproxy (rapid-reset floods end with GOAWAY).
+    pub(super) fn http2(&self) -> http2::Builder<TokioExecutor> {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .max_concurrent_streams(self.http2_max_concurrent_streams)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
+        builder
+    }
+}
+
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// A client connection's socket and the bytes read from it that hyper is to read first.
+pub(super) type Socket = (ClientStream, BytesMut);
+
+/// One client connection's lasting state.
+#[derive(Debug)]
+pub(super) struct ClientConn {
+    pub(super) ctx: Arc<ListenerCtx>,
+    pub(super) peer: SocketAddr,
+    pub(super) over_tls: bool,
+    pub(super) protocol: Protocol,
+    pub(super) activity: Arc<ConnActivity>,
+    pub(super) settings: ConnSettings,
+}
+
+impl ClientConn {
+    /// The stream hyper reads: `prefix` (bytes read already) first, then the socket.
+    pub(super) fn io(&self, stream: ClientStream, prefix: BytesMut) -> TokioIo<ClientIo> {
+        TokioIo::new(ClientIo::new(
+            stream,
+            prefix,
+            Arc::clone(&self.activity),
+            self.protocol,
+            self.settings.send_timeout,
+        ))
+    }
+
+    /// Resolves when the connection should be closed for a timeout (see `activity`).
+    pub(super) fn watchdog(&self) -> impl Future<Output = Expiry> + '_ {
+        self.activity.watch(
+            self.settings.header_timeout,
+            self.settings.keepalive,
+            self.protocol == Protocol::Http1,
+        )
+    }
+
+    /// When this connection, parked, is closed for keep-alive expiry.
+    pub(super) fn keepalive_deadline(&self) -> tokio::time::Instant {
+        self.activity.keepalive_deadline(self.settings.keepalive)
+    }
+
+    /// What hyper calls for each request.
+    pub(super) fn service(
+        &self,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Unpin
+    + 'static {
+        let ctx = Arc::clone(&self.ctx);
+        let activity = Arc::clone(&self.activity);
+        let (peer, over_tls) = (self.peer, self.over_tls);
+        service_fn(move |req: Request<Incoming>| {
+            let ctx = Arc::clone(&ctx);
+            // Begun when hyper hands the request over, not when its future first runs: a read
+            // that could park the connection (see `http1`) must find it busy in between.
+            let active = activity.begin();
+            let head_flags = activity.take_head_flags();
+            let parkable = ends_cleanly(&req);
+            let activity = Arc::clone(&activity);
+            async move {
+                // Boxed: answering takes a future of about 5 KB, which hyper would otherwise
+                // keep in every connection's state and move whole; a box is one allocation
+                // per request, from memory the allocator just freed and the cache still holds.
+                let resp = Box::pin(answer(&ctx, active, head_flags, peer, over_tls, req)).await;
+                activity.set_parkable(parkable && !has_close_token(resp.headers()));
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    }
+}
