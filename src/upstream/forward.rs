@@ -168,7 +168,7 @@ pub async fn forward(
                     .response(resp.status().as_u16(), time_to_head);
                 backend.live.latency.record(time_to_head);
                 if let Some(log) = &mut log {
-                    log.backend = Some(backend.addr);
+                    log.backend = Some(backend.authority.clone());
                     log.upstream_time = Some(time_to_head);
                 }
                 let mut resp = match client_upgrade.take() {
@@ -243,7 +243,7 @@ pub async fn forward(
                     "backend sent no response head in time"
                 );
                 if let Some(log) = &mut log {
-                    log.backend = Some(backend.addr);
+                    log.backend = Some(backend.authority.clone());
                 }
                 if let Err(why) = retry {
                     pool.metrics.retry_refused(why);

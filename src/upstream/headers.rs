@@ -137,7 +137,7 @@ pub fn set_forwarding(
 
 /// `ip` as a header value. Formatting an address showed in profiles, and a connection's
 /// requests (often a thread's) come from one address, so each thread keeps the last one.
-fn ip_text(ip: IpAddr) -> HeaderValue {
+pub(crate) fn ip_text(ip: IpAddr) -> HeaderValue {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
     }
