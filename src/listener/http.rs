@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::request::Parts;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Response, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::either::Either;
@@ -281,65 +282,75 @@ async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
     .await;
 }
 
-/// Validates, routes and forwards one request, or answers it locally.
-pub(super) async fn answer(
+/// Validates, routes and forwards one request (`parts`, its head, and `body`), or answers it
+/// locally.
+///
+/// An `async` block rather than an `async fn`, which would keep a second copy of the request
+/// head: every request allocates this future and it is moved on the way.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments (above)"
+)]
+pub(super) fn answer(
     ctx: &ListenerCtx,
     active: ActiveRequest,
     head_flags: u8,
     peer: SocketAddr,
     over_tls: bool,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let end = RequestEnd::new(active, Arc::clone(&ctx.metrics));
-    let snapshot = ctx.state.load_full();
-    let Some(listener) = snapshot.listener(&ctx.name) else {
-        let (head, body) = ProxyError::NoBackend.response().into_parts();
-        let status = head.status.as_u16();
-        return Response::from_parts(head, body.finish_with(None, end, status));
-    };
-    let (mut parts, body) = req.into_parts();
-    let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
-        Verdict::Forward if listener.settings.redirect_https => {
-            super::redirect::to_https(&parts, &snapshot, &ctx.described.load())
-        }
-        Verdict::Forward => {
-            let host = parts
-                .uri
-                .host()
-                .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
-            match listener.routes.lookup(host, parts.uri.path()) {
-                Some(target) => {
-                    let peer = Peer {
-                        addr: peer,
-                        proto: if over_tls { "https" } else { "http" },
-                    };
-                    let req = Request::from_parts(parts, body);
-                    let route = Route {
-                        listener,
-                        pool: target.to,
-                        strip_prefix: target.strip,
-                    };
-                    return forward(route, &snapshot.trusted_proxies, peer, req, end).await;
-                }
-                None => {
-                    tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
-                    ProxyError::NoRoute.response()
+    mut parts: Parts,
+    body: Incoming,
+) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+    async move {
+        let end = RequestEnd::new(active, Arc::clone(&ctx.metrics));
+        let snapshot = ctx.state.load_full();
+        let Some(listener) = snapshot.listener(&ctx.name) else {
+            let (head, body) = ProxyError::NoBackend.response().into_parts();
+            let status = head.status.as_u16();
+            return Response::from_parts(head, body.finish_with(None, end, status));
+        };
+        let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+            Verdict::Forward if listener.settings.redirect_https => {
+                super::redirect::to_https(&parts, &snapshot, &ctx.described.load())
+            }
+            Verdict::Forward => {
+                let host = parts
+                    .uri
+                    .host()
+                    .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
+                match listener.routes.lookup(host, parts.uri.path()) {
+                    Some(target) => {
+                        let peer = Peer {
+                            addr: peer,
+                            proto: if over_tls { "https" } else { "http" },
+                        };
+                        let route = Route {
+                            listener,
+                            pool: target.to,
+                            strip_prefix: target.strip,
+                        };
+                        let trusted = &snapshot.trusted_proxies;
+                        return forward(route, trusted, peer, &mut parts, body, end).await;
+                    }
+                    None => {
+                        tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
+                        ProxyError::NoRoute.response()
+                    }
                 }
             }
-        }
-        Verdict::ServerOptions => {
-            let mut resp = local_response(StatusCode::OK, false);
-            resp.headers_mut()
-                .insert(header::ALLOW, validate::SERVER_ALLOW);
-            resp
-        }
-        Verdict::Reject(r) => {
-            tracing::info!(client = %peer, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
-            local_response(r.status, r.close)
-        }
-    };
-    let log = AccessRecord::start(&listener.name, peer.ip(), &parts);
-    let (head, body) = answer.into_parts();
-    let status = head.status.as_u16();
-    Response::from_parts(head, body.finish_with(log, end, status))
+            Verdict::ServerOptions => {
+                let mut resp = local_response(StatusCode::OK, false);
+                resp.headers_mut()
+                    .insert(header::ALLOW, validate::SERVER_ALLOW);
+                resp
+            }
+            Verdict::Reject(r) => {
+                tracing::info!(client = %peer, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
+                local_response(r.status, r.close)
+            }
+        };
+        let log = AccessRecord::start(&listener.name, peer.ip(), &parts);
+        let (head, body) = answer.into_parts();
+        let status = head.status.as_u16();
+        Response::from_parts(head, body.finish_with(log, end, status))
+    }
 }

@@ -29,7 +29,7 @@ use crate::config::UpstreamConfig;
 
 use super::backend_tls::BackendTls;
 use super::fair_io::UpstreamIo;
-use super::keepalive::{H1Sender, H2Sender, Keepalive, Reuse, Sender};
+use super::keepalive::{Keepalive, Reuse, Sender};
 use super::request_body::UpstreamRequestBody;
 
 /// Why a request got no response from a backend.
@@ -69,60 +69,77 @@ impl UpstreamClient {
 
     /// Sends `req` to the backend at `addr` on one of its kept-alive connections, or a new
     /// one. An HTTP/1 response comes with the connection, to give back once its body is read.
-    pub(crate) async fn send(
-        &self,
+    ///
+    /// One `async` block, not `async fn`s calling each other: each of those would keep its own
+    /// copy of the request (360 bytes) in a future that every request allocates and moves.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would copy its arguments (above)"
+    )]
+    pub(crate) fn send<'a>(
+        &'a self,
         addr: SocketAddr,
-        keepalive: &Arc<Keepalive>,
-        req: Request<UpstreamRequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
-        let mut req = req;
-        // Kept connections first. One the backend closed just now gives the request back
-        // unsent, and the next one is tried.
-        while let Some(sender) = keepalive.checkout() {
-            let sent = match sender {
-                Sender::H1(sender) => send_h1(sender, req, keepalive).await,
-                Sender::H2(sender) => send_h2(sender, req).await,
-            };
-            match sent {
-                Ok(answer) => return Ok(answer),
-                Err(Unsent::Back(r)) => req = *r,
-                Err(Unsent::Failed(e)) => return Err(e.into()),
+        keepalive: &'a Arc<Keepalive>,
+        mut req: Request<UpstreamRequestBody>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Reuse>), SendError>> + Send + 'a
+    {
+        async move {
+            loop {
+                // Kept connections first. One the backend closed just now gives the request
+                // back unsent, and the next one is tried.
+                let (sender, new) = match keepalive.checkout() {
+                    Some(kept) => (kept, false),
+                    // Boxed: connecting and the TLS handshake make a large future, and every
+                    // request's future would carry (and move) that space if it were inline.
+                    None => (Box::pin(self.open(addr, keepalive)).await?, true),
+                };
+                let sent = match sender {
+                    Sender::H1(mut sender) => match sender.ready().await {
+                        Err(_) => Err(Unsent::Back(Box::new(req))),
+                        Ok(()) => answered(sender.try_send_request(req).await)
+                            .map(|resp| (resp, Some(Reuse::new(sender, keepalive)))),
+                    },
+                    Sender::H2(mut sender) => match sender.ready().await {
+                        Err(_) => Err(Unsent::Back(Box::new(req))),
+                        Ok(()) => answered(sender.try_send_request(req).await).map(|r| (r, None)),
+                    },
+                };
+                match sent {
+                    Ok(answer) => return Ok(answer),
+                    Err(Unsent::Back(_)) if new => {
+                        return Err(SendError::Connect {
+                            addr,
+                            source: io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "closed before the request",
+                            ),
+                        });
+                    }
+                    Err(Unsent::Back(r)) => req = *r,
+                    Err(Unsent::Failed(e)) => return Err(e.into()),
+                }
             }
         }
-        // Boxed: connecting and the TLS handshake make a large future, and every request's
-        // future would carry (and move) that space if it were inline.
-        Box::pin(self.open_and_send(addr, keepalive, req)).await
     }
 
-    /// Sends `req` on a new connection to `addr`.
-    async fn open_and_send(
+    /// A new connection to `addr`, its hyper half running on a task of its own. An HTTP/2 one
+    /// is kept at once, for other requests to share.
+    async fn open(
         &self,
         addr: SocketAddr,
         keepalive: &Arc<Keepalive>,
-        req: Request<UpstreamRequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+    ) -> Result<Sender, SendError> {
         let io = self.connect(addr).await?;
-        let sent = if self.h2 {
+        Ok(if self.h2 {
             let (sender, conn) = self.http2.handshake(io).await?;
             spawn_connection(conn);
             keepalive.put(Sender::H2(sender.clone()));
-            send_h2(sender, req).await
+            Sender::H2(sender)
         } else {
             let (sender, conn) = self.http1.handshake(io).await?;
             // Upgrades: a WebSocket's 101 hands this connection over to the tunnel.
             spawn_connection(conn.with_upgrades());
-            send_h1(sender, req, keepalive).await
-        };
-        sent.map_err(|unsent| match unsent {
-            Unsent::Failed(e) => SendError::Http(e),
-            // A new connection that closed before taking the request.
-            Unsent::Back(_) => SendError::Connect {
-                addr,
-                source: io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "closed before the request",
-                ),
-            },
+            Sender::H1(sender)
         })
     }
 
@@ -158,28 +175,6 @@ enum Unsent {
     /// Boxed: the rare case, and a request head is large.
     Back(Box<Request<UpstreamRequestBody>>),
     Failed(hyper::Error),
-}
-
-async fn send_h1(
-    mut sender: H1Sender,
-    req: Request<UpstreamRequestBody>,
-    keepalive: &Arc<Keepalive>,
-) -> Result<(Response<Incoming>, Option<Reuse>), Unsent> {
-    if sender.ready().await.is_err() {
-        return Err(Unsent::Back(Box::new(req)));
-    }
-    let resp = answered(sender.try_send_request(req).await)?;
-    Ok((resp, Some(Reuse::new(sender, keepalive))))
-}
-
-async fn send_h2(
-    mut sender: H2Sender,
-    req: Request<UpstreamRequestBody>,
-) -> Result<(Response<Incoming>, Option<Reuse>), Unsent> {
-    if sender.ready().await.is_err() {
-        return Err(Unsent::Back(Box::new(req)));
-    }
-    Ok((answered(sender.try_send_request(req).await)?, None))
 }
 
 /// hyper's answer to a sent request, either protocol: the response, or the request given back

@@ -23,13 +23,13 @@ use crate::metrics::{ErrorKind, RetryRefusal};
 use crate::router::strip_path;
 use crate::state::ListenerRuntime;
 
-use super::backend::InFlightGuard;
+use super::backend::{Backend, InFlightGuard};
 use super::body::ProxyBody;
 use super::client::SendError;
 use super::headers::{has_token, join_cookies, remove_hop_by_hop, set_forwarding};
 use super::keepalive::Reuse;
 use super::pool::Pool;
-use super::request_body::{ClientBodyFailure, RequestBodySlot};
+use super::request_body::{ClientBodyFailure, RequestBodySlot, UpstreamRequestBody};
 use super::retry::Failure;
 use super::{hash_key, request_id, tunnel};
 
@@ -50,18 +50,21 @@ pub struct Route<'a> {
     pub strip_prefix: Option<&'a str>,
 }
 
-/// Forwards `req` through the routed pool and returns the response for the client.
+/// Forwards a request (`parts`, its head, rewritten here for the backend, and `body`) through
+/// the routed pool and returns the response for the client. The head is borrowed: it stays
+/// in the caller's future rather than being copied into this one, which every request
+/// allocates and moves.
 pub async fn forward(
     route: Route<'_>,
     trusted_proxies: &[ipnet::IpNet],
     peer: Peer,
-    req: Request<Incoming>,
+    parts: &mut Parts,
+    body: Incoming,
     end: RequestEnd,
 ) -> Response<ProxyBody> {
     let Route { listener, pool, .. } = route;
-    let (mut parts, body) = req.into_parts();
     // A WebSocket keeps its upgrade headers, and the client side of the switch for later.
-    let mut client_upgrade = if !pool.h2 && tunnel::requested(&parts) {
+    let mut client_upgrade = if !pool.h2 && tunnel::requested(parts) {
         parts.extensions.remove::<OnUpgrade>()
     } else {
         None
@@ -69,7 +72,7 @@ pub async fn forward(
     // gRPC needs `te: trailers` to reach an HTTP/2 backend; it is hop-by-hop, so it is
     // removed with the others and put back for such a pool.
     let te_trailers = pool.h2 && has_token(&parts.headers, &header::TE, "trailers");
-    let client_ip = rewrite_request_head(&mut parts, peer, trusted_proxies);
+    let client_ip = rewrite_request_head(parts, peer, trusted_proxies);
     if te_trailers {
         parts
             .headers
@@ -79,12 +82,12 @@ pub async fn forward(
         tunnel::restore_upgrade_headers(&mut parts.headers);
     }
     let request_id = request_id::ensure(&mut parts.headers);
-    let mut log = AccessRecord::start(&listener.name, client_ip, &parts).map(|mut log| {
+    let mut log = AccessRecord::start(&listener.name, client_ip, parts).map(|mut log| {
         log.request_id = Some(request_id);
         log
     });
 
-    let path = upstream_path(&parts, route.strip_prefix);
+    let path = upstream_path(parts, route.strip_prefix);
     let mut attempts = pool.retry.start(&parts.method);
     let slot = RequestBodySlot::new(
         body,
@@ -94,7 +97,7 @@ pub async fn forward(
     let key = pool
         .hash_key
         .as_ref()
-        .map(|template| hash_key::build(template, &parts, client_ip))
+        .map(|template| hash_key::build(template, parts, client_ip))
         .unwrap_or_default();
     let ctx = PickContext {
         client_ip,
@@ -103,7 +106,7 @@ pub async fn forward(
     let mut tried = Tried::default();
     // A sticky cookie naming one of this pool's backends pins the first attempt to it.
     let pinned = pool.sticky.as_ref().and_then(|sticky| {
-        hash_key::cookie(&parts, sticky.cookie_name()).and_then(|v| sticky.pinned(v))
+        hash_key::cookie(parts, sticky.cookie_name()).and_then(|v| sticky.pinned(v))
     });
     let mut pin = pinned.filter(|&i| pool.available(i));
     // What the client gets if the backends run out: the last attempt's failure.
@@ -125,26 +128,15 @@ pub async fn forward(
         tried.insert(index);
         let backend = &pool.backends()[index];
 
-        let mut upstream_req = Request::new(slot.attempt());
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.version_mut() = if pool.h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        *upstream_req.uri_mut() = if pool.h2 {
-            backend_uri(backend.authority.clone(), path.clone())
-        } else {
-            Uri::from(path.clone())
-        };
-        *upstream_req.headers_mut() = parts.headers.clone();
-
         let in_flight = backend.start();
         let sent = Instant::now();
         let timeout = attempts.begin(pool.timeouts.response);
-        let sending = pool
-            .client
-            .send(backend.addr, &backend.keepalive, upstream_req);
+        // Built in the call, not kept in a variable of this future: see above.
+        let sending = pool.client.send(
+            backend.addr,
+            &backend.keepalive,
+            upstream_request(parts, &path, pool, backend, slot.attempt()),
+        );
         match tokio::time::timeout(timeout, sending).await {
             Ok(Ok((resp, _)))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() =>
@@ -259,6 +251,28 @@ pub async fn forward(
     let (head, body) = response.into_parts();
     let body = body.finish_with(log, end, head.status.as_u16());
     Response::from_parts(head, body)
+}
+
+/// One attempt's request to `backend`: the rewritten head, the path (with the authority, for
+/// HTTP/2) and the body, or what the slot kept of it.
+fn upstream_request(
+    parts: &Parts,
+    path: &PathAndQuery,
+    pool: &Pool,
+    backend: &Backend,
+    body: UpstreamRequestBody,
+) -> Request<UpstreamRequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    if pool.h2 {
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = backend_uri(backend.authority.clone(), path.clone());
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = Uri::from(path.clone());
+    }
+    *req.headers_mut() = parts.headers.clone();
+    req
 }
 
 /// How a failed request to a backend is counted: refused or unreachable (`connect`), broken
