@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind (cachegrind): rproxy, nginx,
 # HAProxy and `hyper_floor` (the least a hyper proxy does; examples/hyper_floor.rs), one worker
-# each, round-robin over two keep-alive nginx backends, h2load --h1 with 50 connections.
+# each, round-robin over two keep-alive nginx backends, h2load --h1 with 50 connections; and
+# rproxy-observed, rproxy with metrics (an admin listener), an access log file and 1 s health
+# checks, for what observing costs.
 #
 # CPU time per request moves by a third from run to run on a shared machine; an instruction
 # count moves by less than 1%, so it shows what a change to rproxy's code did. It leaves out
@@ -33,6 +35,8 @@ config() {
     mkdir -p "$dir"
     case $1 in
         rproxy) rproxy_conf "$2" 1 "$B1" "$B2" off > "$dir/rproxy.toml" ;;
+        rproxy-observed) rproxy_conf "$2" 1 "$B1" "$B2" "$dir/access.log" "[admin]
+listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }' > "$dir/rproxy.toml" ;;
         nginx) nginx_proxy_conf "$2" "$B1" "$B2" > "$dir/nginx.conf" ;;
         haproxy) haproxy_conf "$2" "$B1" "$B2" > "$dir/haproxy.cfg" ;;
     esac
@@ -43,7 +47,7 @@ start() {
     local dir="$DIR/$1-$2"
     local vg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null)
     case $1 in
-        rproxy) exec "${vg[@]}" "$PWD/target/release/rproxy" -c "$dir/rproxy.toml" ;;
+        rproxy | rproxy-observed) exec "${vg[@]}" "$PWD/target/release/rproxy" -c "$dir/rproxy.toml" ;;
         nginx) exec "${vg[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;" ;;
         haproxy) exec "${vg[@]}" haproxy -f "$dir/haproxy.cfg" -db ;;
         hyper-floor) exec "${vg[@]}" "$PWD/target/release/examples/hyper_floor" "127.0.0.1:$2" "127.0.0.1:$B1" "127.0.0.1:$B2" ;;
@@ -71,7 +75,7 @@ instructions() {
 }
 
 declare -A PER
-for s in rproxy nginx haproxy hyper-floor; do
+for s in rproxy nginx haproxy hyper-floor rproxy-observed; do
     instructions "$s" $((REQUESTS / 5))
     small=$IR
     instructions "$s" "$REQUESTS"
@@ -84,3 +88,5 @@ echo "|---|---|---|"
 for s in rproxy nginx haproxy hyper-floor; do
     printf '| %s | %s | %.2fx |\n' "$s" "${PER[$s]}" "$(awk -v a="${PER[$s]}" -v b="${PER[nginx]}" 'BEGIN {print a / b}')"
 done
+printf '\nObserving (rproxy-observed) costs %s instructions per request against %s plain: %.2fx.\n' \
+    "${PER[rproxy-observed]}" "${PER[rproxy]}" "$(awk -v a="${PER[rproxy-observed]}" -v b="${PER[rproxy]}" 'BEGIN {print a / b}')"
