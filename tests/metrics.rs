@@ -48,6 +48,20 @@ async fn scrape(proxy: &Proxy) -> String {
     ans.body
 }
 
+/// A scrape once `settled` holds for it. A request is counted, and leaves the in-flight gauge,
+/// when its response body has been sent: just after the client has the response, so a scrape
+/// right after the last response can come first.
+async fn scrape_when(proxy: &Proxy, settled: impl Fn(&str) -> bool) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = scrape(proxy).await;
+        if settled(&text) || start.elapsed() > DEADLINE {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The value of the series `name{labels}` (labels as rendered, in order), if present.
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -70,31 +84,34 @@ async fn requests_are_counted_once_per_backend() {
     for _ in 0..10 {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
     }
-    let text = scrape(&proxy).await;
+    let total = "rproxy_http_requests_total{listener=\"web\",code=\"2xx\"}";
+    let in_flight = |backend: &Backend| {
+        format!(
+            "rproxy_backend_in_flight{{upstream=\"app\",backend=\"{}\"}}",
+            backend.addr
+        )
+    };
+    let text = scrape_when(&proxy, |text| {
+        value(text, total) == Some(10.0)
+            && [&a, &b]
+                .iter()
+                .all(|b| value(text, &in_flight(b)) == Some(0.0))
+    })
+    .await;
     for backend in [&a, &b] {
         let series = format!(
             "rproxy_upstream_requests_total{{upstream=\"app\",backend=\"{}\",code=\"2xx\"}}",
             backend.addr
         );
         assert_eq!(value(&text, &series), Some(5.0), "{series} in\n{text}");
-        let in_flight = format!(
-            "rproxy_backend_in_flight{{upstream=\"app\",backend=\"{}\"}}",
-            backend.addr
-        );
-        assert_eq!(value(&text, &in_flight), Some(0.0));
+        assert_eq!(value(&text, &in_flight(backend)), Some(0.0));
         let up = format!(
             "rproxy_backend_up{{upstream=\"app\",backend=\"{}\"}}",
             backend.addr
         );
         assert_eq!(value(&text, &up), Some(1.0));
     }
-    assert_eq!(
-        value(
-            &text,
-            "rproxy_http_requests_total{listener=\"web\",code=\"2xx\"}"
-        ),
-        Some(10.0)
-    );
+    assert_eq!(value(&text, total), Some(10.0));
     assert_eq!(
         value(
             &text,
@@ -157,7 +174,8 @@ async fn errors_are_counted_by_kind() {
         let ans = get(&c, proxy.listeners[name][0], "/slow/2000").await;
         assert_eq!(ans.status, status, "{name}");
     }
-    let text = scrape(&proxy).await;
+    let slow_5xx = "rproxy_http_requests_total{listener=\"slow\",code=\"5xx\"}";
+    let text = scrape_when(&proxy, |text| value(text, slow_5xx) == Some(1.0)).await;
     for (upstream, server, kind) in [
         ("refused", dead.to_string(), "connect"),
         ("crashing", crashing.addr.to_string(), "reset"),
@@ -169,13 +187,7 @@ async fn errors_are_counted_by_kind() {
         );
         assert_eq!(value(&text, &series), Some(1.0), "{series} in\n{text}");
     }
-    assert_eq!(
-        value(
-            &text,
-            "rproxy_http_requests_total{listener=\"slow\",code=\"5xx\"}"
-        ),
-        Some(1.0)
-    );
+    assert_eq!(value(&text, slow_5xx), Some(1.0));
 }
 
 #[tokio::test]

@@ -27,27 +27,48 @@ use super::http1::{ends_cleanly, has_close_token};
 use super::io::{ClientIo, Protocol};
 use super::tls::ClientStream;
 
-/// The listener settings a connection is served with.
+/// The listener settings a connection is served with. Compact, since every open connection
+/// keeps a copy: times in milliseconds (at least 1, at most 49 days) and limits as `u32`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConnSettings {
-    pub(super) header_timeout: Duration,
-    keepalive: Duration,
-    send_timeout: Duration,
-    max_header_size: usize,
-    max_headers: usize,
+    header_timeout_ms: u32,
+    keepalive_ms: u32,
+    send_timeout_ms: u32,
+    max_header_size: u32,
+    max_headers: u32,
     http2_max_concurrent_streams: u32,
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+fn capped(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl ConnSettings {
     pub(super) fn of(settings: &ListenerConfig) -> Self {
         ConnSettings {
-            header_timeout: settings.header_timeout,
-            keepalive: settings.keepalive_timeout,
-            send_timeout: settings.send_timeout,
-            max_header_size: settings.limits.max_header_size,
-            max_headers: settings.limits.max_headers,
+            header_timeout_ms: millis(settings.header_timeout),
+            keepalive_ms: millis(settings.keepalive_timeout),
+            send_timeout_ms: millis(settings.send_timeout),
+            max_header_size: capped(settings.limits.max_header_size),
+            max_headers: capped(settings.limits.max_headers),
             http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
         }
+    }
+
+    pub(super) fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms.into())
+    }
+
+    fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms.into())
+    }
+
+    fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms.into())
     }
 
     pub(super) fn http1(&self) -> http1::Builder {
@@ -56,10 +77,10 @@ impl ConnSettings {
             .keep_alive(true)
             // rproxy's watchdog enforces the header timeout (see `activity`).
             .header_read_timeout(None)
-            .max_header_size(self.max_header_size);
-        if self.max_headers != defaults::MAX_HEADERS {
+            .max_header_size(self.max_header_size as usize);
+        if self.max_headers as usize != defaults::MAX_HEADERS {
             // Only when changed: hyper then parses headers on the heap, a little slower.
-            builder.max_headers(self.max_headers);
+            builder.max_headers(self.max_headers as usize);
         }
         builder
     }
@@ -75,7 +96,7 @@ impl ConnSettings {
             .max_concurrent_streams(self.http2_max_concurrent_streams)
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX))
+            .max_header_list_size(self.max_header_size)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
         builder
@@ -109,22 +130,22 @@ impl ClientConn {
             prefix,
             Arc::clone(&self.activity),
             self.protocol,
-            self.settings.send_timeout,
+            self.settings.send_timeout(),
         ))
     }
 
     /// Resolves when the connection should be closed for a timeout (see `activity`).
     pub(super) fn watchdog(&self) -> impl Future<Output = Expiry> + '_ {
         self.activity.watch(
-            self.settings.header_timeout,
-            self.settings.keepalive,
+            self.settings.header_timeout(),
+            self.settings.keepalive(),
             self.protocol == Protocol::Http1,
         )
     }
 
     /// When this connection, parked, is closed for keep-alive expiry.
     pub(super) fn keepalive_deadline(&self) -> tokio::time::Instant {
-        self.activity.keepalive_deadline(self.settings.keepalive)
+        self.activity.keepalive_deadline(self.settings.keepalive())
     }
 
     /// What hyper calls for each request.

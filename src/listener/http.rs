@@ -254,7 +254,8 @@ async fn open_client(
         let l = snapshot.listener(&ctx.name)?;
         (l.tls.clone(), ConnSettings::of(&l.settings))
     };
-    let (stream, protocol, prefix) = open(stream, tls, settings.header_timeout, ctx, peer).await?;
+    let (stream, protocol, prefix) =
+        open(stream, tls, settings.header_timeout(), ctx, peer).await?;
     let conn = ClientConn {
         over_tls: matches!(stream, Either::Right(_)),
         ctx: Arc::clone(ctx),

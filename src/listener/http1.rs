@@ -15,10 +15,12 @@
 //! that follows a shutdown finds nothing left to kill.
 
 use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper::{Request, header};
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::upstream::has_token;
 
@@ -49,8 +51,15 @@ pub(super) fn serve_http1(
                 None => return,
             };
             // Bytes left: the start of a pipelined request that hyper had read; serve it now.
-            if socket.1.is_empty() && !wait_for_request(conn, &socket.0).await {
-                return;
+            if socket.1.is_empty() {
+                match wait_for_request(conn, &socket.0).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::debug!(client = %conn.peer, error = %e, "idle client connection failed");
+                        return;
+                    }
+                }
             }
         }
     }
@@ -80,25 +89,41 @@ async fn until_parked(conn: &ClientConn, (stream, prefix): Socket) -> Option<Soc
     parts.io.into_inner().into_parked(parts.read_buf)
 }
 
-/// Waits on a parked connection for the client's next bytes: true when they arrived. While
-/// idle, a graceful shutdown closes it at once, as hyper would (and the drain timeout, which
-/// only follows a graceful shutdown, has nothing left to do), and so does keep-alive expiry.
-/// Polled by hand rather than with `select!`, and a deadline rather than the watchdog's loop:
-/// this is what a parked connection holds while it waits, so it is kept small.
-async fn wait_for_request(conn: &ClientConn, stream: &ClientStream) -> bool {
-    let mut shutdown = pin!(conn.ctx.shutdown.cancelled());
-    let mut expiry = pin!(tokio::time::sleep_until(conn.keepalive_deadline()));
-    let readable = std::future::poll_fn(|cx| {
-        if shutdown.as_mut().poll(cx).is_ready() || expiry.as_mut().poll(cx).is_ready() {
+pin_project_lite::pin_project! {
+    /// Waits on a parked connection for the client's next bytes: true when they arrived,
+    /// false when the connection is to close.
+    /// While idle, a graceful shutdown closes it at once, as hyper would (and the drain
+    /// timeout, which only follows a graceful shutdown, has nothing left to do), and so does
+    /// keep-alive expiry. A future of its own rather than an `async fn` with `select!`, and a
+    /// deadline rather than the watchdog's loop: this is what a parked connection holds while
+    /// it waits, so it is kept small (192 bytes).
+    struct NextRequest<'a> {
+        #[pin]
+        shutdown: WaitForCancellationFuture<'a>,
+        #[pin]
+        expiry: Sleep,
+        stream: &'a ClientStream,
+    }
+}
+
+fn wait_for_request<'a>(conn: &'a ClientConn, stream: &'a ClientStream) -> NextRequest<'a> {
+    NextRequest {
+        shutdown: conn.ctx.shutdown.cancelled(),
+        expiry: tokio::time::sleep_until(conn.keepalive_deadline()),
+        stream,
+    }
+}
+
+impl Future for NextRequest<'_> {
+    type Output = std::io::Result<bool>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.shutdown.poll(cx).is_ready() || this.expiry.poll(cx).is_ready() {
             return Poll::Ready(Ok(false));
         }
-        poll_read_ready(stream, cx).map_ok(|()| true)
-    })
-    .await;
-    readable.unwrap_or_else(|e| {
-        tracing::debug!(client = %conn.peer, error = %e, "idle client connection failed");
-        false
-    })
+        poll_read_ready(this.stream, cx).map_ok(|()| true)
+    }
 }
 
 /// Whether, once answered, `req` leaves its HTTP/1 connection at a known message boundary
