@@ -50,7 +50,8 @@ pub(super) fn serve_http1(
                 Some(parked) => parked,
                 None => return,
             };
-            // Bytes left: the start of a pipelined request that hyper had read; serve it now.
+            // Bytes left over are the start of a pipelined request that hyper had read: they
+            // are served at once. Otherwise the parked connection waits for the client.
             if socket.1.is_empty() {
                 match wait_for_request(conn, &socket.0).await {
                     Ok(true) => {}
