@@ -200,7 +200,7 @@ impl AccessRecord {
         struct Line<'a> {
             time: String,
             listener: &'a str,
-            client: String,
+            client: &'a str,
             method: &'a str,
             target: &'a str,
             protocol: &'static str,
@@ -214,10 +214,11 @@ impl AccessRecord {
             complete: bool,
             request_id: Option<&'a str>,
         }
+        let client = ip_text(self.client);
         let line = Line {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             listener: &self.listener,
-            client: self.client.to_string(),
+            client: client.to_str().unwrap_or("-"),
             method: self.method.as_str(),
             target: &self.target,
             protocol: version_text(self.version),

@@ -130,7 +130,12 @@ impl ConnActivity {
     /// `http1`) is closed: what `watch` would wait for in that state, as one deadline.
     pub(crate) fn keepalive_deadline(&self, keepalive: Duration) -> Instant {
         let idle = self.idle_since.load(Ordering::Acquire);
-        self.epoch + Duration::from_millis(idle.saturating_add(ms(keepalive)))
+        self.at(idle.saturating_add(ms(keepalive)))
+    }
+
+    /// The instant `ms` milliseconds after `epoch`, as the timestamps here count.
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
     }
 
     pub fn requests(&self) -> u64 {
@@ -174,7 +179,7 @@ impl ConnActivity {
             {
                 return expiry;
             }
-            tokio::time::sleep_until(self.epoch + Duration::from_millis(deadline)).await;
+            tokio::time::sleep_until(self.at(deadline)).await;
         }
     }
 }
