@@ -112,6 +112,18 @@ fn structural_errors_are_reported() {
             "also used by listener `a`",
         ),
         ("bin.toml", "\u{0}\u{1}\u{2}", "TOML syntax"),
+        (
+            // Once accepted, and panicked on overflow when a request waited this long.
+            "forever.toml",
+            "[listeners.a]\nlisten = \"127.0.0.1:9\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\nresponse_timeout = \"500000000000y\"\n",
+            "upstreams.u.response_timeout: `500000000000y` is too long: at most \"3650d\"",
+        ),
+        (
+            // Connections keep these in 32-bit milliseconds; once silently cut to 49 days.
+            "keepalive.toml",
+            "[listeners.a]\nlisten = \"127.0.0.1:9\"\nupstream = \"u\"\nkeepalive_timeout = \"50d\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n",
+            "listeners.a.keepalive_timeout: `50d` is too long: at most \"49d\"",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = write(&dir, name, text);

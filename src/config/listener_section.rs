@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use toml::de::DeValue;
 
 use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
-use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
+use super::reader::{
+    Reader, Table, Value, did_you_mean, duration_at_most_or, duration_or, flag, get, join,
+};
 use super::route_section::routes;
 use super::tcp_section::{HTTP_ONLY, TCP_ONLY, protocol};
 use super::tls_section::tls;
@@ -64,11 +66,13 @@ pub(super) fn listener(
             "missing key `upstream` (the pool to send to) or `routes`",
         );
     }
-    let header_timeout = duration_or(r, t, path, "header_timeout", defaults::HEADER_TIMEOUT);
-    let keepalive_timeout =
-        duration_or(r, t, path, "keepalive_timeout", defaults::KEEPALIVE_TIMEOUT);
+    let mut connection_timeout = |key, default| {
+        duration_at_most_or(r, t, path, key, defaults::CONNECTION_TIMEOUT_MAX, default)
+    };
+    let header_timeout = connection_timeout("header_timeout", defaults::HEADER_TIMEOUT);
+    let keepalive_timeout = connection_timeout("keepalive_timeout", defaults::KEEPALIVE_TIMEOUT);
+    let send_timeout = connection_timeout("send_timeout", defaults::SEND_TIMEOUT);
     let body_timeout = duration_or(r, t, path, "body_timeout", defaults::CLIENT_BODY_TIMEOUT);
-    let send_timeout = duration_or(r, t, path, "send_timeout", defaults::SEND_TIMEOUT);
     let mut number = |key: &str, min: u64, max: u64, default: u64, size: bool| match get(t, key) {
         Some(v) if size => r.size(v, &join(path, key), min, max),
         Some(v) => r.integer(v, &join(path, key), min, max),

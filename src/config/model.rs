@@ -22,6 +22,9 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+    /// The longest `header_timeout`, `keepalive_timeout` and `send_timeout` may be: each open
+    /// connection keeps them as 32-bit milliseconds (see `listener::client_conn`).
+    pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(49 * 24 * 3600);
     pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -15,6 +15,11 @@ use toml::de::{DeTable, DeValue};
 use super::error::{ConfigError, LineIndex};
 use super::model::Origin;
 
+/// The longest any duration key may be. Far beyond any sensible timeout or interval, and short
+/// enough that a deadline (now plus the duration) can always be computed: a duration near
+/// `Duration::MAX` made that addition overflow and panic while a request waited.
+pub(crate) const DURATION_MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 pub(crate) type Table<'i> = DeTable<'i>;
 pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -141,8 +146,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A duration written as a string: `"500ms"`, `"10s"`, `"2m"`, `"1h 30m"`.
+    /// A duration written as a string: `"500ms"`, `"10s"`, `"2m"`, `"1h 30m"`, at most
+    /// `DURATION_MAX`.
     pub(crate) fn duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
+        self.duration_at_most(v, key, DURATION_MAX)
+    }
+
+    /// A duration, as `duration` reads it, of at most `max`.
+    pub(crate) fn duration_at_most(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        max: Duration,
+    ) -> Option<Duration> {
         if let DeValue::Integer(_) = v.get_ref() {
             self.error(
                 key,
@@ -153,6 +169,14 @@ impl<'a> Reader<'a> {
         }
         let text = self.string(v, key)?;
         match humantime::parse_duration(text) {
+            Ok(d) if d > max => {
+                self.error(
+                    key,
+                    v.span(),
+                    format!("`{text}` is too long: at most \"{}\"", days_text(max)),
+                );
+                None
+            }
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
                 self.error(key, v.span(), "must be longer than zero");
@@ -249,6 +273,17 @@ pub(crate) fn flag(r: &mut Reader<'_>, t: &Table<'_>, path: &str, key: &str) -> 
     }
 }
 
+/// A whole number of days as a config would write it (`"49d"`); anything else as humantime
+/// prints it.
+fn days_text(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    if d.subsec_nanos() == 0 && d.as_secs().is_multiple_of(DAY) {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// An optional duration key; absent (or invalid, which is reported) is `default`.
 pub(crate) fn duration_or(
     r: &mut Reader<'_>,
@@ -257,9 +292,23 @@ pub(crate) fn duration_or(
     key: &str,
     default: std::time::Duration,
 ) -> std::time::Duration {
+    duration_at_most_or(r, t, path, key, DURATION_MAX, default)
+}
+
+/// `duration_or` for a key with a shorter ceiling than `DURATION_MAX`.
+pub(crate) fn duration_at_most_or(
+    r: &mut Reader<'_>,
+    t: &Table<'_>,
+    path: &str,
+    key: &str,
+    max: Duration,
+    default: Duration,
+) -> Duration {
     match get(t, key) {
         // On error the default stands in so validation can go on; the error still fails the load.
-        Some(v) => r.duration(v, &join(path, key)).unwrap_or(default),
+        Some(v) => r
+            .duration_at_most(v, &join(path, key), max)
+            .unwrap_or(default),
         None => default,
     }
 }

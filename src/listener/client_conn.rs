@@ -28,7 +28,8 @@ use super::io::{ClientIo, Protocol};
 use super::tls::ClientStream;
 
 /// The listener settings a connection is served with. Compact, since every open connection
-/// keeps a copy: times in milliseconds (at least 1, at most 49 days) and limits as `u32`.
+/// keeps a copy: times in milliseconds (at least 1; the config allows at most 49 days, which
+/// fits) and limits as `u32`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConnSettings {
     header_timeout_ms: u32,
