@@ -84,15 +84,21 @@ impl UpstreamClient {
     ) -> impl Future<Output = Result<(Response<Incoming>, Option<Reuse>), SendError>> + Send + 'a
     {
         async move {
+            // Kept connections first. One the backend closed just now gives the request back
+            // unsent, and the next one is tried. An HTTP/1 one leaves the cache when taken, so
+            // that ends; a shared HTTP/2 one stays, and one that gave a request back without
+            // yet reporting itself closed would be checked out again: after that, only a new
+            // connection is tried.
+            let mut use_kept = true;
             loop {
-                // Kept connections first. One the backend closed just now gives the request
-                // back unsent, and the next one is tried.
-                let (sender, new) = match keepalive.checkout() {
+                let kept = if use_kept { keepalive.checkout() } else { None };
+                let (sender, new) = match kept {
                     Some(kept) => (kept, false),
                     // Boxed: connecting and the TLS handshake make a large future, and every
                     // request's future would carry (and move) that space if it were inline.
                     None => (Box::pin(self.open(addr, keepalive)).await?, true),
                 };
+                use_kept = matches!(sender, Sender::H1(_));
                 let sent = match sender {
                     Sender::H1(mut sender) => match sender.ready().await {
                         Err(_) => Err(Unsent::Back(Box::new(req))),
