@@ -137,7 +137,9 @@ pub async fn forward(
             &backend.keepalive,
             upstream_request(parts, &path, pool, backend, slot.attempt()),
         );
-        match tokio::time::timeout(timeout, sending).await {
+        // The deadline from `sent`, not a second reading of the clock. (Durations in the config
+        // are at most ten years, so this cannot overflow.)
+        match tokio::time::timeout_at(sent + timeout, sending).await {
             Ok(Ok((resp, _)))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() =>
             {
