@@ -305,11 +305,12 @@ pub(super) fn answer(
         let end = RequestEnd::new(active, Arc::clone(&ctx.metrics));
         let snapshot = ctx.state.load_full();
         let Some(listener) = snapshot.listener(&ctx.name) else {
-            let (head, body) = ProxyError::NoBackend.response().into_parts();
-            let status = head.status.as_u16();
-            return Response::from_parts(head, body.finish_with(None, end, status));
+            let mut resp = ProxyError::NoBackend.response();
+            let status = resp.status().as_u16();
+            resp.body_mut().finish_with(None, end, status);
+            return resp;
         };
-        let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        let mut answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
             Verdict::Forward if listener.settings.redirect_https => {
                 super::redirect::to_https(&parts, &snapshot, &ctx.described.load())
             }
@@ -350,8 +351,8 @@ pub(super) fn answer(
             }
         };
         let log = AccessRecord::start(&listener.name, peer.ip(), &parts);
-        let (head, body) = answer.into_parts();
-        let status = head.status.as_u16();
-        Response::from_parts(head, body.finish_with(log, end, status))
+        let status = answer.status().as_u16();
+        answer.body_mut().finish_with(log, end, status);
+        answer
     }
 }

@@ -84,18 +84,12 @@ impl ProxyBody {
 
     /// Attaches what must be finished when the response is: the access log line, the
     /// listener's request metrics and the connection's activity guard.
-    pub fn finish_with(
-        mut self,
-        log: Option<Box<AccessRecord>>,
-        end: RequestEnd,
-        status: u16,
-    ) -> Self {
+    pub fn finish_with(&mut self, log: Option<Box<AccessRecord>>, end: RequestEnd, status: u16) {
         self.log = log.map(|mut log| {
             log.status = status;
             log
         });
         self.end = Some((end, status));
-        self
     }
 }
 

@@ -249,10 +249,11 @@ pub async fn forward(
         }
     };
 
-    let response = outcome.unwrap_or_else(ProxyError::response);
-    let (head, body) = response.into_parts();
-    let body = body.finish_with(log, end, head.status.as_u16());
-    Response::from_parts(head, body)
+    // Finished in place: the response is a few hundred bytes, and each move is a copy.
+    let mut response = outcome.unwrap_or_else(ProxyError::response);
+    let status = response.status().as_u16();
+    response.body_mut().finish_with(log, end, status);
+    response
 }
 
 /// One attempt's request to `backend`: the rewritten head, the path (with the authority, for

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderValue;
-use http::header::{HeaderMap, HeaderName};
+use http::header::{Entry, HeaderMap, HeaderName};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -19,16 +19,23 @@ static PREFIX: OnceLock<u64> = OnceLock::new();
 
 /// Makes sure `headers` carries a usable `X-Request-Id` and returns it.
 pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    let mut given = headers.get_all(&X_REQUEST_ID).iter();
-    if let (Some(v), None) = (given.next(), given.next())
-        && (1..=128).contains(&v.len())
-        && v.as_bytes().iter().all(u8::is_ascii_graphic)
-    {
-        return v.clone();
+    // One lookup for both the look and the insert: this runs on every request.
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Vacant(slot) => slot.insert(generate()).clone(),
+        Entry::Occupied(mut given) => {
+            let mut lines = given.iter();
+            if let (Some(v), None) = (lines.next(), lines.next())
+                && (1..=128).contains(&v.len())
+                && v.as_bytes().iter().all(u8::is_ascii_graphic)
+            {
+                return v.clone();
+            }
+            let id = generate();
+            // Replaces every line of it.
+            given.insert(id.clone());
+            id
+        }
     }
-    let id = generate();
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 fn generate() -> HeaderValue {
@@ -75,6 +82,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(ensure(&mut h), "abc-123");
+        assert_eq!(h.get_all(&X_REQUEST_ID).iter().count(), 1);
+
+        let mut none = HeaderMap::new();
+        let id = ensure(&mut none);
+        assert_eq!((id.len(), &none[&X_REQUEST_ID]), (32, &id));
 
         for bad in ["", "has space", &"x".repeat(129)] {
             let mut h = HeaderMap::new();
