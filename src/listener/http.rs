@@ -306,8 +306,7 @@ pub(super) fn answer(
         let snapshot = ctx.state.load_full();
         let Some(listener) = snapshot.listener(&ctx.name) else {
             let mut resp = ProxyError::NoBackend.response();
-            let status = resp.status().as_u16();
-            resp.body_mut().finish_with(None, end, status);
+            ProxyBody::finish(&mut resp, None, end);
             return resp;
         };
         let mut answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
@@ -351,8 +350,7 @@ pub(super) fn answer(
             }
         };
         let log = AccessRecord::start(&listener.name, peer.ip(), &parts);
-        let status = answer.status().as_u16();
-        answer.body_mut().finish_with(log, end, status);
+        ProxyBody::finish(&mut answer, log, end);
         answer
     }
 }

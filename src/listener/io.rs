@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use crate::idle_timer::IdleTimer;
 
 use super::activity::ConnActivity;
+use super::client_conn::Socket;
 use super::head_scan::HeadScan;
 use super::tls::ClientStream;
 
@@ -112,7 +113,7 @@ impl ClientIo {
     /// After hyper's connection ended: the socket and what is left to replay, `unread` (what
     /// hyper had read but not used, the start of a pipelined request) first, if rproxy
     /// parked it; `None` if the client closed.
-    pub(super) fn into_parked(self, unread: Bytes) -> Option<(ClientStream, BytesMut)> {
+    pub(super) fn into_parked(self, unread: Bytes) -> Option<Socket> {
         if !self.parked {
             return None;
         }

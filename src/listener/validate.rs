@@ -13,6 +13,7 @@ use http::request::Parts;
 use http::{Method, StatusCode, Version};
 
 use crate::config::RequestLimits;
+use crate::upstream::items;
 
 use super::head_scan::{CONTENT_LENGTH, FRAGMENT, TRANSFER_ENCODING};
 
@@ -222,9 +223,7 @@ fn check_framing(parts: &mut Parts, limits: &RequestLimits) -> Option<Verdict> {
         let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty());
+            .flat_map(items);
         let only_chunked = codings
             .next()
             .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))

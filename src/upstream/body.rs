@@ -9,6 +9,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -82,14 +83,17 @@ impl ProxyBody {
         }
     }
 
-    /// Attaches what must be finished when the response is: the access log line, the
-    /// listener's request metrics and the connection's activity guard.
-    pub fn finish_with(&mut self, log: Option<Box<AccessRecord>>, end: RequestEnd, status: u16) {
-        self.log = log.map(|mut log| {
+    /// Attaches to `resp`'s body what must be finished when the response is: the access log
+    /// line, the listener's request metrics and the connection's activity guard. In place:
+    /// the response is a few hundred bytes, and taking it apart and rebuilding it copies them.
+    pub fn finish(resp: &mut Response<ProxyBody>, log: Option<Box<AccessRecord>>, end: RequestEnd) {
+        let status = resp.status().as_u16();
+        let body = resp.body_mut();
+        body.log = log.map(|mut log| {
             log.status = status;
             log
         });
-        self.end = Some((end, status));
+        body.end = Some((end, status));
     }
 }
 

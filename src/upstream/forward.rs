@@ -249,10 +249,8 @@ pub async fn forward(
         }
     };
 
-    // Finished in place: the response is a few hundred bytes, and each move is a copy.
     let mut response = outcome.unwrap_or_else(ProxyError::response);
-    let status = response.status().as_u16();
-    response.body_mut().finish_with(log, end, status);
+    ProxyBody::finish(&mut response, log, end);
     response
 }
 

@@ -30,7 +30,7 @@ pub use backend::{Backend, BackendLive};
 pub use backend_tls::{BackendStream, BackendTls};
 pub use body::ProxyBody;
 pub use forward::{Peer, Route, forward};
-pub(crate) use headers::{has_token, ip_text};
+pub(crate) use headers::{has_token, ip_text, items};
 /// Public for the header-rewriting benchmark (`benches/balancer.rs`).
 pub use headers::{remove_hop_by_hop, set_forwarding};
 pub use latency::LatencyWindow;
