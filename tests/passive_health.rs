@@ -7,6 +7,12 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
 use common::*;
 
 #[tokio::test]
@@ -88,4 +94,81 @@ async fn connect_failures_take_a_backend_out_and_4xx_never_does() {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 404);
     }
     assert!(!proxy.logs().iter().any(|l| l.contains("left out")));
+}
+
+/// A backend that takes `n` requests, holds them, then closes all their connections at once:
+/// a process that died with requests in flight.
+async fn dies_with_requests_in_flight(n: usize) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while held.len() < n {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => head.extend_from_slice(&buf[..k]),
+                }
+            }
+            held.push(stream);
+        }
+        // Dropping them closes every one; the listener goes too, so new connections are refused.
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_dying_under_many_requests_is_left_out_once() {
+    const HELD: usize = 4;
+    let dying = dies_with_requests_in_flight(HELD).await;
+    let good = Backend::start("good").await;
+    let proxy = Proxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        config_with(
+            &format!("\"{dying}\", \"{}\"", good.addr),
+            "max_fails = 1\nfail_timeout = \"30s\"",
+        )
+    ));
+    // Round-robin sends every other request to the dying backend, which fails them all
+    // together once it has HELD. Each is a GET, so each is retried on the good backend.
+    let c = client();
+    let answers =
+        futures_util::future::join_all((0..2 * HELD).map(|_| get(&c, proxy.addr(), "/"))).await;
+    for a in &answers {
+        assert_eq!((a.status.as_u16(), a.backend()), (200, "good"));
+    }
+    // The log is read from the proxy's stderr as it comes; each failure's line follows its
+    // "left out" line, if it has one.
+    let failed = || {
+        proxy
+            .logs()
+            .iter()
+            .filter(|l| l.contains("backend request failed") && l.contains(&dying.to_string()))
+            .count()
+    };
+    wait_for("every held request's failure in the log", || {
+        failed() >= HELD
+    })
+    .await;
+    assert_eq!(failed(), HELD, "each held request failed there once");
+    // One backend went out once: one log line and one state change, not one per request.
+    let left_out = proxy
+        .logs()
+        .iter()
+        .filter(|l| l.contains("left out for fail_timeout"))
+        .count();
+    assert_eq!(left_out, 1);
+    let req = Request::get(format!("http://{}/metrics", proxy.admin.expect("admin")))
+        .body(Full::<Bytes>::default())
+        .expect("request");
+    let metrics = send(&c, req).await.body;
+    let down = format!(
+        "rproxy_backend_state_changes_total{{upstream=\"app\",backend=\"{dying}\",to=\"down\"}} 1"
+    );
+    assert!(metrics.contains(&down), "{down} not in:\n{metrics}");
 }

@@ -157,13 +157,23 @@ impl BackendLive {
     }
 
     /// A request to this backend failed (connect, timeout, reset, or a `fail_on_status`).
-    /// Returns true when that left the backend out for `fail_timeout`.
+    /// Returns true when that left the backend out for `fail_timeout`: once per time out,
+    /// however many requests that were already on their way to it fail with it.
     pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
         if passive.max_fails == 0 {
             return false;
         }
         let now = now_ms();
         let window = u64::try_from(passive.fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        let out_until = now.saturating_add(window);
+        let mut until = self.passive_out_until.load(Ordering::Acquire);
+        if until > now {
+            // Already out: a request that chose it before then failed too. As in nginx, the
+            // time out counts again from this failure, but it is not a new one.
+            self.passive_out_until
+                .fetch_max(out_until, Ordering::AcqRel);
+            return false;
+        }
         let start = self.passive_window.load(Ordering::Acquire);
         if now.saturating_sub(start) > window {
             // A new window: earlier failures are forgotten.
@@ -175,9 +185,21 @@ impl BackendLive {
             return false;
         }
         self.passive_fails.store(0, Ordering::Release);
-        self.passive_out_until
-            .store(now.saturating_add(window), Ordering::Release);
-        true
+        // Of failures racing to this point, one takes the backend out and reports it.
+        loop {
+            match self.passive_out_until.compare_exchange(
+                until,
+                out_until,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                // Another failure took it out meanwhile.
+                Err(actual) if actual > now => return false,
+                // A time out that ended was cleared meanwhile: try again from what is there.
+                Err(actual) => until = actual,
+            }
+        }
     }
 
     /// A request succeeded: the failure count starts over (nginx does the same).
@@ -258,5 +280,43 @@ pub(super) fn backend(
         live,
         metrics,
         keepalive,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn passive(max_fails: u32) -> PassiveHealth {
+        PassiveHealth {
+            max_fails,
+            fail_timeout: Duration::from_secs(30),
+            fail_on_status: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_backend_goes_out_once_however_many_requests_fail_with_it() {
+        let live = BackendLive::default();
+        let p = passive(2);
+        assert!(!live.passive_failure(&p));
+        assert!(live.passive_failure(&p), "the second failure takes it out");
+        assert!(!live.healthy());
+        // Requests that chose it before it went out fail too: no second time out.
+        for _ in 0..10 {
+            assert!(!live.passive_failure(&p));
+        }
+        assert!(!live.healthy());
+    }
+
+    #[test]
+    fn max_fails_zero_never_takes_a_backend_out() {
+        let live = BackendLive::default();
+        for _ in 0..10 {
+            assert!(!live.passive_failure(&passive(0)));
+        }
+        assert!(live.healthy());
     }
 }
