@@ -232,3 +232,88 @@ async fn a_backend_alternating_pass_and_fail_does_not_flap() {
         "it still serves: {answers:?}"
     );
 }
+
+/// The value of the series `name` for `addr` with `labels` in a scrape, 0 when absent.
+fn series(metrics: &str, name: &str, addr: std::net::SocketAddr, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains(&addr.to_string()) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn passive_and_active_health_count_one_departure_and_one_return() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}{FAST_CHECKS}",
+        config_with(
+            &format!("\"{}\"", b.addr),
+            "max_fails = 1\nfail_timeout = \"60s\"\nresponse_timeout = \"200ms\""
+        )
+    ));
+    let c = client();
+    let admin = proxy.admin.expect("admin");
+    let scrape = || async { get(&client(), admin, "/metrics").await.body };
+
+    // A response timeout takes it out by passive health while its checks still pass.
+    get(&c, proxy.addr(), "/slow/5000").await;
+    proxy
+        .wait_for_log(&["left out for fail_timeout", &b.addr.to_string()])
+        .await;
+    let m = scrape().await;
+    assert_eq!(series(&m, "rproxy_backend_up", b.addr, ""), 0.0, "{m}");
+    assert_eq!(
+        series(
+            &m,
+            "rproxy_backend_state_changes_total",
+            b.addr,
+            "to=\"down\""
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // Its checks fail too: it is already out of rotation, so no second departure.
+    b.healthy.store(false, Ordering::SeqCst);
+    proxy
+        .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
+        .await;
+    let m = scrape().await;
+    assert_eq!(
+        series(
+            &m,
+            "rproxy_backend_state_changes_total",
+            b.addr,
+            "to=\"down\""
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // Its checks pass again: back in rotation (a rise overrides passive health), once.
+    let ups = series(
+        &m,
+        "rproxy_backend_state_changes_total",
+        b.addr,
+        "to=\"up\"",
+    );
+    b.healthy.store(true, Ordering::SeqCst);
+    proxy
+        .wait_for_log(&["backend is healthy again", &b.addr.to_string()])
+        .await;
+    let m = scrape().await;
+    assert_eq!(
+        series(
+            &m,
+            "rproxy_backend_state_changes_total",
+            b.addr,
+            "to=\"up\""
+        ),
+        ups + 1.0,
+        "{m}"
+    );
+    assert_eq!(series(&m, "rproxy_backend_up", b.addr, ""), 1.0, "{m}");
+    assert_eq!(get(&c, proxy.addr(), "/").await.backend(), "b");
+}

@@ -110,7 +110,7 @@ pub(super) fn build(
                         weight: b.weight,
                         backup: b.backup,
                         down: b.down,
-                        state: match (b.down, b.live.healthy()) {
+                        state: match (b.down, b.healthy()) {
                             (true, _) => "down",
                             (false, true) => "up",
                             (false, false) => "unhealthy",

@@ -111,7 +111,7 @@ fn describe() {
     );
     describe_counter!(
         BACKEND_STATE_CHANGES_TOTAL,
-        "Backends entering (up) or leaving (down) rotation by their health checks"
+        "Backends entering (up) or leaving (down) rotation, by active or passive health"
     );
     describe_counter!(
         UPSTREAM_FAIL_OPEN_TOTAL,

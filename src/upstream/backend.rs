@@ -38,27 +38,60 @@ pub struct Backend {
 impl Backend {
     /// May take requests now: not `down` in the configuration, and healthy.
     pub fn in_rotation(&self) -> bool {
-        !self.down && self.live.healthy()
+        !self.down && self.healthy()
+    }
+
+    /// Neither failing its active checks nor left out by passive health. Called for every
+    /// candidate of every pick; the call that sees a passive time out over publishes that.
+    pub fn healthy(&self) -> bool {
+        match self.live.health() {
+            Health::Healthy => true,
+            Health::Out => false,
+            Health::Returned => {
+                self.published(true);
+                true
+            }
+        }
     }
 
     /// Publishes the active checks' verdict (rotation, `rproxy_backend_up`, `/status`).
     pub(crate) fn set_healthy(&self, healthy: bool) {
-        if healthy {
-            // Passing its checks brings a backend back whatever passive health said.
-            self.live.passive_out_until.store(0, Ordering::Release);
+        let was_unhealthy = self.live.unhealthy.swap(!healthy, Ordering::AcqRel);
+        let passive_out = if healthy && was_unhealthy {
+            // Passing its checks (a rise) brings a backend back whatever passive health said.
+            self.live.passive_out_until.swap(0, Ordering::AcqRel) > now_ms()
+        } else {
+            self.live.passive_out_until.load(Ordering::Acquire) > now_ms()
+        };
+        let was_in = !was_unhealthy && !passive_out;
+        let is_in = healthy && (was_unhealthy || !passive_out);
+        if was_in != is_in {
+            self.published(is_in);
         }
-        let was = self.live.unhealthy.swap(!healthy, Ordering::AcqRel);
-        if was == healthy {
-            // A change (was unhealthy, now healthy, or the reverse).
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.live.state_since.store(now, Ordering::Relaxed);
-            self.metrics.state_change(healthy);
+    }
+
+    /// A request to it failed (connect, timeout, reset, or a `fail_on_status`). True when
+    /// that took it out for `fail_timeout`; a backend already out by its checks does not
+    /// leave the rotation again.
+    pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
+        let out = self.live.passive_failure(passive);
+        if out && !self.live.unhealthy.load(Ordering::Acquire) {
+            self.published(false);
         }
+        out
+    }
+
+    /// It entered or left the rotation, by its checks or passive health: one state change
+    /// in the metrics, the `up` gauge, and the time on `/status`.
+    fn published(&self, in_rotation: bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.live.state_since.store(now, Ordering::Relaxed);
+        self.metrics.state_change(in_rotation);
         self.metrics
             .up
-            .set(if healthy && !self.down { 1.0 } else { 0.0 });
+            .set(if in_rotation && !self.down { 1.0 } else { 0.0 });
     }
 
     /// Counts a request as started on this backend; the count drops again when the guard is
@@ -101,6 +134,15 @@ pub struct BackendLive {
     pub(crate) health: Mutex<Option<HealthMachine>>,
 }
 
+/// What `BackendLive::health` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Out,
+    /// Healthy, and this call ended a passive time out.
+    Returned,
+}
+
 /// Milliseconds on a process-wide monotonic clock, for passive-health windows.
 fn now_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -131,18 +173,18 @@ impl BackendLive {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Neither failing its active checks nor left out by passive health. Called for every
-    /// candidate of every pick, so the clock is read only while a backend is actually out.
-    pub fn healthy(&self) -> bool {
+    /// Neither failing its active checks nor left out by passive health, read without the
+    /// clock unless a backend is actually out.
+    fn health(&self) -> Health {
         if self.unhealthy.load(Ordering::Acquire) {
-            return false;
+            return Health::Out;
         }
         let until = self.passive_out_until.load(Ordering::Acquire);
         if until == 0 {
-            return true;
+            return Health::Healthy;
         }
         if until > now_ms() {
-            return false;
+            return Health::Out;
         }
         // Its time out is over: clear it, so later picks skip the clock again, and let it
         // ramp up (when the pool has a slow start) rather than take its full share at once.
@@ -152,14 +194,15 @@ impl BackendLive {
             .is_ok()
         {
             self.slow_start.begin();
+            return Health::Returned;
         }
-        true
+        Health::Healthy
     }
 
     /// A request to this backend failed (connect, timeout, reset, or a `fail_on_status`).
     /// Returns true when that left the backend out for `fail_timeout`: once per time out,
     /// however many requests that were already on their way to it fail with it.
-    pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
+    fn passive_failure(&self, passive: &PassiveHealth) -> bool {
         if passive.max_fails == 0 {
             return false;
         }
@@ -267,9 +310,7 @@ pub(super) fn backend(
         Some(p) if p.label == label => Arc::clone(&p.metrics),
         _ => BackendMetrics::new(upstream, &label),
     };
-    let up = !s.config.down && live.healthy();
-    metrics.up.set(if up { 1.0 } else { 0.0 });
-    Backend {
+    let backend = Backend {
         label,
         addr: s.addr,
         written: s.written,
@@ -280,7 +321,10 @@ pub(super) fn backend(
         live,
         metrics,
         keepalive,
-    }
+    };
+    let up = backend.in_rotation();
+    backend.metrics.up.set(if up { 1.0 } else { 0.0 });
+    backend
 }
 
 #[cfg(test)]
@@ -303,12 +347,12 @@ mod tests {
         let p = passive(2);
         assert!(!live.passive_failure(&p));
         assert!(live.passive_failure(&p), "the second failure takes it out");
-        assert!(!live.healthy());
+        assert_eq!(live.health(), Health::Out);
         // Requests that chose it before it went out fail too: no second time out.
         for _ in 0..10 {
             assert!(!live.passive_failure(&p));
         }
-        assert!(!live.healthy());
+        assert_eq!(live.health(), Health::Out);
     }
 
     #[test]
@@ -317,6 +361,6 @@ mod tests {
         for _ in 0..10 {
             assert!(!live.passive_failure(&passive(0)));
         }
-        assert!(live.healthy());
+        assert_eq!(live.health(), Health::Healthy);
     }
 }

@@ -188,8 +188,7 @@ impl Pool {
 
     /// Counts a failure towards passive health, and says so when it leaves the backend out.
     pub(crate) fn passive_failure(&self, backend: &Backend, what: &str) {
-        if backend.live.passive_failure(&self.passive) {
-            backend.metrics.state_change(false);
+        if backend.passive_failure(&self.passive) {
             tracing::warn!(
                 upstream = %self.name,
                 backend = %backend.addr,
@@ -223,7 +222,7 @@ impl Pool {
             .backends
             .iter()
             .enumerate()
-            .any(|(i, b)| !b.down && !tried.contains(i) && !b.live.healthy());
+            .any(|(i, b)| !b.down && !tried.contains(i) && !b.healthy());
         if !unhealthy_left || !self.fail_open {
             return None;
         }
