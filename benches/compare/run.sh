@@ -96,6 +96,10 @@ done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
+# CPU steal: time the hypervisor gave this machine's CPUs to other guests. A run with much of
+# it measured the neighbours as well; the report lists it per run.
+steal_ticks() { awk '$1 == "cpu" {print $9}' /proc/stat; }
+steal_pct() { awk -v t=$(($2 - $1)) -v hz="$HZ" -v s="$SECONDS_PER_RUN" -v n="$(nproc)" 'BEGIN {printf "%.1f", 100 * t / (hz * s * n)}'; }
 to_us() { # wrk latency ("812.00us", "1.20ms", "2.00s") in microseconds
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else print n * 1000000 }'
 }
@@ -108,16 +112,18 @@ for c in 1 50 200; do
     for round in $(seq "$ROUNDS"); do
         for s in "${runs[@]}"; do
             before=$(ticks "${PID[$s]}")
+            stolen=$(steal_ticks)
             out=$(taskset -c 1 wrk -t1 -c"$c" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:${PORT[$s]}/")
             after=$(ticks "${PID[$s]}")
+            steal=$(steal_pct "$stolen" "$(steal_ticks)")
             requests=$(echo "$out" | awk '/requests in/ {print $1}')
             rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
             p50=$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")
             p99=$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')")
             errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
             cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$s" "$rps" "$p50" "$p99" "$cpu" "$errors" >> "$RESULTS"
-            echo "c=$c round $round $s: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} us CPU/request $errors" >&2
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$s" "$rps" "$p50" "$p99" "$cpu" "$errors" "$round" "$steal" >> "$RESULTS"
+            echo "c=$c round $round $s: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} us CPU/request, steal ${steal}% $errors" >&2
         done
     done
 done
@@ -202,6 +208,17 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
             printf '| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx |\n' "$c" "$s" "$(col 3)" "$(col 4)" "$(col 5)" "$cpu" "$(awk -v a="$cpu" -v b="$ng_cpu" 'BEGIN {print a / b}')"
         done
     done
+    echo
+    echo "CPU steal during these runs (the hypervisor running other guests on this machine's CPUs):"
+    echo "median $(cut -f9 "$RESULTS" | median)%, highest $(cut -f9 "$RESULTS" | sort -n | tail -1)%. Every run:"
+    echo
+    echo "<details><summary>$(wc -l < "$RESULTS") runs</summary>"
+    echo
+    echo "| connections | round | system | requests/s | CPU µs/request | steal % |"
+    echo "|---|---|---|---|---|---|"
+    awk -F'\t' '{printf "| %s | %s | %s | %.0f | %s | %s |\n", $1, $8, $2, $3, $6, $9}' "$RESULTS"
+    echo
+    echo "</details>"
     echo
     echo "hyper-floor is \`examples/hyper_floor.rs\`: hyper's HTTP/1 server and client, round-robin and"
     echo "X-Forwarded-For, nothing else (no timeouts, health, retries, limits or header hygiene). rproxy is"
