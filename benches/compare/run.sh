@@ -70,8 +70,13 @@ H2_SYSTEMS=(rproxy nginx haproxy) # hyper_floor serves HTTP/1 only
 
 # Each proxy must really alternate between the two backends.
 for s in "${SYSTEMS[@]}" rproxy-observed; do
-    seen=$(for _ in 1 2 3 4; do curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[$s]}/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-backend" {print $2}'; done | sort -u | tr '\n' ' ')
-    [ "$seen" = "b1 b2 " ] || { echo "$s does not alternate between the backends: $seen" >&2; exit 1; }
+    # A failed request shows as "curl-exit-N" (one run stopped here once with curl's exit 52,
+    # an empty reply, and nothing said which system gave it).
+    seen=$(for _ in 1 2 3 4; do
+        head=$(curl -sS -D - -o /dev/null "http://127.0.0.1:${PORT[$s]}/" 2>&1) || { echo "curl-exit-$? ($head)"; continue; }
+        echo "$head" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-backend" {print $2}'
+    done | sort -u | tr '\n' ' ')
+    [ "$seen" = "b1 b2 " ] || { echo "$s does not alternate between the backends: $seen" >&2; show_logs; exit 1; }
 done
 
 # Memory for 10,000 idle keep-alive client connections, measured first: after a load run an
