@@ -198,24 +198,21 @@ async fn a_backend_alternating_pass_and_fail_does_not_flap() {
     .await;
     let c = client();
     let metrics = get(&c, proxy.admin.expect("admin"), "/metrics").await.body;
-    let series = |name: &str, labels: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l.contains(&addr.to_string()) && l.contains(labels))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     assert!(
-        series("rproxy_health_checks_total", "result=\"fail\"") >= 9.0,
+        series(
+            &metrics,
+            "rproxy_health_checks_total",
+            addr,
+            "result=\"fail\""
+        ) >= 9.0,
         "the failing checks are counted: {metrics}"
     );
     assert_eq!(
-        series("rproxy_backend_state_changes_total", ""),
+        series(&metrics, "rproxy_backend_state_changes_total", addr, ""),
         0.0,
         "{metrics}"
     );
-    assert_eq!(series("rproxy_backend_up", ""), 1.0);
+    assert_eq!(series(&metrics, "rproxy_backend_up", addr, ""), 1.0);
     assert!(
         !proxy
             .logs()
@@ -256,6 +253,10 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
     let c = client();
     let admin = proxy.admin.expect("admin");
     let scrape = || async { get(&client(), admin, "/metrics").await.body };
+    let changes = |m: &str, to: &str| {
+        let to = format!("to=\"{to}\"");
+        series(m, "rproxy_backend_state_changes_total", b.addr, &to)
+    };
 
     // A response timeout takes it out by passive health while its checks still pass.
     get(&c, proxy.addr(), "/slow/5000").await;
@@ -264,16 +265,7 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
         .await;
     let m = scrape().await;
     assert_eq!(series(&m, "rproxy_backend_up", b.addr, ""), 0.0, "{m}");
-    assert_eq!(
-        series(
-            &m,
-            "rproxy_backend_state_changes_total",
-            b.addr,
-            "to=\"down\""
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(changes(&m, "down"), 1.0, "{m}");
 
     // Its checks fail too: it is already out of rotation, so no second departure.
     b.healthy.store(false, Ordering::SeqCst);
@@ -281,39 +273,16 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
         .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
         .await;
     let m = scrape().await;
-    assert_eq!(
-        series(
-            &m,
-            "rproxy_backend_state_changes_total",
-            b.addr,
-            "to=\"down\""
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(changes(&m, "down"), 1.0, "{m}");
 
     // Its checks pass again: back in rotation (a rise overrides passive health), once.
-    let ups = series(
-        &m,
-        "rproxy_backend_state_changes_total",
-        b.addr,
-        "to=\"up\"",
-    );
+    let ups = changes(&m, "up");
     b.healthy.store(true, Ordering::SeqCst);
     proxy
         .wait_for_log(&["backend is healthy again", &b.addr.to_string()])
         .await;
     let m = scrape().await;
-    assert_eq!(
-        series(
-            &m,
-            "rproxy_backend_state_changes_total",
-            b.addr,
-            "to=\"up\""
-        ),
-        ups + 1.0,
-        "{m}"
-    );
+    assert_eq!(changes(&m, "up"), ups + 1.0, "{m}");
     assert_eq!(series(&m, "rproxy_backend_up", b.addr, ""), 1.0, "{m}");
     assert_eq!(get(&c, proxy.addr(), "/").await.backend(), "b");
 }
