@@ -15,7 +15,8 @@ use http::header::{Entry, HeaderMap, HeaderName};
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-static PREFIX: OnceLock<u64> = OnceLock::new();
+/// The random prefix, already in hex: only the counter's half changes per request.
+static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
 
 /// Makes sure `headers` carries a usable `X-Request-Id` and returns it.
 pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
@@ -39,20 +40,26 @@ pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn generate() -> HeaderValue {
-    let prefix = *PREFIX.get_or_init(random_prefix);
+    let prefix = PREFIX.get_or_init(|| hex16(random_prefix()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     hex_id(prefix, n)
 }
 
-/// `prefix` and `n` as 32 hex digits, written by hand: `format!` here showed in profiles.
-fn hex_id(prefix: u64, n: u64) -> HeaderValue {
+/// `word` as 16 hex digits, written by hand: `format!` here showed in profiles.
+fn hex16(word: u64) -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 32];
+    let mut text = [0u8; 16];
     for (i, byte) in text.iter_mut().enumerate() {
-        let word = if i < 16 { prefix } else { n };
-        let shift = 60 - 4 * (i % 16);
-        *byte = HEX[((word >> shift) & 0xf) as usize];
+        *byte = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
     }
+    text
+}
+
+/// The prefix's digits and `n`'s: 32 hex digits.
+fn hex_id(prefix: &[u8; 16], n: u64) -> HeaderValue {
+    let mut text = [0u8; 32];
+    text[..16].copy_from_slice(prefix);
+    text[16..].copy_from_slice(&hex16(n));
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
@@ -105,7 +112,10 @@ mod tests {
     #[test]
     fn ids_are_the_two_words_in_hex() {
         for (prefix, n) in [(0, 0), (0x0123_4567_89ab_cdef, 42), (u64::MAX, 1 << 63)] {
-            assert_eq!(hex_id(prefix, n), format!("{prefix:016x}{n:016x}").as_str());
+            assert_eq!(
+                hex_id(&hex16(prefix), n),
+                format!("{prefix:016x}{n:016x}").as_str()
+            );
         }
     }
 
