@@ -42,7 +42,8 @@ pub struct ActiveRequest(Arc<ConnActivity>);
 pub struct RequestEnd {
     _active: ActiveRequest,
     metrics: Arc<ListenerMetrics>,
-    started: Instant,
+    /// `None` when no metrics are recorded: then nothing needs the duration.
+    started: Option<Instant>,
 }
 
 impl RequestEnd {
@@ -50,13 +51,15 @@ impl RequestEnd {
         RequestEnd {
             _active: active,
             metrics,
-            started: Instant::now(),
+            started: crate::metrics::recording().then(Instant::now),
         }
     }
 
     /// Records the request as answered with `status` (the activity guard goes with `self`).
     pub(crate) fn finish(self, status: u16) {
-        self.metrics.request(status, self.started.elapsed());
+        if let Some(started) = self.started {
+            self.metrics.request(status, started.elapsed());
+        }
     }
 }
 
