@@ -197,22 +197,32 @@ async fn a_backend_alternating_pass_and_fail_does_not_flap() {
     })
     .await;
     let c = client();
-    let metrics = get(&c, proxy.admin.expect("admin"), "/metrics").await.body;
+    let metrics = scrape_admin(proxy.admin.expect("admin")).await;
+    let series =
+        |name: &str, label: &str| format!("{name}{{upstream=\"app\",backend=\"{addr}\"{label}}}");
+    let failed = metric(
+        &metrics,
+        &series("rproxy_health_checks_total", ",result=\"fail\""),
+    );
     assert!(
-        series(
-            &metrics,
-            "rproxy_health_checks_total",
-            addr,
-            "result=\"fail\""
-        ) >= 9.0,
+        failed.is_some_and(|n| n >= 9.0),
         "the failing checks are counted: {metrics}"
     );
+    for to in ["up", "down"] {
+        let changes = series(
+            "rproxy_backend_state_changes_total",
+            &format!(",to=\"{to}\""),
+        );
+        assert_eq!(
+            metric(&metrics, &changes),
+            Some(0.0),
+            "{changes} in {metrics}"
+        );
+    }
     assert_eq!(
-        series(&metrics, "rproxy_backend_state_changes_total", addr, ""),
-        0.0,
-        "{metrics}"
+        metric(&metrics, &series("rproxy_backend_up", "")),
+        Some(1.0)
     );
-    assert_eq!(series(&metrics, "rproxy_backend_up", addr, ""), 1.0);
     assert!(
         !proxy
             .logs()
@@ -230,16 +240,6 @@ async fn a_backend_alternating_pass_and_fail_does_not_flap() {
     );
 }
 
-/// The value of the series `name` for `addr` with `labels` in a scrape, 0 when absent.
-fn series(metrics: &str, name: &str, addr: std::net::SocketAddr, labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l.contains(&addr.to_string()) && l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn passive_and_active_health_count_one_departure_and_one_return() {
     let b = Backend::start("b").await;
@@ -252,10 +252,11 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
     ));
     let c = client();
     let admin = proxy.admin.expect("admin");
-    let scrape = || async { get(&client(), admin, "/metrics").await.body };
+    let labels = format!("upstream=\"app\",backend=\"{}\"", b.addr);
+    let up = |m: &str| metric(m, &format!("rproxy_backend_up{{{labels}}}"));
     let changes = |m: &str, to: &str| {
-        let to = format!("to=\"{to}\"");
-        series(m, "rproxy_backend_state_changes_total", b.addr, &to)
+        let series = format!("rproxy_backend_state_changes_total{{{labels},to=\"{to}\"}}");
+        metric(m, &series)
     };
 
     // A response timeout takes it out by passive health while its checks still pass.
@@ -263,26 +264,26 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
     proxy
         .wait_for_log(&["left out for fail_timeout", &b.addr.to_string()])
         .await;
-    let m = scrape().await;
-    assert_eq!(series(&m, "rproxy_backend_up", b.addr, ""), 0.0, "{m}");
-    assert_eq!(changes(&m, "down"), 1.0, "{m}");
+    let m = scrape_admin(admin).await;
+    assert_eq!(up(&m), Some(0.0), "{m}");
+    assert_eq!(changes(&m, "down"), Some(1.0), "{m}");
 
     // Its checks fail too: it is already out of rotation, so no second departure.
     b.healthy.store(false, Ordering::SeqCst);
     proxy
         .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
         .await;
-    let m = scrape().await;
-    assert_eq!(changes(&m, "down"), 1.0, "{m}");
+    let m = scrape_admin(admin).await;
+    assert_eq!(changes(&m, "down"), Some(1.0), "{m}");
 
     // Its checks pass again: back in rotation (a rise overrides passive health), once.
-    let ups = changes(&m, "up");
+    let ups = changes(&m, "up").unwrap_or(0.0);
     b.healthy.store(true, Ordering::SeqCst);
     proxy
         .wait_for_log(&["backend is healthy again", &b.addr.to_string()])
         .await;
-    let m = scrape().await;
-    assert_eq!(changes(&m, "up"), ups + 1.0, "{m}");
-    assert_eq!(series(&m, "rproxy_backend_up", b.addr, ""), 1.0, "{m}");
+    let m = scrape_admin(admin).await;
+    assert_eq!(changes(&m, "up"), Some(ups + 1.0), "{m}");
+    assert_eq!(up(&m), Some(1.0), "{m}");
     assert_eq!(get(&c, proxy.addr(), "/").await.backend(), "b");
 }

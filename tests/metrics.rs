@@ -62,17 +62,6 @@ async fn scrape_when(proxy: &Proxy, settled: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// The value of the series `name{labels}` (labels as rendered, in order), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 #[tokio::test]
 async fn requests_are_counted_once_per_backend() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
@@ -92,10 +81,10 @@ async fn requests_are_counted_once_per_backend() {
         )
     };
     let text = scrape_when(&proxy, |text| {
-        value(text, total) == Some(10.0)
+        metric(text, total) == Some(10.0)
             && [&a, &b]
                 .iter()
-                .all(|b| value(text, &in_flight(b)) == Some(0.0))
+                .all(|b| metric(text, &in_flight(b)) == Some(0.0))
     })
     .await;
     for backend in [&a, &b] {
@@ -103,29 +92,29 @@ async fn requests_are_counted_once_per_backend() {
             "rproxy_upstream_requests_total{{upstream=\"app\",backend=\"{}\",code=\"2xx\"}}",
             backend.addr
         );
-        assert_eq!(value(&text, &series), Some(5.0), "{series} in\n{text}");
-        assert_eq!(value(&text, &in_flight(backend)), Some(0.0));
+        assert_eq!(metric(&text, &series), Some(5.0), "{series} in\n{text}");
+        assert_eq!(metric(&text, &in_flight(backend)), Some(0.0));
         let up = format!(
             "rproxy_backend_up{{upstream=\"app\",backend=\"{}\"}}",
             backend.addr
         );
-        assert_eq!(value(&text, &up), Some(1.0));
+        assert_eq!(metric(&text, &up), Some(1.0));
     }
-    assert_eq!(value(&text, total), Some(10.0));
+    assert_eq!(metric(&text, total), Some(10.0));
     assert_eq!(
-        value(
+        metric(
             &text,
             "rproxy_http_request_duration_seconds_count{listener=\"web\"}"
         ),
         Some(10.0)
     );
     assert_eq!(
-        value(&text, "rproxy_connections_total{listener=\"web\"}"),
+        metric(&text, "rproxy_connections_total{listener=\"web\"}"),
         Some(1.0),
         "one keep-alive connection"
     );
     assert_eq!(
-        value(
+        metric(
             &text,
             &format!(
                 "rproxy_build_info{{version=\"{}\"}}",
@@ -134,7 +123,7 @@ async fn requests_are_counted_once_per_backend() {
         ),
         Some(1.0)
     );
-    assert!(value(&text, "process_open_fds").is_some_and(|n| n > 0.0));
+    assert!(metric(&text, "process_open_fds").is_some_and(|n| n > 0.0));
 }
 
 #[tokio::test]
@@ -175,7 +164,7 @@ async fn errors_are_counted_by_kind() {
         assert_eq!(ans.status, status, "{name}");
     }
     let slow_5xx = "rproxy_http_requests_total{listener=\"slow\",code=\"5xx\"}";
-    let text = scrape_when(&proxy, |text| value(text, slow_5xx) == Some(1.0)).await;
+    let text = scrape_when(&proxy, |text| metric(text, slow_5xx) == Some(1.0)).await;
     for (upstream, server, kind) in [
         ("refused", dead.to_string(), "connect"),
         ("crashing", crashing.addr.to_string(), "reset"),
@@ -185,9 +174,9 @@ async fn errors_are_counted_by_kind() {
         let series = format!(
             "rproxy_upstream_errors_total{{upstream=\"{upstream}\",backend=\"{server}\",kind=\"{kind}\"}}"
         );
-        assert_eq!(value(&text, &series), Some(1.0), "{series} in\n{text}");
+        assert_eq!(metric(&text, &series), Some(1.0), "{series} in\n{text}");
     }
-    assert_eq!(value(&text, slow_5xx), Some(1.0));
+    assert_eq!(metric(&text, slow_5xx), Some(1.0));
 }
 
 #[tokio::test]
@@ -204,12 +193,12 @@ async fn in_flight_rises_during_a_request_and_returns_to_zero() {
     let addr = proxy.addr();
     let slow = tokio::spawn(async move { get(&client(), addr, "/slow/1000").await });
     wait_for("the request to reach the backend", || b.requests() == 1).await;
-    assert_eq!(value(&scrape(&proxy).await, &series), Some(1.0));
+    assert_eq!(metric(&scrape(&proxy).await, &series), Some(1.0));
     assert_eq!(slow.await.expect("task").status, 200);
     let start = std::time::Instant::now();
     loop {
         // The count drops when the response body has been sent, just after the client has it.
-        if value(&scrape(&proxy).await, &series) == Some(0.0) {
+        if metric(&scrape(&proxy).await, &series) == Some(0.0) {
             break;
         }
         assert!(start.elapsed() < DEADLINE, "in-flight never returned to 0");
@@ -318,7 +307,7 @@ async fn promtool_accepts_the_output_at_idle_under_load_and_after_a_backend_dies
         "rproxy_upstream_errors_total{{upstream=\"app\",backend=\"{}\",kind=\"connect\"}}",
         a.addr
     );
-    assert_eq!(value(&text, &errors), Some(0.0));
+    assert_eq!(metric(&text, &errors), Some(0.0));
 }
 
 fn which_promtool() -> Result<String, ()> {

@@ -516,6 +516,23 @@ pub async fn stalled_body(
     body
 }
 
+/// The value of the series `name{labels}` (labels as rendered, in order) in a `/metrics`
+/// scrape, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `/metrics` from the admin listener at `admin`.
+pub async fn scrape_admin(admin: SocketAddr) -> String {
+    get(&client(), admin, "/metrics").await.body
+}
+
 /// A config with one listener on an ephemeral port in front of `servers` (TOML array items).
 pub fn config_with(servers: &str, upstream_extra: &str) -> String {
     format!(
