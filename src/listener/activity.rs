@@ -41,24 +41,23 @@ pub struct ActiveRequest(Arc<ConnActivity>);
 #[derive(Debug)]
 pub struct RequestEnd {
     _active: ActiveRequest,
-    metrics: Arc<ListenerMetrics>,
-    /// `None` when no metrics are recorded: then nothing needs the duration.
-    started: Option<Instant>,
+    /// The listener's metrics and when the request arrived; `None` when no metrics are
+    /// recorded: then nothing needs the duration (two clock reads) or the handles.
+    timed: Option<(Arc<ListenerMetrics>, Instant)>,
 }
 
 impl RequestEnd {
-    pub(crate) fn new(active: ActiveRequest, metrics: Arc<ListenerMetrics>) -> Self {
+    pub(crate) fn new(active: ActiveRequest, metrics: &Arc<ListenerMetrics>) -> Self {
         RequestEnd {
             _active: active,
-            metrics,
-            started: crate::metrics::recording().then(Instant::now),
+            timed: crate::metrics::recording().then(|| (Arc::clone(metrics), Instant::now())),
         }
     }
 
     /// Records the request as answered with `status` (the activity guard goes with `self`).
     pub(crate) fn finish(self, status: u16) {
-        if let Some(started) = self.started {
-            self.metrics.request(status, started.elapsed());
+        if let Some((metrics, started)) = self.timed {
+            metrics.request(status, started.elapsed());
         }
     }
 }

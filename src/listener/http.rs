@@ -302,7 +302,7 @@ pub(super) fn answer(
     body: Incoming,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
     async move {
-        let end = RequestEnd::new(active, Arc::clone(&ctx.metrics));
+        let end = RequestEnd::new(active, &ctx.metrics);
         let snapshot = ctx.state.load_full();
         let Some(listener) = snapshot.listener(&ctx.name) else {
             let mut resp = ProxyError::NoBackend.response();
