@@ -181,7 +181,15 @@ impl ConnActivity {
             {
                 return expiry;
             }
-            tokio::time::sleep_until(self.at(deadline)).await;
+            // Idle between HTTP/1 requests, look again at least every header timeout: a head
+            // that starts meanwhile is noticed by then and timed from its first byte, so it
+            // gets exactly the header timeout, not what is left of the keep-alive one.
+            let wake = if http1 && expiry == Some(Expiry::Idle) {
+                deadline.min(now.saturating_add(ms(header_timeout)))
+            } else {
+                deadline
+            };
+            tokio::time::sleep_until(self.at(wake)).await;
         }
     }
 }
@@ -239,6 +247,24 @@ mod tests {
             .watch(Duration::from_secs(10), Duration::from_secs(75), true)
             .await;
         assert_eq!((e, t0.elapsed().as_secs()), (Expiry::HeaderTimeout, 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_starts_while_the_watchdog_waits_gets_the_header_timeout() {
+        let a = ConnActivity::new();
+        drop(a.begin());
+        let t0 = Instant::now();
+        let watch = a.watch(Duration::from_secs(10), Duration::from_secs(75), true);
+        tokio::pin!(watch);
+        // The watchdog is already waiting when the first byte of the next head arrives.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(33), &mut watch)
+                .await
+                .is_err()
+        );
+        a.bytes_read();
+        assert_eq!(watch.await, Expiry::HeaderTimeout);
+        assert_eq!(t0.elapsed().as_secs(), 43);
     }
 
     #[tokio::test(start_paused = true)]
