@@ -1,8 +1,12 @@
 //! Idle keep-alive client connections are parked: hyper's buffers are released between
-//! requests (see `listener::http1`), and nothing about the connection's behaviour changes.
+//! requests (see `listener::http1`), and a plain one leaves its task for the idle lot
+//! (`listener::idle_lot`); nothing about the connection's behaviour changes.
 //! These tests hold many idle connections and watch rproxy's resident memory, then use every
 //! one of them again; split a pipelined request across the moment of parking; and use a TLS
-//! connection again after it was parked, and close parked connections on shutdown.
+//! connection again after it was parked, and close parked connections on shutdown. A
+//! connection in the lot keeps its place under `max_connections` until it closes, whoever
+//! closes it; keeps its header timeout when a request head starts and stalls; and closes at
+//! once when a reload removes its listener.
 
 mod common;
 
@@ -25,6 +29,30 @@ fn config(backend: std::net::SocketAddr) -> String {
 
 fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or("")
+}
+
+/// Idle well past the park delay (100ms), so that the connection waits in the idle lot: this
+/// pause is the condition under test, not a wait for one.
+async fn idle_past_parking() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// A new connection, answered once.
+async fn served_once(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(GET).await.expect("write");
+    assert_eq!(status_line(&read_response(&mut s).await), "HTTP/1.1 200 OK");
+    s
+}
+
+/// Whether a connection to `addr` is answered within `within` (it is accepted by the kernel
+/// either way; rproxy serves it only when under `max_connections`).
+async fn answered_within(addr: std::net::SocketAddr, within: Duration) -> bool {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(GET).await.expect("write");
+    tokio::time::timeout(within, read_response(&mut s))
+        .await
+        .is_ok_and(|answer| status_line(&answer) == "HTTP/1.1 200 OK")
 }
 
 #[tokio::test]
@@ -186,4 +214,116 @@ async fn a_tls_keepalive_connection_serves_again_after_being_parked() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(backend.requests(), 3);
+}
+
+#[tokio::test]
+async fn a_parked_connection_holds_its_slot_until_its_client_closes_it() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"off\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nmax_connections = 1\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        backend.addr
+    ));
+    for round in 0..3 {
+        let first = served_once(proxy.addr()).await;
+        idle_past_parking().await;
+        // The only slot is the parked connection's: a second one waits ...
+        assert!(
+            !answered_within(proxy.addr(), Duration::from_millis(500)).await,
+            "round {round}: a second connection was served past max_connections = 1"
+        );
+        // ... until the client closes the parked one, which gives the slot back.
+        drop(first);
+        let mut next = TcpStream::connect(proxy.addr()).await.expect("connect");
+        next.write_all(GET).await.expect("write");
+        assert_eq!(
+            status_line(&read_response(&mut next).await),
+            "HTTP/1.1 200 OK",
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_at_its_keepalive_timeout_and_frees_its_slot() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"off\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         max_connections = 1\nkeepalive_timeout = \"1s\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        backend.addr
+    ));
+    let mut first = served_once(proxy.addr()).await;
+    let idle_from = Instant::now();
+    // A second client waits for the slot the parked connection holds.
+    let mut second = TcpStream::connect(proxy.addr()).await.expect("connect");
+    second.write_all(GET).await.expect("write");
+    assert!(read_until_closed(&mut first).await.is_empty());
+    assert!(idle_from.elapsed() >= Duration::from_secs(1));
+    assert_eq!(
+        status_line(&read_response(&mut second).await),
+        "HTTP/1.1 200 OK"
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_that_wakes_a_parked_connection_has_the_header_timeout() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"off\"\n\
+         [listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         header_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        backend.addr
+    ));
+    // A head sent in two parts, the first waking the connection, is served ...
+    let mut s = served_once(proxy.addr()).await;
+    idle_past_parking().await;
+    s.write_all(b"GET /two HTTP/1.1\r\n").await.expect("write");
+    idle_past_parking().await;
+    s.write_all(b"Host: a\r\n\r\n").await.expect("write");
+    assert_eq!(status_line(&read_response(&mut s).await), "HTTP/1.1 200 OK");
+    assert_eq!(backend.requests(), 2);
+    // ... and one that stalls is closed at the header timeout, not the keep-alive one.
+    idle_past_parking().await;
+    s.write_all(b"GET /three HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let stalled_from = Instant::now();
+    read_until_closed(&mut s).await;
+    let waited = stalled_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
+        "closed after {waited:?}"
+    );
+    assert_eq!(backend.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_a_listener_closes_its_parked_connections_at_once() {
+    let backend = Backend::start("b").await;
+    let base = format!(
+        "drain_timeout = \"60s\"\n[log]\naccess = \"off\"\n\
+         [listeners.kept]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n",
+        backend.addr
+    );
+    let proxy = Proxy::start(&format!(
+        "{base}[listeners.removed]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n"
+    ));
+    let mut kept = served_once(proxy.listeners["kept"][0]).await;
+    let mut removed = served_once(proxy.listeners["removed"][0]).await;
+    idle_past_parking().await;
+    std::fs::write(&proxy.config_path, &base).expect("write config");
+    proxy.signal("HUP");
+    // Closed with nothing sent, long before the 60 s drain timeout.
+    assert!(read_until_closed(&mut removed).await.is_empty());
+    // The other listener's parked connection is untouched.
+    kept.write_all(GET).await.expect("write");
+    assert_eq!(
+        status_line(&read_response(&mut kept).await),
+        "HTTP/1.1 200 OK"
+    );
 }

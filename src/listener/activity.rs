@@ -84,6 +84,15 @@ impl ConnActivity {
         })
     }
 
+    /// The activity of a connection served again after waiting in the idle lot: idle after
+    /// a request, from now.
+    pub fn resumed() -> Arc<Self> {
+        let activity = Self::new();
+        activity.requests.store(1, Ordering::Relaxed);
+        activity.parkable.store(true, Ordering::Relaxed);
+        activity
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
     }

@@ -17,8 +17,10 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::{ListenerConfig, defaults};
+use crate::metrics::ListenerMetrics;
 use crate::upstream::ProxyBody;
 
 use super::activity::{ConnActivity, Expiry};
@@ -108,6 +110,33 @@ const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// A client connection's place in its listener's `max_connections` budget and open-connections
+/// gauge, both given back when it is dropped: with the connection, wherever it then is (its
+/// task, or the idle lot).
+#[derive(Debug)]
+pub(super) struct OpenConn {
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<ListenerMetrics>,
+}
+
+impl OpenConn {
+    /// Counts a connection just accepted into `slot`.
+    pub(super) fn new(slot: OwnedSemaphorePermit, metrics: &Arc<ListenerMetrics>) -> Self {
+        metrics.connections_total.increment(1);
+        metrics.connections_open.increment(1.0);
+        OpenConn {
+            _slot: slot,
+            metrics: Arc::clone(metrics),
+        }
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.metrics.connections_open.decrement(1.0);
+    }
+}
 
 /// A client connection's socket and the bytes read from it that hyper is to read first.
 pub(super) type Socket = (ClientStream, BytesMut);

@@ -32,9 +32,10 @@ use crate::upstream::{Peer, ProxyBody, Route, forward};
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
 use super::bind::accept_queue_len;
-use super::client_conn::{ClientConn, ConnSettings, Socket};
+use super::client_conn::{ClientConn, ConnSettings, OpenConn, Socket};
 use super::drive::drive;
 use super::http1::serve_http1;
+use super::idle_lot::IdleLot;
 use super::io::Protocol;
 use super::open::open;
 use super::sockets::Described;
@@ -42,7 +43,7 @@ use super::tcp::serve_tcp;
 use super::validate::{self, Verdict};
 
 /// What every connection of one listener shares.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct ListenerCtx {
     pub(super) name: Arc<str>,
     pub(super) state: SharedState,
@@ -53,6 +54,9 @@ pub(super) struct ListenerCtx {
     /// Every listener's bound addresses (a redirect to https names the https port).
     described: Described,
     metrics: Arc<ListenerMetrics>,
+    /// Where idle plain-TCP HTTP/1 connections wait; `None` if it could not be started (they
+    /// then wait in their tasks, as TLS ones do).
+    pub(super) lot: Option<Arc<IdleLot>>,
 }
 
 /// How one accept loop and its connections are told to stop.
@@ -64,6 +68,14 @@ pub struct ListenerStops {
     pub drain: CancellationToken,
     /// Closes this listener's remaining connections at once.
     pub kill: CancellationToken,
+}
+
+/// What holds a listener's connections: a task each while they are served (tracked, so that
+/// shutdown can wait for them), the idle lot while they wait between requests.
+#[derive(Debug, Clone)]
+pub(super) struct ConnHolders {
+    pub(super) tasks: TaskTracker,
+    pub(super) idle_lot: Option<Arc<IdleLot>>,
 }
 
 /// The connection budget of one listener, shared by all its listen sockets.
@@ -114,14 +126,14 @@ impl ConnectionLimit {
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on
-/// `tracker` so the caller can wait for them to drain.
-pub async fn serve_listener(
+/// `holders`' tracker so the caller can wait for them to drain.
+pub(super) async fn serve_listener(
     listener: TcpListener,
     name: Arc<str>,
     state: SharedState,
     limit: ConnectionLimit,
     stops: ListenerStops,
-    tracker: TaskTracker,
+    holders: ConnHolders,
     described: Described,
 ) {
     let ctx = Arc::new(ListenerCtx {
@@ -131,6 +143,7 @@ pub async fn serve_listener(
         state,
         shutdown: stops.drain,
         kill: stops.kill,
+        lot: holders.idle_lot,
     });
     let accept_stop = stops.accept;
     loop {
@@ -147,10 +160,11 @@ pub async fn serve_listener(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
                 }
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                ctx.metrics.connections_total.increment(1);
-                ctx.metrics.connections_open.increment(1.0);
-                let accepted = Box::new(Accepted { stream, peer, slot });
-                tracker.spawn(serve_client(accepted, Arc::clone(&ctx)));
+                let open = OpenConn::new(slot, &ctx.metrics);
+                let accepted = Box::new(Accepted { stream, peer, open });
+                holders
+                    .tasks
+                    .spawn(serve_client(accepted, Arc::clone(&ctx)));
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE or a connection reset before accept: keep serving, but
@@ -202,7 +216,7 @@ const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    open: OpenConn,
 }
 
 /// One client connection's task. `accepted` comes boxed, and an `async` block is returned
@@ -215,7 +229,7 @@ struct Accepted {
 )]
 fn serve_client(accepted: Box<Accepted>, ctx: Arc<ListenerCtx>) -> impl Future<Output = ()> + Send {
     async move {
-        let Accepted { stream, peer, slot } = *accepted;
+        let Accepted { stream, peer, open } = *accepted;
         // The protocol is read per connection: a reload may change it.
         let tcp = ctx
             .state
@@ -231,13 +245,11 @@ fn serve_client(accepted: Box<Accepted>, ctx: Arc<ListenerCtx>) -> impl Future<O
                     break 'http;
                 };
                 match conn.protocol {
-                    Protocol::Http1 => serve_http1(&conn, socket).await,
+                    Protocol::Http1 => serve_http1(conn, socket, open).await,
                     Protocol::Http2 => Box::pin(serve_http2(&conn, socket)).await,
                 }
             }
         }
-        ctx.metrics.connections_open.decrement(1.0);
-        drop(slot);
     }
 }
 

@@ -15,54 +15,88 @@
 //! that follows a shutdown finds nothing left to kill.
 
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::{Request, header};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_util::either::Either;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::upstream::has_token;
 
-use super::client_conn::{ClientConn, Socket};
+use super::client_conn::{ClientConn, OpenConn, Socket};
 use super::drive::{Driven, drive};
+use super::idle_lot::{IdleLot, Parked};
 use super::io::poll_read_ready;
 use super::tls::ClientStream;
 
 /// Serves requests on `socket` until the client closes, a timeout expires or rproxy shuts
-/// down.
+/// down, or the connection goes to wait in the idle lot. `open` goes with the connection.
 ///
 /// An `async` block rather than an `async fn`: an `async fn` keeps a second copy of its
-/// arguments for its whole life, and this future is most of what a parked connection is.
+/// arguments for its whole life, and a TLS connection waits in this future while idle.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would copy its arguments (above)"
 )]
 pub(super) fn serve_http1(
-    conn: &ClientConn,
+    conn: ClientConn,
     mut socket: Socket,
-) -> impl Future<Output = ()> + Send + '_ {
+    open: OpenConn,
+) -> impl Future<Output = ()> + Send {
     async move {
         loop {
             // Boxed, so that parking frees it: a hyper connection and its driver are most of
             // what a connection costs.
-            socket = match Box::pin(until_parked(conn, socket)).await {
-                Some(parked) => parked,
-                None => return,
+            let Some((stream, unread)) = Box::pin(until_parked(&conn, socket)).await else {
+                return;
             };
             // Bytes left over are the start of a pipelined request that hyper had read: they
-            // are served at once. Otherwise the parked connection waits for the client.
-            if socket.1.is_empty() {
-                match wait_for_request(conn, &socket.0).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::debug!(client = %conn.peer, error = %e, "idle client connection failed");
-                        return;
-                    }
+            // are served at once.
+            if !unread.is_empty() {
+                socket = (stream, unread);
+                continue;
+            }
+            // Otherwise the connection waits for the client: a plain one in the idle lot, a
+            // TLS one here.
+            let stream = match (stream, &conn.ctx.lot) {
+                (Either::Left(tcp), Some(lot)) => return park(lot, &conn, tcp, open),
+                (stream, _) => stream,
+            };
+            match wait_for_request(&conn, &stream).await {
+                Ok(true) => socket = (stream, unread),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(client = %conn.peer, error = %e, "idle client connection failed");
+                    return;
                 }
             }
         }
+    }
+}
+
+/// Hands an idle connection to the idle lot; its task then ends.
+fn park(lot: &IdleLot, conn: &ClientConn, tcp: TcpStream, open: OpenConn) {
+    let deadline = conn.keepalive_deadline();
+    let ctx = Arc::clone(&conn.ctx);
+    let parked = Parked::new(tcp, ctx, conn.peer, conn.settings, open, deadline);
+    if let Err(e) = parked.and_then(|parked| lot.park(parked)) {
+        // Idle, so closing it is allowed (and on shutdown, asked for).
+        tracing::debug!(client = %conn.peer, error = %e, "idle client connection closed instead of parked");
+    }
+}
+
+/// Serves a connection from the idle lot again (on a task of its own).
+pub(super) async fn resume(parked: Parked) {
+    match parked.into_conn() {
+        Ok((conn, stream, open)) => {
+            serve_http1(conn, (Either::Left(stream), BytesMut::new()), open).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "idle client connection could not be served again"),
     }
 }
 

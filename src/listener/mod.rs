@@ -11,6 +11,7 @@ mod drive;
 mod head_scan;
 mod http;
 mod http1;
+mod idle_lot;
 mod io;
 mod open;
 mod proxy_protocol;
@@ -22,7 +23,7 @@ mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity, RequestEnd};
 pub use bind::bind;
-pub use http::{ConnectionLimit, ListenerStops, serve_listener};
+pub use http::{ConnectionLimit, ListenerStops};
 pub use proxy_protocol::header as proxy_header;
 pub use sockets::{BindError, Described, ListenerSet, ListenerSockets, Plan};
 pub use tls::server_config as tls_server_config;

@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::state::SharedState;
 
 use super::bind::bind;
-use super::http::{ConnectionLimit, ListenerStops, serve_listener};
+use super::http::{ConnHolders, ConnectionLimit, ListenerStops, serve_listener};
+use super::http1::resume;
+use super::idle_lot::IdleLot;
 
 /// A listen address that cannot be bound.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,7 @@ pub struct ListenerSet {
     state: SharedState,
     /// Cancelled at shutdown; every listener's tokens are its children.
     stop: CancellationToken,
-    connections: TaskTracker,
+    connections: ConnHolders,
     accept_loops: TaskTracker,
     sockets: Vec<Running>,
     groups: HashMap<String, Group>,
@@ -104,11 +106,28 @@ impl Plan {
 }
 
 impl ListenerSet {
+    /// Must be called on the runtime that is to serve the connections: connections leaving
+    /// the idle lot are spawned on it, onto `connections`.
     pub fn new(state: SharedState, stop: CancellationToken, connections: TaskTracker) -> Self {
+        let idle_lot = tokio::runtime::Handle::try_current()
+            .map_err(std::io::Error::other)
+            .and_then(|runtime| {
+                let tracker = connections.clone();
+                IdleLot::start(move |parked| {
+                    tracker.spawn_on(resume(parked), &runtime);
+                })
+            })
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "no idle-connection lot; idle connections wait in their tasks");
+            })
+            .ok();
         ListenerSet {
             state,
             stop,
-            connections,
+            connections: ConnHolders {
+                tasks: connections,
+                idle_lot,
+            },
             accept_loops: TaskTracker::new(),
             sockets: Vec::new(),
             groups: HashMap::new(),
@@ -180,6 +199,10 @@ impl ListenerSet {
             if let Some(group) = self.groups.remove(&name) {
                 tracing::info!(listener = %name, ?drain_timeout, "reload: listener removed; its connections finish their requests");
                 group.drain.cancel();
+                // Idle connections close at once, as they do when they wait in their tasks.
+                if let Some(lot) = &self.connections.idle_lot {
+                    lot.close_drained();
+                }
                 tokio::spawn(async move {
                     tokio::time::sleep(drain_timeout).await;
                     group.kill.cancel();
@@ -246,9 +269,24 @@ impl ListenerSet {
         out
     }
 
-    /// Waits until every accept loop has stopped (after the stop token was cancelled).
+    /// Waits until every accept loop has stopped (after the stop token was cancelled), and
+    /// closes the connections waiting in the idle lot.
     pub async fn stopped(&self) {
+        self.close_idle();
         self.accept_loops.close();
         self.accept_loops.wait().await;
+    }
+
+    fn close_idle(&self) {
+        if let Some(lot) = &self.connections.idle_lot {
+            lot.close();
+        }
+    }
+}
+
+impl Drop for ListenerSet {
+    /// Ends the idle lot's thread.
+    fn drop(&mut self) {
+        self.close_idle();
     }
 }
