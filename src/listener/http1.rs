@@ -1,14 +1,15 @@
 //! Serving one HTTP/1 client connection, parking it while it is idle.
 //!
-//! Called by `http::serve_client` once the protocol is HTTP/1. A keep-alive connection
-//! spends most of its life waiting for the next request, and a hyper connection holds about
-//! 16 KB of buffers all along. So when a response is flushed and nothing more has arrived for
-//! a moment, the connection is parked (see `io`): hyper's connection ends without closing the
-//! socket, and rproxy waits for the socket to become readable holding little more than the
-//! socket, the connection's settings (`client_conn`) and its keep-alive deadline: about 1 KB
-//! in all, with the task and tokio's registration of the socket. The next request gets a new
-//! hyper connection on the same socket. Bytes hyper had read but not used (the start of a
-//! pipelined request) are replayed to it.
+//! Called by `http::serve_client` once the protocol is HTTP/1, and by the idle lot for a
+//! connection it hands back (`resume`). A keep-alive connection spends most of its life
+//! waiting for the next request, and a hyper connection holds about 16 KB of buffers all
+//! along. So when a response is flushed and nothing more has arrived for a moment, the
+//! connection is parked (see `io`): hyper's connection ends without closing the socket. A
+//! plain connection then leaves its task for the idle lot (`idle_lot`: about 150 bytes); a TLS
+//! one waits here, in its task, holding its socket, its settings (`client_conn`) and its
+//! keep-alive deadline (about 850 bytes with tokio's registration of the socket, plus the TLS
+//! session). The next request gets a new hyper connection on the same socket. Bytes hyper had
+//! read but not used (the start of a pipelined request) are replayed to it.
 //!
 //! While parked the connection obeys the same rules as inside hyper: the keep-alive timeout
 //! closes it, and a graceful shutdown closes it at once (it is idle), so the drain timeout
