@@ -82,10 +82,10 @@ pub(super) fn serve_http1(
 
 /// Hands an idle connection to the idle lot; its task then ends.
 fn park(lot: &IdleLot, conn: &ClientConn, tcp: TcpStream, open: OpenConn) {
-    let deadline = conn.keepalive_deadline();
+    let deadline = conn.keepalive_deadline().into_std();
     let ctx = Arc::clone(&conn.ctx);
-    let parked = Parked::new(tcp, ctx, conn.peer, conn.settings, open, deadline);
-    if let Err(e) = parked.and_then(|parked| lot.park(parked)) {
+    let parked = Parked::new(tcp, ctx, conn.peer, conn.settings, open);
+    if let Err(e) = parked.and_then(|parked| lot.park(parked, deadline)) {
         // Idle, so closing it is allowed (and on shutdown, asked for).
         tracing::debug!(client = %conn.peer, error = %e, "idle client connection closed instead of parked");
     }

@@ -19,8 +19,8 @@
 //! tokio needs `unsafe` (`AsyncFd::register`); the thread sleeps in `epoll_wait` and costs
 //! nothing while nothing happens.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+mod slots;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -33,6 +33,8 @@ use super::activity::ConnActivity;
 use super::client_conn::{ClientConn, ConnSettings, OpenConn};
 use super::http::ListenerCtx;
 use super::io::Protocol;
+
+use slots::Slots;
 
 /// Events read from the epoll instance at a time.
 const EVENTS_PER_POLL: usize = 256;
@@ -57,18 +59,16 @@ pub(super) struct Parked {
     peer: SocketAddr,
     settings: ConnSettings,
     open: OpenConn,
-    deadline: Instant,
 }
 
 impl Parked {
-    /// `stream` leaves tokio (its registration is freed) to wait until `deadline`.
+    /// `stream` leaves tokio (its registration is freed).
     pub(super) fn new(
         stream: TcpStream,
         ctx: Arc<ListenerCtx>,
         peer: SocketAddr,
         settings: ConnSettings,
         open: OpenConn,
-        deadline: tokio::time::Instant,
     ) -> io::Result<Self> {
         Ok(Parked {
             stream: mio::net::TcpStream::from_std(stream.into_std()?),
@@ -76,7 +76,6 @@ impl Parked {
             peer,
             settings,
             open,
-            deadline: deadline.into_std(),
         })
     }
 
@@ -96,24 +95,13 @@ impl Parked {
     }
 }
 
-/// The connections in the lot, in chunks of slots: their memory apart from the small
-/// allocations that connections make and free while they are served, which would otherwise
-/// keep the allocator's pages in use around each one. A slot's index is the token its socket
-/// is registered with.
-#[derive(Debug, Default)]
+/// What the lock guards.
+#[derive(Debug)]
 struct Lot {
-    chunks: Vec<Box<[Option<Parked>]>>,
-    free: Vec<u32>,
-    parked: usize,
-    /// Deadlines, earliest first. A connection that leaves early leaves its entry behind
-    /// (skipped when it comes up); once those outnumber the parked, the heap is rebuilt.
-    deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
+    slots: Slots<Parked>,
     /// Set when rproxy stops: nothing more is parked, and the thread ends.
     closed: bool,
 }
-
-/// Slots per chunk: 256 connections, about 30 KB.
-const CHUNK: usize = 256;
 
 impl IdleLot {
     /// A lot and its thread, which hands each connection with something to read to `resume`.
@@ -122,7 +110,10 @@ impl IdleLot {
         let lot = Arc::new(IdleLot {
             registry: poll.registry().try_clone()?,
             waker: Waker::new(poll.registry(), WAKE)?,
-            lot: Mutex::default(),
+            lot: Mutex::new(Lot {
+                slots: Slots::new(),
+                closed: false,
+            }),
         });
         let watched = Arc::clone(&lot);
         std::thread::Builder::new()
@@ -136,10 +127,10 @@ impl IdleLot {
         self.lot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Puts `conn` in the lot until its socket has something to read or its deadline passes.
+    /// Puts `conn` in the lot until its socket has something to read or `deadline` passes.
     /// Refused, and the connection closed (it is idle, so that is allowed), once its listener
     /// drains or rproxy stops, or if the socket cannot be registered.
-    pub(super) fn park(&self, mut conn: Parked) -> io::Result<()> {
+    pub(super) fn park(&self, mut conn: Parked, deadline: Instant) -> io::Result<()> {
         // (`conn`, declared first, is dropped after the lock on every early return.)
         let mut lot = self.lock();
         // Checked under the lock that `close_drained` takes after the listener's drain token
@@ -147,7 +138,7 @@ impl IdleLot {
         if lot.closed || conn.ctx.shutdown.is_cancelled() {
             return Err(io::Error::other("shutting down"));
         }
-        let Some(index) = lot.vacant() else {
+        let Some(index) = lot.slots.vacant() else {
             return Err(io::Error::other("the idle lot is full"));
         };
         // Registered while the lock is held, so an event for it finds it in its slot.
@@ -155,16 +146,11 @@ impl IdleLot {
             .registry
             .register(&mut conn.stream, token(index), Interest::READABLE)
         {
-            lot.free.push(index);
+            lot.slots.release(index);
             return Err(e);
         }
-        let deadline = conn.deadline;
-        let earliest = lot.deadlines.peek().is_none_or(|top| deadline < top.0.0);
-        lot.put(index, conn);
-        lot.deadlines.push(Reverse((deadline, index)));
-        if lot.deadlines.len() > 2 * lot.parked + CHUNK {
-            lot.rebuild_deadlines();
-        }
+        let earliest = lot.slots.next_deadline().is_none_or(|next| deadline < next);
+        lot.slots.put(index, deadline, conn);
         drop(lot);
         if earliest {
             // The thread sleeps until the earliest deadline it knew of.
@@ -177,6 +163,7 @@ impl IdleLot {
     pub(super) fn close_drained(&self) {
         let closed = self
             .lock()
+            .slots
             .take_where(|conn| conn.ctx.shutdown.is_cancelled());
         drop(closed);
     }
@@ -184,8 +171,8 @@ impl IdleLot {
     /// Closes every connection in the lot and ends its thread; nothing is parked after.
     pub(super) fn close(&self) {
         let mut lot = self.lock();
-        let all = std::mem::take(&mut *lot);
         lot.closed = true;
+        let all = std::mem::replace(&mut lot.slots, Slots::new());
         drop(lot);
         drop(all);
         self.wake();
@@ -202,7 +189,7 @@ impl IdleLot {
     fn watch(&self, mut poll: Poll, resume: impl Fn(Parked)) {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            let next = self.lock().deadlines.peek().map(|top| top.0.0);
+            let next = self.lock().slots.next_deadline();
             let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -213,118 +200,32 @@ impl IdleLot {
                     return;
                 }
             }
-            if self.lock().closed {
-                return;
-            }
-            for event in &events {
-                if event.token() != WAKE
-                    && let Some(conn) = self.take(event.token())
-                {
-                    resume(conn);
+            let (ready, expired) = {
+                let mut lot = self.lock();
+                if lot.closed {
+                    return;
                 }
-            }
-            self.expire(Instant::now());
+                let ready: Vec<Parked> = events
+                    .iter()
+                    .filter_map(|event| self.take_ready(&mut lot.slots, event.token()))
+                    .collect();
+                (ready, lot.slots.expired(Instant::now()))
+            };
+            // Closing an expired socket takes it out of the epoll instance too.
+            drop(expired);
+            ready.into_iter().for_each(&resume);
         }
     }
 
-    /// The connection registered as `token`, out of the lot and its epoll instance (so that
-    /// the slot can be used again).
-    fn take(&self, Token(index): Token) -> Option<Parked> {
-        let mut lot = self.lock();
-        let index = u32::try_from(index).ok()?;
-        let mut conn = lot.take_if(index, |_| true)?;
+    /// The connection registered as `token`, out of the lot and its epoll instance (before
+    /// its slot can be used again, which needs the lock held here).
+    fn take_ready(&self, slots: &mut Slots<Parked>, token: Token) -> Option<Parked> {
+        let index = u32::try_from(token.0).ok()?;
+        let mut conn = slots.take(index)?;
         if let Err(e) = self.registry.deregister(&mut conn.stream) {
             tracing::debug!(error = %e, "idle connection not deregistered");
         }
         Some(conn)
-    }
-
-    /// Closes the connections whose deadline is `now` or past.
-    fn expire(&self, now: Instant) {
-        let mut expired = Vec::new();
-        let mut lot = self.lock();
-        while let Some(&Reverse((deadline, index))) = lot.deadlines.peek()
-            && deadline <= now
-        {
-            lot.deadlines.pop();
-            // Closing the socket takes it out of the epoll instance too.
-            expired.extend(lot.take_if(index, |conn| conn.deadline <= now));
-        }
-        drop(lot);
-        drop(expired);
-    }
-}
-
-impl Lot {
-    /// A free slot's index; `put` fills it, or it goes back on `free`. `None` past `u32`
-    /// slots.
-    fn vacant(&mut self) -> Option<u32> {
-        if self.free.is_empty() {
-            let first = u32::try_from(self.chunks.len() * CHUNK).ok()?;
-            let end = first.checked_add(CHUNK as u32)?;
-            self.chunks.push((0..CHUNK).map(|_| None).collect());
-            // Lowest first, so the first chunks fill before later ones are touched.
-            self.free.extend((first..end).rev());
-        }
-        self.free.pop()
-    }
-
-    fn slot(&mut self, index: u32) -> Option<&mut Option<Parked>> {
-        let index = index as usize;
-        self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)
-    }
-
-    /// Fills the slot `vacant` gave.
-    fn put(&mut self, index: u32, conn: Parked) {
-        if let Some(slot) = self.slot(index) {
-            *slot = Some(conn);
-            self.parked += 1;
-        }
-    }
-
-    /// The connection in slot `index`, if there is one and `pred` holds for it.
-    fn take_if(&mut self, index: u32, pred: impl Fn(&Parked) -> bool) -> Option<Parked> {
-        let slot = self.slot(index)?;
-        if !slot.as_ref().is_some_and(pred) {
-            return None;
-        }
-        let conn = slot.take();
-        self.free.push(index);
-        self.parked -= 1;
-        if self.parked == 0 && self.chunks.len() > 1 {
-            self.shrink();
-        }
-        conn
-    }
-
-    /// Every connection for which `pred` holds, out of the lot.
-    fn take_where(&mut self, pred: impl Fn(&Parked) -> bool) -> Vec<Parked> {
-        let mut taken = Vec::new();
-        for index in 0..self.chunks.len() * CHUNK {
-            if let Ok(index) = u32::try_from(index) {
-                taken.extend(self.take_if(index, &pred));
-            }
-        }
-        taken
-    }
-
-    /// Once empty after a burst of idle connections, back to one chunk: the memory the burst
-    /// took goes back to the allocator.
-    fn shrink(&mut self) {
-        self.chunks.truncate(1);
-        self.chunks.shrink_to_fit();
-        self.free = (0..CHUNK as u32).rev().collect();
-        self.deadlines = BinaryHeap::new();
-    }
-
-    fn rebuild_deadlines(&mut self) {
-        self.deadlines = self
-            .chunks
-            .iter()
-            .flat_map(|chunk| chunk.iter())
-            .zip(0u32..)
-            .filter_map(|(slot, i)| slot.as_ref().map(|conn| Reverse((conn.deadline, i))))
-            .collect();
     }
 }
 
