@@ -5,8 +5,8 @@
 //! one of them again; split a pipelined request across the moment of parking; and use a TLS
 //! connection again after it was parked, and close parked connections on shutdown. A
 //! connection in the lot keeps its place under `max_connections` until it closes, whoever
-//! closes it; keeps its header timeout when a request head starts and stalls; and closes at
-//! once when a reload removes its listener.
+//! closes it; keeps its header timeout when a request head starts and stalls; closes at once
+//! when a reload removes its listener, and is served by the new configuration after any other.
 
 mod common;
 
@@ -305,4 +305,24 @@ async fn a_reload_that_removes_a_listener_closes_its_parked_connections_at_once(
         status_line(&read_response(&mut kept).await),
         "HTTP/1.1 200 OK"
     );
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_served_by_the_configuration_reloaded_while_it_waited() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start(&config(a.addr, ""));
+    let mut conn = served_once(proxy.addr()).await;
+    idle_past_parking().await;
+    // The pool's only backend changes while the connection waits in the lot.
+    std::fs::write(&proxy.config_path, config(b.addr, "")).expect("write config");
+    proxy.signal("HUP");
+    proxy.wait_for_log(&["configuration reloaded"]).await;
+    for _ in 0..2 {
+        conn.write_all(GET).await.expect("write after the reload");
+        let answer = read_response(&mut conn).await;
+        assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
+        assert!(answer.contains("x-backend: b"), "{answer}");
+        idle_past_parking().await;
+    }
+    assert_eq!((a.requests(), b.requests()), (1, 2));
 }
