@@ -1,5 +1,6 @@
 //! Signals: SIGTERM drains (requests in progress finish, idle connections close, exit 0), a
-//! second signal exits at once, the drain timeout bounds the wait, SIGHUP reloads rather than kills.
+//! second signal exits at once, the drain timeout bounds the wait, SIGHUP reloads rather than
+//! kills.
 
 mod common;
 

@@ -4,10 +4,11 @@
 //! Called by the listener for each connection of a `protocol = "tcp"` listener. A backend that
 //! refuses or does not connect in time is skipped for the next one before any byte moves, so
 //! the client does not notice; when none connects the client connection is closed. The copy has
-//! back-pressure (tokio's `copy_bidirectional`, 64 KiB each way), passes a half-close on (a client that shuts
-//! its write side still gets the rest of the answer), turns a reset on one side into a reset
-//! on the other, and ends after `idle_timeout` without a byte. The connection counts as
-//! in-flight on its backend all along, so `least_conn` balances open connections.
+//! back-pressure (tokio's `copy_bidirectional`, 64 KiB each way), passes a half-close on (a
+//! client that shuts its write side still gets the rest of the answer), turns a reset on one
+//! side into a reset on the other, and ends after `idle_timeout` without a byte. The
+//! connection counts as in-flight on its backend all along, so `least_conn` balances open
+//! connections.
 
 use std::io;
 use std::net::SocketAddr;

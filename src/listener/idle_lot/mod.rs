@@ -12,10 +12,10 @@
 //! its own that waits on an epoll instance (mio's `Poll`) for any of these sockets to become
 //! readable. That connection leaves the lot and is served again on a new task
 //! (`http1::resume`). Moving in and out costs four `epoll_ctl` calls and a task: nothing
-//! beside the 100 ms a connection has already been idle before it is parked. A connection whose keep-alive
-//! time runs out is closed here, and those of a listener that drains (shutdown, or a reload
-//! that removed it) are closed at once: what a parked task does too, so nothing a client sees
-//! changes. A thread rather than a tokio task because registering the epoll instance with
+//! beside the 100 ms a connection has already been idle before it is parked. A connection
+//! whose keep-alive time runs out is closed here, and those of a listener that drains
+//! (shutdown, or a reload that removed it) are closed at once: what a parked task does too,
+//! so nothing a client sees changes. A thread rather than a tokio task because registering the epoll instance with
 //! tokio needs `unsafe` (`AsyncFd::register`); the thread sleeps in `epoll_wait` and costs
 //! nothing while nothing happens.
 
