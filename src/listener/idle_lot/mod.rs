@@ -15,9 +15,9 @@
 //! beside the 100 ms a connection has already been idle before it is parked. A connection
 //! whose keep-alive time runs out is closed here, and those of a listener that drains
 //! (shutdown, or a reload that removed it) are closed at once: what a parked task does too,
-//! so nothing a client sees changes. A thread rather than a tokio task because registering the epoll instance with
-//! tokio needs `unsafe` (`AsyncFd::register`); the thread sleeps in `epoll_wait` and costs
-//! nothing while nothing happens.
+//! so nothing a client sees changes. A thread rather than a tokio task because registering
+//! the epoll instance with tokio needs `unsafe` (`AsyncFd::register`); the thread sleeps in
+//! `epoll_wait` and costs nothing while nothing happens.
 
 mod slots;
 
