@@ -1,17 +1,26 @@
-//! Single-stream TCP throughput, for `benches/tcp_throughput.sh`.
+//! Load tools for the benchmark scripts: single-stream TCP throughput
+//! (`benches/tcp_throughput.sh`) and idle keep-alive connections, plain or HTTPS
+//! (`benches/compare/run.sh`, `benches/idle_tls.sh`).
 //!
 //!     tcp_bench serve              # a sink on 127.0.0.1:0: prints `listening ADDR`, then for
 //!                                  # each connection reads to the end and answers the count
 //!     tcp_bench send ADDR BYTES    # sends BYTES on one connection, waits for the count,
 //!                                  # prints `BYTES SECONDS MiB/s`
 //!     tcp_bench port               # prints a free port on 127.0.0.1
-//!     tcp_bench idle ADDR N        # opens N keep-alive HTTP connections, one GET on each,
-//!                                  # prints `ready` and holds them until killed
+//!     tcp_bench idle ADDR N [CA]   # opens N keep-alive HTTP connections, one GET on each,
+//!                                  # prints `ready` and holds them until killed; with CA (a PEM
+//!                                  # file) they are HTTPS to `localhost`, trusting that cert
+//!     tcp_bench cert DIR           # writes a self-signed cert for localhost to DIR: cert.pem,
+//!                                  # key.pem, and both.pem (the two together, for HAProxy)
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -39,9 +48,12 @@ async fn main() -> anyhow::Result<()> {
                 .get(2)
                 .ok_or_else(|| anyhow::anyhow!("idle ADDR N"))?
                 .parse()?;
-            idle(addr, n).await
+            idle(addr, n, args.get(3).map(String::as_str)).await
         }
-        _ => anyhow::bail!("usage: tcp_bench serve | send ADDR BYTES | port | idle ADDR N"),
+        Some("cert") => cert(args.get(1).ok_or_else(|| anyhow::anyhow!("cert DIR"))?),
+        _ => anyhow::bail!(
+            "usage: tcp_bench serve | send ADDR BYTES | port | idle ADDR N [CA] | cert DIR"
+        ),
     }
 }
 
@@ -91,24 +103,61 @@ async fn send(addr: &str, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `n` connections, each answering one keep-alive GET, then holds them all open.
-async fn idle(addr: &str, n: usize) -> anyhow::Result<()> {
-    let mut open = Vec::with_capacity(n);
+/// Opens `n` connections, each answering one keep-alive GET, then holds them all open. With
+/// `ca`, each is HTTPS (a full TLS handshake) to a server whose certificate is that file.
+async fn idle(addr: &str, n: usize, ca: Option<&str>) -> anyhow::Result<()> {
+    let tls = ca.map(connector).transpose()?;
+    let (mut plain, mut secure) = (Vec::new(), Vec::new());
     for _ in 0..n {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .await?;
-        let mut buf = [0u8; 1024];
-        let mut got = Vec::new();
-        // Read until the 12-byte body has arrived after the head.
-        while !got.ends_with(b"hello world\n") {
-            let k = s.read(&mut buf).await?;
-            anyhow::ensure!(k > 0, "closed before an answer");
-            got.extend_from_slice(&buf[..k]);
+        let tcp = TcpStream::connect(addr).await?;
+        // As browsers and curl do: without it, the request written after the client's
+        // Finished waits for a delayed ACK (40 ms) under Nagle's algorithm.
+        tcp.set_nodelay(true)?;
+        match &tls {
+            None => plain.push(answered(tcp).await?),
+            Some(tls) => {
+                let name = ServerName::try_from("localhost")?;
+                secure.push(answered(tls.connect(name, tcp).await?).await?);
+            }
         }
-        open.push(s);
     }
-    println!("ready {}", open.len());
+    println!("ready {}", plain.len() + secure.len());
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// `s` after one GET on it was answered with the backends' 12-byte body.
+async fn answered<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> anyhow::Result<S> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    // Read until the 12-byte body has arrived after the head.
+    while !got.ends_with(b"hello world\n") {
+        let k = s.read(&mut buf).await?;
+        anyhow::ensure!(k > 0, "closed before an answer");
+        got.extend_from_slice(&buf[..k]);
+    }
+    Ok(s)
+}
+
+/// A TLS client trusting only the certificate in the PEM file `ca`.
+fn connector(ca: &str) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca)?)?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A self-signed certificate for `localhost` and its key, as PEM files in `dir`.
+fn cert(dir: &str) -> anyhow::Result<()> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (cert.pem(), signing_key.serialize_pem());
+    std::fs::write(format!("{dir}/cert.pem"), &cert)?;
+    std::fs::write(format!("{dir}/key.pem"), &key)?;
+    std::fs::write(format!("{dir}/both.pem"), cert + &key)?;
     Ok(())
 }

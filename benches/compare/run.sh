@@ -4,9 +4,10 @@
 # backends to CPU 1. Systems run interleaved in rounds so drift hits all alike; medians are
 # reported, with the proxy's CPU time per request from /proc/PID/stat. Also measured: memory
 # for idle keep-alive connections (first, on fresh processes), HTTP/2 clients (h2load),
-# rproxy with metrics, an access log file and health checks on, rproxy with two workers, and
-# single-stream TCP throughput (benches/tcp_throughput.sh), and user-space instructions per
-# request under valgrind (benches/instructions.sh). Writes benches/RESULTS.md.
+# rproxy with metrics, an access log file and health checks on, rproxy with two workers,
+# idle HTTPS connections (benches/idle_tls.sh), single-stream TCP throughput
+# (benches/tcp_throughput.sh), and user-space instructions per request under valgrind
+# (benches/instructions.sh). Writes benches/RESULTS.md.
 #
 #   bash benches/compare/run.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
 #
@@ -180,6 +181,9 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+# Idle HTTPS connections (its own script, its own fresh processes).
+bash "$ROOT/benches/idle_tls.sh" "$IDLE_N" > "$DIR/idle_tls.txt"
+
 # One TCP stream through the layer-4 mode of each (its own script, its own processes).
 bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
 
@@ -237,6 +241,13 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo
     echo "Idle connections were opened (one GET each) before any load run, on fresh processes;"
     echo "memory was read one second after the last was open."
+    echo
+    echo "### Idle HTTPS connections"
+    echo
+    echo "\`bash benches/idle_tls.sh $IDLE_N\`: the same, over TLS 1.3 (a self-signed ECDSA P-256"
+    echo "certificate, a full handshake per connection), each proxy on a fresh process of its own:"
+    echo
+    cat "$DIR/idle_tls.txt"
     echo
     echo "### Observing costs: metrics, an access log file and health checks"
     echo
