@@ -27,6 +27,34 @@ show_logs() { tail -n 5 "$DIR"/*.log >&2 2>/dev/null || true; }
 
 port() { "$BENCH" port; }
 
+# idle_kib PID PORT N [CA]: how many KiB PID's resident memory grows by while N idle keep-alive
+# connections to PORT are open (HTTPS trusting the cert CA, if given), each after one GET.
+# Read one second after the last opened, the same settling time for every system; the client
+# runs on CPU 1 with the load generators. Fails, naming the port, if they do not all open.
+idle_kib() {
+    local pid=$1 port=$2 n=$3 ca=${4:-} before after client
+    before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    taskset -c 1 "$BENCH" idle "127.0.0.1:$port" "$n" ${ca:+"$ca"} > "$DIR/idle.out" 2>"$DIR/idle.log" &
+    client=$!
+    for _ in $(seq 1800); do
+        grep -q ready "$DIR/idle.out" 2>/dev/null && break
+        kill -0 "$client" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q ready "$DIR/idle.out" 2>/dev/null; then
+        echo "port $port: not all $n idle connections opened (the client failed, or 180 s passed)" >&2
+        cat "$DIR/idle.log" >&2
+        kill "$client" 2>/dev/null || true
+        show_logs
+        return 1
+    fi
+    sleep 1
+    after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    kill "$client" 2>/dev/null || true
+    wait "$client" 2>/dev/null || true
+    echo $((after - before))
+}
+
 wait_port() {
     for _ in $(seq 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0

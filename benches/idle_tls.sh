@@ -50,20 +50,7 @@ for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY; do wait_port "$p"; done
 
 declare -A KIB
 for s in rproxy nginx haproxy; do
-    before=$(awk '/VmRSS/ {print $2}' "/proc/${PID[$s]}/status")
-    taskset -c 1 "$BENCH" idle "127.0.0.1:${PORT[$s]}" "$N" "$DIR/cert.pem" > "$DIR/idle.out" 2>"$DIR/idle.log" &
-    client=$!
-    for _ in $(seq 1800); do
-        grep -q ready "$DIR/idle.out" 2>/dev/null && break
-        kill -0 "$client" 2>/dev/null || { echo "$s: the idle client failed" >&2; cat "$DIR/idle.log" >&2; show_logs; exit 1; }
-        sleep 0.1
-    done
-    grep -q ready "$DIR/idle.out" || { echo "$s: $N connections not open within 180 s" >&2; exit 1; }
-    sleep 1 # the same settling time for every system
-    after=$(awk '/VmRSS/ {print $2}' "/proc/${PID[$s]}/status")
-    kill "$client" 2>/dev/null || true
-    wait "$client" 2>/dev/null || true
-    KIB[$s]=$((after - before))
+    KIB[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}" "$N" "$DIR/cert.pem")
     echo "$s: $N idle HTTPS connections cost ${KIB[$s]} KiB" >&2
 done
 

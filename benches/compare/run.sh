@@ -82,21 +82,9 @@ done
 
 # Memory for 10,000 idle keep-alive client connections, measured first: after a load run an
 # allocator may keep freed memory, which would hide part of what the connections cost.
-idle_kib() {
-    local pid=$1 port=$2 before after
-    before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    "$BENCH" idle "127.0.0.1:$port" "$IDLE_N" > "$DIR/idle.out" &
-    local client=$!
-    for _ in $(seq 600); do grep -q ready "$DIR/idle.out" 2>/dev/null && break; sleep 0.1; done
-    sleep 1 # the same settling time for every system
-    after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    kill "$client" 2>/dev/null || true
-    wait "$client" 2>/dev/null || true
-    echo $((after - before))
-}
 declare -A IDLE
 for s in "${SYSTEMS[@]}"; do
-    IDLE[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}")
+    IDLE[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
     echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB" >&2
 done
 
