@@ -303,9 +303,7 @@ async fn a_keepalive_connection_opened_before_a_reload_keeps_working() {
     }
 
     // The removed backend's series left /metrics; the reload was counted.
-    let metrics = get(&client(), proxy.admin.expect("admin"), "/metrics")
-        .await
-        .body;
+    let metrics = scrape_admin(proxy.admin.expect("admin")).await;
     assert!(!metrics.contains(&a.addr.to_string()), "{metrics}");
     assert!(metrics.contains(&b.addr.to_string()));
     assert!(
@@ -317,9 +315,7 @@ async fn a_keepalive_connection_opened_before_a_reload_keeps_working() {
     // A bad file is counted, and the last reload shows as failed; traffic goes on.
     let (ok, _) = reload(&proxy, "[listeners.web]\nlisten = 5\n").await;
     assert!(!ok);
-    let metrics = get(&client(), proxy.admin.expect("admin"), "/metrics")
-        .await
-        .body;
+    let metrics = scrape_admin(proxy.admin.expect("admin")).await;
     assert!(
         metrics.contains("rproxy_config_reloads_total{result=\"failure\"} 1"),
         "{metrics}"

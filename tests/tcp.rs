@@ -424,7 +424,7 @@ async fn least_conn_counts_open_connections() {
         .await
         .expect("the first is still open");
     assert_eq!(first_line(&mut first).await, "x");
-    let metrics = get(&c, admin, "/metrics").await.body;
+    let metrics = scrape_admin(admin).await;
     for series in [
         "rproxy_tcp_connections_total{listener=\"tcp\",upstream=\"app\",backend=",
         "rproxy_tcp_connections_open{listener=\"tcp\"} 1",
