@@ -135,8 +135,15 @@ fn header_rewriting(c: &mut Criterion) {
     c.bench_function("headers/rewrite_request_head", |b| {
         b.iter(|| {
             let mut h = head.clone();
-            rproxy::upstream::remove_hop_by_hop(&mut h);
-            black_box(rproxy::upstream::set_forwarding(&mut h, peer, &[], "http"));
+            let present = rproxy::upstream::Present::of(&h);
+            rproxy::upstream::remove_hop_by_hop(&mut h, present);
+            black_box(rproxy::upstream::set_forwarding(
+                &mut h,
+                present,
+                peer,
+                &[],
+                "http",
+            ));
             h
         });
     });

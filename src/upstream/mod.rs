@@ -30,9 +30,9 @@ pub use backend::{Backend, BackendLive};
 pub use backend_tls::{BackendStream, BackendTls};
 pub use body::ProxyBody;
 pub use forward::{Peer, Route, forward};
-pub(crate) use headers::{has_token, ip_text, items};
 /// Public for the header-rewriting benchmark (`benches/balancer.rs`).
-pub use headers::{remove_hop_by_hop, set_forwarding};
+pub use headers::{Present, remove_hop_by_hop, set_forwarding};
+pub(crate) use headers::{has_token, ip_text, items};
 pub use latency::LatencyWindow;
 pub use pool::Pool;
 pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};

@@ -16,15 +16,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::backend::InFlightGuard;
-use super::headers::has_token;
+use super::headers::{Present, has_token};
 
 const BUFFER: usize = 16 * 1024;
 
 /// Whether the client asks for a WebSocket: an HTTP/1.1 GET with `Upgrade: websocket` and
 /// `Connection: upgrade`. Other upgrades (h2c, TLS) are not tunnelled.
-pub(super) fn requested(parts: &Parts) -> bool {
+pub(super) fn requested(parts: &Parts, present: Present) -> bool {
     parts.version == Version::HTTP_11
         && parts.method == Method::GET
+        && present.has(Present::UPGRADE)
         && has_token(&parts.headers, &header::UPGRADE, "websocket")
         && has_token(&parts.headers, &header::CONNECTION, "upgrade")
 }
