@@ -88,7 +88,10 @@ for s in "${SYSTEMS[@]}"; do
     echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB" >&2
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# ticks PID: the process's CPU time so far, in clock ticks: user-space, then kernel.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# per_request TICKS REQUESTS: microseconds per request.
+per_request() { awk -v t="$1" -v hz="$HZ" -v r="$2" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}'; }
 HZ=$(getconf CLK_TCK)
 # CPU steal: time the hypervisor gave this machine's CPUs to other guests. A run with much of
 # it measured the neighbours as well; the report lists it per run.
@@ -105,19 +108,21 @@ for c in 1 50 200; do
     [ "$c" = 50 ] && runs+=(rproxy-observed)
     for round in $(seq "$ROUNDS"); do
         for s in "${runs[@]}"; do
-            before=$(ticks "${PID[$s]}")
+            read -r user0 sys0 < <(ticks "${PID[$s]}")
             stolen=$(steal_ticks)
             out=$(taskset -c 1 wrk -t1 -c"$c" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:${PORT[$s]}/")
-            after=$(ticks "${PID[$s]}")
+            read -r user1 sys1 < <(ticks "${PID[$s]}")
             steal=$(steal_pct "$stolen" "$(steal_ticks)")
             requests=$(echo "$out" | awk '/requests in/ {print $1}')
             rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
             p50=$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")
             p99=$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')")
             errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
-            cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$s" "$rps" "$p50" "$p99" "$cpu" "$errors" "$round" "$steal" >> "$RESULTS"
-            echo "c=$c round $round $s: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} us CPU/request, steal ${steal}% $errors" >&2
+            cpu=$(per_request $((user1 + sys1 - user0 - sys0)) "$requests")
+            user=$(per_request $((user1 - user0)) "$requests")
+            kernel=$(per_request $((sys1 - sys0)) "$requests")
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$s" "$rps" "$p50" "$p99" "$cpu" "$errors" "$round" "$steal" "$user" "$kernel" >> "$RESULTS"
+            echo "c=$c round $round $s: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} us CPU/request ($user user, $kernel kernel), steal ${steal}% $errors" >&2
         done
     done
 done
@@ -127,14 +132,14 @@ done
 H2="$DIR/h2.tsv"
 for round in $(seq "$ROUNDS"); do
     for s in "${H2_SYSTEMS[@]}"; do
-        before=$(ticks "${PID[$s]}")
+        read -r user0 sys0 < <(ticks "${PID[$s]}")
         out=$(taskset -c 1 h2load -t1 -c50 -m10 -D "$SECONDS_PER_RUN" "http://127.0.0.1:${H2_PORT[$s]}/" 2>&1)
-        after=$(ticks "${PID[$s]}")
+        read -r user1 sys1 < <(ticks "${PID[$s]}")
         done_n=$(echo "$out" | awk '/^requests:/ {print $6}')
         ok_n=$(echo "$out" | awk '/^requests:/ {print $8}')
         rps=$(echo "$out" | awk '/^finished in/ {print $4}')
         mean=$(to_us "$(echo "$out" | awk '/^time for request:/ {print $6}')")
-        cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$done_n" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}')
+        cpu=$(per_request $((user1 + sys1 - user0 - sys0)) "$done_n")
         printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$rps" "$mean" "$cpu" "$ok_n" >> "$H2"
         echo "h2 round $round $s: $rps req/s, mean ${mean}us, ${cpu} us CPU/request, $done_n done, $ok_n succeeded" >&2
     done
@@ -189,20 +194,23 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo
     echo "Each proxy has one worker pinned to CPU 0; wrk (-t1, ${SECONDS_PER_RUN}s per run) and the two nginx"
     echo "backends (12-byte answer, keep-alive) share CPU 1. Systems ran interleaved, $ROUNDS rounds; medians."
-    echo "CPU per request is the proxy's utime+stime over a run divided by the requests it served."
+    echo "CPU per request is the proxy's utime+stime over a run divided by the requests it served;"
+    echo "the user and kernel columns are its two parts (each a median of its own, so they need not add"
+    echo "up exactly): user is the proxy's own code and libraries, kernel the system calls and the"
+    echo "loopback TCP work done on its behalf."
     echo "Upstream keep-alive holds enough idle connections for 200 requests in flight everywhere"
     echo "(nginx \`keepalive 512\`, rproxy \`keepalive_connections = 256\` per backend, HAProxy"
     echo "\`http-reuse always\`, hyper-floor keeps all); with the defaults (32) a proxy opens a new backend connection for"
     echo "about one request in eight at 200 connections, and measures connection set-up instead."
     echo
-    echo "| connections | system | requests/s | p50 µs | p99 µs | CPU µs/request | CPU vs nginx |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| connections | system | requests/s | p50 µs | p99 µs | CPU µs/request | user µs | kernel µs | CPU vs nginx |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     for c in 1 50 200; do
         ng_cpu=$(awk -F'\t' -v c="$c" '$1 == c && $2 == "nginx" {print $6}' "$RESULTS" | median)
         for s in "${SYSTEMS[@]}"; do
             col() { awk -F'\t' -v c="$c" -v s="$s" -v k="$1" '$1 == c && $2 == s {print $k}' "$RESULTS" | median; }
             cpu=$(col 6)
-            printf '| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx |\n' "$c" "$s" "$(col 3)" "$(col 4)" "$(col 5)" "$cpu" "$(awk -v a="$cpu" -v b="$ng_cpu" 'BEGIN {print a / b}')"
+            printf '| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2fx |\n' "$c" "$s" "$(col 3)" "$(col 4)" "$(col 5)" "$cpu" "$(col 10)" "$(col 11)" "$(awk -v a="$cpu" -v b="$ng_cpu" 'BEGIN {print a / b}')"
         done
     done
     echo
