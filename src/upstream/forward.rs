@@ -133,7 +133,7 @@ pub async fn forward(
         );
         // The deadline from `sent`, not a second reading of the clock. (Durations in the config
         // are at most ten years, so this cannot overflow.)
-        match tokio::time::timeout_at(sent + timeout, sending).await {
+        match pool.response_timers.bound(sent + timeout, sending).await {
             Ok(Ok((resp, _)))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() =>
             {

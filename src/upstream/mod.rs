@@ -18,6 +18,7 @@ mod latency;
 mod pool;
 mod request_body;
 mod request_id;
+mod response_timer;
 mod retry;
 mod retry_budget;
 mod rolling;

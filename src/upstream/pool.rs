@@ -22,6 +22,7 @@ use super::backend::{Backend, backend};
 use super::backend_tls::BackendTls;
 use super::client::UpstreamClient;
 use super::keepalive::Keepalive;
+use super::response_timer::ResponseTimers;
 use super::retry::RetryRules;
 use super::sticky::Sticky;
 
@@ -67,6 +68,8 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// When a failed request goes to another backend, and the budget for that.
     pub(crate) retry: RetryRules,
+    /// The timers that bound each attempt's wait for a response head, kept between attempts.
+    pub(crate) response_timers: ResponseTimers,
     /// Requests go to the backends over HTTP/2.
     pub h2: bool,
     /// TLS to the backends (the health checks use it too).
@@ -168,6 +171,7 @@ impl Pool {
             failing_open: AtomicBool::new(false),
             slow_start: config.slow_start,
             retry: RetryRules::new(&config.retry),
+            response_timers: ResponseTimers::default(),
             h2: config.h2,
             hash_key: match &config.balance {
                 BalancePolicy::Hash { key, .. } => Some(key.clone()),
