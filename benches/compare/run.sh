@@ -82,10 +82,12 @@ done
 
 # Memory for 10,000 idle keep-alive client connections, measured first: after a load run an
 # allocator may keep freed memory, which would hide part of what the connections cost.
-declare -A IDLE
+declare -A IDLE IDLE5
 for s in "${SYSTEMS[@]}"; do
-    IDLE[$s]=$(idle_kib "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
-    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB" >&2
+    kib=$(idle_kib "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
+    IDLE[$s]=${kib% *}
+    IDLE5[$s]=${kib#* }
+    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB after 1 s, ${IDLE5[$s]} KiB after 5 s" >&2
 done
 
 # ticks PID: the process's CPU time so far, in clock ticks: user-space, then kernel.
@@ -231,12 +233,19 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo
     echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy | hyper-floor |"
     echo "|---|---|---|---|---|"
-    echo "| resident memory added | ${IDLE[rproxy]} KiB | ${IDLE[nginx]} KiB | ${IDLE[haproxy]} KiB | ${IDLE[hyper-floor]} KiB |"
-    per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.2f", k * 1024 / n}'; }
-    echo "| bytes per connection | $(per "${IDLE[rproxy]}") | $(per "${IDLE[nginx]}") | $(per "${IDLE[haproxy]}") | $(per "${IDLE[hyper-floor]}") |"
+    per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.0f", k * 1024 / n}'; }
+    # idle_rows WHEN ARRAY: the memory rows for one reading.
+    idle_rows() {
+        local -n kib=$2
+        echo "| resident memory added, $1 | ${kib[rproxy]} KiB | ${kib[nginx]} KiB | ${kib[haproxy]} KiB | ${kib[hyper-floor]} KiB |"
+        echo "| bytes per connection, $1 | $(per "${kib[rproxy]}") | $(per "${kib[nginx]}") | $(per "${kib[haproxy]}") | $(per "${kib[hyper-floor]}") |"
+    }
+    idle_rows "1 s after the last opened" IDLE
+    idle_rows "5 s after" IDLE5
     echo
     echo "Idle connections were opened (one GET each) before any load run, on fresh processes;"
-    echo "memory was read one second after the last was open."
+    echo "memory was read one and five seconds after the last was open (the same for every system:"
+    echo "an allocator may give freed buffers back to the system only after a delay)."
     echo
     echo "### Idle HTTPS connections"
     echo
