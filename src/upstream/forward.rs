@@ -183,7 +183,13 @@ pub async fn forward(
                 if let Some(why) = slot.failure() {
                     break Err(client_body_failed(why, client_ip, backend));
                 }
-                match attempt_failed(pool, backend, &attempts, slot.resendable(), &e) {
+                match attempt_lost(
+                    pool,
+                    backend,
+                    &attempts,
+                    slot.resendable(),
+                    Lost::Failed(&e),
+                ) {
                     ControlFlow::Break(answer) => break Err(answer),
                     ControlFlow::Continue(failure) => last_failure = Some(failure),
                 }
@@ -192,7 +198,13 @@ pub async fn forward(
                 if let Some(log) = &mut log {
                     log.backend = Some(backend.authority.clone());
                 }
-                match attempt_timed_out(pool, backend, &attempts, slot.resendable(), timeout) {
+                match attempt_lost(
+                    pool,
+                    backend,
+                    &attempts,
+                    slot.resendable(),
+                    Lost::TimedOut(timeout),
+                ) {
                     ControlFlow::Break(answer) => break Err(answer),
                     ControlFlow::Continue(failure) => last_failure = Some(failure),
                 }
@@ -250,70 +262,73 @@ fn client_body_failed(why: ClientBodyFailure, client_ip: IpAddr, backend: &Backe
     }
 }
 
-/// Counts a failed attempt against `backend`: `Break` with the client's answer when the request
+/// How an attempt got no response head.
+#[derive(Clone, Copy)]
+enum Lost<'e> {
+    Failed(&'e SendError),
+    TimedOut(std::time::Duration),
+}
+
+/// Counts a lost attempt against `backend`: `Break` with the client's answer when the request
 /// may not go elsewhere, `Continue` with the failure to answer if later attempts fail too.
 #[cold]
 #[inline(never)]
-fn attempt_failed(
+fn attempt_lost(
     pool: &Pool,
     backend: &Backend,
     attempts: &Attempts<'_>,
     resendable: bool,
-    e: &SendError,
+    lost: Lost<'_>,
 ) -> ControlFlow<ProxyError, ProxyError> {
-    backend.live.record_failure();
-    backend.metrics.error(error_kind(e));
-    pool.passive_failure(backend, "request failed");
-    let failure = if matches!(e, SendError::Connect { .. }) {
-        Failure::NotSent
-    } else {
-        Failure::NoAnswer
+    let (kind, what, failure, answer) = match lost {
+        Lost::Failed(e @ SendError::Connect { .. }) => (
+            error_kind(e),
+            "request failed",
+            Failure::NotSent,
+            ProxyError::AllBackendsFailed,
+        ),
+        Lost::Failed(e) => (
+            error_kind(e),
+            "request failed",
+            Failure::NoAnswer,
+            ProxyError::AllBackendsFailed,
+        ),
+        Lost::TimedOut(_) => (
+            ErrorKind::Timeout,
+            "response timeout",
+            Failure::NoAnswer,
+            ProxyError::UpstreamTimeout,
+        ),
     };
-    let retry = attempts.retry(failure, resendable);
-    tracing::warn!(
-        upstream = %pool.name,
-        backend = %backend.addr,
-        error = %error_chain(e),
-        retry = retry.is_ok(),
-        not_retried = retry.err().map(RetryRefusal::label),
-        "backend request failed"
-    );
-    if let Err(why) = retry {
-        pool.metrics.retry_refused(why);
-        return ControlFlow::Break(ProxyError::AllBackendsFailed);
-    }
-    pool.metrics.retries.increment(1);
-    ControlFlow::Continue(ProxyError::AllBackendsFailed)
-}
-
-/// Counts an attempt whose response head did not come within `timeout`, like `attempt_failed`.
-#[cold]
-#[inline(never)]
-fn attempt_timed_out(
-    pool: &Pool,
-    backend: &Backend,
-    attempts: &Attempts<'_>,
-    resendable: bool,
-    timeout: std::time::Duration,
-) -> ControlFlow<ProxyError, ProxyError> {
     backend.live.record_failure();
-    backend.metrics.error(ErrorKind::Timeout);
-    pool.passive_failure(backend, "response timeout");
-    let retry = attempts.retry(Failure::NoAnswer, resendable);
-    tracing::error!(
-        upstream = %pool.name,
-        backend = %backend.addr,
-        ?timeout,
-        retry = retry.is_ok(),
-        not_retried = retry.err().map(RetryRefusal::label),
-        "backend sent no response head in time"
-    );
+    backend.metrics.error(kind);
+    pool.passive_failure(backend, what);
+    let retry = attempts.retry(failure, resendable);
+    let not_retried = retry.err().map(RetryRefusal::label);
+    match lost {
+        Lost::Failed(e) => tracing::warn!(
+            upstream = %pool.name,
+            backend = %backend.addr,
+            error = %error_chain(e),
+            retry = retry.is_ok(),
+            not_retried,
+            "backend request failed"
+        ),
+        Lost::TimedOut(timeout) => tracing::error!(
+            upstream = %pool.name,
+            backend = %backend.addr,
+            ?timeout,
+            retry = retry.is_ok(),
+            not_retried,
+            "backend sent no response head in time"
+        ),
+    }
     if let Err(why) = retry {
         pool.metrics.retry_refused(why);
-        return ControlFlow::Break(ProxyError::UpstreamTimeout);
+        return ControlFlow::Break(answer);
     }
     pool.metrics.retries.increment(1);
-    ControlFlow::Continue(ProxyError::UpstreamTimeout)
+    ControlFlow::Continue(answer)
 }
 
 /// One attempt's request to `backend`: the rewritten head, the path (with the authority, for
