@@ -1,12 +1,9 @@
-//! Answers rproxy gives itself when it cannot pass a backend's answer on.
-//!
-//! Each failure maps to exactly one status and a short plain-text body, so clients and
-//! monitoring can tell "no backend could be reached" (502) from "no backend to try" (503) and
-//! "the backend was too slow" (504).
+//! Why rproxy answers a request itself rather than with a backend's answer, and the one status
+//! each reason maps to, so clients and monitoring can tell "no backend could be reached" (502)
+//! from "no backend to try" (503) and "the backend was too slow" (504). Ground floor: the
+//! response itself is built by `upstream::error_response`, with the body type of every answer.
 
-use http::{HeaderValue, Response, StatusCode, header};
-
-use crate::upstream::ProxyBody;
+use http::StatusCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -49,44 +46,6 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
-
-    pub fn response(self) -> Response<ProxyBody> {
-        let close = matches!(
-            self,
-            ProxyError::ClientBodyBroken
-                | ProxyError::ClientBodyTimeout
-                | ProxyError::ClientBodyTooLarge
-        );
-        // After a broken body, where the next request starts is unknown: close.
-        let mut resp = local_response(self.status(), close);
-        if self == ProxyError::NoBackend {
-            // Nothing could take it now; a backend may be back by the next health check.
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
-    }
-}
-
-/// A response of rproxy's own: the status line repeated as a short plain-text body, and
-/// `Connection: close` when the connection must not carry another request.
-pub fn local_response(status: StatusCode, close: bool) -> Response<ProxyBody> {
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let mut resp = Response::new(ProxyBody::local(text));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if close {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
 }
 
 /// An error with its whole `source()` chain, for log lines ("client error (Connect): tcp

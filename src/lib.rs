@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod error;
+pub mod header_text;
 pub mod health;
 mod idle_timer;
 pub mod listener;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{Server, Signals, StartError, send_to_pid_file, signal_for};

@@ -6,6 +6,9 @@
 //! rproxy's own fields, or JSON. Request threads only format a line and append it to a
 //! shared buffer (`writer`): one writer thread writes it out every 100 ms and reopens the file
 //! on SIGUSR1 (for logrotate), so no request waits on the disk.
+//!
+//! At the side: imports only `config` and `header_text`; the listener writes a record for each
+//! request it answers.
 
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -19,7 +22,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::{AccessFormat, AccessTarget, LogConfig};
-use crate::upstream::ip_text;
+use crate::header_text::ip_text;
 
 mod writer;
 

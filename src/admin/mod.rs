@@ -3,6 +3,9 @@
 //! status page. A listener of its own: admin paths are never served on a proxy listener,
 //! whatever Host or path a client sends there. With `token` set, every request needs
 //! `Authorization: Bearer <token>` (or `?token=`, so a browser can open the page).
+//!
+//! Reads the published snapshot (`state`) and the metrics; imports nothing of the request path
+//! below the snapshot, and nothing imports it but `server`.
 
 mod status;
 
@@ -24,7 +27,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::ListenerSockets;
 use crate::metrics::{render_process_metrics, without_removed_backends};
 use crate::state::SharedState;
 
@@ -36,8 +38,6 @@ pub struct AdminState {
     /// True while every listener is bound and serving; false during shutdown.
     pub ready: Arc<AtomicBool>,
     pub state: SharedState,
-    /// The listeners as they are now (a reload changes them).
-    pub listeners: Arc<arc_swap::ArcSwap<Vec<ListenerSockets>>>,
     pub started: SystemTime,
 }
 
@@ -125,7 +125,7 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             ),
         },
         "/status" => {
-            let status = status::build(&state.state.load(), &state.listeners.load(), state.started);
+            let status = status::build(&state.state.load(), state.started);
             match serde_json::to_vec_pretty(&status) {
                 Ok(json) => typed(json.into(), "application/json"),
                 Err(e) => {

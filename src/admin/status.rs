@@ -5,7 +5,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::listener::ListenerSockets;
 use crate::state::Snapshot;
 
 #[derive(Debug, Serialize)]
@@ -61,28 +60,24 @@ pub struct BackendStatus {
     pub latency_p99_ms: Option<f64>,
 }
 
-pub(super) fn build(
-    snapshot: &Snapshot,
-    sockets: &[ListenerSockets],
-    started: SystemTime,
-) -> Status {
+pub(super) fn build(snapshot: &Snapshot, started: SystemTime) -> Status {
     let started_unix = started
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut listeners: Vec<ListenerStatus> = sockets
-        .iter()
+    let mut listeners: Vec<ListenerStatus> = snapshot
+        .listeners
+        .values()
         .map(|l| ListenerStatus {
-            name: l.name.clone(),
-            protocol: match snapshot.listener(&l.name) {
-                Some(r) if r.settings.tcp.is_some() => "tcp",
-                Some(r) if r.tls.is_some() => "https",
-                _ => "http",
+            name: l.name.to_string(),
+            protocol: if l.settings.tcp.is_some() {
+                "tcp"
+            } else if l.tls.is_some() {
+                "https"
+            } else {
+                "http"
             },
             addresses: l.addresses.iter().map(ToString::to_string).collect(),
-            upstream: snapshot
-                .listener(&l.name)
-                .and_then(|r| r.settings.upstream.clone())
-                .unwrap_or_default(),
+            upstream: l.settings.upstream.clone().unwrap_or_default(),
             connections_open: l.connections.open(),
             max_connections: l.connections.limit(),
         })
@@ -115,14 +110,14 @@ pub(super) fn build(
                             (false, true) => "up",
                             (false, false) => "unhealthy",
                         },
-                        since_unix: b.live.state_since().unwrap_or(started_unix),
+                        since_unix: b.health.state_since().unwrap_or(started_unix),
                         last_check: b
-                            .live
+                            .health
                             .last_check()
                             .map(|ok| if ok { "pass" } else { "fail" }),
                         slow_start_share: pool
                             .slow_start
-                            .and_then(|ramp| b.live.slow_start.share(ramp)),
+                            .and_then(|ramp| b.health.slow_start.share(ramp)),
                         in_flight: b.live.in_flight(),
                         requests: b.live.requests(),
                         errors: b.live.failures(),

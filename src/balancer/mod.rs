@@ -4,6 +4,8 @@
 //! request). Policies are pure: no I/O, no clocks, so they are unit-tested and benchmarked
 //! alone. The pool filters out what may not be chosen (down, already tried, later unhealthy)
 //! through `eligible`; what happens when nothing is left (backups, 503) is decided by the pool.
+//!
+//! Imports nothing of rproxy but `config`'s plain types; `upstream::pool` is its only caller.
 
 mod hash;
 mod ip_hash;

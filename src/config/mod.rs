@@ -2,6 +2,8 @@
 //!
 //! `load` reads and validates a file (all errors at once, each naming file, line, column and key);
 //! `resolve` turns server names into addresses. The result feeds `state::Snapshot::build`.
+//!
+//! Ground floor: imports nothing else of rproxy; everything may import it.
 
 mod error;
 mod health_section;

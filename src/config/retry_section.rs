@@ -2,7 +2,7 @@
 //! `retry_buffer` and `retry_budget`, and `slow_start` for backends that come back.
 //!
 //! Read beside the rest of the upstream section; what they mean at run time is in
-//! `upstream::retry` (the decision to try again) and `upstream::slow_start` (the ramp).
+//! `upstream::pool` (the decision to try again, `retry.rs`) and `health::SlowStart` (the ramp).
 
 use super::model::{BalancePolicy, RetryPolicy, defaults};
 use super::reader::{Reader, Table, Value, flag, get, join};

@@ -1,5 +1,5 @@
 //! A listener's `tls` key and `redirect_https`: which certificate files to serve, for which
-//! names. The files are read when the snapshot is built (`listener::tls`), so a reload reads
+//! names. The files are read when the snapshot is built (`tls::server`), so a reload reads
 //! them again and a broken file is reported there with this key's place.
 
 use std::path::{Path, PathBuf};

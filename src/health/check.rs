@@ -2,6 +2,7 @@
 //! match. Each check opens its own connection, apart from the request pool, and closes it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, header};
@@ -10,11 +11,36 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConfig, HttpCheck};
-use crate::upstream::{BackendStream, BackendTls};
+use crate::tls::{BackendStream, BackendTls};
 use tokio_util::either::Either;
 
 /// How much of a body `expect_body` searches.
 const BODY_LIMIT: usize = 64 * 1024;
+
+/// Why a backend failed a check, for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP/2 handshake: {0}")]
+    Http2Handshake(hyper::Error),
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+    #[error("request: {0}")]
+    BadRequest(http::Error),
+    #[error("request: {0}")]
+    Request(hyper::Error),
+    #[error("status {0}")]
+    Status(u16),
+    #[error("body: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("body does not contain {0:?}")]
+    BodyMismatch(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// `Ok` when the backend passes; otherwise why not, for the log. With `tls` (the pool's TLS
 /// to its backends) the check completes a verified handshake first, so a backend with a bad
@@ -23,16 +49,16 @@ pub(super) async fn probe(
     addr: SocketAddr,
     config: &HealthCheckConfig,
     tls: Option<&BackendTls>,
-) -> Result<(), String> {
+) -> Result<(), CheckFailure> {
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(CheckFailure::Connect)?;
         let stream = match tls {
             Some(tls) => tls
                 .connect(addr.ip(), tcp)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?,
+                .map_err(CheckFailure::Tls)?,
             None => Either::Left(tcp),
         };
         match &config.http {
@@ -42,21 +68,21 @@ pub(super) async fn probe(
     };
     tokio::time::timeout(config.timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
+        .unwrap_or(Err(CheckFailure::Timeout(config.timeout)))
 }
 
 async fn http_probe(
     stream: BackendStream,
     addr: SocketAddr,
     http: &HttpCheck,
-) -> Result<(), String> {
+) -> Result<(), CheckFailure> {
     if http.h2 {
         let (sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             TokioIo::new(stream),
         )
         .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .map_err(CheckFailure::Http2Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "health check connection ended with an error");
@@ -66,7 +92,7 @@ async fn http_probe(
     }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(CheckFailure::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "health check connection ended with an error");
@@ -105,7 +131,7 @@ async fn check_answer(
     mut sender: impl CheckSender,
     addr: SocketAddr,
     http: &HttpCheck,
-) -> Result<(), String> {
+) -> Result<(), CheckFailure> {
     let host = http.host.clone().unwrap_or_else(|| addr.to_string());
     let mut req = if http.h2 {
         // HTTP/2 takes the host in the URI (`:authority`) and has no `Connection` header.
@@ -119,30 +145,27 @@ async fn check_answer(
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
     }
-    .map_err(|e| format!("request: {e}"))?;
+    .map_err(CheckFailure::BadRequest)?;
     for (name, value) in &http.headers {
         req.headers_mut().insert(name.clone(), value.clone());
     }
-    let resp = sender
-        .send(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender.send(req).await.map_err(CheckFailure::Request)?;
     let status = resp.status().as_u16();
     if !http
         .expect_status
         .iter()
         .any(|&(low, high)| (low..=high).contains(&status))
     {
-        return Err(format!("status {status}"));
+        return Err(CheckFailure::Status(status));
     }
     if let Some(needle) = &http.expect_body {
         let body = Limited::new(resp.into_body(), BODY_LIMIT)
             .collect()
             .await
-            .map_err(|e| format!("body: {e}"))?
+            .map_err(CheckFailure::Body)?
             .to_bytes();
         if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-            return Err(format!("body does not contain {needle:?}"));
+            return Err(CheckFailure::BodyMismatch(needle.clone()));
         }
     }
     Ok(())

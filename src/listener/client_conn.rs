@@ -20,15 +20,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::client_body::ClientBody;
 use crate::config::{ListenerConfig, defaults};
 use crate::metrics::ListenerMetrics;
-use crate::upstream::ProxyBody;
 
 use super::activity::{ConnActivity, Expiry};
 use super::http::{ListenerCtx, answer};
 use super::http1::{ends_cleanly, has_close_token};
+use super::io::ClientStream;
 use super::io::{ClientIo, Protocol};
-use super::tls::ClientStream;
 
 /// The listener settings a connection is served with. Compact, since every open connection
 /// keeps a copy: times in milliseconds (at least 1; the config allows at most 49 days, which
@@ -184,7 +184,7 @@ impl ClientConn {
         &self,
     ) -> impl Service<
         Request<Incoming>,
-        Response = Response<ProxyBody>,
+        Response = Response<ClientBody>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone

@@ -12,33 +12,34 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::request::Parts;
 use hyper::body::Incoming;
 use hyper::{Response, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessRecord;
-use crate::error::{ProxyError, local_response};
+use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
-use crate::state::SharedState;
-use crate::upstream::{Peer, ProxyBody, Route, forward};
+use crate::state::{ConnectionLimit, SharedState};
+use crate::upstream::{
+    ClientScheme, Peer, Route, X_REQUEST_ID, error_response, forward, local_response,
+};
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
 use super::bind::accept_queue_len;
+use super::client_body::ClientBody;
 use super::client_conn::{ClientConn, ConnSettings, OpenConn, Socket};
 use super::drive::drive;
 use super::http1::serve_http1;
 use super::idle_lot::IdleLot;
 use super::io::Protocol;
 use super::open::open;
-use super::sockets::Described;
 use super::tcp::serve_tcp;
 use super::validate::{self, Verdict};
 
@@ -51,8 +52,6 @@ pub(super) struct ListenerCtx {
     pub(super) shutdown: CancellationToken,
     /// Cancelled when the connections still open after the drain timeout are to be closed.
     pub(super) kill: CancellationToken,
-    /// Every listener's bound addresses (a redirect to https names the https port).
-    described: Described,
     metrics: Arc<ListenerMetrics>,
     /// Where idle plain-TCP HTTP/1 connections wait; `None` if it could not be started (they
     /// then wait in their tasks, as TLS ones do).
@@ -78,53 +77,6 @@ pub(super) struct ConnHolders {
     pub(super) idle_lot: Option<Arc<IdleLot>>,
 }
 
-/// The connection budget of one listener, shared by all its listen sockets.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimit {
-    slots: Arc<Semaphore>,
-    limit: Arc<AtomicUsize>,
-}
-
-impl ConnectionLimit {
-    pub fn new(limit: usize) -> Self {
-        ConnectionLimit {
-            slots: Arc::new(Semaphore::new(limit)),
-            limit: Arc::new(AtomicUsize::new(limit)),
-        }
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit.load(Ordering::Relaxed)
-    }
-
-    /// Client connections open on the listener now.
-    pub fn open(&self) -> usize {
-        self.limit().saturating_sub(self.slots.available_permits())
-    }
-
-    /// A reload changed `max_connections`: open connections stay; a lower limit takes effect
-    /// as they close.
-    pub fn set_limit(&self, new: usize) {
-        let old = self.limit.swap(new, Ordering::Relaxed);
-        if new > old {
-            self.slots.add_permits(new - old);
-        } else if new < old {
-            let owed = (old - new) - self.slots.forget_permits(old - new);
-            if let Ok(owed) = u32::try_from(owed)
-                && owed > 0
-            {
-                // The rest are held by open connections: take them as those close.
-                let slots = Arc::clone(&self.slots);
-                tokio::spawn(async move {
-                    if let Ok(permits) = slots.acquire_many_owned(owed).await {
-                        permits.forget();
-                    }
-                });
-            }
-        }
-    }
-}
-
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on
 /// `holders`' tracker so the caller can wait for them to drain.
 pub(super) async fn serve_listener(
@@ -134,10 +86,8 @@ pub(super) async fn serve_listener(
     limit: ConnectionLimit,
     stops: ListenerStops,
     holders: ConnHolders,
-    described: Described,
 ) {
     let ctx = Arc::new(ListenerCtx {
-        described,
         metrics: Arc::new(ListenerMetrics::new(&name)),
         name,
         state,
@@ -186,7 +136,7 @@ async fn connection_slot(
     name: &str,
     stop: &CancellationToken,
 ) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = Arc::clone(&limit.slots).try_acquire_owned() {
+    if let Some(slot) = limit.try_slot() {
         return Some(slot);
     }
     let since = tokio::time::Instant::now();
@@ -201,9 +151,9 @@ async fn connection_slot(
         );
         tokio::select! {
             _ = stop.cancelled() => return None,
-            slot = Arc::clone(&limit.slots).acquire_owned() => {
+            slot = limit.slot() => {
                 tracing::info!(listener = %name, waited = ?since.elapsed(), "below the connection limit again; accepting");
-                return slot.ok();
+                return slot;
             }
             _ = tokio::time::sleep(LIMIT_LOG_INTERVAL) => {}
         }
@@ -296,7 +246,7 @@ async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
 }
 
 /// Validates, routes and forwards one request (`parts`, its head, and `body`), or answers it
-/// locally.
+/// locally; the answer ends the request when its body is done (see `ClientBody`).
 ///
 /// An `async` block rather than an `async fn`, which would keep a second copy of the request
 /// head: every request allocates this future and it is moved on the way.
@@ -312,18 +262,19 @@ pub(super) fn answer(
     over_tls: bool,
     mut parts: Parts,
     body: Incoming,
-) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+) -> impl Future<Output = Response<ClientBody>> + Send + '_ {
     async move {
         let end = RequestEnd::new(active, &ctx.metrics);
         let snapshot = ctx.state.load_full();
         let Some(listener) = snapshot.listener(&ctx.name) else {
-            let mut resp = ProxyError::NoBackend.response();
-            ProxyBody::finish(&mut resp, None, end);
-            return resp;
+            return ClientBody::wrap(error_response(ProxyError::NoBackend), None, end);
         };
-        let mut answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        // Started before forwarding, for the request's whole time; it records the head as the
+        // client sent it.
+        let mut log = AccessRecord::start(&listener.name, peer.ip(), &parts);
+        let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
             Verdict::Forward if listener.settings.redirect_https => {
-                super::redirect::to_https(&parts, &snapshot, &ctx.described.load())
+                super::redirect::to_https(&parts, &snapshot)
             }
             Verdict::Forward => {
                 let host = parts
@@ -334,19 +285,31 @@ pub(super) fn answer(
                     Some(target) => {
                         let peer = Peer {
                             addr: peer,
-                            proto: if over_tls { "https" } else { "http" },
+                            scheme: if over_tls {
+                                ClientScheme::Https
+                            } else {
+                                ClientScheme::Http
+                            },
                         };
                         let route = Route {
-                            listener,
+                            listener: &listener.settings,
                             pool: target.to,
                             strip_prefix: target.strip,
                         };
                         let trusted = &snapshot.trusted_proxies;
-                        return forward(route, trusted, peer, &mut parts, body, end).await;
+                        let (resp, forwarded) =
+                            forward(route, trusted, peer, &mut parts, body).await;
+                        if let Some(log) = &mut log {
+                            log.client = forwarded.client_ip;
+                            log.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+                            log.backend = forwarded.backend.map(|b| b.authority.clone());
+                            log.upstream_time = forwarded.upstream_time;
+                        }
+                        resp
                     }
                     None => {
                         tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
-                        ProxyError::NoRoute.response()
+                        error_response(ProxyError::NoRoute)
                     }
                 }
             }
@@ -361,8 +324,6 @@ pub(super) fn answer(
                 local_response(r.status, r.close)
             }
         };
-        let log = AccessRecord::start(&listener.name, peer.ip(), &parts);
-        ProxyBody::finish(&mut answer, log, end);
-        answer
+        ClientBody::wrap(answer, log, end)
     }
 }

@@ -27,13 +27,13 @@ use tokio::time::Sleep;
 use tokio_util::either::Either;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::upstream::has_token;
+use crate::header_text::has_token;
 
 use super::client_conn::{ClientConn, OpenConn, Socket};
 use super::drive::{Driven, drive};
 use super::idle_lot::{IdleLot, Parked};
+use super::io::ClientStream;
 use super::io::poll_read_ready;
-use super::tls::ClientStream;
 
 /// Serves requests on `socket` until the client closes, a timeout expires or rproxy shuts
 /// down, or the connection goes to wait in the idle lot. `open` goes with the connection.

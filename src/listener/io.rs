@@ -29,12 +29,15 @@ use crate::idle_timer::IdleTimer;
 use super::activity::ConnActivity;
 use super::client_conn::Socket;
 use super::head_scan::HeadScan;
-use super::tls::ClientStream;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long an HTTP/1 connection stays idle before it is parked.
 const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// A client connection: plain TCP, or TLS over it.
+pub(super) type ClientStream =
+    tokio_util::either::Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Ready when the client sent something (or closed) on a parked connection.
 pub(super) fn poll_read_ready(stream: &ClientStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -2,10 +2,15 @@
 //! HTTP/2 to clients, and hands each request to the router and upstream.
 //!
 //! Next in the flow: `router` (which pool), then `upstream::forward`.
+//!
+//! Owns the client side of a connection: sockets, TLS handshakes, HTTP/1 and HTTP/2 serving,
+//! edge validation, idle connections, and the end of each request (`client_body`: metrics and
+//! access log). Imports `state`, `router` (through the snapshot), `upstream`, `access_log` and
+//! the ground floor; nothing imports it but `server`.
 
 mod activity;
 mod bind;
-mod cert_dates;
+mod client_body;
 mod client_conn;
 mod drive;
 mod head_scan;
@@ -18,12 +23,9 @@ mod proxy_protocol;
 mod redirect;
 mod sockets;
 mod tcp;
-mod tls;
 mod validate;
 
 pub use activity::{ActiveRequest, ConnActivity, RequestEnd};
 pub use bind::bind;
-pub use http::{ConnectionLimit, ListenerStops};
-pub use proxy_protocol::header as proxy_header;
-pub use sockets::{BindError, Described, ListenerSet, ListenerSockets, Plan};
-pub use tls::server_config as tls_server_config;
+pub use http::ListenerStops;
+pub use sockets::{BindError, ListenerSet, Plan};

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::http::ListenerCtx;
+use super::io::ClientStream;
 use super::io::{Protocol, sniff};
-use super::tls::ClientStream;
 
 /// The protocol: from ALPN over TLS (the handshake bounded by the header timeout), else from
 /// the first bytes. `None` when the client left, failed or was too slow, or on shutdown.

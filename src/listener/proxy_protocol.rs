@@ -1,5 +1,6 @@
-//! The PROXY protocol (HAProxy's, versions 1 and 2): the header a TCP listener sends a backend
-//! so it learns the client's address, and the one it reads from a load balancer in front.
+//! The PROXY protocol (HAProxy's, versions 1 and 2) on the way in: the header a load balancer
+//! in front of a listener sends to tell the client's address. (The header rproxy itself sends
+//! a backend is written in `upstream`.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -7,60 +8,10 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+use crate::upstream::PROXY_V2_SIGNATURE as V2_SIGNATURE;
+
 /// The longest v1 line: "PROXY TCP6 " + two addresses + two ports + "\r\n".
 const V1_MAX: usize = 107;
-
-/// The header for a connection from `client` to `server` (the address the client reached).
-pub fn header(version: u8, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
-    let (client, server) = same_family(client, server);
-    if version == 1 {
-        let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
-        return format!(
-            "PROXY {family} {} {} {} {}\r\n",
-            client.ip(),
-            server.ip(),
-            client.port(),
-            server.port()
-        )
-        .into_bytes();
-    }
-    let mut out = V2_SIGNATURE.to_vec();
-    out.push(0x21); // version 2, PROXY command
-    match (client.ip(), server.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => {
-            out.push(0x11); // TCP over IPv4
-            out.extend_from_slice(&12u16.to_be_bytes());
-            out.extend_from_slice(&c.octets());
-            out.extend_from_slice(&s.octets());
-        }
-        (c, s) => {
-            out.push(0x21); // TCP over IPv6
-            out.extend_from_slice(&36u16.to_be_bytes());
-            out.extend_from_slice(&v6(c).octets());
-            out.extend_from_slice(&v6(s).octets());
-        }
-    }
-    out.extend_from_slice(&client.port().to_be_bytes());
-    out.extend_from_slice(&server.port().to_be_bytes());
-    out
-}
-
-fn v6(ip: IpAddr) -> std::net::Ipv6Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    }
-}
-
-/// Both addresses in one family, as the header requires: IPv6 if either is.
-fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    if a.is_ipv4() == b.is_ipv4() {
-        return (a, b);
-    }
-    let up = |s: SocketAddr| SocketAddr::new(IpAddr::V6(v6(s.ip())), s.port());
-    (up(a), up(b))
-}
 
 /// Reads one PROXY header (v1 or v2) from the start of `stream`, leaving the bytes after it
 /// unread; returns the client address it names (`None` for `UNKNOWN` / `LOCAL`).
@@ -156,6 +107,7 @@ fn parse_v2(header: &[u8]) -> Result<Option<SocketAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::proxy_header as header;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("addr")

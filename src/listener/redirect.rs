@@ -5,19 +5,13 @@
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::error::local_response;
 use crate::state::Snapshot;
 use crate::upstream::ProxyBody;
-
-use super::sockets::ListenerSockets;
+use crate::upstream::local_response;
 
 /// The redirect for one request. The https port is that of the configuration's first https
 /// listener (left out when it is 443).
-pub(super) fn to_https(
-    parts: &Parts,
-    snapshot: &Snapshot,
-    listeners: &[ListenerSockets],
-) -> Response<ProxyBody> {
+pub(super) fn to_https(parts: &Parts, snapshot: &Snapshot) -> Response<ProxyBody> {
     let host = parts
         .uri
         .host()
@@ -32,8 +26,8 @@ pub(super) fn to_https(
         .listeners
         .iter()
         .find(|(_, l)| l.tls.is_some())
-        .and_then(|(name, _)| listeners.iter().find(|s| s.name == *name))
-        .and_then(|s| s.addresses.first())
+        .and_then(|(name, _)| snapshot.listener(name))
+        .and_then(|l| l.addresses.first())
         .map(|a| a.port())
         .filter(|&p| p != 443)
         .map(|p| format!(":{p}"))

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +20,7 @@ use crate::config::Config;
 use crate::state::SharedState;
 
 use super::bind::bind;
-use super::http::{ConnHolders, ConnectionLimit, ListenerStops, serve_listener};
+use super::http::{ConnHolders, ListenerStops, serve_listener};
 use super::http1::resume;
 use super::idle_lot::IdleLot;
 
@@ -37,19 +36,13 @@ pub struct BindError {
 /// The running listeners.
 #[derive(Debug)]
 pub struct ListenerSet {
-    state: SharedState,
     /// Cancelled at shutdown; every listener's tokens are its children.
     stop: CancellationToken,
     connections: ConnHolders,
     accept_loops: TaskTracker,
     sockets: Vec<Running>,
     groups: HashMap<String, Group>,
-    /// What `describe` says, kept current for `/status` and for redirects to the https port.
-    described: Described,
 }
-
-/// The listeners with their bound addresses, as last applied.
-pub type Described = Arc<ArcSwap<Vec<ListenerSockets>>>;
 
 /// One listen socket of one listener.
 #[derive(Debug)]
@@ -61,10 +54,9 @@ struct Running {
     accept_stop: CancellationToken,
 }
 
-/// What the sockets of one listener share.
+/// What the sockets of one listener share (its connection budget is in the snapshot).
 #[derive(Debug)]
 struct Group {
-    limit: ConnectionLimit,
     drain: CancellationToken,
     kill: CancellationToken,
 }
@@ -79,17 +71,8 @@ pub struct Plan {
 struct Wanted {
     listener: String,
     configured: SocketAddr,
-    max_connections: usize,
     /// `None`: the running socket for this listener and address stays.
     new_socket: Option<TcpListener>,
-}
-
-/// One listener's addresses and connection count, for `/status`.
-#[derive(Debug, Clone)]
-pub struct ListenerSockets {
-    pub name: String,
-    pub addresses: Vec<SocketAddr>,
-    pub connections: ConnectionLimit,
 }
 
 impl Plan {
@@ -108,7 +91,7 @@ impl Plan {
 impl ListenerSet {
     /// Must be called on the runtime that is to serve the connections: connections leaving
     /// the idle lot are spawned on it, onto `connections`.
-    pub fn new(state: SharedState, stop: CancellationToken, connections: TaskTracker) -> Self {
+    pub fn new(stop: CancellationToken, connections: TaskTracker) -> Self {
         let idle_lot = tokio::runtime::Handle::try_current()
             .map_err(std::io::Error::other)
             .and_then(|runtime| {
@@ -122,7 +105,6 @@ impl ListenerSet {
             })
             .ok();
         ListenerSet {
-            state,
             stop,
             connections: ConnHolders {
                 tasks: connections,
@@ -131,13 +113,25 @@ impl ListenerSet {
             accept_loops: TaskTracker::new(),
             sockets: Vec::new(),
             groups: HashMap::new(),
-            described: Arc::new(ArcSwap::from_pointee(Vec::new())),
         }
     }
 
-    /// The listeners and their bound addresses, updated by every `apply`.
-    pub fn described(&self) -> Described {
-        Arc::clone(&self.described)
+    /// Every listener's bound addresses once `plan` is applied: its kept sockets' and its new
+    /// ones', for the snapshot that goes with the plan.
+    pub fn addresses(&self, plan: &Plan) -> HashMap<String, Vec<SocketAddr>> {
+        let mut out: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for w in &plan.wanted {
+            let bound = match &w.new_socket {
+                Some(socket) => socket.local_addr().ok(),
+                None => self
+                    .sockets
+                    .iter()
+                    .find(|s| s.listener == w.listener && s.configured == w.configured)
+                    .map(|s| s.bound),
+            };
+            out.entry(w.listener.clone()).or_default().extend(bound);
+        }
+        out
     }
 
     /// Binds every address `config` has that is not already listening; nothing else changes.
@@ -166,7 +160,6 @@ impl ListenerSet {
                 wanted.push(Wanted {
                     listener: name.clone(),
                     configured: *addr,
-                    max_connections: l.max_connections,
                     new_socket,
                 });
             }
@@ -176,8 +169,10 @@ impl ListenerSet {
 
     /// Makes the running sockets those of `plan`: starts the new ones, stops the removed ones
     /// and drains the connections of removed listeners, closing what is left of them after
-    /// `drain_timeout`.
-    pub fn apply(&mut self, plan: Plan, drain_timeout: Duration) {
+    /// `drain_timeout`. `state` has just been given the snapshot that goes with the plan: new
+    /// accept loops serve from it, and each listener's connection limit is set from it.
+    pub fn apply(&mut self, plan: Plan, drain_timeout: Duration, state: &SharedState) {
+        let snapshot = state.load();
         let keep = |s: &Running| {
             plan.wanted
                 .iter()
@@ -210,16 +205,20 @@ impl ListenerSet {
             }
         }
         for w in plan.wanted {
+            let Some(listener) = snapshot.listener(&w.listener) else {
+                // The plan is made from the snapshot's own configuration.
+                continue;
+            };
             let group = self
                 .groups
                 .entry(w.listener.clone())
                 .or_insert_with(|| Group {
-                    limit: ConnectionLimit::new(w.max_connections),
                     drain: self.stop.child_token(),
                     kill: CancellationToken::new(),
                 });
-            if group.limit.limit() != w.max_connections {
-                group.limit.set_limit(w.max_connections);
+            let limit = &listener.connections;
+            if limit.limit() != listener.settings.max_connections {
+                limit.set_limit(listener.settings.max_connections);
             }
             let Some(socket) = w.new_socket else {
                 continue;
@@ -229,15 +228,14 @@ impl ListenerSet {
             self.accept_loops.spawn(serve_listener(
                 socket,
                 Arc::from(w.listener.as_str()),
-                Arc::clone(&self.state),
-                group.limit.clone(),
+                Arc::clone(state),
+                limit.clone(),
                 ListenerStops {
                     accept: accept_stop.clone(),
                     drain: group.drain.clone(),
                     kill: group.kill.clone(),
                 },
                 self.connections.clone(),
-                Arc::clone(&self.described),
             ));
             self.sockets.push(Running {
                 listener: w.listener,
@@ -246,27 +244,6 @@ impl ListenerSet {
                 accept_stop,
             });
         }
-        self.described.store(Arc::new(self.describe()));
-    }
-
-    /// Every listener with its bound addresses, in name order.
-    fn describe(&self) -> Vec<ListenerSockets> {
-        let mut out: Vec<ListenerSockets> = self
-            .groups
-            .iter()
-            .map(|(name, g)| ListenerSockets {
-                name: name.clone(),
-                addresses: self
-                    .sockets
-                    .iter()
-                    .filter(|s| s.listener == *name)
-                    .map(|s| s.bound)
-                    .collect(),
-                connections: g.limit.clone(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
     }
 
     /// Waits until every accept loop has stopped (after the stop token was cancelled), and

@@ -13,7 +13,7 @@ use http::request::Parts;
 use http::{Method, StatusCode, Version};
 
 use crate::config::RequestLimits;
-use crate::upstream::items;
+use crate::header_text::items;
 
 use super::head_scan::{CONTENT_LENGTH, FRAGMENT, TRANSFER_ENCODING};
 

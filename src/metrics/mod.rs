@@ -6,6 +6,8 @@
 //! status class, error kind. Handles are resolved once per listener and per backend when the
 //! runtime snapshot is built, so recording a request costs atomic adds, no label allocation.
 //! `admin.rs` serves the rendered text on the admin listener.
+//!
+//! Ground floor: imports only `config`; every room records through it.
 
 mod handles;
 mod process;

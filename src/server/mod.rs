@@ -4,6 +4,8 @@
 //! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop
 //! signal, applying reloads as they come (`reload`), then stops accepting, lets requests in
 //! progress finish within the drain timeout, and returns.
+//!
+//! The top: it may import every room, and none imports it (only `main` and `lib`).
 
 mod reload;
 mod signals;
@@ -23,7 +25,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::listener::{BindError, ListenerSet, Plan, bind};
 use crate::state::{SharedState, build_snapshot};
 
-pub use signals::{Control, PidFile, Signals, send_to_pid_file, signal_for};
+pub use signals::{Control, PidFile, SignalError, Signals, send_to_pid_file, signal_for};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -39,7 +41,7 @@ pub enum StartError {
 }
 
 pub struct Server {
-    config: Arc<Config>,
+    /// The one swappable runtime state; its `config` is the configuration in force.
     state: SharedState,
     listeners: ListenerSet,
     /// The sockets bound by `bind`, started by `run`.
@@ -58,13 +60,13 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         check_fd_limit(&config);
         let config = Arc::new(config);
-        let snapshot = build_snapshot(Arc::clone(&config), None).await?;
-        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let mut snapshot = build_snapshot(Arc::clone(&config), None).await?;
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
-        let listeners = ListenerSet::new(Arc::clone(&state), stop.clone(), connections.clone());
+        let listeners = ListenerSet::new(stop.clone(), connections.clone());
         let first_plan = listeners.plan(&config)?;
-        let described = listeners.described();
+        snapshot.set_addresses(listeners.addresses(&first_plan));
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let admin = match &config.admin {
             Some(a) => {
                 let socket = bind(a.listen).map_err(|source| BindError {
@@ -79,7 +81,6 @@ impl Server {
                     metrics: None,
                     ready: Arc::new(AtomicBool::new(false)),
                     state: Arc::clone(&state),
-                    listeners: Arc::clone(&described),
                     started: std::time::SystemTime::now(),
                 };
                 Some((socket, admin))
@@ -96,7 +97,6 @@ impl Server {
         };
         Ok(Server {
             checks: stop.child_token(),
-            config,
             state,
             listeners,
             first_plan: Some(first_plan),
@@ -150,9 +150,10 @@ impl Server {
         stop: impl Future<Output = ()>,
     ) -> usize {
         if let Some(plan) = self.first_plan.take() {
-            self.listeners.apply(plan, self.config.drain_timeout);
+            let drain_timeout = self.state.load().config.drain_timeout;
+            self.listeners.apply(plan, drain_timeout, &self.state);
         }
-        crate::health::spawn_checks(self.state.load().pools.values(), &self.checks);
+        start_checks(&self.state.load(), &self.checks);
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
         let admin_loop = TaskTracker::new();
         if let Some((socket, admin)) = self.admin.take() {
@@ -179,7 +180,7 @@ impl Server {
             ready.store(false, Ordering::Release);
         }
 
-        let drain_timeout = self.config.drain_timeout;
+        let drain_timeout = self.state.load().config.drain_timeout;
         tracing::info!(
             ?drain_timeout,
             "shutting down: no new connections, finishing requests in progress"
@@ -231,5 +232,12 @@ fn check_fd_limit(config: &Config) {
         );
     } else {
         tracing::debug!(open_file_limit = limit, "open-file limit");
+    }
+}
+
+/// Starts the active health checks of every pool of `snapshot`; they stop with `stop`.
+fn start_checks(snapshot: &crate::state::Snapshot, stop: &CancellationToken) {
+    for pool in snapshot.pools.values() {
+        crate::health::spawn_checks(pool.health_check.as_ref(), pool.check_targets(), stop);
     }
 }

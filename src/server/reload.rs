@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigErrors, parse};
 use crate::state::{Snapshot, build_snapshot};
 
-use super::Server;
+use super::{Server, start_checks};
 
 /// How long a reload may wait for name resolution before it gives up (the old configuration
 /// keeps running).
@@ -23,7 +23,8 @@ const RELOAD_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 impl Server {
     /// Applies the configuration file as it is now, or logs why not and changes nothing.
     pub(super) async fn reload(&mut self) {
-        let path = self.config.source.clone();
+        let old_config = Arc::clone(&self.state.load().config);
+        let path = old_config.source.clone();
         tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
         let prepared = async {
             let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -39,10 +40,12 @@ impl Server {
             .map_err(|_| {
                 ConfigErrors::whole_file(&path, "name resolution did not finish in 30s")
             })??;
+            let mut snapshot = snapshot;
             let plan = self
                 .listeners
                 .plan(&config)
                 .map_err(|e| ConfigErrors::whole_file(&path, e.to_string()))?;
+            snapshot.set_addresses(self.listeners.addresses(&plan));
             Ok::<_, ConfigErrors>((snapshot, plan))
         };
         let (snapshot, plan) = match prepared.await {
@@ -62,15 +65,15 @@ impl Server {
         };
         let new_config = Arc::clone(&snapshot.config);
         let old = self.state.swap(Arc::new(snapshot));
-        self.listeners.apply(plan, new_config.drain_timeout);
+        self.listeners
+            .apply(plan, new_config.drain_timeout, &self.state);
         // The checks restart on the new backends; their rise/fall state is in the backends'
         // live state, carried over for every unchanged address.
         self.checks.cancel();
         self.checks = self.stop.child_token();
-        crate::health::spawn_checks(self.state.load().pools.values(), &self.checks);
+        start_checks(&self.state.load(), &self.checks);
         log_changes(&old, &self.state.load());
-        warn_restart_only(&self.config, &new_config);
-        self.config = new_config;
+        warn_restart_only(&old_config, &new_config);
         crate::metrics::reload_result(true);
         tracing::info!("configuration reloaded");
     }

@@ -73,23 +73,44 @@ pub fn signal_for(command: &str) -> Option<rustix::process::Signal> {
     }
 }
 
-/// Sends `sig` to the process whose pid is in `pid_file`.
-pub fn send_to_pid_file(pid_file: &Path, sig: rustix::process::Signal) -> Result<i32, String> {
-    let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        format!(
-            "cannot read the pid file {}: {e} (is rproxy running with this configuration?)",
-            pid_file.display()
-        )
+/// Why `rproxy -s` could not signal the running process.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("cannot read the pid file {}: {source} (is rproxy running with this configuration?)", path.display())]
+    ReadPidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: `{text}` is not a pid", path.display())]
+    NotAPid {
+        path: std::path::PathBuf,
+        text: String,
+    },
+    #[error("cannot signal process {pid}: {source}")]
+    Kill { pid: i32, source: std::io::Error },
+}
+
+/// Sends `sig` to the process whose pid is in `pid_file`; returns that pid.
+pub fn send_to_pid_file(pid_file: &Path, sig: rustix::process::Signal) -> Result<i32, SignalError> {
+    let text = std::fs::read_to_string(pid_file).map_err(|source| SignalError::ReadPidFile {
+        path: pid_file.to_path_buf(),
+        source,
     })?;
     let pid = text
         .trim()
         .parse::<i32>()
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| format!("{}: `{}` is not a pid", pid_file.display(), text.trim()))?;
-    rustix::process::kill_process(pid, sig)
-        .map_err(|e| format!("cannot signal process {}: {e}", pid.as_raw_nonzero()))?;
-    Ok(pid.as_raw_nonzero().get())
+        .ok_or_else(|| SignalError::NotAPid {
+            path: pid_file.to_path_buf(),
+            text: text.trim().to_string(),
+        })?;
+    let raw = pid.as_raw_nonzero().get();
+    rustix::process::kill_process(pid, sig).map_err(|e| SignalError::Kill {
+        pid: raw,
+        source: e.into(),
+    })?;
+    Ok(raw)
 }
 
 /// The pid file, written once everything is bound and removed when the server stops.

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, resolve_servers};
 use crate::router::RouteTable;
-use crate::upstream::{BackendTls, Pool};
+use crate::tls::BackendTls;
+use crate::upstream::Pool;
 
-use super::{ListenerRuntime, Snapshot};
+use super::{ConnectionLimit, ListenerRuntime, Snapshot};
 
 /// Builds the runtime state for `config`. Fails only when a server name cannot be resolved;
 /// every such failure is reported, not just the first.
@@ -64,16 +65,22 @@ pub async fn build_snapshot(
         let tls = l
             .tls
             .as_ref()
-            .map(|t| crate::listener::tls_server_config(t, &config.source))
+            .map(|t| crate::tls::server_config(t, &config.source))
             .transpose()?;
         let routes = l
             .routes
             .iter()
             .map(|r| Ok((r.clone(), pool(&r.upstream)?)))
             .collect::<Result<Vec<_>, ConfigErrors>>()?;
+        let connections = previous.and_then(|p| p.listener(name)).map_or_else(
+            || ConnectionLimit::new(l.max_connections),
+            |before| before.connections.clone(),
+        );
         listeners.insert(
             name.clone(),
             Arc::new(ListenerRuntime {
+                addresses: Vec::new(),
+                connections,
                 name: Arc::from(name.as_str()),
                 routes: RouteTable::new(routes, default),
                 settings: l.clone(),

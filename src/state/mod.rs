@@ -4,10 +4,16 @@
 //! A request loads the snapshot once and keeps that `Arc` to its end, so a later swap (reload)
 //! never changes the rules under a request in progress. There is exactly one swappable value:
 //! several updated one after another would let a request see half of a change.
+//!
+//! Owns what a request reads: listeners (their routes, settings, bound addresses and connection
+//! budget) and pools. Imports `router`, `upstream`, `tls` and `config`; never `listener`, which
+//! reads it, nor `server`, which publishes it.
 
 mod build;
+mod connections;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,6 +24,7 @@ use crate::router::RouteTable;
 use crate::upstream::Pool;
 
 pub use build::build_snapshot;
+pub use connections::ConnectionLimit;
 
 /// The one swappable runtime state.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -41,10 +48,27 @@ pub struct ListenerRuntime {
     pub settings: ListenerConfig,
     /// For an https listener: its certificates, read when this snapshot was built.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The addresses its sockets are bound to (a configured port 0 is the port the system
+    /// chose), set before the snapshot is published.
+    pub addresses: Vec<SocketAddr>,
+    /// Its connection budget, carried over from the previous snapshot by name.
+    pub connections: ConnectionLimit,
 }
 
 impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
         self.listeners.get(name)
+    }
+
+    /// Records the bound addresses of each listener, before the snapshot is published (the
+    /// listeners' sockets are bound after it is built). A listener missing from `bound` has
+    /// none.
+    pub fn set_addresses(&mut self, mut bound: HashMap<String, Vec<SocketAddr>>) {
+        for (name, listener) in &mut self.listeners {
+            // Only the builder holds the snapshot's listeners until it is published.
+            if let Some(l) = Arc::get_mut(listener) {
+                l.addresses = bound.remove(name).unwrap_or_default();
+            }
+        }
     }
 }

@@ -1,40 +1,25 @@
-//! Upstream: the pools of backends, the client that reaches them over kept-alive connections,
-//! and forwarding.
+//! Upstream: from a chosen pool to a backend's answer. Three rooms, in the order a request
+//! passes them:
 //!
-//! The listener calls [`forward`] for each request with the pool the router chose; the pool's
-//! balancer picks a backend, the client sends the request over a kept-alive connection, and
-//! the answer streams back through [`ProxyBody`].
+//! - `forward/`: one request's journey: rewrite the head, ask the pool for a backend, send,
+//!   fail over when that is safe, and hand the answer back as a [`ProxyBody`]; also raw TCP
+//!   streams (`forward_stream`) and WebSocket tunnels.
+//! - `pool/`: the backends of one `[upstreams.NAME]`, their live numbers, which of them the
+//!   balancer may pick (asking `health` who is a candidate), sticky cookies and retry rules.
+//! - `client/`: the connections to backends: kept-alive connections per backend, the HTTP/1
+//!   and HTTP/2 client, and the request body as it goes out.
+//!
+//! Imports: `balancer`, `health`, `tls` and the ground floor (`config`, `metrics`, `error`,
+//! `header_text`, `idle_timer`). Never `listener`, `state` or `access_log`: the listener wraps
+//! what upstream hands back with its own end-of-request work.
 
-mod backend;
-mod backend_tls;
-mod body;
 mod client;
-mod fair_io;
 mod forward;
-mod hash_key;
-mod headers;
-mod keepalive;
-mod latency;
 mod pool;
-mod request_body;
-mod request_id;
-mod response_timer;
-mod retry;
-mod retry_budget;
-mod rolling;
-mod slow_start;
-mod sticky;
-mod stream_forward;
-mod tunnel;
 
-pub use backend::{Backend, BackendLive};
-pub use backend_tls::{BackendStream, BackendTls};
-pub use body::ProxyBody;
-pub use forward::{Peer, Route, forward};
-/// Public for the header-rewriting benchmark (`benches/balancer.rs`).
-pub use headers::{Present, remove_hop_by_hop, set_forwarding};
-pub(crate) use headers::{has_token, ip_text, items};
-pub use latency::LatencyWindow;
-pub use pool::Pool;
-pub use slow_start::{MIN_SHARE as SLOW_START_MIN_SHARE, SlowStart, ramp_share};
-pub use stream_forward::{StreamTotals, forward_stream};
+pub use forward::{
+    ClientScheme, Forwarded, PROXY_V2_SIGNATURE, Peer, Present, ProxyBody, Route, StreamTotals,
+    X_REQUEST_ID, error_response, forward, forward_stream, local_response, proxy_header,
+    remove_hop_by_hop, set_forwarding,
+};
+pub use pool::{Backend, BackendLive, LatencyWindow, Pool};

@@ -18,19 +18,12 @@ use tokio::time::Instant;
 use crate::config::RetryPolicy;
 use crate::metrics::RetryRefusal;
 
+use crate::upstream::client::UpstreamError;
+
 use super::retry_budget::RetryBudget;
 
 /// Retries a pool allows regardless of its request rate, per second.
 const MIN_RETRIES_PER_SECOND: u64 = 10;
-
-/// How one failed attempt failed, as far as sending it again is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Failure {
-    /// Nothing reached the backend: refused, unreachable, connect timeout.
-    NotSent,
-    /// The request reached the backend but no response started (reset, response timeout).
-    NoAnswer,
-}
 
 /// One pool's retry rules and its budget, shared by all its requests.
 #[derive(Debug)]
@@ -50,7 +43,7 @@ impl RetryRules {
     }
 
     /// A request starts: it adds to the budget, and its attempts are bounded from now.
-    pub(super) fn start(&self, method: &Method) -> Attempts<'_> {
+    pub(crate) fn start(&self, method: &Method) -> Attempts<'_> {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -64,7 +57,7 @@ impl RetryRules {
 
     /// How much of a request body to keep for sending it again: none for a request that will
     /// never be resent after reaching a backend.
-    pub(super) fn body_to_keep(&self, method: &Method) -> usize {
+    pub(crate) fn body_to_keep(&self, method: &Method) -> usize {
         if self.policy.non_idempotent || is_idempotent(method) {
             self.policy.buffer
         } else {
@@ -75,7 +68,7 @@ impl RetryRules {
 
 /// The attempts of one request.
 #[derive(Debug)]
-pub(super) struct Attempts<'a> {
+pub(crate) struct Attempts<'a> {
     rules: &'a RetryRules,
     made: u32,
     deadline: Option<Instant>,
@@ -85,7 +78,7 @@ pub(super) struct Attempts<'a> {
 impl Attempts<'_> {
     /// Starts an attempt; returns how long it may wait for the response head: the pool's
     /// `response` timeout, cut to what is left of `try_timeout`.
-    pub(super) fn begin(&mut self, response: Duration) -> Duration {
+    pub(crate) fn begin(&mut self, response: Duration) -> Duration {
         self.made += 1;
         match self.deadline {
             Some(deadline) => response.min(deadline.saturating_duration_since(Instant::now())),
@@ -95,8 +88,12 @@ impl Attempts<'_> {
 
     /// After a failed attempt: `Ok` if the request may go to another backend (the budget has
     /// then paid for it), else why not.
-    pub(super) fn retry(&self, failure: Failure, body_at_hand: bool) -> Result<(), RetryRefusal> {
-        if !body_at_hand || (failure == Failure::NoAnswer && !self.may_resend) {
+    pub(crate) fn retry(
+        &self,
+        failure: &UpstreamError,
+        body_at_hand: bool,
+    ) -> Result<(), RetryRefusal> {
+        if !body_at_hand || (failure.reached_backend() && !self.may_resend) {
             return Err(RetryRefusal::Unsafe);
         }
         if self.rules.policy.tries.is_some_and(|t| self.made >= t) {
@@ -127,6 +124,19 @@ mod tests {
     use super::*;
     use crate::config::defaults;
 
+    /// A failed connect: nothing reached the backend.
+    fn not_sent() -> UpstreamError {
+        UpstreamError::connect(
+            "127.0.0.1:1".parse().expect("addr"),
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )
+    }
+
+    /// No answer in time: the request may have reached the backend.
+    fn no_answer() -> UpstreamError {
+        UpstreamError::timed_out(Duration::from_secs(1))
+    }
+
     fn rules(f: impl FnOnce(&mut RetryPolicy)) -> RetryRules {
         let mut policy = RetryPolicy {
             tries: None,
@@ -144,23 +154,20 @@ mod tests {
         let r = rules(|_| {});
         let mut post = r.start(&Method::POST);
         post.begin(Duration::from_secs(1));
-        assert_eq!(post.retry(Failure::NotSent, true), Ok(()));
-        assert_eq!(
-            post.retry(Failure::NoAnswer, true),
-            Err(RetryRefusal::Unsafe)
-        );
+        assert_eq!(post.retry(&not_sent(), true), Ok(()));
+        assert_eq!(post.retry(&no_answer(), true), Err(RetryRefusal::Unsafe));
         assert_eq!(r.body_to_keep(&Method::POST), 0);
         let mut get = r.start(&Method::GET);
         get.begin(Duration::from_secs(1));
-        assert_eq!(get.retry(Failure::NoAnswer, true), Ok(()));
+        assert_eq!(get.retry(&no_answer(), true), Ok(()));
         assert_eq!(
-            get.retry(Failure::NoAnswer, false),
+            get.retry(&no_answer(), false),
             Err(RetryRefusal::Unsafe),
             "a body that left and was not kept cannot be sent again"
         );
         let r = rules(|p| p.non_idempotent = true);
         let post = r.start(&Method::POST);
-        assert_eq!(post.retry(Failure::NoAnswer, true), Ok(()));
+        assert_eq!(post.retry(&no_answer(), true), Ok(()));
         assert_eq!(r.body_to_keep(&Method::PATCH), defaults::RETRY_BUFFER);
     }
 
@@ -169,9 +176,9 @@ mod tests {
         let r = rules(|p| p.tries = Some(2));
         let mut a = r.start(&Method::GET);
         a.begin(Duration::from_secs(1));
-        assert_eq!(a.retry(Failure::NotSent, true), Ok(()));
+        assert_eq!(a.retry(&not_sent(), true), Ok(()));
         a.begin(Duration::from_secs(1));
-        assert_eq!(a.retry(Failure::NotSent, true), Err(RetryRefusal::Tries));
+        assert_eq!(a.retry(&not_sent(), true), Err(RetryRefusal::Tries));
     }
 
     #[tokio::test(start_paused = true)]
@@ -180,17 +187,14 @@ mod tests {
         let mut a = r.start(&Method::GET);
         assert_eq!(a.begin(Duration::from_secs(3)), Duration::from_secs(3));
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(a.retry(Failure::NoAnswer, true), Ok(()));
+        assert_eq!(a.retry(&no_answer(), true), Ok(()));
         assert_eq!(
             a.begin(Duration::from_secs(3)),
             Duration::from_secs(2),
             "the second attempt gets what is left"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(
-            a.retry(Failure::NoAnswer, true),
-            Err(RetryRefusal::TryTimeout)
-        );
+        assert_eq!(a.retry(&no_answer(), true), Err(RetryRefusal::TryTimeout));
     }
 
     #[tokio::test(start_paused = true)]
@@ -201,13 +205,13 @@ mod tests {
         let mut allowed = 0;
         for _ in 0..1000 {
             let a = r.start(&Method::GET);
-            if a.retry(Failure::NotSent, true).is_ok() {
+            if a.retry(&not_sent(), true).is_ok() {
                 allowed += 1;
             }
         }
         // 1000 requests allow 20% of them on top of the floor, and no more.
         assert_eq!(allowed, floor + 200);
         let a = r.start(&Method::GET);
-        assert_eq!(a.retry(Failure::NotSent, true), Err(RetryRefusal::Budget));
+        assert_eq!(a.retry(&not_sent(), true), Err(RetryRefusal::Budget));
     }
 }

@@ -5,6 +5,9 @@
 //! safe and allowed; it never goes to the same backend twice. When no attempt succeeded the
 //! client gets 502, or 504 when the last backend was too slow to answer; when there was nothing
 //! to try, 503.
+//!
+//! Imports `pool` and `client` below it, and the ground floor; never `listener`: it returns the
+//! response and what became of the request ([`Forwarded`]), and the listener does the rest.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
@@ -16,53 +19,90 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-use crate::access_log::AccessRecord;
 use crate::balancer::{PickContext, Tried};
+use crate::config::ListenerConfig;
 use crate::error::{ProxyError, error_chain};
-use crate::listener::RequestEnd;
+use crate::header_text::has_token;
 use crate::metrics::{ErrorKind, RetryRefusal};
-use crate::router::strip_path;
-use crate::state::ListenerRuntime;
 
-use super::backend::{Backend, InFlightGuard};
-use super::body::ProxyBody;
-use super::client::SendError;
-use super::headers::{Present, has_token, join_cookies, remove_hop_by_hop, set_forwarding};
-use super::keepalive::Reuse;
-use super::pool::Pool;
-use super::request_body::{ClientBodyFailure, RequestBodySlot, UpstreamRequestBody};
-use super::retry::{Attempts, Failure};
-use super::{hash_key, request_id, tunnel};
+use super::client::{
+    ClientBodyFailure, RequestBodySlot, Reuse, UpstreamError, UpstreamRequestBody,
+};
+use super::pool::{Attempts, Backend, InFlightGuard, Pool};
+
+mod body;
+mod hash_key;
+mod headers;
+mod proxy_header;
+mod request_id;
+mod stream;
+mod tunnel;
+
+pub use body::{ProxyBody, error_response, local_response};
+/// Public for the header-rewriting benchmark (`benches/balancer.rs`).
+pub use headers::{Present, remove_hop_by_hop, set_forwarding};
+pub use proxy_header::{V2_SIGNATURE as PROXY_V2_SIGNATURE, header as proxy_header};
+pub use request_id::X_REQUEST_ID;
+pub use stream::{StreamTotals, forward_stream};
+
+use headers::join_cookies;
 
 /// Everything about the client connection a request needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
-    pub proto: &'static str,
+    /// How the client reached rproxy, for `X-Forwarded-Proto` and secure cookies.
+    pub scheme: ClientScheme,
+}
+
+/// Plain HTTP or HTTPS, as the client connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientScheme {
+    Http,
+    Https,
+}
+
+impl ClientScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientScheme::Http => "http",
+            ClientScheme::Https => "https",
+        }
+    }
 }
 
 /// Where the router sent a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Route<'a> {
-    pub listener: &'a ListenerRuntime,
+    /// The listener's settings (request body limits and timeouts).
+    pub listener: &'a ListenerConfig,
     pub pool: &'a Pool,
     /// The route's path prefix, to remove from the path sent upstream.
     pub strip_prefix: Option<&'a str>,
 }
 
+/// What became of a forwarded request, for the listener's access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The client's address: the peer's, or the one a trusted proxy forwarded.
+    pub client_ip: IpAddr,
+    /// The backend that answered, or the last one that timed out.
+    pub backend: Option<&'a Backend>,
+    /// The time to the answering backend's response head.
+    pub upstream_time: Option<std::time::Duration>,
+}
+
 /// Forwards a request (`parts`, its head, rewritten here for the backend, and `body`) through
-/// the routed pool and returns the response for the client. The head is borrowed: it stays
-/// in the caller's future rather than being copied into this one, which every request
-/// allocates and moves.
-pub async fn forward(
-    route: Route<'_>,
+/// the routed pool and returns the response for the client, with what became of it. The head
+/// is borrowed: it stays in the caller's future rather than being copied into this one, which
+/// every request allocates and moves.
+pub async fn forward<'a>(
+    route: Route<'a>,
     trusted_proxies: &[ipnet::IpNet],
     peer: Peer,
     parts: &mut Parts,
     body: Incoming,
-    end: RequestEnd,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Forwarded<'a>) {
     let Route { listener, pool, .. } = route;
     let present = Present::of(&parts.headers);
     // A WebSocket keeps its upgrade headers, and the client side of the switch for later.
@@ -84,19 +124,16 @@ pub async fn forward(
     if client_upgrade.is_some() {
         tunnel::restore_upgrade_headers(&mut parts.headers);
     }
-    let request_id = request_id::ensure(&mut parts.headers);
-    let mut log = AccessRecord::start(&listener.name, client_ip, parts).map(|mut log| {
-        log.request_id = Some(request_id);
-        log
-    });
+    request_id::ensure(&mut parts.headers);
+    let mut forwarded = Forwarded {
+        client_ip,
+        backend: None,
+        upstream_time: None,
+    };
 
     let path = upstream_path(parts, route.strip_prefix);
     let mut attempts = pool.retry.start(&parts.method);
-    let slot = RequestBodySlot::new(
-        body,
-        &listener.settings,
-        pool.retry.body_to_keep(&parts.method),
-    );
+    let slot = RequestBodySlot::new(body, listener, pool.retry.body_to_keep(&parts.method));
     let key = pool
         .hash_key
         .as_ref()
@@ -145,16 +182,14 @@ pub async fn forward(
                 if pool.passive.fail_on_status.contains(&status) {
                     pool.passive_failure(backend, &format!("status {status}"));
                 } else {
-                    backend.live.passive_success();
+                    backend.health.passive_success();
                 }
                 backend
                     .metrics
                     .response(resp.status().as_u16(), time_to_head);
                 backend.live.latency.record(time_to_head);
-                if let Some(log) = &mut log {
-                    log.backend = Some(backend.authority.clone());
-                    log.upstream_time = Some(time_to_head);
-                }
+                forwarded.backend = Some(backend);
+                forwarded.upstream_time = Some(time_to_head);
                 let mut resp = match client_upgrade.take() {
                     Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let backend_side = hyper::upgrade::on(&mut resp);
@@ -171,7 +206,8 @@ pub async fn forward(
                 };
                 if let Some(sticky) = &pool.sticky
                     && pinned != Some(index)
-                    && let Some(cookie) = sticky.set_cookie(index, peer.proto == "https")
+                    && let Some(cookie) =
+                        sticky.set_cookie(index, peer.scheme == ClientScheme::Https)
                 {
                     // New client, or its backend could not take it: pin it to this one.
                     resp.headers_mut()
@@ -183,28 +219,15 @@ pub async fn forward(
                 if let Some(why) = slot.failure() {
                     break Err(client_body_failed(why, client_ip, backend));
                 }
-                match attempt_lost(
-                    pool,
-                    backend,
-                    &attempts,
-                    slot.resendable(),
-                    Lost::Failed(&e),
-                ) {
+                match attempt_lost(pool, backend, &attempts, slot.resendable(), &e) {
                     ControlFlow::Break(answer) => break Err(answer),
                     ControlFlow::Continue(failure) => last_failure = Some(failure),
                 }
             }
             Err(_) => {
-                if let Some(log) = &mut log {
-                    log.backend = Some(backend.authority.clone());
-                }
-                match attempt_lost(
-                    pool,
-                    backend,
-                    &attempts,
-                    slot.resendable(),
-                    Lost::TimedOut(timeout),
-                ) {
+                forwarded.backend = Some(backend);
+                let e = UpstreamError::timed_out(timeout);
+                match attempt_lost(pool, backend, &attempts, slot.resendable(), &e) {
                     ControlFlow::Break(answer) => break Err(answer),
                     ControlFlow::Continue(failure) => last_failure = Some(failure),
                 }
@@ -212,9 +235,7 @@ pub async fn forward(
         }
     };
 
-    let mut response = outcome.unwrap_or_else(ProxyError::response);
-    ProxyBody::finish(&mut response, log, end);
-    response
+    (outcome.unwrap_or_else(error_response), forwarded)
 }
 
 // The failure paths below are out of line and `#[cold]`, so the request loop in `forward`
@@ -262,13 +283,6 @@ fn client_body_failed(why: ClientBodyFailure, client_ip: IpAddr, backend: &Backe
     }
 }
 
-/// How an attempt got no response head.
-#[derive(Clone, Copy)]
-enum Lost<'e> {
-    Failed(&'e SendError),
-    TimedOut(std::time::Duration),
-}
-
 /// Counts a lost attempt against `backend`: `Break` with the client's answer when the request
 /// may not go elsewhere, `Continue` with the failure to answer if later attempts fail too.
 #[cold]
@@ -278,57 +292,46 @@ fn attempt_lost(
     backend: &Backend,
     attempts: &Attempts<'_>,
     resendable: bool,
-    lost: Lost<'_>,
+    e: &UpstreamError,
 ) -> ControlFlow<ProxyError, ProxyError> {
-    let (kind, what, failure, answer) = match lost {
-        Lost::Failed(e @ SendError::Connect { .. }) => (
-            error_kind(e),
-            "request failed",
-            Failure::NotSent,
-            ProxyError::AllBackendsFailed,
-        ),
-        Lost::Failed(e) => (
-            error_kind(e),
-            "request failed",
-            Failure::NoAnswer,
-            ProxyError::AllBackendsFailed,
-        ),
-        Lost::TimedOut(_) => (
-            ErrorKind::Timeout,
-            "response timeout",
-            Failure::NoAnswer,
-            ProxyError::UpstreamTimeout,
-        ),
-    };
     backend.live.record_failure();
-    backend.metrics.error(kind);
-    pool.passive_failure(backend, what);
-    let retry = attempts.retry(failure, resendable);
+    backend.metrics.error(e.kind());
+    let timed_out = e.kind() == ErrorKind::Timeout;
+    pool.passive_failure(
+        backend,
+        if timed_out {
+            "response timeout"
+        } else {
+            "request failed"
+        },
+    );
+    let retry = attempts.retry(e, resendable);
     let not_retried = retry.err().map(RetryRefusal::label);
-    match lost {
-        Lost::Failed(e) => tracing::warn!(
+    if timed_out {
+        tracing::error!(
+            upstream = %pool.name,
+            backend = %backend.addr,
+            error = %e,
+            retry = retry.is_ok(),
+            not_retried,
+            "backend sent no response head in time"
+        );
+    } else {
+        tracing::warn!(
             upstream = %pool.name,
             backend = %backend.addr,
             error = %error_chain(e),
             retry = retry.is_ok(),
             not_retried,
             "backend request failed"
-        ),
-        Lost::TimedOut(timeout) => tracing::error!(
-            upstream = %pool.name,
-            backend = %backend.addr,
-            ?timeout,
-            retry = retry.is_ok(),
-            not_retried,
-            "backend sent no response head in time"
-        ),
+        );
     }
     if let Err(why) = retry {
         pool.metrics.retry_refused(why);
-        return ControlFlow::Break(answer);
+        return ControlFlow::Break(e.answer());
     }
     pool.metrics.retries.increment(1);
-    ControlFlow::Continue(answer)
+    ControlFlow::Continue(e.answer())
 }
 
 /// One attempt's request to `backend`: the rewritten head, the path (with the authority, for
@@ -351,16 +354,6 @@ fn upstream_request(
     }
     *req.headers_mut() = parts.headers.clone();
     req
-}
-
-/// How a failed request to a backend is counted: refused or unreachable (`connect`), broken
-/// after sending (`reset`), or an answer hyper could not parse (`protocol`).
-fn error_kind(e: &SendError) -> ErrorKind {
-    match e {
-        SendError::Connect { .. } => ErrorKind::Connect,
-        SendError::Http(h) if h.is_parse() => ErrorKind::Protocol,
-        SendError::Http(_) => ErrorKind::Reset,
-    }
 }
 
 /// Prepares the client's request head for a backend and returns the client address: `Host`
@@ -395,7 +388,7 @@ fn rewrite_request_head(
         present,
         peer.addr,
         trusted_proxies,
-        peer.proto,
+        peer.scheme.as_str(),
     )
 }
 
@@ -438,6 +431,19 @@ fn upstream_path(parts: &Parts, strip_prefix: Option<&str>) -> PathAndQuery {
     }
 }
 
+/// The path sent upstream once `prefix` is removed: `/v1/users?x` becomes `/users?x`, and
+/// `/v1` becomes `/`.
+fn strip_path(path_and_query: &str, prefix: &str) -> String {
+    let rest = path_and_query
+        .strip_prefix(prefix.trim_end_matches('/'))
+        .unwrap_or(path_and_query);
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
 /// The backend's `101` as the client gets it: its headers (hop-by-hop ones replaced by the
 /// upgrade's own) and no body; the bytes that follow go through the tunnel.
 fn switched_for_client(resp: Response<Incoming>) -> Response<ProxyBody> {
@@ -457,4 +463,17 @@ fn backend_uri(authority: http::uri::Authority, path: PathAndQuery) -> Uri {
     parts.path_and_query = Some(path);
     // Scheme, authority and path are each already valid, and together they always form a URI.
     Uri::from_parts(parts).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_keeps_the_rest_of_the_path_and_the_query() {
+        assert_eq!(strip_path("/v1/users?id=3", "/v1"), "/users?id=3");
+        assert_eq!(strip_path("/v1", "/v1"), "/");
+        assert_eq!(strip_path("/v1?x=1", "/v1"), "/?x=1");
+        assert_eq!(strip_path("/static/a.js", "/static/"), "/a.js");
+    }
 }

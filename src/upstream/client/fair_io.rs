@@ -17,7 +17,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::backend_tls::BackendStream;
+use crate::tls::BackendStream;
 
 const READ_BUDGET: usize = 64 * 1024;
 

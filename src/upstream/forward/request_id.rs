@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::HeaderValue;
 use http::header::{Entry, HeaderMap, HeaderName};
 
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The random prefix, already in hex: only the counter's half changes per request.

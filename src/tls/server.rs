@@ -1,5 +1,5 @@
-//! TLS termination (rustls): the certificates of an https listener, chosen by SNI, and the
-//! client stream that is either plain TCP or TLS over it.
+//! The server side: the certificates of an https listener, chosen by SNI. The handshake itself
+//! happens in the listener (`listener::open`).
 //!
 //! The certificate files are read when a snapshot is built, so a reload reads them again:
 //! new handshakes use the new certificates while open connections keep theirs, and a file
@@ -15,8 +15,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpStream;
-use tokio_util::either::Either;
 
 use crate::config::{CertFiles, ConfigError, ConfigErrors, TlsConfig};
 
@@ -134,6 +132,3 @@ impl ResolvesServerCert for SniResolver {
         Some(Arc::clone(chosen.unwrap_or(&self.default)))
     }
 }
-
-/// A client connection: plain TCP, or TLS over it.
-pub(super) type ClientStream = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;

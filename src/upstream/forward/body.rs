@@ -1,33 +1,28 @@
 //! The answer on its way back to the client: a backend's body streamed frame by frame
 //! (hyper's back-pressure, nothing buffered whole), cut when no bytes move for the body
-//! timeout, or a short message of rproxy's own. The body carries the guards whose drop marks
-//! the end of a request: the backend's in-flight count, the connection's activity, and the
-//! access log line. The request body on its way out is in `request_body`.
+//! timeout, or a short message of rproxy's own. The body carries what upstream must release
+//! when the answer ends: the backend's in-flight count and its connection, given back to the
+//! keep-alive cache. The listener wraps it with its own end-of-request work (metrics, access
+//! log), reading how many bytes went out here. The request body on its way out is in
+//! `client::request_body`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::access_log::AccessRecord;
+use crate::error::ProxyError;
 use crate::idle_timer::IdleTimer;
-use crate::listener::RequestEnd;
 
-use super::backend::InFlightGuard;
-use super::keepalive::Reuse;
-
-pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-#[derive(Debug, thiserror::Error)]
-#[error("no body bytes for {0:?}")]
-pub(super) struct BodyTimeout(pub Duration);
+use crate::upstream::client::{BodyError, BodyTimeout, Reuse};
+use crate::upstream::pool::InFlightGuard;
 
 /// The body of every response rproxy sends to a client: a backend's streamed body or a short
-/// message of rproxy's own. Dropping it (end of body, or client gone) ends the request.
+/// message of rproxy's own. Dropping it (end of body, or client gone) releases the backend.
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
@@ -35,9 +30,7 @@ pub struct ProxyBody {
     complete: bool,
     /// A backend body error held back for one poll (see `poll_frame`).
     deferred_error: Option<BodyError>,
-    log: Option<Box<AccessRecord>>,
     _in_flight: Option<InFlightGuard>,
-    end: Option<(RequestEnd, u16)>,
     /// The backend connection, given back when the body was read to its end.
     reuse: Option<Reuse>,
 }
@@ -63,9 +56,7 @@ impl ProxyBody {
             bytes: 0,
             complete: false,
             deferred_error: None,
-            log: None,
             _in_flight: Some(in_flight),
-            end: None,
             reuse,
         }
     }
@@ -76,24 +67,19 @@ impl ProxyBody {
             bytes: 0,
             complete: false,
             deferred_error: None,
-            log: None,
             _in_flight: None,
-            end: None,
             reuse: None,
         }
     }
 
-    /// Attaches to `resp`'s body what must be finished when the response is: the access log
-    /// line, the listener's request metrics and the connection's activity guard. In place:
-    /// the response is a few hundred bytes, and taking it apart and rebuilding it copies them.
-    pub fn finish(resp: &mut Response<ProxyBody>, log: Option<Box<AccessRecord>>, end: RequestEnd) {
-        let status = resp.status().as_u16();
-        let body = resp.body_mut();
-        body.log = log.map(|mut log| {
-            log.status = status;
-            log
-        });
-        body.end = Some((end, status));
+    /// The body bytes passed on so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether hyper read the body to its end.
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 }
 
@@ -105,12 +91,6 @@ impl Drop for ProxyBody {
             && (self.complete || self.is_end_stream())
         {
             reuse.release();
-        }
-        if let Some(log) = self.log.take() {
-            log.emit(self.bytes, self.complete);
-        }
-        if let Some((end, status)) = self.end.take() {
-            end.finish(status);
         }
     }
 }
@@ -180,4 +160,44 @@ impl Body for ProxyBody {
             Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
+}
+
+/// The client's answer when rproxy cannot pass a backend's on: the status `error` maps to,
+/// `Connection: close` after a broken request body (where the next request would start is
+/// unknown), and `Retry-After` when no backend could take it now.
+pub fn error_response(error: ProxyError) -> Response<ProxyBody> {
+    let close = matches!(
+        error,
+        ProxyError::ClientBodyBroken
+            | ProxyError::ClientBodyTimeout
+            | ProxyError::ClientBodyTooLarge
+    );
+    let mut resp = local_response(error.status(), close);
+    if error == ProxyError::NoBackend {
+        // Nothing could take it now; a backend may be back by the next health check.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// A response of rproxy's own: the status line repeated as a short plain-text body, and
+/// `Connection: close` when the connection must not carry another request.
+pub fn local_response(status: StatusCode, close: bool) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut resp = Response::new(ProxyBody::local(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }

@@ -11,6 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::header_text::{ip_text, items};
+
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -25,25 +27,6 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// The items of one comma-separated header line (`Connection`, `Upgrade`, `TE`,
-/// `Transfer-Encoding`), trimmed, empty ones skipped. Byte-wise: the tokens compared are
-/// ASCII, and a token that is not a valid name is simply not one rproxy acts on. (Going
-/// through `to_str`, `split` and `trim` on every request showed in profiles.)
-pub(crate) fn items(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    line.as_bytes()
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|item| !item.is_empty())
-}
-
-/// Whether the comma-separated header `name` lists `token` (compared without case).
-pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .any(|line| items(line).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
-}
 
 /// Which of the headers rproxy acts on a head carries, from one pass over its names: a test
 /// or removal of an absent header then costs nothing, where a map lookup hashes the name, and
@@ -175,24 +158,6 @@ pub fn set_forwarding(
         headers.remove(header::FORWARDED);
     }
     client
-}
-
-/// `ip` as a header value. Formatting an address showed in profiles, and a connection's
-/// requests (often a thread's) come from one address, so each thread keeps the last one.
-pub(crate) fn ip_text(ip: IpAddr) -> HeaderValue {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((cached, text)) if *cached == ip => text.clone(),
-        _ => {
-            // An address prints as digits, dots, colons and hex: always a valid value.
-            let text = HeaderValue::try_from(ip.to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-            *last = Some((ip, text.clone()));
-            text
-        }
-    })
 }
 
 /// All values of a header joined with ", ", or `None` if it is absent or not text.
@@ -348,19 +313,6 @@ mod tests {
             ("accept", "*"),
         ]);
         assert_eq!(Present::of(&untracked), Present(0));
-    }
-
-    #[test]
-    fn a_token_is_found_in_any_line_without_case_or_spaces() {
-        let h = map(&[
-            ("connection", "keep-alive"),
-            ("connection", " x-a ,  Close ,"),
-        ]);
-        assert!(has_token(&h, &header::CONNECTION, "close"));
-        assert!(has_token(&h, &header::CONNECTION, "keep-alive"));
-        assert!(!has_token(&h, &header::CONNECTION, "clos"));
-        assert!(!has_token(&h, &header::CONNECTION, ""));
-        assert!(!has_token(&h, &header::UPGRADE, "websocket"));
     }
 
     #[test]

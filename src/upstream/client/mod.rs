@@ -12,6 +12,8 @@
 //! keep-alive (Node.js: 5 s) so a pooled connection is normally closed by us first; when a
 //! backend closes one anyway just before reuse, hyper gives the unsent request back and it
 //! goes out on another connection.
+//!
+//! Imports `tls` and the ground floor; never `pool` or `forward`, which use it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,22 +29,22 @@ use tokio_util::either::Either;
 
 use crate::config::UpstreamConfig;
 
-use super::backend_tls::BackendTls;
-use super::fair_io::UpstreamIo;
-use super::keepalive::{Keepalive, Reuse, Sender};
-use super::request_body::UpstreamRequestBody;
+use crate::tls::BackendTls;
 
-/// Why a request got no response from a backend.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SendError {
-    /// No connection: refused, unreachable, timed out, or a failed TLS handshake. The request
-    /// was not sent.
-    #[error("connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
-    /// The connection failed, or the backend's answer was not HTTP.
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
+mod error;
+mod fair_io;
+mod keepalive;
+mod request_body;
+mod response_timer;
+
+pub(crate) use error::UpstreamError;
+use fair_io::UpstreamIo;
+use keepalive::Sender;
+pub(crate) use keepalive::{Keepalive, Reuse};
+pub(crate) use request_body::{
+    BodyError, BodyTimeout, ClientBodyFailure, RequestBodySlot, UpstreamRequestBody,
+};
+pub(crate) use response_timer::ResponseTimers;
 
 /// What a pool's requests are sent with.
 #[derive(Debug)]
@@ -81,7 +83,7 @@ impl UpstreamClient {
         addr: SocketAddr,
         keepalive: &'a Arc<Keepalive>,
         mut req: Request<UpstreamRequestBody>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Reuse>), SendError>> + Send + 'a
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Reuse>), UpstreamError>> + Send + 'a
     {
         async move {
             // Kept connections first. One the backend closed just now gives the request back
@@ -113,13 +115,13 @@ impl UpstreamClient {
                 match sent {
                     Ok(answer) => return Ok(answer),
                     Err(Unsent::Back(_)) if new => {
-                        return Err(SendError::Connect {
+                        return Err(UpstreamError::connect(
                             addr,
-                            source: io::Error::new(
+                            io::Error::new(
                                 io::ErrorKind::ConnectionAborted,
                                 "closed before the request",
                             ),
-                        });
+                        ));
                     }
                     Err(Unsent::Back(r)) => req = *r,
                     Err(Unsent::Failed(e)) => return Err(e.into()),
@@ -134,7 +136,7 @@ impl UpstreamClient {
         &self,
         addr: SocketAddr,
         keepalive: &Arc<Keepalive>,
-    ) -> Result<Sender, SendError> {
+    ) -> Result<Sender, UpstreamError> {
         let io = self.connect(addr).await?;
         Ok(if self.h2 {
             let (sender, conn) = self.http2.handshake(io).await?;
@@ -151,8 +153,8 @@ impl UpstreamClient {
 
     /// A new connection to `addr`: TCP (no delay, keep-alive probes), then TLS if the pool
     /// has it.
-    async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, SendError> {
-        let failed = |source| SendError::Connect { addr, source };
+    async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, UpstreamError> {
+        let failed = |source| UpstreamError::connect(addr, source);
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {

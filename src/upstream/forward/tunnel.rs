@@ -15,8 +15,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::backend::InFlightGuard;
-use super::headers::{Present, has_token};
+use crate::header_text::has_token;
+use crate::upstream::pool::InFlightGuard;
+
+use super::headers::Present;
 
 const BUFFER: usize = 16 * 1024;
 

@@ -22,11 +22,16 @@ use hyper::body::Incoming;
 use crate::config::ListenerConfig;
 use crate::idle_timer::IdleTimer;
 
-use super::body::{BodyError, BodyTimeout};
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// No bytes moved, either way, for the body timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {0:?}")]
+pub(crate) struct BodyTimeout(pub Duration);
 
 /// Why the client's request body stopped, if it did not end normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ClientBodyFailure {
+pub(crate) enum ClientBodyFailure {
     /// The client's body was malformed or the client went away.
     Broken,
     /// The client sent nothing for the listener's body timeout.
@@ -38,7 +43,7 @@ pub(super) enum ClientBodyFailure {
 /// Holds the client's request body until one upstream connection takes it, and the copy kept
 /// for a retry.
 #[derive(Debug)]
-pub(super) struct RequestBodySlot {
+pub(crate) struct RequestBodySlot {
     body: Mutex<Option<Incoming>>,
     taken: AtomicBool,
     failure: AtomicU8,
@@ -60,7 +65,7 @@ struct Replay {
 
 impl RequestBodySlot {
     /// `replay_limit`: the largest body kept for a retry (0 keeps none).
-    pub(super) fn new(body: Incoming, listener: &ListenerConfig, replay_limit: usize) -> Arc<Self> {
+    pub(crate) fn new(body: Incoming, listener: &ListenerConfig, replay_limit: usize) -> Arc<Self> {
         Arc::new(RequestBodySlot {
             idle_timeout: listener.body_timeout,
             max_size: listener.limits.max_body_size,
@@ -79,11 +84,11 @@ impl RequestBodySlot {
 
     /// Whether the request could be sent again whole: none of the body has left rproxy, or all
     /// of it was read and kept.
-    pub(super) fn resendable(&self) -> bool {
+    pub(crate) fn resendable(&self) -> bool {
         !self.taken.load(Ordering::Acquire) || self.kept().is_some()
     }
 
-    pub(super) fn failure(&self) -> Option<ClientBodyFailure> {
+    pub(crate) fn failure(&self) -> Option<ClientBodyFailure> {
         match self.failure.load(Ordering::Acquire) {
             1 => Some(ClientBodyFailure::Broken),
             2 => Some(ClientBodyFailure::TimedOut),
@@ -94,7 +99,7 @@ impl RequestBodySlot {
 
     /// A body for one attempt: the client's stream for the first attempt that reads it, the
     /// kept copy for a retry after that.
-    pub(super) fn attempt(self: &Arc<Self>) -> UpstreamRequestBody {
+    pub(crate) fn attempt(self: &Arc<Self>) -> UpstreamRequestBody {
         if self.taken.load(Ordering::Acquire)
             && let Some(chunks) = self.kept()
         {

@@ -4,9 +4,11 @@
 //! when no primary is left (all down or already tried), for a backup. That decision, and the
 //! "nothing left" outcome, live here and nowhere else. Per-backend live numbers sit in an `Arc`
 //! keyed by the backend's address so that a rebuilt pool (reload) can carry them over.
+//!
+//! Imports `balancer`, `health` (who is a candidate) and `upstream::client` (each backend's
+//! kept-alive connections); never `forward`, which calls it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::balancer::{
@@ -16,15 +18,27 @@ use crate::balancer::{
 use crate::config::{
     BalancePolicy, HealthCheckConfig, KeyTemplate, PassiveHealth, ResolvedServer, UpstreamConfig,
 };
+use crate::health::{CheckTarget, FailOpen};
 use crate::metrics::PoolMetrics;
 
-use super::backend::{Backend, backend};
-use super::backend_tls::BackendTls;
-use super::client::UpstreamClient;
-use super::keepalive::Keepalive;
-use super::response_timer::ResponseTimers;
-use super::retry::RetryRules;
-use super::sticky::Sticky;
+use crate::tls::BackendTls;
+
+use super::client::{Keepalive, ResponseTimers, UpstreamClient};
+
+mod backend;
+mod latency;
+mod retry;
+mod retry_budget;
+mod rolling;
+mod sticky;
+
+pub(crate) use backend::InFlightGuard;
+pub use backend::{Backend, BackendLive};
+pub use latency::LatencyWindow;
+pub(crate) use retry::{Attempts, RetryRules};
+pub(crate) use sticky::Sticky;
+
+use backend::backend;
 
 /// Per-pool timeouts, read on every request.
 #[derive(Debug, Clone, Copy)]
@@ -60,10 +74,8 @@ pub struct Pool {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive health: what counts as a failure, and for how long it leaves a backend out.
     pub passive: PassiveHealth,
-    /// When every backend is unhealthy: send to them anyway (true) or find none (503).
-    fail_open: bool,
-    /// Whether the pool is in a fail-open episode, so it is logged once per episode.
-    failing_open: AtomicBool,
+    /// When every backend is unhealthy: send to them anyway, or find none (503).
+    fail_open: FailOpen,
     /// How long a backend that comes back ramps up its share of requests.
     pub slow_start: Option<Duration>,
     /// When a failed request goes to another backend, and the budget for that.
@@ -167,8 +179,7 @@ impl Pool {
             sticky,
             health_check: config.health_check.clone(),
             passive: config.passive.clone(),
-            fail_open: config.fail_open,
-            failing_open: AtomicBool::new(false),
+            fail_open: FailOpen::new(config.fail_open),
             slow_start: config.slow_start,
             retry: RetryRules::new(&config.retry),
             response_timers: ResponseTimers::default(),
@@ -188,6 +199,21 @@ impl Pool {
 
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// What the health checks need of each backend that is not `down`.
+    pub fn check_targets(&self) -> Vec<CheckTarget> {
+        self.backends
+            .iter()
+            .filter(|b| !b.down)
+            .map(|b| CheckTarget {
+                upstream: Arc::clone(&self.name),
+                addr: b.addr,
+                health: Arc::clone(&b.health),
+                metrics: Arc::clone(&b.metrics),
+                tls: self.tls.clone(),
+            })
+            .collect()
     }
 
     /// Counts a failure towards passive health, and says so when it leaves the backend out.
@@ -214,25 +240,21 @@ impl Pool {
     pub fn select(&self, ctx: &PickContext<'_>, tried: &Tried) -> Option<usize> {
         if let Some(i) = self.select_among(ctx, tried, true) {
             let i = self.slow_started(ctx, tried, i);
-            if self.failing_open.swap(false, Ordering::Relaxed) {
-                tracing::info!(upstream = %self.name, "healthy backends again; fail-open ended");
-            }
+            self.fail_open.healthy_found(&self.name);
             return Some(i);
         }
-        // Nothing healthy is left. If that is only because the checks fail everywhere, a broken
-        // health endpoint must not black-hole a working pool (Envoy's panic mode): send to the
-        // backends anyway, unless the pool is set to answer 503.
+        // Nothing healthy is left: health's fail-open rule says whether to send to the
+        // unhealthy ones anyway.
         let unhealthy_left = self
             .backends
             .iter()
             .enumerate()
             .any(|(i, b)| !b.down && !tried.contains(i) && !b.healthy());
-        if !unhealthy_left || !self.fail_open {
+        if !self
+            .fail_open
+            .send_anyway(&self.name, unhealthy_left, &self.metrics)
+        {
             return None;
-        }
-        if !self.failing_open.swap(true, Ordering::Relaxed) {
-            tracing::warn!(upstream = %self.name, "every backend is unhealthy: sending requests to them anyway (all_unhealthy = \"fail_open\")");
-            self.metrics.fail_open.increment(1);
         }
         self.select_among(ctx, tried, false)
     }
@@ -282,7 +304,7 @@ impl Pool {
         let Some(ramp) = self.slow_start else {
             return i;
         };
-        let Some(share) = self.backends[i].live.slow_start.share(ramp) else {
+        let Some(share) = self.backends[i].health.slow_start.share(ramp) else {
             return i;
         };
         if fastrand::f64() < share {

@@ -26,7 +26,7 @@ use crate::balancer::{PickContext, Tried};
 use crate::config::TcpSettings;
 use crate::metrics::ErrorKind;
 
-use super::pool::Pool;
+use crate::upstream::pool::Pool;
 
 /// Copy buffer per direction: tokio's default of 8 KiB costs a system call per 8 KiB; 64 KiB
 /// moved one stream about a tenth faster here (`benches/tcp_throughput.sh`).
@@ -87,7 +87,7 @@ pub async fn forward_stream(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a backend connection");
     }
     if let Some(version) = settings.send_proxy_protocol {
-        let header = crate::listener::proxy_header(version, client_addr, local);
+        let header = super::proxy_header::header(version, client_addr, local);
         if let Err(e) = backend_conn.write_all(&header).await {
             tracing::warn!(backend = %backend.addr, error = %e, "cannot send the PROXY header");
             return StreamTotals::default();
@@ -101,7 +101,7 @@ pub async fn forward_stream(
         settings.idle_timeout,
     )
     .await;
-    backend.live.passive_success();
+    backend.health.passive_success();
     totals
 }
 

@@ -1,0 +1,152 @@
+//! One backend of a pool: its address and settings from the configuration, its live numbers
+//! (in-flight count, requests, failures, latency) and its candidacy (`health::BackendHealth`),
+//! both in `Arc`s so that a rebuilt pool (reload) carries them over for the same address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::uri::Authority;
+
+use crate::config::{PassiveHealth, ResolvedServer};
+use crate::health::BackendHealth;
+use crate::metrics::BackendMetrics;
+use crate::upstream::client::Keepalive;
+
+use super::latency::LatencyWindow;
+
+/// One backend address of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The server as written in the configuration (a name or an address).
+    pub written: String,
+    /// Its `backend` label in the metrics: `written`, with the address when a name has several.
+    pub label: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub down: bool,
+    /// `addr` as a URI authority, built once for every request's URI.
+    pub authority: Authority,
+    pub live: Arc<BackendLive>,
+    /// Whether it may take requests now, and why not.
+    pub health: Arc<BackendHealth>,
+    pub metrics: Arc<BackendMetrics>,
+    /// Its idle upstream connections.
+    pub(crate) keepalive: Arc<Keepalive>,
+}
+
+impl Backend {
+    /// May take requests now (see `BackendHealth::is_candidate`).
+    pub fn in_rotation(&self) -> bool {
+        self.health.is_candidate(self.down, &self.metrics)
+    }
+
+    /// Neither failing its active checks nor left out by passive health.
+    pub fn healthy(&self) -> bool {
+        self.health.is_healthy(&self.metrics)
+    }
+
+    /// A request to it failed: counts towards passive health. True when that took it out.
+    pub(crate) fn passive_failure(&self, passive: &PassiveHealth) -> bool {
+        self.health.passive_failure(passive, &self.metrics)
+    }
+
+    /// Counts a request as started on this backend; the count drops again when the guard is
+    /// dropped, whatever way the request ends.
+    pub(crate) fn start(&self) -> InFlightGuard {
+        self.live.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.live.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.increment(1.0);
+        InFlightGuard {
+            live: Arc::clone(&self.live),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// Numbers that change while traffic flows; shared across threads and kept across reloads.
+#[derive(Debug, Default)]
+pub struct BackendLive {
+    /// Shared with the load-aware balancers.
+    pub(crate) in_flight: Arc<AtomicU64>,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Time to response head over the last minute.
+    pub latency: LatencyWindow,
+}
+
+impl BackendLive {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct InFlightGuard {
+    live: Arc<BackendLive>,
+    metrics: Arc<BackendMetrics>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
+    }
+}
+
+/// A backend for a new pool. `previous` is the same address in the pool this one replaces
+/// (reload): its live state carries over, and its metric series if the label is unchanged.
+/// `keepalive` is its idle connections: the previous ones when the client settings did not
+/// change.
+pub(crate) fn backend(
+    upstream: &str,
+    s: ResolvedServer,
+    previous: Option<&Backend>,
+    keepalive: Arc<Keepalive>,
+) -> Backend {
+    // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
+    let authority = Authority::try_from(s.addr.to_string().as_str())
+        .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
+    // The label is the server as written; a name with several addresses gets one series per
+    // address, so those carry the address instead.
+    let label = if s.written == s.addr.to_string() || s.sole_address {
+        s.written.clone()
+    } else {
+        format!("{} ({})", s.written, s.addr)
+    };
+    let live = previous.map_or_else(Arc::default, |p| Arc::clone(&p.live));
+    let health = previous.map_or_else(Arc::default, |p| Arc::clone(&p.health));
+    let metrics = match previous {
+        Some(p) if p.label == label => Arc::clone(&p.metrics),
+        _ => BackendMetrics::new(upstream, &label),
+    };
+    let backend = Backend {
+        label,
+        addr: s.addr,
+        written: s.written,
+        weight: s.config.weight.get(),
+        backup: s.config.backup,
+        down: s.config.down,
+        authority,
+        live,
+        health,
+        metrics,
+        keepalive,
+    };
+    let up = backend.in_rotation();
+    backend.metrics.up.set(if up { 1.0 } else { 0.0 });
+    backend
+}
