@@ -5,7 +5,7 @@
 //! in the backend's live state, which the reload carries over for an unchanged address, so a
 //! restarted task goes on where the last one stopped; only the timing starts afresh.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ pub fn spawn_checks<'p>(pools: impl IntoIterator<Item = &'p Arc<Pool>>, stop: &C
     for pool in pools {
         let Some(config) = pool.health_check.clone() else {
             for backend in pool.backends() {
-                if lock(&backend.live.health).take().is_some() {
+                if backend.live.health.lock().take().is_some() {
                     backend.set_healthy(true);
                 }
             }
@@ -48,7 +48,7 @@ async fn check_loop(
     stop: CancellationToken,
 ) {
     let healthy = {
-        let mut machine = lock(&backend.live.health);
+        let mut machine = backend.live.health.lock();
         let machine = machine.get_or_insert_with(|| {
             HealthMachine::new(config.initially_healthy, config.rise, config.fall)
         });
@@ -73,7 +73,7 @@ async fn check_loop(
         .saturating_sub(began.elapsed());
         backend.metrics.check(result.is_ok());
         backend.live.record_check(result.is_ok());
-        let (change, failed_before) = match lock(&backend.live.health).as_mut() {
+        let (change, failed_before) = match backend.live.health.lock().as_mut() {
             Some(machine) => (machine.observe(result.is_ok()), machine.has_failed()),
             None => (None, false),
         };
@@ -96,11 +96,6 @@ async fn check_loop(
             tracing::debug!(upstream = %upstream, backend = %backend.addr, reason = %reason, "health check failed");
         }
     }
-}
-
-fn lock(m: &Mutex<Option<HealthMachine>>) -> MutexGuard<'_, Option<HealthMachine>> {
-    // Nothing panics while the lock is held; a poisoned lock still holds a valid machine.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn millis(d: Duration) -> u64 {

@@ -3,8 +3,8 @@
 //! `Arc` so that a rebuilt pool (reload) carries it over for the same address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
 
@@ -131,7 +131,7 @@ pub struct BackendLive {
     pub slow_start: SlowStart,
     /// The active checks' rise/fall progress; `None` while the pool has no checks. Here rather
     /// than in the check task so that a reload, which restarts the tasks, keeps it.
-    pub(crate) health: Mutex<Option<HealthMachine>>,
+    pub(crate) health: parking_lot::Mutex<Option<HealthMachine>>,
 }
 
 /// What `BackendLive::health` found.

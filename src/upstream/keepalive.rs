@@ -12,10 +12,11 @@
 //! `keepalive_timeout` by a small task that runs only while some are idle.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::request_body::UpstreamRequestBody;
@@ -67,15 +68,10 @@ impl Keepalive {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Idle> {
-        // The lock guards plain data: a panic elsewhere cannot leave it half-changed.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A connection for the next request, if one is open: an HTTP/1 one is taken out (it
     /// carries one request at a time), an HTTP/2 one is shared and stays.
     pub(crate) fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.lock();
+        let mut idle = self.idle.lock();
         loop {
             let (sender, used) = idle.list.back_mut()?;
             if sender.is_closed() {
@@ -96,7 +92,7 @@ impl Keepalive {
         if self.max == 0 || sender.is_closed() {
             return;
         }
-        let mut idle = self.lock();
+        let mut idle = self.idle.lock();
         if idle.list.len() >= self.max {
             idle.list.pop_front();
         }
@@ -110,13 +106,13 @@ impl Keepalive {
     /// How many connections are idle (or, for HTTP/2, open) now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().list.len()
+        self.idle.lock().list.len()
     }
 
     /// Closes connections idle for the timeout; returns when the next one will be, if any is
     /// left.
     fn close_timed_out(&self) -> Option<Instant> {
-        let mut idle = self.lock();
+        let mut idle = self.idle.lock();
         let now = Instant::now();
         idle.list
             .retain(|(sender, used)| !sender.is_closed() && now < *used + self.timeout);
