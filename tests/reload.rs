@@ -327,6 +327,117 @@ async fn a_keepalive_connection_opened_before_a_reload_keeps_working() {
     assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
 }
 
+/// The series of what a reload removed leave `/metrics`; a backend added back starts from zero.
+#[tokio::test]
+async fn removed_backends_upstreams_and_listeners_leave_the_metrics() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr");
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let side = format!(
+        "[listeners.side]\nlisten = \"127.0.0.1:0\"\nupstream = \"spare\"\n\
+         [upstreams.spare]\nservers = [{}]\n",
+        list(&[&c])
+    );
+    let proxy = Proxy::start(&format!(
+        "{admin}{}{side}",
+        config_with(&list(&[&a, &b]), "")
+    ));
+    let web = proxy.listeners["web"][0];
+    let scrape = || scrape_admin(proxy.admin.expect("admin"));
+    let ok_2xx = |backend: &Backend| {
+        format!(
+            "rproxy_upstream_requests_total{{upstream=\"app\",backend=\"{}\",code=\"2xx\"}}",
+            backend.addr
+        )
+    };
+    for _ in 0..4 {
+        assert_eq!(get(&client(), web, "/").await.status, 200);
+    }
+    assert_eq!(
+        get(&client(), proxy.listeners["side"][0], "/")
+            .await
+            .backend(),
+        "c"
+    );
+    let start = Instant::now();
+    loop {
+        let text = scrape().await;
+        let counted = |b: &Backend| metric(&text, &ok_2xx(b)) == Some(b.requests() as f64);
+        if counted(&a) && counted(&b) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "requests never counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // `a`, the listener `side` and its upstream `spare` (with `c`) go.
+    let (ok, _) = reload(&proxy, &format!("{admin}{}", config_with(&list(&[&b]), ""))).await;
+    assert!(ok);
+    let text = scrape().await;
+    for gone in [
+        a.addr.to_string(),
+        c.addr.to_string(),
+        "\"side\"".into(),
+        "\"spare\"".into(),
+    ] {
+        assert!(!text.contains(&gone), "{gone} still in:\n{text}");
+    }
+    assert_eq!(
+        metric(&text, &ok_2xx(&b)),
+        Some(b.requests() as f64),
+        "{text}"
+    );
+
+    // A reload that fails after building its snapshot (a listen address in use) shows
+    // nothing of the backend it would have added.
+    let (ok, _) = reload(
+        &proxy,
+        &format!(
+            "{admin}{}[listeners.other]\nlisten = \"{taken}\"\nupstream = \"app\"\n",
+            config_with(&list(&[&b, &c]), "")
+        ),
+    )
+    .await;
+    assert!(!ok);
+    drop(held);
+    let text = scrape().await;
+    assert!(!text.contains(&c.addr.to_string()), "{text}");
+
+    // `a` comes back: its series start from zero, and count only what it answers now.
+    let (ok, _) = reload(
+        &proxy,
+        &format!("{admin}{}", config_with(&list(&[&a, &b]), "")),
+    )
+    .await;
+    assert!(ok);
+    let text = scrape().await;
+    assert_eq!(metric(&text, &ok_2xx(&a)), Some(0.0), "{text}");
+    let seconds = format!(
+        "rproxy_upstream_response_seconds_count{{upstream=\"app\",backend=\"{}\"}}",
+        a.addr
+    );
+    assert_eq!(metric(&text, &seconds), Some(0.0), "{text}");
+    let before = a.requests();
+    for _ in 0..4 {
+        assert_eq!(get(&client(), web, "/").await.status, 200);
+    }
+    let answered = (a.requests() - before) as f64;
+    assert!(answered > 0.0);
+    let start = Instant::now();
+    while metric(&scrape().await, &ok_2xx(&a)) != Some(answered) {
+        assert!(start.elapsed() < DEADLINE, "a's new requests never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_reload_adds_and_removes_listeners() {
     let a = Backend::start("a").await;

@@ -23,18 +23,17 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{render_process_metrics, without_removed_backends};
+use crate::metrics::{Recorder, render_process_metrics};
 use crate::state::SharedState;
 
 /// What the admin endpoints answer from.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub token: Option<Arc<str>>,
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<Recorder>,
     /// True while every listener is bound and serving; false during shutdown.
     pub ready: Arc<AtomicBool>,
     pub state: SharedState,
@@ -103,14 +102,8 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
     match req.uri().path() {
         "/metrics" => match &state.metrics {
-            Some(handle) => {
-                let snapshot = state.state.load();
-                let mut body = without_removed_backends(&handle.render(), |u, b| {
-                    snapshot
-                        .pools
-                        .get(u)
-                        .is_some_and(|p| p.backends().iter().any(|x| x.label == b))
-                });
+            Some(recorder) => {
+                let mut body = recorder.render();
                 body.push_str(&render_process_metrics());
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
                 resp.headers_mut().insert(

@@ -12,7 +12,8 @@
 //! longer than `MAX_CYCLE` (huge weights) always uses that locked path.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 
 use super::{Balancer, PickContext};
 
@@ -59,11 +60,6 @@ impl RoundRobin {
             peers: Mutex::new(peers),
         }
     }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<Peer>> {
-        // Nothing inside the lock can panic half-way, so a poisoned lock still holds valid state.
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// One step of nginx's smooth weighted round-robin over the eligible peers of positive weight.
@@ -88,7 +84,7 @@ fn smooth_pick(peers: &mut [Peer], eligible: &dyn Fn(usize) -> bool) -> Option<u
 impl Balancer for RoundRobin {
     fn pick(&self, _ctx: &PickContext<'_>, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         if self.cycle.is_empty() {
-            return smooth_pick(&mut self.lock(), eligible);
+            return smooth_pick(&mut self.peers.lock(), eligible);
         }
         let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % self.cycle.len();
         let i = self.cycle[turn] as usize;
@@ -98,7 +94,7 @@ impl Balancer for RoundRobin {
         // The scheduled peer cannot take it: this pick runs nginx's algorithm over the peers
         // that can, so the others share its turns by weight instead of its neighbour taking
         // them all. Only requests meeting an unavailable peer take this lock.
-        smooth_pick(&mut self.lock(), eligible)
+        smooth_pick(&mut self.peers.lock(), eligible)
     }
 }
 

@@ -10,7 +10,7 @@
 //! passive-health time out ends; never at process start (HAProxy's rule, which keeps a restart
 //! of rproxy itself from starving every backend).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub struct SlowStart {
 impl SlowStart {
     /// The backend came back now: its ramp starts over.
     pub fn begin(&self) {
-        *self.lock() = Some(Instant::now());
+        *self.since.lock() = Some(Instant::now());
         self.ramping.store(true, Ordering::Release);
     }
 
@@ -40,7 +40,7 @@ impl SlowStart {
         if !self.ramping.load(Ordering::Acquire) {
             return None;
         }
-        let mut since = self.lock();
+        let mut since = self.since.lock();
         let share = since.map(|s| ramp_share(s.elapsed(), ramp));
         match share {
             Some(s) if s < 1.0 => Some(s),
@@ -51,11 +51,6 @@ impl SlowStart {
                 None
             }
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        // Nothing panics while the lock is held; a poisoned lock still holds a valid instant.
-        self.since.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

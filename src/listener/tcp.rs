@@ -46,14 +46,16 @@ pub(super) async fn serve_tcp(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
     }
     let open = metrics::gauge!(TCP_CONNECTIONS_OPEN, "listener" => ctx.name.to_string());
+    // Taken now, not when the connection ends: one that outlives a reload removing its
+    // listener then counts into series already gone from /metrics instead of bringing them back.
+    let [up, down] = ["up", "down"].map(|direction| {
+        metrics::counter!(TCP_BYTES_TOTAL, "listener" => ctx.name.to_string(), "direction" => direction)
+    });
     open.increment(1.0);
     tokio::select! {
         totals = forward_stream(pool, &settings, &ctx.name, stream, client, local) => {
-            let bytes = |direction: &'static str| {
-                metrics::counter!(TCP_BYTES_TOTAL, "listener" => ctx.name.to_string(), "direction" => direction)
-            };
-            bytes("up").increment(totals.up);
-            bytes("down").increment(totals.down);
+            up.increment(totals.up);
+            down.increment(totals.down);
         }
         () = ctx.kill.cancelled() => {
             tracing::debug!(listener = %ctx.name, client = %client, "drain timeout of a removed listener; closing");

@@ -1,23 +1,25 @@
 //! Metrics, at the side of the request path: every name rproxy records, its help text and
 //! buckets, the Prometheus recorder, and the handles requests record through.
 //!
-//! Names carry their unit and `_total` suffix explicitly so they do not change with the
-//! exporter's version. Labels are bounded: listener, upstream, backend address as written,
+//! Names carry their unit and `_total` suffix explicitly so they do not change with whatever
+//! renders them. Labels are bounded: listener, upstream, backend address as written,
 //! status class, error kind. Handles are resolved once per listener and per backend when the
 //! runtime snapshot is built, so recording a request costs atomic adds, no label allocation.
-//! `admin.rs` serves the rendered text on the admin listener.
+//! `admin.rs` serves the rendered text on the admin listener. A reload that removes a
+//! listener, upstream or backend removes its series from the recorder (`forget_unconfigured`;
+//! `recorder.rs` says why the recorder is rproxy's own).
 //!
 //! Ground floor: imports only `config`; every room records through it.
 
 mod handles;
 mod process;
+mod recorder;
 
-use std::time::Duration;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
 
 pub use handles::{BackendMetrics, ErrorKind, ListenerMetrics, PoolMetrics, RetryRefusal};
 pub use process::render_process_metrics;
+pub use recorder::{Configured, Recorder};
 
 pub const HTTP_REQUESTS_TOTAL: &str = "rproxy_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "rproxy_http_request_duration_seconds";
@@ -48,9 +50,6 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// How often the exporter's histograms are compacted.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Set once the recorder is installed. Without it every handle records nowhere, so what
 /// only feeds a metric (a request's duration: two clock reads) need not be measured.
 static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -60,16 +59,30 @@ pub fn recording() -> bool {
     RECORDING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The recorder `install` installed, for `forget_unconfigured`.
+static INSTALLED: OnceLock<Recorder> = OnceLock::new();
+
 /// Installs the process-wide Prometheus recorder. Call once, before any metric is recorded
 /// (handles made earlier record nowhere).
-pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(SECONDS_BUCKETS)?
-        .install_recorder()?;
+pub fn install() -> Result<Recorder, metrics::SetRecorderError<Recorder>> {
+    let recorder = Recorder::new(SECONDS_BUCKETS);
+    metrics::set_global_recorder(recorder.clone())?;
+    // Only the first call gets past `set_global_recorder`: this sets INSTALLED.
+    let recorder = INSTALLED.get_or_init(|| recorder).clone();
     RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(handle)
+    Ok(recorder)
+}
+
+/// Removes from the installed recorder every series labelled with a listener, upstream or
+/// backend that `configured` (the running configuration) does not have, so `/metrics` stops
+/// showing it; one added back later starts from zero. The reload calls this after every
+/// attempt: a failed one may have registered series for a snapshot it then dropped.
+pub fn forget_unconfigured(configured: &Configured<'_>) {
+    if let Some(recorder) = INSTALLED.get() {
+        recorder.forget_unconfigured(configured);
+    }
 }
 
 fn describe() {
@@ -194,49 +207,5 @@ pub fn reload_result(ok: bool) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP).set(now);
-    }
-}
-
-/// Drops the series of backends that are no longer configured (a reload removed them): the
-/// exporter has no way to forget a series, so they are left out of what `/metrics` shows.
-/// `current(upstream, backend)` says whether a backend label still exists.
-pub fn without_removed_backends(text: &str, current: impl Fn(&str, &str) -> bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let keep = line.starts_with('#')
-            || match (label(line, "upstream"), label(line, "backend")) {
-                (Some(u), Some(b)) => current(u, b),
-                _ => true,
-            };
-        if keep {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// The value of label `name` in one sample line, as written (rproxy's label values never
-/// contain quotes).
-fn label<'l>(line: &'l str, name: &str) -> Option<&'l str> {
-    let labels = &line[line.find('{')? + 1..line.find('}')?];
-    labels.split("\",").find_map(|pair| {
-        let (key, value) = pair.split_once("=\"")?;
-        (key.trim_start_matches(',') == name).then(|| value.trim_end_matches('"'))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn removed_backends_leave_the_output() {
-        let text = "# TYPE x counter\nx{upstream=\"app\",backend=\"10.0.0.1:80\",code=\"2xx\"} 3\nx{upstream=\"app\",backend=\"10.0.0.2:80\",code=\"2xx\"} 4\ny{upstream=\"app\"} 1\nz 2\n";
-        let kept = without_removed_backends(text, |u, b| u == "app" && b == "10.0.0.2:80");
-        assert_eq!(
-            kept,
-            "# TYPE x counter\nx{upstream=\"app\",backend=\"10.0.0.2:80\",code=\"2xx\"} 4\ny{upstream=\"app\"} 1\nz 2\n"
-        );
     }
 }

@@ -1,5 +1,5 @@
 //! The standard process metrics (`process_cpu_seconds_total` and friends), read from `/proc`
-//! at each scrape and written in the Prometheus text format next to the exporter's output.
+//! at each scrape and written in the Prometheus text format next to the recorder's output.
 
 use std::fmt::Write;
 

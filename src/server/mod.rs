@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{AdminState, serve_admin};
 use crate::config::{Config, ConfigErrors};
 use crate::listener::{BindError, ListenerSet, Plan, bind};
+use crate::metrics::Recorder;
 use crate::state::{SharedState, build_snapshot};
 
 pub use signals::{Control, PidFile, SignalError, Signals, send_to_pid_file, signal_for};
@@ -108,18 +108,10 @@ impl Server {
     }
 
     /// Serves this recorder's metrics on the admin listener's `/metrics`.
-    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+    pub fn with_metrics(mut self, recorder: Recorder) -> Self {
         if let Some((_, state)) = &mut self.admin {
-            state.metrics = Some(handle.clone());
+            state.metrics = Some(recorder);
         }
-        // The exporter compacts its histograms only when asked to.
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
-            loop {
-                every.tick().await;
-                handle.run_upkeep();
-            }
-        });
         self
     }
 

@@ -60,6 +60,7 @@ impl Server {
                     "reload failed; the running configuration is unchanged"
                 );
                 crate::metrics::reload_result(false);
+                forget_unconfigured(&self.state.load());
                 return;
             }
         };
@@ -75,8 +76,28 @@ impl Server {
         log_changes(&old, &self.state.load());
         warn_restart_only(&old_config, &new_config);
         crate::metrics::reload_result(true);
+        forget_unconfigured(&self.state.load());
         tracing::info!("configuration reloaded");
     }
+}
+
+/// Takes the series of every listener, upstream and backend that `snapshot` (the running one)
+/// does not have out of the metrics: those this reload removed, and those a failed reload
+/// registered for a snapshot it dropped.
+fn forget_unconfigured(snapshot: &Snapshot) {
+    let mut configured = crate::metrics::Configured::default();
+    configured
+        .listeners
+        .extend(snapshot.config.listeners.keys().map(String::as_str));
+    for (name, pool) in &snapshot.pools {
+        configured.upstreams.insert(name.as_str());
+        configured.backends.extend(
+            pool.backends()
+                .iter()
+                .map(|b| (name.as_str(), b.label.as_str())),
+        );
+    }
+    crate::metrics::forget_unconfigured(&configured);
 }
 
 /// One info line per listener and backend added, removed or changed; or that nothing did.

@@ -10,14 +10,15 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 
 use crate::config::ListenerConfig;
 use crate::idle_timer::IdleTimer;
@@ -119,7 +120,7 @@ impl RequestBodySlot {
 
     /// The whole body, if it was read to its end and kept.
     fn kept(&self) -> Option<Vec<Bytes>> {
-        let replay = self.lock_replay();
+        let replay = self.replay.lock();
         if replay.complete {
             replay.chunks.clone()
         } else {
@@ -129,12 +130,12 @@ impl RequestBodySlot {
 
     fn take(&self) -> Option<Incoming> {
         self.taken.store(true, Ordering::Release);
-        self.body.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.body.lock().take()
     }
 
     /// Keeps one frame for a retry; false once the body is not kept any more.
     fn keep(&self, frame: &Frame<Bytes>) -> bool {
-        let mut replay = self.lock_replay();
+        let mut replay = self.replay.lock();
         let size = replay.size + frame.data_ref().map_or(0, Bytes::len);
         match (&mut replay.chunks, frame.data_ref()) {
             (Some(chunks), Some(data)) if size <= self.replay_limit => {
@@ -150,12 +151,7 @@ impl RequestBodySlot {
     }
 
     fn finished(&self) {
-        self.lock_replay().complete = true;
-    }
-
-    fn lock_replay(&self) -> MutexGuard<'_, Replay> {
-        // Nothing panics while the lock is held; a poisoned lock still holds valid chunks.
-        self.replay.lock().unwrap_or_else(|e| e.into_inner())
+        self.replay.lock().complete = true;
     }
 
     fn fail(&self, why: ClientBodyFailure) {

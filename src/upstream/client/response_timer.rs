@@ -14,9 +14,9 @@
 //! passes with no attempt on it, that attempt's connection task is woken once for nothing.
 
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use parking_lot::Mutex;
 use tokio::time::{Instant, Sleep};
 
 /// Timers kept beyond this many are dropped: more attempts in flight at once than a pool is
@@ -44,20 +44,15 @@ impl ResponseTimers {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Pin<Box<Sleep>>>> {
-        // A plain list: a panic elsewhere cannot leave it half-changed.
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A kept timer, set for whatever its last attempt left (see `Bounded::poll`), or a new
     /// one set for `due`.
     fn take(&self, due: Instant) -> Pin<Box<Sleep>> {
-        let kept = self.lock().pop();
+        let kept = self.kept.lock().pop();
         kept.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due)))
     }
 
     fn give_back(&self, timer: Pin<Box<Sleep>>) {
-        let mut kept = self.lock();
+        let mut kept = self.kept.lock();
         if kept.len() < KEPT_MAX {
             kept.push(timer);
         }
@@ -125,7 +120,7 @@ mod tests {
     use super::*;
 
     fn kept(timers: &ResponseTimers) -> usize {
-        timers.lock().len()
+        timers.kept.lock().len()
     }
 
     fn secs(n: u64) -> Duration {
