@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod ctl;
 pub mod error;
 pub mod header_text;
 pub mod health;

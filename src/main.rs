@@ -32,10 +32,69 @@ struct Cli {
     /// (SIGUSR1: reopen the access log file). The configuration is checked first.
     #[arg(short = 's', long = "signal", value_name = "COMMAND", value_parser = ["reload", "stop", "reopen"])]
     signal: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Change a running rproxy through its admin API: drain, disable, enable or re-weight a
+    /// server, drop its runtime changes, or show every server's state.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The configuration file whose `[admin]` listener and token to use.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "upstream.toml"
+    )]
+    config: PathBuf,
+
+    /// The admin listener's URL (http://HOST:PORT), instead of the file's; the token then
+    /// comes from RPROXY_ADMIN_TOKEN.
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlAction {
+    /// No new requests to the server, except those a sticky cookie pins to it; with --wait,
+    /// return once its requests in flight are done (exit 1 if the wait runs out).
+    Drain {
+        upstream: String,
+        addr: String,
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// No requests at all to the server (requests in flight finish).
+    Disable { upstream: String, addr: String },
+    /// Back to the file's state (slow start applies when configured).
+    Enable { upstream: String, addr: String },
+    /// Set the server's weight until reset.
+    Weight {
+        upstream: String,
+        addr: String,
+        weight: u32,
+    },
+    /// Drop every runtime change of the server.
+    Reset { upstream: String, addr: String },
+    /// Every upstream's servers: state, health, weight, requests in flight, runtime changes.
+    Status,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ctl(args);
+    }
     let config = match rproxy::config::load(&cli.config) {
         Ok(config) => config,
         Err(errors) => return report(&cli, &errors),
@@ -166,4 +225,55 @@ fn init_logging(level: Option<&str>) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `rproxy ctl`: one request to the admin API, one line (or table) out, and its exit code.
+fn ctl(args: CtlArgs) -> ExitCode {
+    use rproxy::ctl::Action;
+    let action = match args.action {
+        CtlAction::Drain {
+            upstream,
+            addr,
+            wait,
+        } => Action::Drain {
+            upstream,
+            addr,
+            wait,
+        },
+        CtlAction::Disable { upstream, addr } => Action::Disable { upstream, addr },
+        CtlAction::Enable { upstream, addr } => Action::Enable { upstream, addr },
+        CtlAction::Weight {
+            upstream,
+            addr,
+            weight,
+        } => Action::Weight {
+            upstream,
+            addr,
+            weight,
+        },
+        CtlAction::Reset { upstream, addr } => Action::Reset { upstream, addr },
+        CtlAction::Status => Action::Status,
+    };
+    let options = rproxy::ctl::Options {
+        config: args.config,
+        admin: args.admin,
+        token: std::env::var("RPROXY_ADMIN_TOKEN").ok(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rproxy ctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(rproxy::ctl::run(&options, &action));
+    if outcome.code == 0 {
+        println!("{}", outcome.message);
+    } else {
+        eprintln!("{}", outcome.message);
+    }
+    ExitCode::from(outcome.code)
 }
