@@ -63,6 +63,7 @@ impl Server {
         let new_config = Arc::clone(&snapshot.config);
         let old = self.state.swap(Arc::new(snapshot));
         self.listeners.apply(plan, new_config.drain_timeout);
+        self.update_ready_file();
         // The checks restart on the new backends; their rise/fall state is in the backends'
         // live state, carried over for every unchanged address.
         self.checks.cancel();
@@ -73,6 +74,25 @@ impl Server {
         self.config = new_config;
         crate::metrics::reload_result(true);
         tracing::info!("configuration reloaded");
+    }
+}
+
+impl Server {
+    /// Rewrites the ready file when the bound listeners changed; a failure is logged, and the
+    /// reload stands.
+    fn update_ready_file(&mut self) {
+        let Some(file) = &mut self.ready_file else {
+            return;
+        };
+        let described = self.listeners.described().load_full();
+        let listeners = super::ready_file::bound(
+            described
+                .iter()
+                .flat_map(|l| l.addresses.iter().map(|a| (l.name.as_str(), *a))),
+        );
+        if let Err(e) = file.update(listeners) {
+            tracing::error!(path = %file.path().display(), error = %e, "reload: cannot rewrite the ready file");
+        }
     }
 }
 
