@@ -261,6 +261,8 @@ pub struct Proxy {
     logs: Arc<Mutex<Vec<String>>>,
     /// stdout lines only: the access log when it goes to stdout (the default).
     stdout: Arc<Mutex<Vec<String>>>,
+    /// How many lines rproxy wrote to stderr (its diagnostic log).
+    stderr_lines: Arc<AtomicUsize>,
     pub config_path: PathBuf,
     pub ready_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -356,6 +358,8 @@ impl Proxy {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stdout_lines = Arc::new(Mutex::new(Vec::new()));
         let (sink, access, only_stdout) = (logs.clone(), logs.clone(), stdout_lines.clone());
+        let stderr_count = Arc::new(AtomicUsize::new(0));
+        let counter = stderr_count.clone();
         let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -370,6 +374,7 @@ impl Proxy {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                counter.fetch_add(1, Ordering::SeqCst);
             }
         });
         // Owned by a `Proxy` from here on: if starting fails below, its drop ends the child.
@@ -379,6 +384,7 @@ impl Proxy {
             admin: None,
             logs,
             stdout: stdout_lines,
+            stderr_lines: stderr_count,
             config_path,
             ready_path,
             _dir: dir,
@@ -444,6 +450,12 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How many lines rproxy has written to stderr so far, whatever they say: for tests of how
+    /// much it logs (a problem reported once, not once per request).
+    pub fn stderr_line_count(&self) -> usize {
+        self.stderr_lines.load(Ordering::SeqCst)
     }
 
     /// Waits until a line of the access log on stdout contains every one of `needles`.
