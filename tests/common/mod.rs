@@ -660,11 +660,13 @@ pub fn backend_series(name: &str, upstream: &str, addr: SocketAddr, extra: &str)
     format!("{name}{{upstream=\"{upstream}\",backend=\"{addr}\"{extra}}}")
 }
 
-/// The JSON lines of an access log file (`format = "json"`) written so far.
+/// The JSON lines of an access log file (`format = "json"`) written so far; a last line
+/// still being written (no newline yet) is left for the next read.
 pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}")))
         .collect()
 }
