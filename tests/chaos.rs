@@ -299,9 +299,11 @@ async fn chaos(extra: &str, disrupt: &str, restore: fn(&mut ProcessBackend)) {
     // Out for a while, under load.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Every check fails while it is out, so the passes counted from here on all came after
+    // the restore (a check caught by the freeze may pass just after it).
+    let restored = health(&proxy, b).await;
     restore(&mut backends[1]);
     let back_at = start.elapsed();
-    let restored = health(&proxy, b).await;
     // Back in rotation once `rise` checks pass, and at the latest when one more has passed
     // (as above, the `rise`-th check's verdict is out by then). Only the checks can bring it
     // back this soon (passive health keeps it out for fail_timeout, 10 s).
