@@ -33,6 +33,12 @@ struct Cli {
     #[arg(short = 's', long = "signal", value_name = "COMMAND", value_parser = ["reload", "stop", "reopen"])]
     signal: Option<String>,
 
+    /// Once every listener and the admin listener are bound, write their addresses to FILE as
+    /// JSON: {"pid":..,"listeners":{"NAME":["ADDR",..]},"admin":"ADDR"|null}. Written
+    /// atomically, rewritten when a reload changes the listeners, removed at shutdown.
+    #[arg(long = "ready-file", value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -164,6 +170,15 @@ fn main() -> ExitCode {
         };
         if let Some(handle) = metrics {
             server = server.with_metrics(handle);
+        }
+        if let Some(path) = &cli.ready_file {
+            server = match server.with_ready_file(path) {
+                Ok(server) => server,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         }
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),

@@ -47,7 +47,8 @@ async fn json_lines_in_a_file_reopened_on_sigusr1() {
     let rotated = dir.path().join("access.log.1");
     std::fs::rename(&log, &rotated).expect("rotate");
     proxy.signal("USR1");
-    proxy.wait_for_log(&["access log reopened"]).await;
+    // Reopening creates the file at its path again.
+    wait_for("the access log to be reopened at its path", || log.exists()).await;
     assert_eq!(get(&c, proxy.addr(), "/after").await.status, 200);
     wait_for("the new file to get the new line", || {
         lines(&log).len() == 1
@@ -72,7 +73,7 @@ async fn combined_on_stdout_by_default_and_nothing_when_off() {
         .expect("request");
     assert_eq!(send(&client(), req).await.status, 200);
     let line = proxy
-        .wait_for_log(&[
+        .wait_for_access_line(&[
             "\"GET /page?a=b HTTP/1.1\" 200 1 \"http://example.test/\" \"test-agent/1.0\"",
         ])
         .await;
@@ -89,9 +90,9 @@ async fn combined_on_stdout_by_default_and_nothing_when_off() {
     assert_eq!(quiet.wait_exit().await.code(), Some(0));
     quiet.stdout_done().await;
     assert!(
-        !quiet.logs().iter().any(|l| l.contains("/silent")),
+        !quiet.stdout_lines().iter().any(|l| l.contains("/silent")),
         "{:?}",
-        quiet.logs()
+        quiet.stdout_lines()
     );
 }
 
@@ -99,23 +100,44 @@ async fn combined_on_stdout_by_default_and_nothing_when_off() {
 async fn a_full_disk_is_reported_once_and_requests_go_on() {
     // Every write to /dev/full fails with ENOSPC.
     let b = Backend::start("b").await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&with_admin(&format!(
         "[log]\naccess = \"/dev/full\"\n\
          [listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
          [upstreams.app]\nservers = [\"{}\"]\n",
         b.addr
-    ));
+    )));
     let c = client();
-    // Requests across several of the writer's 100 ms rounds, each of which fails.
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_millis(700) {
-        assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+    let lost = "rproxy_access_log_lines_lost_total";
+    let before = proxy.stderr_line_count();
+    // Requests across several of the writer's 100 ms rounds, each of which fails: every line
+    // is counted as lost, and the failure is reported (a line on stderr).
+    let mut sent = 0.0;
+    for _ in 0..2 {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(350) {
+            assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+            sent += 1.0;
+        }
+        proxy.wait_for_metric(lost, |n| n == sent).await;
     }
-    proxy.wait_for_log(&["access log: cannot write"]).await;
-    let reports = proxy
-        .logs()
-        .iter()
-        .filter(|l| l.contains("access log: cannot write"))
-        .count();
-    assert_eq!(reports, 1, "{:#?}", proxy.logs());
+    wait_for("the failure to be reported", || {
+        proxy.stderr_line_count() > before
+    })
+    .await;
+    let reported = proxy.stderr_line_count();
+    // More rounds fail: not reported again (the log does not grow with the requests).
+    for _ in 0..2 {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(350) {
+            assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+            sent += 1.0;
+        }
+        proxy.wait_for_metric(lost, |n| n == sent).await;
+    }
+    assert_eq!(
+        proxy.stderr_line_count(),
+        reported,
+        "reported once: {:#?}",
+        proxy.logs()
+    );
 }

@@ -1,5 +1,5 @@
-//! The command line: `-t` on good and bad files, the default config path, help, version and
-//! usage errors, as a user runs them.
+//! The command line: `-t` on good and bad files, the default config path, help, version,
+//! usage errors and a `--ready-file` that cannot be written, as a user runs them.
 
 mod common;
 
@@ -192,4 +192,26 @@ fn help_version_and_usage_errors() {
     assert_eq!(o.status.code(), Some(2));
     let o = run(&["-c"], None);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn a_ready_file_that_cannot_be_written_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        &dir,
+        "u.toml",
+        "pid_file = \"rproxy.pid\"\n[listeners.a]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n",
+    );
+    let ready = dir.path().join("no-such-folder").join("ready.json");
+    let ready = ready.to_string_lossy();
+    let o = run(&["-c", &config, "--ready-file", &ready], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("ready file") && err.contains(&*ready), "{err}");
+    assert!(
+        !dir.path().join("rproxy.pid").exists(),
+        "a failed start leaves no pid file behind"
+    );
+    let o = run(&["--help"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--ready-file <FILE>"));
 }

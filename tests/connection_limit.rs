@@ -1,6 +1,6 @@
 //! `max_connections`: past the limit, new connections wait in the accept queue (they are not
-//! refused, and rproxy does not run out of descriptors), the log says so, and they are served
-//! as soon as a slot frees up.
+//! refused, and rproxy does not run out of descriptors), and they are served as soon as a slot
+//! frees up.
 
 mod common;
 
@@ -15,11 +15,21 @@ use common::*;
 async fn connections_past_the_limit_wait_and_are_then_served() {
     let b = Backend::start("b").await;
     // Two listen sockets, one budget of three connections between them.
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&with_admin(&format!(
         "[listeners.web]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nupstream = \"app\"\n\
          max_connections = 3\n[upstreams.app]\nservers = [\"{}\"]\n",
         b.addr
-    ));
+    )));
+    let status = proxy.status().await;
+    let web = &status["listeners"][0];
+    assert_eq!(
+        (&web["name"], &web["max_connections"]),
+        (&"web".into(), &3.into())
+    );
+    // Client connections open, from /metrics: /status's `connections_open` also counts the
+    // slot an accept loop takes before it waits for the next connection.
+    let p = &proxy;
+    let open = move || async move { p.metric("rproxy_connections_open{listener=\"web\"}").await };
     let addrs = proxy.listeners["web"].clone();
     assert_eq!(addrs.len(), 2);
     let mut held = Vec::new();
@@ -31,9 +41,11 @@ async fn connections_past_the_limit_wait_and_are_then_served() {
         assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
         held.push(s);
     }
-    proxy
-        .wait_for_log(&["connection limit reached", "limit=3"])
-        .await;
+    wait_until(
+        "the listener's three slots to be taken",
+        move || async move { open().await == 3.0 },
+    )
+    .await;
 
     // A fourth connection, on either socket, is accepted by the kernel but not served while
     // all slots are held.
@@ -49,7 +61,12 @@ async fn connections_past_the_limit_wait_and_are_then_served() {
     drop(held.pop());
     let answer = read_response(&mut waiting).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    proxy
-        .wait_for_log(&["below the connection limit again"])
-        .await;
+    // The freed slot went to the waiting connection, which is kept alive: three again. Once
+    // it closes too, two.
+    assert_eq!(open().await, 3.0);
+    drop(waiting);
+    wait_until("a slot to be free again", move || async move {
+        open().await == 2.0
+    })
+    .await;
 }

@@ -76,14 +76,14 @@ async fn h2_backend(name: &'static str) -> (SocketAddr, Arc<Counts>) {
 async fn trailers_pass_and_parallel_streams_spread() {
     let (a, a_counts) = h2_backend("a").await;
     let (b, b_counts) = h2_backend("b").await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&with_admin(&format!(
         "{}[upstreams.app.health_check]\npath = \"/health\"\ninterval = \"100ms\"\n",
         config_with(
             &format!("\"{a}\", \"{b}\""),
             "h2 = true\nbalance = \"least_conn\""
         )
-    ));
-    // The HTTP/2 health checks pass (no backend is reported unhealthy), and are counted.
+    )));
+    // The HTTP/2 health checks pass (none fails, no backend leaves rotation), and are counted.
     let c = h2_client();
     let req = hyper::Request::post(format!("http://{}/pkg.Service/Call", proxy.addr()))
         .header("te", "trailers")
@@ -126,11 +126,27 @@ async fn trailers_pass_and_parallel_streams_spread() {
         a_counts.checks.load(Ordering::SeqCst) >= 3 && b_counts.checks.load(Ordering::SeqCst) >= 3
     })
     .await;
-    assert!(
-        !proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("backend is unhealthy")),
-        "HTTP/2 health checks pass"
-    );
+    for backend in [a, b] {
+        let passed = backend_series(
+            "rproxy_health_checks_total",
+            "app",
+            backend,
+            ",result=\"pass\"",
+        );
+        proxy.wait_for_metric(&passed, |n| n >= 3.0).await;
+    }
+    let m = proxy.scrape().await;
+    for backend in [a, b] {
+        for (name, extra) in [
+            ("rproxy_health_checks_total", ",result=\"fail\""),
+            ("rproxy_backend_state_changes_total", ",to=\"down\""),
+        ] {
+            let series = backend_series(name, "app", backend, extra);
+            assert_eq!(
+                metric(&m, &series),
+                Some(0.0),
+                "HTTP/2 health checks pass: {m}"
+            );
+        }
+    }
 }

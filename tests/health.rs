@@ -9,6 +9,16 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 
+/// `rproxy_health_checks_total` of `addr` in upstream `app` with `result` (`pass`, `fail`).
+fn checks(addr: std::net::SocketAddr, result: &str) -> String {
+    backend_series(
+        "rproxy_health_checks_total",
+        "app",
+        addr,
+        &format!(",result=\"{result}\""),
+    )
+}
+
 const FAST_CHECKS: &str = "[upstreams.app.health_check]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n";
 
 async fn three() -> Vec<Backend> {
@@ -30,17 +40,22 @@ fn list(backends: &[Backend]) -> String {
 #[tokio::test]
 async fn a_failing_backend_leaves_rotation_and_comes_back() {
     let backends = three().await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&with_admin(&format!(
         "{}{FAST_CHECKS}",
         config_with(&list(&backends), "")
-    ));
+    )));
     let c = client();
     let b = &backends[1];
 
+    // No request reaches it meanwhile, so only its checks (answered 503) can take it out.
     b.healthy.store(false, Ordering::SeqCst);
     proxy
-        .wait_for_log(&["backend is unhealthy", &b.addr.to_string(), "status 503"])
+        .wait_for_backend_state("app", b.addr, "unhealthy")
         .await;
+    assert_eq!(
+        proxy.backend_status("app", b.addr).await["last_check"],
+        "fail"
+    );
     let before = b.requests();
     for _ in 0..30 {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
@@ -52,9 +67,7 @@ async fn a_failing_backend_leaves_rotation_and_comes_back() {
     );
 
     b.healthy.store(true, Ordering::SeqCst);
-    proxy
-        .wait_for_log(&["backend is healthy again", &b.addr.to_string()])
-        .await;
+    proxy.wait_for_backend_state("app", b.addr, "up").await;
     for _ in 0..30 {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
     }
@@ -68,10 +81,10 @@ async fn a_failing_backend_leaves_rotation_and_comes_back() {
 #[tokio::test]
 async fn a_dead_backend_is_ejected_by_a_tcp_check_without_client_errors() {
     let mut backends = three().await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&with_admin(&format!(
         "{}[upstreams.app.health_check]\ntype = \"tcp\"\ninterval = \"100ms\"\nfall = 2\n",
         config_with(&list(&backends), "")
-    ));
+    )));
     let c = client();
     let dead = backends.remove(0);
     let addr = dead.addr;
@@ -83,9 +96,16 @@ async fn a_dead_backend_is_ejected_by_a_tcp_check_without_client_errors() {
             "failover covers it meanwhile"
         );
     }
+    // Every check of a dead backend fails: two of them (fall) take it out by its checks,
+    // whatever passive health did meanwhile.
     proxy
-        .wait_for_log(&["backend is unhealthy", &addr.to_string(), "connect"])
+        .wait_for_metric(&checks(addr, "fail"), |n| n >= 2.0)
         .await;
+    let dead = proxy.backend_status("app", addr).await;
+    assert_eq!(
+        (&dead["state"], &dead["last_check"]),
+        (&"unhealthy".into(), &"fail".into())
+    );
     for _ in 0..20 {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
     }
@@ -94,16 +114,16 @@ async fn a_dead_backend_is_ejected_by_a_tcp_check_without_client_errors() {
 /// Three backends whose health endpoints all fail, once rproxy has seen every one fail.
 async fn all_unhealthy(upstream_extra: &str) -> (Vec<Backend>, Proxy) {
     let backends = three().await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&with_admin(&format!(
         "{}{FAST_CHECKS}",
         config_with(&list(&backends), upstream_extra)
-    ));
+    )));
     for b in &backends {
         b.healthy.store(false, Ordering::SeqCst);
     }
     for b in &backends {
         proxy
-            .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
+            .wait_for_backend_state("app", b.addr, "unhealthy")
             .await;
     }
     (backends, proxy)
@@ -120,12 +140,13 @@ async fn when_every_backend_fails_its_checks_the_pool_fails_open() {
             "a broken health endpoint must not black-hole the pool"
         );
     }
-    let logged = proxy
-        .logs()
-        .iter()
-        .filter(|l| l.contains("every backend is unhealthy"))
-        .count();
-    assert_eq!(logged, 1, "logged once per episode, not per request");
+    assert_eq!(
+        proxy
+            .metric("rproxy_upstream_fail_open_total{upstream=\"app\"}")
+            .await,
+        1.0,
+        "counted once per episode, not per request"
+    );
 }
 
 #[tokio::test]
@@ -223,11 +244,9 @@ async fn a_backend_alternating_pass_and_fail_does_not_flap() {
         metric(&metrics, &series("rproxy_backend_up", "")),
         Some(1.0)
     );
-    assert!(
-        !proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("backend is unhealthy")),
+    assert_eq!(
+        proxy.backend_status("app", addr).await["state"],
+        "up",
         "it never left rotation"
     );
     let mut answers = Vec::new();
@@ -261,17 +280,18 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
 
     // A response timeout takes it out by passive health while its checks still pass.
     get(&c, proxy.addr(), "/slow/5000").await;
-    proxy
-        .wait_for_log(&["left out for fail_timeout", &b.addr.to_string()])
-        .await;
+    let down = format!("rproxy_backend_state_changes_total{{{labels},to=\"down\"}}");
+    proxy.wait_for_metric(&down, |n| n >= 1.0).await;
     let m = scrape_admin(admin).await;
     assert_eq!(up(&m), Some(0.0), "{m}");
     assert_eq!(changes(&m, "down"), Some(1.0), "{m}");
 
     // Its checks fail too: it is already out of rotation, so no second departure.
+    // Two failed checks in a row (fall) take it out by its checks as well.
+    let failed = proxy.metric(&checks(b.addr, "fail")).await;
     b.healthy.store(false, Ordering::SeqCst);
     proxy
-        .wait_for_log(&["backend is unhealthy", &b.addr.to_string()])
+        .wait_for_metric(&checks(b.addr, "fail"), |n| n >= failed + 2.0)
         .await;
     let m = scrape_admin(admin).await;
     assert_eq!(changes(&m, "down"), Some(1.0), "{m}");
@@ -279,9 +299,8 @@ async fn passive_and_active_health_count_one_departure_and_one_return() {
     // Its checks pass again: back in rotation (a rise overrides passive health), once.
     let ups = changes(&m, "up").unwrap_or(0.0);
     b.healthy.store(true, Ordering::SeqCst);
-    proxy
-        .wait_for_log(&["backend is healthy again", &b.addr.to_string()])
-        .await;
+    let to_up = format!("rproxy_backend_state_changes_total{{{labels},to=\"up\"}}");
+    proxy.wait_for_metric(&to_up, |n| n > ups).await;
     let m = scrape_admin(admin).await;
     assert_eq!(changes(&m, "up"), Some(ups + 1.0), "{m}");
     assert_eq!(up(&m), Some(1.0), "{m}");

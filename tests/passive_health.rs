@@ -12,6 +12,30 @@ use tokio::net::TcpListener;
 
 use common::*;
 
+/// `rproxy_backend_state_changes_total` of `addr` in upstream `app`, `to` up or down.
+fn changes(addr: std::net::SocketAddr, to: &str) -> String {
+    backend_series(
+        "rproxy_backend_state_changes_total",
+        "app",
+        addr,
+        &format!(",to=\"{to}\""),
+    )
+}
+
+/// Requests to `addr` that failed, of every kind, in a `/metrics` scrape.
+fn failures(metrics: &str, addr: std::net::SocketAddr) -> f64 {
+    ["connect", "timeout", "reset", "protocol"]
+        .iter()
+        .filter_map(|kind| {
+            let extra = format!(",kind=\"{kind}\"");
+            metric(
+                metrics,
+                &backend_series("rproxy_upstream_errors_total", "app", addr, &extra),
+            )
+        })
+        .sum()
+}
+
 #[tokio::test]
 async fn a_failing_backend_is_left_out_for_fail_timeout_then_probed() {
     // Answers every request with 502, which the config counts as a failure.
@@ -21,20 +45,17 @@ async fn a_failing_backend_is_left_out_for_fail_timeout_then_probed() {
     })
     .await;
     let good = Backend::start("good").await;
-    let proxy = Proxy::start(&config_with(
+    let proxy = Proxy::start(&with_admin(&config_with(
         &format!("\"{}\", \"{}\"", bad.addr, good.addr),
         "max_fails = 1\nfail_timeout = \"1s\"\nfail_on_status = [502]",
-    ));
+    )));
     let c = client();
-    // The first request meets the bad backend: its answer is passed on as it is.
+    // The first request meets the bad backend: its answer is passed on as it is, and counts
+    // as its failure.
     assert_eq!(get(&c, proxy.addr(), "/").await.status, 502);
     let out_at = Instant::now();
     proxy
-        .wait_for_log(&[
-            "left out for fail_timeout",
-            &bad.addr.to_string(),
-            "status 502",
-        ])
+        .wait_for_metric(&changes(bad.addr, "down"), |n| n == 1.0)
         .await;
     // While it is out, every request goes to the good backend.
     for _ in 0..10 {
@@ -58,24 +79,18 @@ async fn a_failing_backend_is_left_out_for_fail_timeout_then_probed() {
 async fn connect_failures_take_a_backend_out_and_4xx_never_does() {
     let dead = refused_addr();
     let good = Backend::start("good").await;
-    let proxy = Proxy::start(&config_with(
+    let proxy = Proxy::start(&with_admin(&config_with(
         &format!("\"{dead}\", \"{}\"", good.addr),
         "fail_timeout = \"30s\"\nfail_on_status = [502, 503, 504]",
-    ));
+    )));
     let c = client();
     for _ in 0..20 {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
     }
-    // The refused backend was tried once, then left out: one failure logged, not ten.
-    proxy
-        .wait_for_log(&["left out for fail_timeout", &dead.to_string()])
-        .await;
-    let tries = proxy
-        .logs()
-        .iter()
-        .filter(|l| l.contains("backend request failed") && l.contains(&dead.to_string()))
-        .count();
-    assert_eq!(tries, 1);
+    // The refused backend was tried once, then left out: one failure, not ten.
+    let m = proxy.scrape().await;
+    assert_eq!(metric(&m, &changes(dead, "down")), Some(1.0), "{m}");
+    assert_eq!(failures(&m, dead), 1.0, "{m}");
 
     // A backend answering 404s is not a failing backend.
     let notfound = RawBackend::start(RawMode::Script {
@@ -83,14 +98,24 @@ async fn connect_failures_take_a_backend_out_and_4xx_never_does() {
         close: false,
     })
     .await;
-    let proxy = Proxy::start(&config_with(
+    let proxy = Proxy::start(&with_admin(&config_with(
         &format!("\"{}\"", notfound.addr),
         "fail_on_status = [502, 503, 504]",
-    ));
+    )));
     for _ in 0..5 {
         assert_eq!(get(&c, proxy.addr(), "/").await.status, 404);
     }
-    assert!(!proxy.logs().iter().any(|l| l.contains("left out")));
+    let m = proxy.scrape().await;
+    assert_eq!(
+        metric(&m, &changes(notfound.addr, "down")),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(failures(&m, notfound.addr), 0.0, "{m}");
+    assert_eq!(
+        proxy.backend_status("app", notfound.addr).await["state"],
+        "up"
+    );
 }
 
 /// A backend that takes `n` requests, holds them, then closes all their connections at once:
@@ -139,28 +164,14 @@ async fn a_backend_dying_under_many_requests_is_left_out_once() {
     for a in &answers {
         assert_eq!((a.status.as_u16(), a.backend()), (200, "good"));
     }
-    // The log is read from the proxy's stderr as it comes; each failure's line follows its
-    // "left out" line, if it has one.
-    let failed = || {
-        proxy
-            .logs()
-            .iter()
-            .filter(|l| l.contains("backend request failed") && l.contains(&dying.to_string()))
-            .count()
-    };
-    wait_for("every held request's failure in the log", || {
-        failed() >= HELD
-    })
-    .await;
-    assert_eq!(failed(), HELD, "each held request failed there once");
-    // One backend went out once: one log line and one state change, not one per request.
-    let left_out = proxy
-        .logs()
-        .iter()
-        .filter(|l| l.contains("left out for fail_timeout"))
-        .count();
-    assert_eq!(left_out, 1);
+    // Each held request failed there once (counted before its retry was answered).
     let metrics = scrape_admin(proxy.admin.expect("admin")).await;
+    assert_eq!(
+        failures(&metrics, dying),
+        HELD as f64,
+        "each held request failed there once: {metrics}"
+    );
+    // One backend went out once: one state change, not one per request.
     let down = format!(
         "rproxy_backend_state_changes_total{{upstream=\"app\",backend=\"{dying}\",to=\"down\"}}"
     );

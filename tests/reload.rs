@@ -19,35 +19,43 @@ fn list(backends: &[&Backend]) -> String {
         .join(", ")
 }
 
-/// How many log lines contain `needle`.
-fn count(proxy: &Proxy, needle: &str) -> usize {
-    proxy.logs().iter().filter(|l| l.contains(needle)).count()
+/// Writes `config` and sends SIGHUP; waits for the reload's outcome (counted in `/metrics`)
+/// and returns whether it succeeded and, if it did, how long it took to take effect: from
+/// the signal to the success time rproxy records, so a slow scrape under load does not count.
+async fn reload(proxy: &Proxy, config: &str) -> (bool, Duration) {
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64()
+    };
+    let sent = unix_now();
+    if !proxy.reload_with(config).await {
+        return (false, Duration::ZERO);
+    }
+    let applied = proxy
+        .metric("rproxy_config_last_reload_success_timestamp_seconds")
+        .await;
+    assert!(
+        applied <= unix_now(),
+        "the success time is not in the future"
+    );
+    (true, Duration::from_secs_f64((applied - sent).max(0.0)))
 }
 
-/// Writes `config` and sends SIGHUP; waits for the reload's outcome and returns whether it
-/// succeeded and how long it took to take effect.
-async fn reload(proxy: &Proxy, config: &str) -> (bool, Duration) {
-    let (ok_before, failed_before) = (
-        count(proxy, "configuration reloaded"),
-        count(proxy, "reload failed"),
-    );
-    std::fs::write(&proxy.config_path, config).expect("write config");
-    let sent = Instant::now();
-    proxy.signal("HUP");
-    loop {
-        if count(proxy, "configuration reloaded") > ok_before {
-            return (true, sent.elapsed());
-        }
-        if count(proxy, "reload failed") > failed_before {
-            return (false, sent.elapsed());
-        }
-        assert!(
-            sent.elapsed() < DEADLINE,
-            "no reload outcome: {:#?}",
-            proxy.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// `rproxy -t` on `config`: its exit status and what it printed on stderr.
+fn check(proxy: &Proxy, config: &str) -> (bool, String) {
+    let path = proxy.config_path.with_file_name("check.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = std::process::Command::new(rproxy_bin())
+        .args(["-t", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run rproxy -t");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +98,9 @@ async fn a_hundred_reloads_under_load_lose_no_request() {
             config_with(&list(&[&a]), "")
         ),
     ];
-    // The access log is off: 64 clients fill it faster than the test can search its lines.
-    let quiet = |config: &str| format!("[log]\naccess = \"off\"\n{config}");
+    // The access log is off: 64 clients fill it faster than the test reads its lines. The
+    // admin listener counts the reloads.
+    let quiet = |config: &str| with_admin(&format!("[log]\naccess = \"off\"\n{config}"));
     let valid = valid.map(|(config, names)| (quiet(&config), names));
     let invalid = invalid.map(|config| quiet(&config));
     let proxy = Proxy::start(&valid[0].0);
@@ -139,7 +148,7 @@ async fn a_hundred_reloads_under_load_lose_no_request() {
             (v.0.clone(), true)
         };
         let (ok, took) = reload(&proxy, &text).await;
-        assert_eq!(ok, expected_ok, "reload {i}: {:#?}", proxy.logs());
+        assert_eq!(ok, expected_ok, "reload {i}");
         if ok {
             applied += 1;
             slowest = slowest.max(took);
@@ -173,23 +182,39 @@ async fn a_hundred_reloads_under_load_lose_no_request() {
         slowest < Duration::from_secs(1),
         "slowest reload {slowest:?}"
     );
-    // Every rejection named the file and what was wrong; the listener never moved.
-    let file = proxy.config_path.display().to_string();
-    proxy
-        .wait_for_log(&["reload: ", &file, "TOML syntax"])
-        .await;
-    proxy
-        .wait_for_log(&[
-            "reload: ",
-            &file,
-            "listeners.web.upstream",
-            "no upstream named `nope`",
-        ])
-        .await;
-    proxy
-        .wait_for_log(&["reload: ", "listener `other`", &taken.to_string(), "in use"])
-        .await;
-    assert_eq!(proxy.addr(), addr);
+    // Every outcome was counted; the rejected files are the ones `rproxy -t` rejects, naming
+    // the file and what is wrong (the third one is valid until a socket is bound).
+    let m = proxy.scrape().await;
+    let reloads = |result: &str| {
+        metric(
+            &m,
+            &format!("rproxy_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(
+        (reloads("success"), reloads("failure")),
+        (Some(f64::from(applied)), Some(f64::from(rejected)))
+    );
+    let (ok, err) = check(&proxy, &invalid[0]);
+    assert!(
+        !ok && err.contains("check.toml") && err.contains("TOML syntax"),
+        "{err}"
+    );
+    let (ok, err) = check(&proxy, &invalid[1]);
+    assert!(
+        !ok && err.contains("listeners.web.upstream") && err.contains("no upstream named `nope`"),
+        "{err}"
+    );
+    // The listener never moved, and `other`, whose address was in use, never came.
+    let ready = proxy.ready().expect("the ready file");
+    assert_eq!(ready.listeners.len(), 1, "{ready:?}");
+    assert_eq!(ready.listeners["web"], [addr]);
+    let status = proxy.status().await;
+    assert_eq!(status["listeners"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        status["listeners"][0]["addresses"][0],
+        addr.to_string().as_str()
+    );
     drop(held);
 }
 
@@ -203,15 +228,15 @@ async fn health_and_in_flight_counts_survive_a_reload() {
     let idle = Backend::start("idle").await;
     let checks = "\n[upstreams.app.health_check]\npath = \"/health\"\ninterval = \"100ms\"\nrise = 2\nfall = 2\n";
     let config = |servers: &str| {
-        format!(
+        with_admin(&format!(
             "{}{checks}",
             config_with(servers, "balance = \"least_conn\"\nmax_fails = 0")
-        )
+        ))
     };
     let proxy = Proxy::start(&config(&list(&[&busy, &leaving, &sick])));
     sick.healthy.store(false, Ordering::SeqCst);
     proxy
-        .wait_for_log(&["backend is unhealthy", &sick.addr.to_string()])
+        .wait_for_backend_state("app", sick.addr, "unhealthy")
         .await;
 
     // Four slow requests: least_conn puts two on `busy` and two on `leaving`.
@@ -235,16 +260,24 @@ async fn health_and_in_flight_counts_survive_a_reload() {
         list(&[&idle, &sick])
     );
     let (ok, _) = reload(&proxy, &config(&servers)).await;
-    assert!(ok, "{:#?}", proxy.logs());
-    proxy
-        .wait_for_log(&[
-            "backend changed (its state is kept)",
-            &busy.addr.to_string(),
-        ])
-        .await;
-    proxy
-        .wait_for_log(&["backend removed", &leaving.addr.to_string()])
-        .await;
+    assert!(ok, "the reload succeeded");
+    // /status: `busy` has its new weight and kept its two requests in flight, `leaving` is
+    // gone, `idle` came, and `sick` is still unhealthy.
+    let status = proxy.status().await;
+    let kept = backend_in(&status, "app", busy.addr).expect("busy in /status");
+    assert_eq!(
+        (&kept["weight"], &kept["in_flight"]),
+        (&2.into(), &2.into())
+    );
+    assert_eq!(backend_in(&status, "app", leaving.addr), None, "{status:#}");
+    assert_eq!(
+        backend_in(&status, "app", idle.addr).map(|b| b["in_flight"].clone()),
+        Some(0.into())
+    );
+    assert_eq!(
+        backend_in(&status, "app", sick.addr).map(|b| b["state"].clone()),
+        Some("unhealthy".into())
+    );
 
     // least_conn still sees busy's two requests in flight (2 per weight 2 is more than 0), so
     // quick requests all go to `idle`; had the counts been lost they would alternate. The
@@ -442,24 +475,31 @@ async fn removed_backends_upstreams_and_listeners_leave_the_metrics() {
 async fn a_reload_adds_and_removes_listeners() {
     let a = Backend::start("a").await;
     let base = config_with(&list(&[&a]), "");
-    let proxy = Proxy::start(&base);
+    let proxy = Proxy::start(&with_admin(&base));
+    let web = proxy.addr();
     let extra =
         format!("{base}\n[listeners.extra]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n");
-    let (ok, _) = reload(&proxy, &extra).await;
+    let (ok, _) = reload(&proxy, &with_admin(&extra)).await;
     assert!(ok);
-    let line = proxy.wait_for_log(&["listening", "listener=extra"]).await;
-    let extra_addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .expect("the new listener's address");
+    // The ready file is rewritten with the new listener's address.
+    let ready = proxy.ready().expect("the ready file");
+    assert_eq!(ready.pid, proxy.pid());
+    assert_eq!(
+        ready.listeners["web"],
+        [web],
+        "the kept listener did not move"
+    );
+    let extra_addr = ready.listeners["extra"][0];
     assert_eq!(get(&client(), extra_addr, "/").await.backend(), "a");
 
-    let (ok, _) = reload(&proxy, &base).await;
+    let (ok, _) = reload(&proxy, &with_admin(&base)).await;
     assert!(ok);
-    proxy
-        .wait_for_log(&["stopped listening", "listener=extra"])
-        .await;
+    let ready = proxy.ready().expect("the ready file");
+    assert_eq!(
+        ready.listeners,
+        [("web".to_string(), vec![web])].into(),
+        "extra left the ready file"
+    );
     wait_for("the removed listener to refuse connections", || {
         std::net::TcpStream::connect(extra_addr).is_err()
     })
@@ -471,10 +511,10 @@ async fn a_reload_adds_and_removes_listeners() {
 async fn rproxy_s_reload_signals_through_the_pid_file() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let config = |servers: &[&Backend]| {
-        format!(
+        with_admin(&format!(
             "pid_file = \"rproxy.pid\"\n{}",
             config_with(&list(servers), "")
-        )
+        ))
     };
     let mut proxy = Proxy::start(&config(&[&a]));
     let pid_file = proxy.config_path.with_file_name("rproxy.pid");
@@ -493,7 +533,11 @@ async fn rproxy_s_reload_signals_through_the_pid_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("sent reload to process"));
-    proxy.wait_for_log(&["configuration reloaded"]).await;
+    proxy
+        .wait_for_metric("rproxy_config_reloads_total{result=\"success\"}", |n| {
+            n == 1.0
+        })
+        .await;
     assert_eq!(get(&client(), proxy.addr(), "/").await.backend(), "b");
 
     // Without a pid_file the command says what is missing.
@@ -508,6 +552,7 @@ async fn rproxy_s_reload_signals_through_the_pid_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no `pid_file`"));
 
     proxy.signal("TERM");
-    proxy.wait_exit().await;
+    assert_eq!(proxy.wait_exit().await.code(), Some(0));
     assert!(!pid_file.exists(), "the pid file is removed at exit");
+    assert_eq!(proxy.ready(), None, "the ready file is removed at exit");
 }

@@ -251,14 +251,15 @@ async fn a_tcp_health_check_takes_a_dead_backend_out() {
     let a = backend(Kind::Named("a")).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let doomed = listener.local_addr().expect("addr");
-    let proxy = Proxy::start(&tcp_config(
+    let proxy = Proxy::start(&with_admin(&tcp_config(
         &format!("\"{a}\", \"{doomed}\""),
         "",
         "max_fails = 0\nhealth_check = { type = \"tcp\", interval = \"100ms\", fall = 2 }",
-    ));
+    )));
     drop(listener);
+    // Passive health is off: only the checks can take it out.
     proxy
-        .wait_for_log(&["backend is unhealthy", &doomed.to_string()])
+        .wait_for_backend_state("app", doomed, "unhealthy")
         .await;
     for _ in 0..4 {
         let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -305,12 +306,13 @@ async fn an_open_connection_survives_sighup() {
         backend(Kind::Named("a")).await,
         backend(Kind::Named("b")).await,
     );
-    let proxy = Proxy::start(&tcp_config(&format!("\"{a}\""), "", ""));
+    let proxy = Proxy::start(&with_admin(&tcp_config(&format!("\"{a}\""), "", "")));
     let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
     assert_eq!(first_line(&mut s).await, "a");
-    std::fs::write(&proxy.config_path, tcp_config(&format!("\"{b}\""), "", "")).expect("write");
-    proxy.signal("HUP");
-    proxy.wait_for_log(&["configuration reloaded"]).await;
+    let reloaded = proxy
+        .reload_with(&with_admin(&tcp_config(&format!("\"{b}\""), "", "")))
+        .await;
+    assert!(reloaded, "the reload succeeded");
     s.write_all(b"still here\n").await.expect("write");
     assert_eq!(first_line(&mut s).await, "still here");
     let mut fresh = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -374,33 +376,23 @@ async fn least_conn_counts_open_connections() {
     assert_ne!(x, y, "one open connection each");
     drop(second);
     // Once the closed one is counted out, its backend has 0 open against 1: it gets the next.
-    let admin = proxy.admin.expect("admin");
-    let c = client();
-    let mut in_flight = Vec::new();
-    for _ in 0..2000 {
-        let status = get(&c, admin, "/status").await.body;
-        in_flight = status
-            .match_indices("\"in_flight\": ")
-            .map(|(i, m)| {
-                status[i + m.len()..]
-                    .split(',')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-            .collect();
-        if in_flight.iter().filter(|n| *n == "0").count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        in_flight.iter().filter(|n| *n == "1").count(),
-        1,
-        "{in_flight:?}"
-    );
-    let status = get(&c, admin, "/status").await.body;
+    let admin = proxy.admin_addr();
+    let p = &proxy;
+    let one_open_one_closed = move || async move {
+        let status = p.status().await;
+        let mut in_flight: Vec<u64> = status["upstreams"][0]["backends"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|b| b["in_flight"].as_u64()).collect())
+            .unwrap_or_default();
+        in_flight.sort_unstable();
+        in_flight == [0, 1]
+    };
+    wait_until(
+        "the closed connection to be counted out: in_flight 0 and 1",
+        one_open_one_closed,
+    )
+    .await;
+    let status = get(&client(), admin, "/status").await.body;
     assert!(status.contains("\"protocol\": \"tcp\""), "{status}");
     for _ in 0..3 {
         let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
@@ -411,13 +403,11 @@ async fn least_conn_counts_open_connections() {
         );
         drop(s);
         // Wait until it is counted out again before the next one.
-        for _ in 0..2000 {
-            let status = get(&c, admin, "/status").await.body;
-            if status.matches("\"in_flight\": 0").count() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            "the connection to be counted out again",
+            one_open_one_closed,
+        )
+        .await;
     }
     first
         .write_all(b"x\n")

@@ -53,13 +53,13 @@ async fn round_trip(ws: &mut Ws, text: &str) -> String {
 }
 
 fn config(a: SocketAddr, b: SocketAddr, weight: u32) -> String {
-    format!(
+    with_admin(&format!(
         "{}websocket_idle_timeout = \"1s\"\n[upstreams.app.sticky]\ncookie = \"route\"\n",
         config_with(
             &format!(r#"{{ addr = "{a}", weight = {weight} }}, "{b}""#),
             ""
         )
-    )
+    ))
 }
 
 #[tokio::test]
@@ -98,16 +98,16 @@ async fn a_websocket_is_sticky_survives_a_reload_and_closes_when_idle() {
     }
 
     // A reload (a weight change) leaves the open tunnel alone.
-    std::fs::write(&proxy.config_path, config(one, two, 3)).expect("write");
-    proxy.signal("HUP");
-    proxy.wait_for_log(&["configuration reloaded"]).await;
+    assert!(proxy.reload_with(&config(one, two, 3)).await, "reloaded");
     assert_eq!(
         round_trip(&mut ws, "after reload").await,
         format!("{first}: after reload")
     );
 
-    // Then silence: after websocket_idle_timeout (1s) rproxy closes the tunnel.
+    // Then silence: after websocket_idle_timeout (1s) rproxy closes the tunnel; not sooner.
+    let silent_since = std::time::Instant::now();
     let closed = tokio::time::timeout(DEADLINE, ws.next()).await;
+    let idle = silent_since.elapsed();
     assert!(
         matches!(
             closed,
@@ -115,5 +115,8 @@ async fn a_websocket_is_sticky_survives_a_reload_and_closes_when_idle() {
         ),
         "{closed:?}"
     );
-    proxy.wait_for_log(&["websocket idle"]).await;
+    assert!(
+        idle >= std::time::Duration::from_millis(900),
+        "closed after {idle:?} of silence"
+    );
 }

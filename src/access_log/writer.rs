@@ -116,6 +116,7 @@ fn run(shared: &Shared, mut out: Box<dyn Write + Send>, target: &AccessTarget) {
             )
         };
         if dropped > 0 {
+            crate::metrics::access_log_lines_lost(dropped);
             tracing::error!(
                 dropped,
                 "access log: lines dropped, the log could not be written fast enough"
@@ -128,11 +129,15 @@ fn run(shared: &Shared, mut out: Box<dyn Write + Send>, target: &AccessTarget) {
                     tracing::info!("access log: writing again");
                 }
                 Ok(()) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::error!(error = %e, "access log: cannot write; lines are lost until it can");
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::error!(error = %e, "access log: cannot write; lines are lost until it can");
+                    }
+                    // Counted whole: how much of a failed write reached the file is unknown.
+                    let lines = memchr::memchr_iter(b'\n', &taken).count();
+                    crate::metrics::access_log_lines_lost(lines as u64);
                 }
-                Err(_) => {}
             }
             taken.clear();
         }

@@ -406,4 +406,55 @@ mod tests {
         let names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["host", "x_app"]);
     }
+
+    /// `verdict` for a request whose raw head showed `raw` (`head_scan`'s flags).
+    fn verdict_raw(req: http::request::Builder, raw: u8) -> Verdict {
+        let (mut parts, ()) = req.body(()).expect("request").into_parts();
+        check(&mut parts, &limits(), raw)
+    }
+
+    #[test]
+    fn what_only_the_raw_head_showed_is_refused() {
+        use super::super::head_scan::{CONTENT_LENGTH, FRAGMENT, TRANSFER_ENCODING};
+        // hyper keeps `Transfer-Encoding` and drops `Content-Length`: the parsed head of a
+        // request that had both looks like a plain chunked one.
+        let chunked = || {
+            Request::post("/")
+                .header("host", "a")
+                .header("transfer-encoding", "chunked")
+        };
+        assert_eq!(verdict_raw(chunked(), 0), Verdict::Forward);
+        assert_eq!(verdict_raw(chunked(), TRANSFER_ENCODING), Verdict::Forward);
+        assert_eq!(
+            verdict_raw(chunked(), CONTENT_LENGTH | TRANSFER_ENCODING),
+            reject(
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding",
+                true
+            ),
+            "the framing is in doubt: refused, and the connection closed"
+        );
+        let sized = Request::post("/")
+            .header("host", "a")
+            .header("content-length", "5");
+        assert_eq!(verdict_raw(sized, CONTENT_LENGTH), Verdict::Forward);
+        // A `#` fragment (which `http::Uri` drops) is refused; the framing is sound, so the
+        // connection stays open.
+        let get = || Request::get("/a").header("host", "a");
+        assert_eq!(
+            verdict_raw(get(), FRAGMENT),
+            reject(
+                StatusCode::BAD_REQUEST,
+                "request target contains a fragment",
+                false
+            )
+        );
+        assert_eq!(
+            status(&verdict_raw(
+                get(),
+                FRAGMENT | CONTENT_LENGTH | TRANSFER_ENCODING
+            )),
+            Some(400)
+        );
+    }
 }

@@ -43,6 +43,7 @@ pub const TCP_BYTES_TOTAL: &str = "rproxy_tcp_bytes_total";
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "rproxy_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
     "rproxy_config_last_reload_success_timestamp_seconds";
+pub const ACCESS_LOG_LINES_LOST_TOTAL: &str = "rproxy_access_log_lines_lost_total";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -167,6 +168,10 @@ fn describe() {
         "When the configuration was last loaded successfully (Unix seconds)"
     );
     describe_counter!(
+        ACCESS_LOG_LINES_LOST_TOTAL,
+        "Access log lines not written: the write failed (a full or gone disk), or the log fell 16 MB behind"
+    );
+    describe_counter!(
         UPSTREAM_RETRIES_REFUSED_TOTAL,
         "Failed requests not sent again, by reason: unsafe (the request may have taken effect), tries, try_timeout, budget"
     );
@@ -208,4 +213,10 @@ pub fn reload_result(ok: bool) {
             .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP).set(now);
     }
+}
+
+/// Counts access log lines that were not written. Looked up per call, not held: the access
+/// log's writer starts before the recorder is installed, and this runs once per write round.
+pub fn access_log_lines_lost(lines: u64) {
+    metrics::counter!(ACCESS_LOG_LINES_LOST_TOTAL).increment(lines);
 }

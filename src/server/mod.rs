@@ -7,6 +7,7 @@
 //!
 //! The top: it may import every room, and none imports it (only `main` and `lib`).
 
+mod ready_file;
 mod reload;
 mod signals;
 
@@ -38,6 +39,11 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("ready file {path}: {source}")]
+    ReadyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Server {
@@ -53,6 +59,8 @@ pub struct Server {
     admin: Option<(TcpListener, AdminState)>,
 
     pid_file: Option<PidFile>,
+    /// `--ready-file`: written at start, rewritten when a reload changes the bound listeners.
+    ready_file: Option<ready_file::ReadyFile>,
 }
 
 impl Server {
@@ -104,7 +112,23 @@ impl Server {
             connections,
             admin,
             pid_file,
+            ready_file: None,
         })
+    }
+
+    /// Writes the ready file at `path` now (every listener and the admin listener are bound),
+    /// and keeps it up to date on reloads until rproxy stops accepting.
+    pub fn with_ready_file(mut self, path: &std::path::Path) -> Result<Self, StartError> {
+        let listeners = self.local_addrs();
+        let listeners = ready_file::bound(listeners.iter().map(|(n, a)| (n.as_str(), *a)));
+        let file = ready_file::ReadyFile::create(path, listeners, self.admin_addr()).map_err(
+            |source| StartError::ReadyFile {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        self.ready_file = Some(file);
+        Ok(self)
     }
 
     /// Serves this recorder's metrics on the admin listener's `/metrics`.
@@ -171,6 +195,7 @@ impl Server {
         if let Some(ready) = &ready {
             ready.store(false, Ordering::Release);
         }
+        drop(self.ready_file.take());
 
         let drain_timeout = self.state.load().config.drain_timeout;
         tracing::info!(

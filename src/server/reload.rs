@@ -68,6 +68,7 @@ impl Server {
         let old = self.state.swap(Arc::new(snapshot));
         self.listeners
             .apply(plan, new_config.drain_timeout, &self.state);
+        self.update_ready_file();
         // The checks restart on the new backends; their rise/fall state is in the backends'
         // live state, carried over for every unchanged address.
         self.checks.cancel();
@@ -98,6 +99,26 @@ fn forget_unconfigured(snapshot: &Snapshot) {
         );
     }
     crate::metrics::forget_unconfigured(&configured);
+}
+
+impl Server {
+    /// Rewrites the ready file when the bound listeners changed; a failure is logged, and the
+    /// reload stands.
+    fn update_ready_file(&mut self) {
+        let Some(file) = &mut self.ready_file else {
+            return;
+        };
+        let snapshot = self.state.load();
+        let listeners = super::ready_file::bound(
+            snapshot
+                .listeners
+                .values()
+                .flat_map(|l| l.addresses.iter().map(|a| (&*l.name, *a))),
+        );
+        if let Err(e) = file.update(listeners) {
+            tracing::error!(path = %file.path().display(), error = %e, "reload: cannot rewrite the ready file");
+        }
+    }
 }
 
 /// One info line per listener and backend added, removed or changed; or that nothing did.

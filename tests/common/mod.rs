@@ -241,20 +241,44 @@ pub fn byte_stream(
 }
 
 /// An address on which nothing listens: connecting to it is refused.
+///
+/// The port stays bound (by a socket that never listens) for the rest of the test process:
+/// a port merely closed again could be handed to another test's server meanwhile, and the
+/// "dead" backend would answer.
 pub fn refused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-    // `l` is dropped here, so the port is closed.
+    static HELD: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("an IPv4 address");
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    addr
 }
 
 /// The running `rproxy` binary.
+///
+/// Everything a test learns about it comes from facts: the bound addresses from the ready file
+/// (`--ready-file`), its state from the admin listener's `/status` and `/metrics`, and how it
+/// ended from its exit status. Its output is kept only to print when a test fails.
 pub struct Proxy {
     child: Child,
     pub listeners: HashMap<String, Vec<SocketAddr>>,
     /// The admin listener's address, when the config has `[admin]`.
     pub admin: Option<SocketAddr>,
+    /// stderr and stdout lines as they come, for diagnosis.
     logs: Arc<Mutex<Vec<String>>>,
+    /// stdout lines only: the access log when it goes to stdout (the default).
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// How many lines rproxy wrote to stderr (its diagnostic log).
+    stderr_lines: Arc<AtomicUsize>,
     pub config_path: PathBuf,
+    pub ready_path: PathBuf,
     _dir: tempfile::TempDir,
     stdout_reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -263,15 +287,79 @@ pub fn rproxy_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rproxy")
 }
 
+/// What `--ready-file` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub pid: u32,
+    pub listeners: HashMap<String, Vec<SocketAddr>>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Reads the ready file at `path`: `None` while it does not exist. Written by a rename, it is
+/// never seen half-written, so anything unreadable in it fails the test.
+pub fn read_ready(path: &std::path::Path) -> Option<Ready> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("read {}: {e}", path.display()),
+    };
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
+    let addr = |v: &serde_json::Value| -> SocketAddr {
+        v.as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("an address in the ready file: {text}"))
+    };
+    let listeners = doc["listeners"]
+        .as_object()
+        .unwrap_or_else(|| panic!("listeners in the ready file: {text}"))
+        .iter()
+        .map(|(name, addrs)| {
+            let addrs = addrs.as_array().map(|a| a.iter().map(addr).collect());
+            (name.clone(), addrs.unwrap_or_default())
+        })
+        .collect();
+    Some(Ready {
+        pid: doc["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("pid in the ready file: {text}")),
+        listeners,
+        admin: (!doc["admin"].is_null()).then(|| addr(&doc["admin"])),
+    })
+}
+
+/// `config` with an admin listener on an ephemeral port appended (as the last table, so it
+/// cannot capture top-level keys). For tests that read `/status` and `/metrics`.
+pub fn with_admin(config: &str) -> String {
+    format!("{config}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+}
+
+/// Polls the async `cond` until it holds or the deadline passes.
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Proxy {
-    /// Starts rproxy with `config` and waits until it has bound all its listeners.
+    /// Starts rproxy with `config` and waits until its ready file says where it listens.
     pub fn start(config: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("upstream.toml");
+        let ready_path = dir.path().join("ready.json");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(rproxy_bin())
             .arg("-c")
             .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -282,24 +370,26 @@ impl Proxy {
         // The access log (stdout by default) joins the same list of lines.
         let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        let access = logs.clone();
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let (sink, access, only_stdout) = (logs.clone(), logs.clone(), stdout_lines.clone());
+        let stderr_count = Arc::new(AtomicUsize::new(0));
+        let counter = stderr_count.clone();
         let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                only_stdout
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.clone());
                 access.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("rproxy started") || line.contains("ERROR") {
-                    let _ = tx.send(());
-                }
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                counter.fetch_add(1, Ordering::SeqCst);
             }
-            let _ = tx.send(());
         });
         // Owned by a `Proxy` from here on: if starting fails below, its drop ends the child.
         let mut proxy = Proxy {
@@ -307,33 +397,39 @@ impl Proxy {
             listeners: HashMap::new(),
             admin: None,
             logs,
+            stdout: stdout_lines,
+            stderr_lines: stderr_count,
             config_path,
+            ready_path,
             _dir: dir,
             stdout_reader: Some(stdout_reader),
         };
-        if rx.recv_timeout(DEADLINE).is_err() {
-            panic!("rproxy did not start: {:?}", proxy.logs());
-        }
-        for line in proxy.logs() {
-            if line.contains("admin listening") {
-                proxy.admin = field(&line, "addr").and_then(|a| a.parse().ok());
+        let start = std::time::Instant::now();
+        let ready = loop {
+            if let Some(ready) = read_ready(&proxy.ready_path) {
+                break ready;
             }
-            if let (Some(name), Some(addr)) = (field(&line, "listener"), field(&line, "addr"))
-                && line.contains("listening")
-            {
-                proxy
-                    .listeners
-                    .entry(name.to_string())
-                    .or_default()
-                    .push(addr.parse().expect("listening addr"));
+            if let Some(status) = proxy.child.try_wait().expect("try_wait") {
+                panic!("rproxy exited at start ({status}): {:#?}", proxy.logs());
             }
-        }
-        assert!(
-            !proxy.listeners.is_empty(),
-            "rproxy did not start: {:?}",
-            proxy.logs()
-        );
+            assert!(
+                start.elapsed() < DEADLINE,
+                "rproxy wrote no ready file: {:#?}",
+                proxy.logs()
+            );
+            // A blocking wait: `start` is not async, and nothing of the test runs meanwhile.
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(ready.pid, proxy.child.id(), "the ready file's pid");
+        assert!(!ready.listeners.is_empty(), "no listener in {ready:?}");
+        proxy.listeners = ready.listeners;
+        proxy.admin = ready.admin;
         proxy
+    }
+
+    /// What the ready file says now (`None` once rproxy removed it at shutdown).
+    pub fn ready(&self) -> Option<Ready> {
+        read_ready(&self.ready_path)
     }
 
     /// After the process exited: waits until everything it wrote to stdout has been read.
@@ -357,11 +453,42 @@ impl Proxy {
         self.child.id()
     }
 
+    /// Everything rproxy wrote to stderr and stdout so far: for failure messages.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Waits until a log line contains every one of `needles`, and returns it.
+    /// The lines rproxy wrote to stdout: the access log, where it goes by default.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many lines rproxy has written to stderr so far, whatever they say: for tests of how
+    /// much it logs (a problem reported once, not once per request).
+    pub fn stderr_line_count(&self) -> usize {
+        self.stderr_lines.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a line of the access log on stdout contains every one of `needles`.
+    pub async fn wait_for_access_line(&self, needles: &[&str]) -> String {
+        let mut found = None;
+        wait_until(&format!("an access log line with {needles:?}"), || {
+            found = self
+                .stdout_lines()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)));
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.expect("found")
+    }
+
+    /// Waits until a log line contains every one of `needles`, and returns it. Log wording is
+    /// not a fact to test: new tests read the ready file, `/status`, `/metrics` or the exit
+    /// status instead. Kept for tests/idle_connections.rs until it moves off it.
     pub async fn wait_for_log(&self, needles: &[&str]) -> String {
         let start = std::time::Instant::now();
         loop {
@@ -381,6 +508,91 @@ impl Proxy {
         }
     }
 
+    /// The admin listener's address; the config must have `[admin]`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .expect("this test's config has an [admin] listener")
+    }
+
+    /// `/status` from the admin listener, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let body = get(&client(), self.admin_addr(), "/status").await.body;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status {body:?}: {e}"))
+    }
+
+    /// `/metrics` from the admin listener.
+    pub async fn scrape(&self) -> String {
+        scrape_admin(self.admin_addr()).await
+    }
+
+    /// The value of one series in `/metrics` (labels as rendered, in order); 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.scrape().await, series).unwrap_or(0.0)
+    }
+
+    /// Waits until the series' value satisfies `ok`, and returns it.
+    pub async fn wait_for_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let cell = std::cell::Cell::new(0.0);
+        let (last, ok) = (&cell, &ok);
+        wait_until(
+            &format!("{series} to reach its value"),
+            move || async move {
+                last.set(self.metric(series).await);
+                ok(last.get())
+            },
+        )
+        .await;
+        cell.get()
+    }
+
+    /// The backend at `addr` of upstream `upstream` in `/status`.
+    pub async fn backend_status(&self, upstream: &str, addr: SocketAddr) -> serde_json::Value {
+        let status = self.status().await;
+        backend_in(&status, upstream, addr)
+            .unwrap_or_else(|| panic!("{upstream}/{addr} in /status: {status:#}"))
+    }
+
+    /// Waits until `/status` shows backend `addr` of `upstream` in `state` (`up`,
+    /// `unhealthy`, `down`).
+    pub async fn wait_for_backend_state(&self, upstream: &str, addr: SocketAddr, state: &str) {
+        wait_until(
+            &format!("{upstream}/{addr} to be {state}"),
+            move || async move { self.backend_status(upstream, addr).await["state"] == state },
+        )
+        .await;
+    }
+
+    /// Reloads (reloads counted by result in `/metrics`, so the config needs `[admin]`):
+    /// sends SIGHUP and waits for the outcome. Returns whether it succeeded.
+    pub async fn reload(&self) -> bool {
+        let reloads = |result: &str| format!("rproxy_config_reloads_total{{result=\"{result}\"}}");
+        let (ok, failed) = (reloads("success"), reloads("failure"));
+        let metrics = self.scrape().await;
+        let before = |series: &str| metric(&metrics, series).unwrap_or(0.0);
+        let (ok_before, failed_before) = (before(&ok), before(&failed));
+        self.signal("HUP");
+        let cell = std::cell::Cell::new(None);
+        let (outcome, ok, failed) = (&cell, &ok, &failed);
+        wait_until("the reload's outcome in /metrics", move || async move {
+            let m = self.scrape().await;
+            let now = |series: &str| metric(&m, series).unwrap_or(0.0);
+            if now(ok) > ok_before {
+                outcome.set(Some(true));
+            } else if now(failed) > failed_before {
+                outcome.set(Some(false));
+            }
+            outcome.get().is_some()
+        })
+        .await;
+        cell.get().expect("an outcome")
+    }
+
+    /// Writes `config` to the config file and reloads it (see `reload`).
+    pub async fn reload_with(&self, config: &str) -> bool {
+        std::fs::write(&self.config_path, config).expect("write config");
+        self.reload().await
+    }
+
     pub fn signal(&self, sig: &str) {
         // The shell's built-in `kill`: no dependency on procps being installed.
         let ok = Command::new("sh")
@@ -389,6 +601,11 @@ impl Proxy {
             .status()
             .expect("run kill");
         assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// Waits for the process to exit, up to the deadline.
@@ -429,19 +646,43 @@ impl Drop for Proxy {
         // Only our own child, by its pid.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("rproxy's output:\n{}", self.logs().join("\n"));
+        }
     }
 }
 
-/// The value of `key=value` in a tracing log line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    let rest = &line[start..];
-    Some(
-        rest.split_whitespace()
-            .next()
-            .unwrap_or(rest)
-            .trim_matches('"'),
-    )
+/// The backend at `addr` of upstream `upstream` in a `/status` document.
+pub fn backend_in(
+    status: &serde_json::Value,
+    upstream: &str,
+    addr: SocketAddr,
+) -> Option<serde_json::Value> {
+    status["upstreams"]
+        .as_array()?
+        .iter()
+        .find(|u| u["name"] == upstream)?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["address"] == addr.to_string().as_str())
+        .cloned()
+}
+
+/// The series `name{upstream="UPSTREAM",backend="ADDR"EXTRA}` as `/metrics` renders it, for a
+/// backend written as its address. `extra` is further labels with their leading comma.
+pub fn backend_series(name: &str, upstream: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("{name}{{upstream=\"{upstream}\",backend=\"{addr}\"{extra}}}")
+}
+
+/// The JSON lines of an access log file (`format = "json"`) written so far; a last line
+/// still being written (no newline yet) is left for the next read.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}")))
+        .collect()
 }
 
 /// A keep-alive HTTP/1.1 client.

@@ -150,3 +150,86 @@ pub(crate) fn backend(
     backend.metrics.up.set(if up { 1.0 } else { 0.0 });
     backend
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of two backends balanced by `policy`, built as a snapshot builds it.
+    fn pool_of_two(policy: &str) -> crate::upstream::pool::Pool {
+        let text = format!(
+            "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n\
+             [upstreams.u]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbalance = \"{policy}\"\n"
+        );
+        let config =
+            crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid test config");
+        let up = &config.upstreams["u"];
+        let resolved = up
+            .servers
+            .iter()
+            .map(|s| ResolvedServer {
+                addr: match s.addr {
+                    crate::config::ServerAddr::Ip(a) => a,
+                    crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
+                },
+                written: s.addr.to_string(),
+                sole_address: true,
+                config: s.clone(),
+            })
+            .collect();
+        crate::upstream::pool::Pool::new(up, resolved, None, None)
+    }
+
+    /// What the pool picks for a new request, `n` times.
+    fn picks(pool: &crate::upstream::pool::Pool, n: usize) -> Vec<usize> {
+        let ctx = crate::balancer::PickContext {
+            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            key: b"",
+        };
+        let tried = crate::balancer::Tried::default();
+        (0..n)
+            .map(|_| pool.select(&ctx, &tried).expect("a backend"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_started_request_is_counted_where_the_balancer_looks_until_it_ends() {
+        for policy in ["least_conn", "random_two"] {
+            let pool = pool_of_two(policy);
+            let busy = &pool.backends()[0];
+            let in_flight = || busy.live.in_flight();
+            let guard = busy.start();
+            assert_eq!((in_flight(), busy.live.requests()), (1, 1), "{policy}");
+            assert_eq!(picks(&pool, 8), [1; 8], "{policy}: the busy one is avoided");
+
+            // However the request ends, the count goes back down and the backend is picked
+            // again: its guard is dropped when the request completes...
+            drop(guard);
+            assert_eq!(in_flight(), 0, "{policy}");
+            assert!(picks(&pool, 8).contains(&0), "{policy}");
+
+            // ...when what holds it is dropped half-way (the client went away)...
+            let guard = busy.start();
+            let task = tokio::spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(in_flight(), 1, "{policy}");
+            task.abort();
+            assert!(task.await.is_err_and(|e| e.is_cancelled()));
+            assert_eq!(in_flight(), 0, "{policy}: a cancelled request");
+
+            // ...and when the code holding it panics.
+            let guard = busy.start();
+            let task = tokio::spawn(async move {
+                let _guard = guard;
+                panic!("a request that panics");
+            });
+            assert!(task.await.is_err_and(|e| e.is_panic()));
+            assert_eq!(in_flight(), 0, "{policy}: a panicked request");
+            assert_eq!(busy.live.requests(), 3, "{policy}: requests only count up");
+            assert!(picks(&pool, 8).contains(&0), "{policy}");
+        }
+    }
+}

@@ -214,4 +214,48 @@ mod tests {
         let a = r.start(&Method::GET);
         assert_eq!(a.retry(&not_sent(), true), Err(RetryRefusal::Budget));
     }
+
+    /// Whether a request with `method` that reached a backend which then failed without
+    /// answering goes to another one, and how much of its body is kept for that.
+    fn resent(r: &RetryRules, method: &Method) -> (bool, usize) {
+        let mut a = r.start(method);
+        a.begin(Duration::from_secs(1));
+        (a.retry(&no_answer(), true).is_ok(), r.body_to_keep(method))
+    }
+
+    #[test]
+    fn every_idempotent_method_is_resent_and_no_other() {
+        let r = rules(|_| {});
+        let keep = defaults::RETRY_BUFFER;
+        // RFC 9110's idempotent methods.
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert_eq!(resent(&r, &m), (true, keep), "{m}");
+        }
+        // nginx's non-idempotent methods (POST, LOCK, PATCH), CONNECT, and methods rproxy does
+        // not know: sending them twice may do twice what they do.
+        let unknown = |name: &str| Method::from_bytes(name.as_bytes()).expect("a method");
+        for m in [
+            Method::POST,
+            Method::PATCH,
+            unknown("LOCK"),
+            Method::CONNECT,
+            unknown("PURGE"),
+        ] {
+            assert_eq!(resent(&r, &m), (false, 0), "{m}");
+            // Nothing reached the backend: safe whatever the method.
+            let mut a = r.start(&m);
+            a.begin(Duration::from_secs(1));
+            assert_eq!(a.retry(&not_sent(), true), Ok(()), "{m}");
+            // Unless told they may be resent.
+            let anyway = rules(|p| p.non_idempotent = true);
+            assert_eq!(resent(&anyway, &m), (true, keep), "{m}");
+        }
+    }
 }
