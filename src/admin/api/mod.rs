@@ -22,27 +22,28 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::defaults::MAX_WEIGHT;
 use crate::health::AdminMode;
 use crate::upstream::{Backend, Pool};
 
 use super::{AdminState, authorized, view};
 
-/// The longest body `PUT .../weight` reads (`{"weight": 1000000}` is 20 bytes).
-const MAX_BODY: usize = 1024;
+mod answer;
+mod input;
+
+use answer::{
+    Answer, Refusal, json, method_not_allowed, not_found_endpoint, refusal, refuse, unauthorized,
+};
+use input::{bearer, percent_decode, wait_param, weight_body};
+
 /// How often a `?wait=` looks at the server's in-flight count.
 const WAIT_POLL: Duration = Duration::from_millis(20);
-/// The longest `?wait=`.
-const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// How long a weight change waits for its rebuild (name resolution included) before it gives
 /// up; a reload allows its resolution 30s.
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(45);
@@ -101,16 +102,6 @@ impl Action {
         }
     }
 }
-
-/// An answer that is not the happy path, as `{"error": ..., "known": [...]}`.
-#[derive(Debug, Serialize)]
-struct Refusal {
-    error: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    known: Option<Vec<String>>,
-}
-
-type Answer = Response<Full<Bytes>>;
 
 /// Answers one request under `/api/`. `peer` is the admin client (logged with each change);
 /// `shutdown` ends a `?wait=` early when rproxy stops.
@@ -174,12 +165,12 @@ pub(super) async fn handle(
     };
     let wait = match wait_param(&req, action) {
         Ok(w) => w,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.answer(),
     };
     let weight = if action == Action::Weight {
         match weight_body(req.into_body()).await {
             Ok(w) => Some(w),
-            Err(refusal) => return refusal,
+            Err(refused) => return refused.answer(),
         }
     } else {
         None
@@ -187,7 +178,7 @@ pub(super) async fn handle(
     let snapshot = state.state.load_full();
     let backend = match find(&snapshot, upstream, server) {
         Ok(b) => Arc::clone(b),
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.answer(),
     };
     let by = peer.to_string();
     let before = backend.health.admin_mode();
@@ -255,11 +246,11 @@ fn read(state: &AdminState, upstream: Option<&str>, server: Option<&str>) -> Ans
         (None, _) => json(StatusCode::OK, &view::upstreams(&snapshot)),
         (Some(u), None) => match snapshot.pools.get(u) {
             Some(pool) => json(StatusCode::OK, &view::upstream(&snapshot, pool)),
-            None => unknown_upstream(&snapshot, u),
+            None => unknown_upstream(&snapshot, u).answer(),
         },
         (Some(u), Some(s)) => match find(&snapshot, u, s) {
             Ok(b) => json(StatusCode::OK, &view::server(b)),
-            Err(refusal) => refusal,
+            Err(refused) => refused.answer(),
         },
     }
 }
@@ -270,7 +261,7 @@ fn find<'s>(
     snapshot: &'s crate::state::Snapshot,
     upstream: &str,
     given: &str,
-) -> Result<&'s Arc<Backend>, Answer> {
+) -> Result<&'s Arc<Backend>, Refusal> {
     let Some(pool) = snapshot.pools.get(upstream) else {
         return Err(unknown_upstream(snapshot, upstream));
     };
@@ -283,7 +274,7 @@ fn find<'s>(
         [one] => return Ok(one),
         [] => {}
         several => {
-            return Err(refuse(
+            return Err(refusal(
                 StatusCode::CONFLICT,
                 &format!(
                     "`{given}` resolves to {} addresses in upstream `{upstream}`; name one of them",
@@ -298,7 +289,7 @@ fn find<'s>(
         .iter()
         .find(|b| parsed == Some(b.addr))
         .ok_or_else(|| {
-            refuse(
+            refusal(
                 StatusCode::NOT_FOUND,
                 &format!("upstream `{upstream}` has no server `{given}`"),
                 Some(known_servers(pool)),
@@ -322,10 +313,10 @@ fn known_servers(pool: &Pool) -> Vec<String> {
         .collect()
 }
 
-fn unknown_upstream(snapshot: &crate::state::Snapshot, upstream: &str) -> Answer {
+fn unknown_upstream(snapshot: &crate::state::Snapshot, upstream: &str) -> Refusal {
     let mut known: Vec<String> = snapshot.pools.keys().cloned().collect();
     known.sort();
-    refuse(
+    refusal(
         StatusCode::NOT_FOUND,
         &format!("no upstream `{upstream}`"),
         Some(known),
@@ -347,79 +338,6 @@ async fn rebuilt(state: &AdminState) -> Result<(), String> {
             "rebuilding the pools took longer than {REBUILD_TIMEOUT:?}"
         )),
     }
-}
-
-/// `?wait=30s` on drain and disable: how long to wait for the server's in-flight requests to
-/// finish.
-fn wait_param(req: &Request<Incoming>, action: Action) -> Result<Option<Duration>, Answer> {
-    let Some(text) = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
-    else {
-        return Ok(None);
-    };
-    if !matches!(action, Action::Drain | Action::Disable) {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "`wait` is for drain and disable",
-            None,
-        ));
-    }
-    let text = percent_decode(text).unwrap_or_default();
-    match humantime::parse_duration(&text) {
-        Ok(d) if d <= MAX_WAIT => Ok(Some(d)),
-        _ => Err(refuse(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "`wait={text}`: expected a duration with a unit, such as \"30s\" or \"2m\", at most \"24h\""
-            ),
-            None,
-        )),
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeightBody {
-    weight: u64,
-}
-
-/// The body of `PUT .../weight`: `{"weight": N}`, N from 1 to the file's maximum.
-async fn weight_body(body: Incoming) -> Result<NonZeroU32, Answer> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "the body must be JSON such as {{\"weight\": 3}}, at most {MAX_BODY} bytes"
-                ),
-                None,
-            ));
-        }
-    };
-    let parsed: WeightBody = serde_json::from_slice(&bytes).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            &format!("the body must be JSON such as {{\"weight\": 3}}: {e}"),
-            None,
-        )
-    })?;
-    u32::try_from(parsed.weight)
-        .ok()
-        .filter(|w| *w <= MAX_WEIGHT)
-        .and_then(NonZeroU32::new)
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "weight {} is out of range: 1 to {MAX_WEIGHT} (to stop sending new requests to a server, drain it)",
-                    parsed.weight
-                ),
-                None,
-            )
-        })
 }
 
 #[derive(Debug, Serialize)]
@@ -458,110 +376,4 @@ async fn drained(backend: &Backend, wait: Duration, shutdown: &CancellationToken
             server: view::server(backend),
         },
     )
-}
-
-/// `Authorization: Bearer <token>` only (the query form is for reading the page).
-fn bearer(req: &Request<Incoming>, token: &str) -> bool {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|given| super::same_secret(given, token.as_bytes()))
-}
-
-/// `%XX` escapes decoded (a path segment such as `%5B%3A%3A1%5D%3A3000` for `[::1]:3000`);
-/// `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Answer {
-    match serde_json::to_vec_pretty(value) {
-        Ok(body) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
-            *resp.status_mut() = status;
-            let headers = resp.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot render an admin API answer");
-            let mut resp = Response::new(Full::new(Bytes::from_static(b"cannot render\n")));
-            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            resp
-        }
-    }
-}
-
-fn refuse(status: StatusCode, error: &str, known: Option<Vec<String>>) -> Answer {
-    json(
-        status,
-        &Refusal {
-            error: error.to_string(),
-            known,
-        },
-    )
-}
-
-fn unauthorized(error: &str) -> Answer {
-    let mut resp = refuse(StatusCode::UNAUTHORIZED, error, None);
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
-}
-
-fn method_not_allowed(allow: &'static str) -> Answer {
-    let mut resp = refuse(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("method not allowed here; use {allow}"),
-        None,
-    );
-    resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    resp
-}
-
-fn not_found_endpoint() -> Answer {
-    refuse(
-        StatusCode::NOT_FOUND,
-        "no such endpoint: GET /api/upstreams[/{upstream}[/servers/{addr}]], POST .../servers/{addr}/drain|disable|enable|reset, PUT .../servers/{addr}/weight",
-        None,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(
-            percent_decode("%5B%3A%3A1%5D%3A3000").as_deref(),
-            Some("[::1]:3000")
-        );
-        assert_eq!(
-            percent_decode("127.0.0.1:80").as_deref(),
-            Some("127.0.0.1:80")
-        );
-        assert_eq!(percent_decode("%5"), None);
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
-    }
 }
