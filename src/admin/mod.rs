@@ -1,15 +1,22 @@
 //! The admin listener, at the side of the request path: `/metrics` for Prometheus, `/healthz`
-//! for liveness, `/readyz` for readiness, `/status` as JSON and `/` as a self-refreshing HTML
-//! status page. A listener of its own: admin paths are never served on a proxy listener,
+//! for liveness, `/readyz` for readiness, `/status` as JSON, `/` as a self-refreshing HTML
+//! status page, and the runtime admin API under `/api/` (drain, disable, enable, weight,
+//! reset: `api.rs`). A listener of its own: admin paths are never served on a proxy listener,
 //! whatever Host or path a client sends there. With `token` set, every request needs
-//! `Authorization: Bearer <token>` (or `?token=`, so a browser can open the page).
+//! `Authorization: Bearer <token>` (or `?token=`, so a browser can open the page); API writes
+//! always need it, in the header.
 //!
-//! Reads the published snapshot (`state`) and the metrics; imports nothing of the request path
-//! below the snapshot, and nothing imports it but `server`.
+//! Reads the published snapshot (`state`) and the metrics, and sets the operator's overrides
+//! on backends through `health`; nothing imports it but `server`, which answers its
+//! [`RebuildRequest`]s.
 
+mod api;
 mod status;
+mod view;
 
+pub use api::RebuildRequest;
 pub use status::Status;
+pub use view::OverrideView;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +45,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub state: SharedState,
     pub started: SystemTime,
+    /// Where a runtime weight change asks the server to rebuild the pools.
+    pub rebuild: tokio::sync::mpsc::Sender<RebuildRequest>,
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -62,9 +71,16 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: Can
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            let stopping = shutdown.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (state, stopping) = (Arc::clone(&state), stopping.clone());
+                async move {
+                    Ok::<_, Infallible>(if req.uri().path().starts_with("/api/") {
+                        api::handle(&state, req, peer, &stopping).await
+                    } else {
+                        answer(&state, &req)
+                    })
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -153,7 +169,11 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     let Some(given) = from_header.or(from_query) else {
         return false;
     };
-    let expected = token.as_bytes();
+    same_secret(given, token.as_bytes())
+}
+
+/// `given == expected`, in time that does not depend on where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()

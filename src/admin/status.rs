@@ -1,11 +1,14 @@
 //! `GET /status`: every listener and upstream, and per backend its settings, state and live
-//! numbers, as JSON. The HTML status page (`page.rs`) is built from the same document.
+//! numbers, as JSON, the operator's admin state and override included. The HTML status page
+//! (`page.html`) is built from the same document.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::state::Snapshot;
+
+use super::view::{self, OverrideView};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -40,11 +43,20 @@ pub struct BackendStatus {
     pub address: String,
     /// The server as written in the configuration.
     pub server: String,
+    /// The file's weight.
     pub weight: u32,
+    /// The weight it is balanced with: a runtime weight (admin API) when one is set.
+    pub effective_weight: u32,
     pub backup: bool,
     pub down: bool,
     /// `up`, `unhealthy` (failing its checks) or `down` (in the configuration).
     pub state: &'static str,
+    /// The operator's admin state: `active`, `draining` or `disabled`.
+    pub admin_state: &'static str,
+    /// What the operator changed at run time (state, weight), when and by whom; `null` when
+    /// the file rules.
+    #[serde(rename = "override")]
+    pub runtime_override: Option<OverrideView>,
     /// When the backend entered its state (Unix seconds).
     pub since_unix: u64,
     /// The last active check: `pass`, `fail`, or `null` (none configured or none yet).
@@ -102,14 +114,13 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime) -> Status {
                     BackendStatus {
                         address: b.addr.to_string(),
                         server: b.written.clone(),
-                        weight: b.weight,
+                        weight: b.configured_weight,
+                        effective_weight: b.weight,
                         backup: b.backup,
                         down: b.down,
-                        state: match (b.down, b.healthy()) {
-                            (true, _) => "down",
-                            (false, true) => "up",
-                            (false, false) => "unhealthy",
-                        },
+                        state: view::health(b),
+                        admin_state: b.health.admin_mode().name(),
+                        runtime_override: b.health.runtime_override().map(OverrideView::of),
                         since_unix: b.health.state_since().unwrap_or(started_unix),
                         last_check: b
                             .health

@@ -2,13 +2,15 @@
 //!
 //! Everything that decides it lives here: the file's `down`, the active checks' verdict
 //! (published by the check task from the rise/fall machine), passive health (failures of real
-//! requests), and the slow-start ramp of a backend that came back. The pool and its balancers
-//! only read it. Runtime admin states (drain, disable: set through the admin API) belong here
-//! too, beside `down`, so that every reader sees them through [`BackendHealth::is_candidate`].
+//! requests), the slow-start ramp of a backend that came back, and the operator's admin mode
+//! (drain, disable: set through the admin API, `admin.rs`), read beside `down` so that every
+//! reader sees it through [`BackendHealth::is_candidate`]. The pool and its balancers only
+//! read it.
 //!
 //! It sits in an `Arc` keyed by pool and address: a reload that keeps the address keeps it,
 //! rise/fall progress included, and restarted check tasks go on where the last ones stopped.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -17,6 +19,7 @@ use parking_lot::Mutex;
 use crate::config::PassiveHealth;
 use crate::metrics::BackendMetrics;
 
+use super::admin::{AdminControl, AdminMode, Override};
 use super::passive::{Passive, PassiveState};
 use super::slow_start::SlowStart;
 use super::state::HealthMachine;
@@ -34,13 +37,78 @@ pub struct BackendHealth {
     pub slow_start: SlowStart,
     /// The active checks' rise/fall progress; `None` while the pool has no checks.
     pub(super) machine: Mutex<Option<HealthMachine>>,
+    /// The operator's runtime overrides: admin mode and weight.
+    admin: AdminControl,
 }
 
 impl BackendHealth {
-    /// May take requests now: not `down` in the file, and healthy. `metrics` are the
-    /// backend's, where a change this call notices is published.
+    /// May take new requests now: not `down` in the file, active (neither draining nor
+    /// disabled), and healthy. `metrics` are the backend's, where a change this call notices
+    /// is published.
     pub fn is_candidate(&self, down: bool, metrics: &BackendMetrics) -> bool {
-        !down && self.is_healthy(metrics)
+        self.in_service(down) && self.is_healthy(metrics)
+    }
+
+    /// May take a request a sticky cookie pins to it: as [`Self::is_candidate`], but a
+    /// draining backend still may (HAProxy's `drain`); a disabled one may not.
+    pub fn takes_pinned(&self, down: bool, metrics: &BackendMetrics) -> bool {
+        !down && self.admin.mode() != AdminMode::Disabled && self.is_healthy(metrics)
+    }
+
+    /// Neither `down` in the file nor taken out by the operator, healthy or not: what the
+    /// all-unhealthy (fail-open) rule may still send to.
+    pub fn in_service(&self, down: bool) -> bool {
+        !down && self.admin.mode() == AdminMode::Active
+    }
+
+    /// The operator's mode for this backend.
+    pub fn admin_mode(&self) -> AdminMode {
+        self.admin.mode()
+    }
+
+    /// Sets the admin mode (`None`: back to the file's state) and returns the one it replaced.
+    /// A backend that comes back to active from draining or disabled begins its slow-start
+    /// ramp, as HAProxy's does (the ramp only matters where `slow_start` is configured).
+    pub fn set_admin_mode(
+        &self,
+        mode: Option<AdminMode>,
+        by: &str,
+        metrics: &BackendMetrics,
+    ) -> AdminMode {
+        let before = self.admin.set_mode(mode, by);
+        self.admin_changed(before, metrics);
+        before
+    }
+
+    /// Sets the runtime weight (`None`: the file's) and returns the one it replaced. Takes
+    /// effect when the pool is next built: the caller rebuilds it.
+    pub fn set_weight_override(&self, weight: Option<NonZeroU32>, by: &str) -> Option<NonZeroU32> {
+        self.admin.set_weight(weight, by)
+    }
+
+    /// Drops every runtime override (mode and weight); returns the mode it had.
+    pub fn reset_overrides(&self, metrics: &BackendMetrics) -> AdminMode {
+        let before = self.admin.reset();
+        self.admin_changed(before, metrics);
+        before
+    }
+
+    /// The runtime weight, if the operator set one.
+    pub fn weight_override(&self) -> Option<NonZeroU32> {
+        self.admin.weight()
+    }
+
+    /// What the operator overrode, when and by whom; `None` when the file rules.
+    pub fn runtime_override(&self) -> Option<Override> {
+        self.admin.record()
+    }
+
+    fn admin_changed(&self, before: AdminMode, metrics: &BackendMetrics) {
+        let now = self.admin.mode();
+        metrics.admin_state.set(now.gauge());
+        if before != AdminMode::Active && now == AdminMode::Active {
+            self.slow_start.begin();
+        }
     }
 
     /// Neither failing its active checks nor left out by passive health. Called for every
@@ -122,5 +190,36 @@ impl BackendHealth {
     pub(super) fn record_check(&self, passed: bool) {
         self.last_check
             .store(if passed { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn enable_after_a_drain_begins_the_slow_start_ramp_and_down_stays_down() {
+        let (h, m) = (BackendHealth::default(), BackendMetrics::new("u", "b:1"));
+        let ramp = Duration::from_secs(30);
+        assert!(h.is_candidate(false, &m));
+        h.set_admin_mode(Some(AdminMode::Draining), "a", &m);
+        assert!(!h.is_candidate(false, &m));
+        assert!(
+            h.takes_pinned(false, &m),
+            "draining keeps its sticky clients"
+        );
+        assert_eq!(h.slow_start.share(ramp), None);
+        h.set_admin_mode(None, "a", &m);
+        assert!(h.is_candidate(false, &m));
+        assert_eq!(
+            h.slow_start.share(ramp),
+            Some(crate::health::SLOW_START_MIN_SHARE)
+        );
+        // The file's `down` wins over everything the operator does.
+        assert!(!h.is_candidate(true, &m) && !h.takes_pinned(true, &m));
+        h.set_admin_mode(Some(AdminMode::Disabled), "a", &m);
+        assert!(!h.takes_pinned(false, &m));
+        assert!(!h.in_service(false));
     }
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 
 use super::{
-    BACKEND_IN_FLIGHT, BACKEND_STATE_CHANGES_TOTAL, BACKEND_UP, CONNECTIONS_OPEN,
-    CONNECTIONS_TOTAL, HEALTH_CHECKS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL,
-    STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL, UPSTREAM_FAIL_OPEN_TOTAL, UPSTREAM_REQUESTS_TOTAL,
-    UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_REFUSED_TOTAL, UPSTREAM_RETRIES_TOTAL, class_index,
+    BACKEND_ADMIN_STATE, BACKEND_IN_FLIGHT, BACKEND_STATE_CHANGES_TOTAL, BACKEND_UP,
+    CONNECTIONS_OPEN, CONNECTIONS_TOTAL, HEALTH_CHECKS_TOTAL, HTTP_REQUEST_DURATION_SECONDS,
+    HTTP_REQUESTS_TOTAL, STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL, UPSTREAM_FAIL_OPEN_TOTAL,
+    UPSTREAM_REQUESTS_TOTAL, UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_REFUSED_TOTAL,
+    UPSTREAM_RETRIES_TOTAL, class_index,
 };
 
 /// Why a request to a backend failed, as counted in `rproxy_upstream_errors_total`.
@@ -133,6 +134,8 @@ pub struct BackendMetrics {
     errors: [Counter; 4],
     pub in_flight: Gauge,
     pub up: Gauge,
+    /// The operator's admin mode: 0 active, 1 draining, 2 disabled.
+    pub admin_state: Gauge,
     /// Health checks: passed, failed.
     checks: [Counter; 2],
     /// State changes: to up, to down.
@@ -153,6 +156,7 @@ impl BackendMetrics {
             }),
             in_flight: metrics::gauge!(BACKEND_IN_FLIGHT, "upstream" => u.clone(), "backend" => b.clone()),
             up: metrics::gauge!(BACKEND_UP, "upstream" => u.clone(), "backend" => b.clone()),
+            admin_state: metrics::gauge!(BACKEND_ADMIN_STATE, "upstream" => u.clone(), "backend" => b.clone()),
             checks: ["pass", "fail"].map(|result| {
                 metrics::counter!(HEALTH_CHECKS_TOTAL, "upstream" => u.clone(), "backend" => b.clone(), "result" => result)
             }),

@@ -40,6 +40,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "rproxy_config_reloads_total";
 pub const TCP_CONNECTIONS_TOTAL: &str = "rproxy_tcp_connections_total";
 pub const TCP_CONNECTIONS_OPEN: &str = "rproxy_tcp_connections_open";
 pub const TCP_BYTES_TOTAL: &str = "rproxy_tcp_bytes_total";
+pub const BACKEND_ADMIN_STATE: &str = "rproxy_backend_admin_state";
+pub const ADMIN_ACTIONS_TOTAL: &str = "rproxy_admin_actions_total";
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "rproxy_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
     "rproxy_config_last_reload_success_timestamp_seconds";
@@ -73,6 +75,10 @@ pub fn install() -> Result<Recorder, metrics::SetRecorderError<Recorder>> {
     RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Every action's series exists from the start, at 0.
+    for action in ADMIN_ACTIONS {
+        metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => action).absolute(0);
+    }
     Ok(recorder)
 }
 
@@ -167,6 +173,14 @@ fn describe() {
         CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
         "When the configuration was last loaded successfully (Unix seconds)"
     );
+    describe_gauge!(
+        BACKEND_ADMIN_STATE,
+        "The operator's admin state of a backend, set through the admin API: 0 active, 1 draining (only sticky-pinned requests), 2 disabled (no requests)"
+    );
+    describe_counter!(
+        ADMIN_ACTIONS_TOTAL,
+        "Changes made through the admin API, by action: drain, disable, enable, weight, reset"
+    );
     describe_counter!(
         ACCESS_LOG_LINES_LOST_TOTAL,
         "Access log lines not written: the write failed (a full or gone disk), or the log fell 16 MB behind"
@@ -175,6 +189,14 @@ fn describe() {
         UPSTREAM_RETRIES_REFUSED_TOTAL,
         "Failed requests not sent again, by reason: unsafe (the request may have taken effect), tries, try_timeout, budget"
     );
+}
+
+/// The `action` label of `rproxy_admin_actions_total`: the admin API's writes.
+pub const ADMIN_ACTIONS: [&str; 5] = ["drain", "disable", "enable", "weight", "reset"];
+
+/// Counts a change made through the admin API (`action` is one of [`ADMIN_ACTIONS`]).
+pub fn admin_action(action: &'static str) {
+    metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => action).increment(1);
 }
 
 /// `"2xx"`, `"5xx"`, ...: the bounded status label, as HAProxy's exporter uses.

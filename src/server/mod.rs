@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminState, serve_admin};
+use crate::admin::{AdminState, RebuildRequest, serve_admin};
 use crate::config::{Config, ConfigErrors};
 use crate::listener::{BindError, ListenerSet, Plan, bind};
 use crate::metrics::Recorder;
@@ -57,6 +57,8 @@ pub struct Server {
     /// Stops the health-check tasks of the current snapshot (a reload restarts them).
     checks: CancellationToken,
     admin: Option<(TcpListener, AdminState)>,
+    /// Runtime weight changes from the admin API, asking for the pools to be rebuilt.
+    rebuilds: Option<tokio::sync::mpsc::Receiver<RebuildRequest>>,
 
     pid_file: Option<PidFile>,
     /// `--ready-file`: written at start, rewritten when a reload changes the bound listeners.
@@ -75,6 +77,7 @@ impl Server {
         let first_plan = listeners.plan(&config)?;
         snapshot.set_addresses(listeners.addresses(&first_plan));
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let mut rebuilds = None;
         let admin = match &config.admin {
             Some(a) => {
                 let socket = bind(a.listen).map_err(|source| BindError {
@@ -84,7 +87,10 @@ impl Server {
                 })?;
                 let addr = socket.local_addr().unwrap_or(a.listen);
                 tracing::info!(addr = %addr, "admin listening");
+                let (rebuild, requests) = tokio::sync::mpsc::channel(16);
+                rebuilds = Some(requests);
                 let admin = AdminState {
+                    rebuild,
                     token: a.token.as_deref().map(Arc::from),
                     metrics: None,
                     ready: Arc::new(AtomicBool::new(false)),
@@ -111,6 +117,7 @@ impl Server {
             stop,
             connections,
             admin,
+            rebuilds,
             pid_file,
             ready_file: None,
         })
@@ -185,6 +192,15 @@ impl Server {
             let control = tokio::select! {
                 c = signals.next() => c,
                 () = &mut stop => Control::Stop,
+                Some(request) = next_rebuild(&mut self.rebuilds) => {
+                    // Serialised with reloads: both build from the snapshot in force.
+                    let result = self.rebuild().await;
+                    // The admin client may have gone; the change is in place either way.
+                    if request.send(result).is_err() {
+                        tracing::debug!("admin client left before its change was applied");
+                    }
+                    continue;
+                }
             };
             if control == Control::Stop {
                 break;
@@ -249,6 +265,17 @@ fn check_fd_limit(config: &Config) {
         );
     } else {
         tracing::debug!(open_file_limit = limit, "open-file limit");
+    }
+}
+
+/// The next rebuild the admin API asks for; never, without an admin listener or once it has
+/// stopped.
+async fn next_rebuild(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<RebuildRequest>>,
+) -> Option<RebuildRequest> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
     }
 }
 

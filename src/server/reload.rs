@@ -5,13 +5,19 @@
 //!
 //! Requests already running keep the snapshot they loaded; new requests get the new one.
 //! Backends present before and after (same upstream, same address) keep their live state:
-//! health and rise/fall progress, passive failures, in-flight counts, slow start, and, when
-//! the pool's shape is unchanged, its balancers' positions (see `Pool::new`).
+//! health and rise/fall progress, passive failures, in-flight counts, slow start, the
+//! operator's runtime overrides (admin mode, weight), and, when the pool's shape is
+//! unchanged, its balancers' positions (see `Pool::new`). A server removed from the file
+//! leaves with its overrides.
+//!
+//! A runtime weight change (admin API) takes the same path from the configuration in force,
+//! without reading the file (`rebuild`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, parse};
+use crate::listener::Plan;
 use crate::state::{Snapshot, build_snapshot};
 
 use super::{Server, start_checks};
@@ -31,22 +37,7 @@ impl Server {
                 ConfigErrors::whole_file(&path, format!("cannot read the file: {e}"))
             })?;
             let config = Arc::new(parse(&path, &text)?);
-            let current = self.state.load_full();
-            let snapshot = tokio::time::timeout(
-                RELOAD_RESOLVE_TIMEOUT,
-                build_snapshot(Arc::clone(&config), Some(&current)),
-            )
-            .await
-            .map_err(|_| {
-                ConfigErrors::whole_file(&path, "name resolution did not finish in 30s")
-            })??;
-            let mut snapshot = snapshot;
-            let plan = self
-                .listeners
-                .plan(&config)
-                .map_err(|e| ConfigErrors::whole_file(&path, e.to_string()))?;
-            snapshot.set_addresses(self.listeners.addresses(&plan));
-            Ok::<_, ConfigErrors>((snapshot, plan))
+            self.prepare(config).await
         };
         let (snapshot, plan) = match prepared.await {
             Ok(ready) => ready,
@@ -65,20 +56,69 @@ impl Server {
             }
         };
         let new_config = Arc::clone(&snapshot.config);
+        let old = self.install(snapshot, plan);
+        log_changes(&old, &self.state.load());
+        warn_restart_only(&old_config, &new_config);
+        crate::metrics::reload_result(true);
+        forget_unconfigured(&self.state.load());
+        tracing::info!("configuration reloaded");
+    }
+
+    /// Builds the snapshot again from the configuration in force, without reading the file,
+    /// so that a runtime weight set through the admin API takes effect (the balancers are
+    /// built from the weights). Otherwise the path of a reload: names are resolved again and
+    /// every backend keeps its live state and overrides. On failure nothing changes.
+    pub(super) async fn rebuild(&mut self) -> Result<(), String> {
+        let config = Arc::clone(&self.state.load().config);
+        match self.prepare(config).await {
+            Ok((snapshot, plan)) => {
+                self.install(snapshot, plan);
+                forget_unconfigured(&self.state.load());
+                tracing::info!("runtime change applied: pools rebuilt");
+                Ok(())
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("rebuild: {e}");
+                }
+                forget_unconfigured(&self.state.load());
+                Err(errors.to_string())
+            }
+        }
+    }
+
+    /// The snapshot for `config` (backends carried over from the running one) and the
+    /// listener sockets it needs.
+    async fn prepare(&self, config: Arc<Config>) -> Result<(Snapshot, Plan), ConfigErrors> {
+        let path = config.source.clone();
+        let current = self.state.load_full();
+        let mut snapshot = tokio::time::timeout(
+            RELOAD_RESOLVE_TIMEOUT,
+            build_snapshot(Arc::clone(&config), Some(&current)),
+        )
+        .await
+        .map_err(|_| ConfigErrors::whole_file(&path, "name resolution did not finish in 30s"))??;
+        let plan = self
+            .listeners
+            .plan(&config)
+            .map_err(|e| ConfigErrors::whole_file(&path, e.to_string()))?;
+        snapshot.set_addresses(self.listeners.addresses(&plan));
+        Ok((snapshot, plan))
+    }
+
+    /// Publishes `snapshot`, brings the listeners in step with `plan` and restarts the health
+    /// checks; returns the snapshot it replaced.
+    fn install(&mut self, snapshot: Snapshot, plan: Plan) -> Arc<Snapshot> {
+        let drain_timeout = snapshot.config.drain_timeout;
         let old = self.state.swap(Arc::new(snapshot));
-        self.listeners
-            .apply(plan, new_config.drain_timeout, &self.state);
+        self.listeners.apply(plan, drain_timeout, &self.state);
         self.update_ready_file();
         // The checks restart on the new backends; their rise/fall state is in the backends'
         // live state, carried over for every unchanged address.
         self.checks.cancel();
         self.checks = self.stop.child_token();
         start_checks(&self.state.load(), &self.checks);
-        log_changes(&old, &self.state.load());
-        warn_restart_only(&old_config, &new_config);
-        crate::metrics::reload_result(true);
-        forget_unconfigured(&self.state.load());
-        tracing::info!("configuration reloaded");
+        old
     }
 }
 

@@ -23,7 +23,10 @@ pub struct Backend {
     pub written: String,
     /// Its `backend` label in the metrics: `written`, with the address when a name has several.
     pub label: String,
+    /// The weight it is balanced with: the operator's runtime weight if set, else the file's.
     pub weight: u32,
+    /// The weight the file gives it.
+    pub configured_weight: u32,
     pub backup: bool,
     pub down: bool,
     /// `addr` as a URI authority, built once for every request's URI.
@@ -40,6 +43,16 @@ impl Backend {
     /// May take requests now (see `BackendHealth::is_candidate`).
     pub fn in_rotation(&self) -> bool {
         self.health.is_candidate(self.down, &self.metrics)
+    }
+
+    /// May take a request a sticky cookie pins to it (a draining backend still may).
+    pub fn takes_pinned(&self) -> bool {
+        self.health.takes_pinned(self.down, &self.metrics)
+    }
+
+    /// Neither `down` in the file nor drained or disabled by the operator, healthy or not.
+    pub fn in_service(&self) -> bool {
+        self.health.in_service(self.down)
     }
 
     /// Neither failing its active checks nor left out by passive health.
@@ -108,7 +121,8 @@ impl Drop for InFlightGuard {
 }
 
 /// A backend for a new pool. `previous` is the same address in the pool this one replaces
-/// (reload): its live state carries over, and its metric series if the label is unchanged.
+/// (reload): its live state carries over, runtime overrides (admin mode, weight) included,
+/// and its metric series if the label is unchanged.
 /// `keepalive` is its idle connections: the previous ones when the client settings did not
 /// change.
 pub(crate) fn backend(
@@ -133,11 +147,13 @@ pub(crate) fn backend(
         Some(p) if p.label == label => Arc::clone(&p.metrics),
         _ => BackendMetrics::new(upstream, &label),
     };
+    let weight = health.weight_override().unwrap_or(s.config.weight);
     let backend = Backend {
         label,
         addr: s.addr,
         written: s.written,
-        weight: s.config.weight.get(),
+        weight: weight.get(),
+        configured_weight: s.config.weight.get(),
         backup: s.config.backup,
         down: s.config.down,
         authority,
@@ -148,6 +164,10 @@ pub(crate) fn backend(
     };
     let up = backend.in_rotation();
     backend.metrics.up.set(if up { 1.0 } else { 0.0 });
+    backend
+        .metrics
+        .admin_state
+        .set(backend.health.admin_mode().gauge());
     backend
 }
 

@@ -230,9 +230,10 @@ impl Pool {
         }
     }
 
-    /// Whether backend `index` may take a request now (a pinned one, say).
+    /// Whether backend `index` may take a request pinned to it (by a sticky cookie): as for
+    /// any request, except that a draining backend still takes its pinned clients.
     pub fn available(&self, index: usize) -> bool {
-        self.backends.get(index).is_some_and(|b| b.in_rotation())
+        self.backends.get(index).is_some_and(|b| b.takes_pinned())
     }
 
     /// The next backend for a request that has already been sent to `tried`: a primary if
@@ -244,12 +245,12 @@ impl Pool {
             return Some(i);
         }
         // Nothing healthy is left: health's fail-open rule says whether to send to the
-        // unhealthy ones anyway.
+        // unhealthy ones anyway (never to one drained or disabled by the operator).
         let unhealthy_left = self
             .backends
             .iter()
             .enumerate()
-            .any(|(i, b)| !b.down && !tried.contains(i) && !b.healthy());
+            .any(|(i, b)| b.in_service() && !tried.contains(i) && !b.healthy());
         if !self
             .fail_open
             .send_anyway(&self.name, unhealthy_left, &self.metrics)
@@ -291,7 +292,7 @@ impl Pool {
             (if healthy_only {
                 b.in_rotation()
             } else {
-                !b.down
+                b.in_service()
             }) && !tried.contains(offset + i)
         };
         balancer.pick(ctx, &eligible).map(|i| offset + i)
@@ -415,6 +416,72 @@ mod tests {
             order,
             vec![1, 3, 2],
             "primaries, then the backup, never the down one"
+        );
+    }
+
+    #[tokio::test]
+    async fn drained_and_disabled_take_no_new_requests_but_drained_keeps_its_pinned_ones() {
+        use crate::health::AdminMode;
+        let p = pool(r#""127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3""#);
+        let set = |i: usize, mode| {
+            let b = &p.backends()[i];
+            b.health.set_admin_mode(mode, "test", &b.metrics);
+        };
+        set(0, Some(AdminMode::Draining));
+        set(1, Some(AdminMode::Disabled));
+        for _ in 0..6 {
+            assert_eq!(
+                port(&p, p.select(&CTX, &Tried::default()).expect("a pick")),
+                3
+            );
+        }
+        assert!(
+            p.available(0),
+            "a draining backend takes its sticky clients"
+        );
+        assert!(!p.available(1), "a disabled one does not");
+        // Taken out by the operator, they are not what fail-open sends to either.
+        set(2, Some(AdminMode::Disabled));
+        assert_eq!(p.select(&CTX, &Tried::default()), None);
+        set(0, None);
+        assert_eq!(
+            port(&p, p.select(&CTX, &Tried::default()).expect("a pick")),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_runtime_weight_is_kept_by_the_rebuilt_pool() {
+        let p = pool(r#""127.0.0.1:1", "127.0.0.1:2""#);
+        let b = &p.backends()[0];
+        b.health
+            .set_weight_override(std::num::NonZeroU32::new(3), "test");
+        let text = "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n";
+        let config = parse(Path::new("t.toml"), text).expect("valid test config");
+        let up = &config.upstreams["u"];
+        let resolved = p
+            .backends()
+            .iter()
+            .zip(&up.servers)
+            .map(|(b, s)| ResolvedServer {
+                addr: b.addr,
+                written: b.written.clone(),
+                sole_address: true,
+                config: s.clone(),
+            })
+            .collect();
+        let rebuilt = Pool::new(up, resolved, Some(&p), None);
+        let mut counts = [0; 2];
+        for _ in 0..8 {
+            counts[rebuilt.select(&CTX, &Tried::default()).expect("a pick")] += 1;
+        }
+        assert_eq!(counts, [6, 2], "weights 3:1");
+        assert_eq!(
+            (
+                rebuilt.backends()[0].weight,
+                rebuilt.backends()[0].configured_weight
+            ),
+            (3, 1)
         );
     }
 
