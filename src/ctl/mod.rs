@@ -152,6 +152,12 @@ fn target(options: &Options) -> Result<Target, Outcome> {
                     options.config.display()
                 )));
             };
+            if admin.listen.port() == 0 {
+                return Err(Outcome::usage(format!(
+                    "rproxy ctl: {}'s [admin] listen has port 0 (the system chose one at start): give --admin URL",
+                    options.config.display()
+                )));
+            }
             let token = options.token.clone().or_else(|| admin.token.clone());
             Ok(Target::from_listen(admin.listen, token))
         }

@@ -34,8 +34,11 @@ pub(super) fn render(body: &[u8]) -> Option<String> {
             } else {
                 let by = over["by"].as_str().unwrap_or("?");
                 match over["since_unix"].as_u64() {
-                    Some(since) => format!("runtime, by {by} at {since}"),
-                    None => format!("runtime, by {by}"),
+                    Some(since) => {
+                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
+                        format!("by {by} at {}", humantime::format_rfc3339_seconds(at))
+                    }
+                    None => format!("by {by}"),
                 }
             };
             rows.push([
@@ -88,7 +91,12 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("UPSTREAM  SERVER"));
-        assert!(lines[1].contains("draining") && lines[1].contains("by 127.0.0.1:50000"));
+        assert!(lines[1].contains("draining"), "{}", lines[1]);
+        assert!(
+            lines[1].ends_with("by 127.0.0.1:50000 at 2023-11-14T22:13:20Z"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].contains("5 (file 1)") && lines[2].ends_with('-'));
         assert_eq!(render(b"not json"), None);
         assert_eq!(render(b"{}"), None);
