@@ -556,3 +556,28 @@ async fn rproxy_s_reload_signals_through_the_pid_file() {
     assert!(!pid_file.exists(), "the pid file is removed at exit");
     assert_eq!(proxy.ready(), None, "the ready file is removed at exit");
 }
+
+#[tokio::test]
+async fn a_reload_that_fails_after_building_leaves_the_running_gauges_alone() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&with_admin(&config_with(&format!("\"{}\"", a.addr), "")));
+    let up = backend_series("rproxy_backend_up", "app", a.addr, "");
+    assert_eq!(proxy.metric(&up).await, 1.0);
+    // The new file marks the server down, and adds a listener on an address in use: the
+    // snapshot is built, then binding fails, and the reload is refused.
+    let taken = proxy.admin_addr();
+    let refused = format!(
+        "{}\n[listeners.clash]\nlisten = \"{taken}\"\nupstream = \"app\"\n",
+        with_admin(&config_with(
+            &format!("{{ addr = \"{}\", down = true }}", a.addr),
+            ""
+        ))
+    );
+    assert!(!proxy.reload_with(&refused).await, "the reload must fail");
+    assert_eq!(
+        proxy.metric(&up).await,
+        1.0,
+        "the running configuration's server is still up"
+    );
+    assert_eq!(get(&client(), proxy.addr(), "/").await.status, 200);
+}

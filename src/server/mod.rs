@@ -176,6 +176,7 @@ impl Server {
             let drain_timeout = self.state.load().config.drain_timeout;
             self.listeners.apply(plan, drain_timeout, &self.state);
         }
+        publish_gauges(&self.state.load());
         start_checks(&self.state.load(), &self.checks);
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
         let admin_loop = TaskTracker::new();
@@ -283,5 +284,14 @@ async fn next_rebuild(
 fn start_checks(snapshot: &crate::state::Snapshot, stop: &CancellationToken) {
     for pool in snapshot.pools.values() {
         crate::health::spawn_checks(pool.health_check.as_ref(), pool.check_targets(), stop);
+    }
+}
+
+/// Sets every backend's `up` and admin-state gauges from the snapshot now in force.
+fn publish_gauges(snapshot: &crate::state::Snapshot) {
+    for pool in snapshot.pools.values() {
+        for backend in pool.backends() {
+            backend.publish_gauges();
+        }
     }
 }

@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigErrors, parse};
 use crate::listener::Plan;
 use crate::state::{Snapshot, build_snapshot};
 
-use super::{Server, start_checks};
+use super::{Server, publish_gauges, start_checks};
 
 /// How long a reload may wait for name resolution before it gives up (the old configuration
 /// keeps running).
@@ -111,6 +111,7 @@ impl Server {
     fn install(&mut self, snapshot: Snapshot, plan: Plan) -> Arc<Snapshot> {
         let drain_timeout = snapshot.config.drain_timeout;
         let old = self.state.swap(Arc::new(snapshot));
+        publish_gauges(&self.state.load());
         self.listeners.apply(plan, drain_timeout, &self.state);
         self.update_ready_file();
         // The checks restart on the new backends; their rise/fall state is in the backends'

@@ -65,6 +65,17 @@ impl Backend {
         self.health.passive_failure(passive, &self.metrics)
     }
 
+    /// Sets its `up` and admin-state gauges from its state now: done when the snapshot it
+    /// belongs to is put in force, not when it is built (a reload that fails after building
+    /// must not change what the running one's series say).
+    pub fn publish_gauges(&self) {
+        let up = self.in_rotation();
+        self.metrics.up.set(if up { 1.0 } else { 0.0 });
+        self.metrics
+            .admin_state
+            .set(self.health.admin_mode().gauge());
+    }
+
     /// Counts a request as started on this backend; the count drops again when the guard is
     /// dropped, whatever way the request ends.
     pub(crate) fn start(&self) -> InFlightGuard {
@@ -162,12 +173,6 @@ pub(crate) fn backend(
         metrics,
         keepalive,
     };
-    let up = backend.in_rotation();
-    backend.metrics.up.set(if up { 1.0 } else { 0.0 });
-    backend
-        .metrics
-        .admin_state
-        .set(backend.health.admin_mode().gauge());
     backend
 }
 
