@@ -5,16 +5,17 @@
 # them for rproxy, and the resident memory that ~10,000 idle keep-alive client connections add,
 # read 1 s and 5 s after the last opened, as benches/compare/run.sh measures it. For a change
 # that must cost no more than before (a refactor with no behaviour change): one run, on one
-# machine at one time, so drift hits both sides alike. Prints a Markdown table: medians, the
-# lowest and highest reading, and after / before. Idle memory moves by a factor of two from
-# reading to reading here (what the allocator has freed but not yet given back), instructions
-# by well under 1%.
+# machine at one time, so drift hits both sides alike. Prints a Markdown table: the median,
+# lowest and highest reading of each side, and after / before of the medians and of the lowest.
+# Idle memory moves by a factor of two from reading to reading here (what the allocator has
+# freed but not yet given back), instructions by well under 1%.
 #
 #   BASE_TARGET=DIR bash benches/before_after.sh BASE [REQUESTS] [ROUNDS]   (20000, 5 rounds)
 #
 # BASE is built in a temporary `git worktree` (removed at the end) with its own target dir,
 # BASE_TARGET (default: a temporary one, so a full build), where its binary is also kept as
-# rproxy-SHA: a later run with the same BASE_TARGET and rustc does not build BASE again.
+# rproxy-SHA: a later run with the same BASE_TARGET and rustc does not build BASE again. Both
+# are built by one command (common.sh's RELEASE_BUILD), so BASE must have its examples too.
 # Installs valgrind, nginx, nghttp2-client (h2load) and curl if missing. Loopback only;
 # everything started here is stopped by its pid.
 set -euo pipefail
@@ -49,21 +50,24 @@ remove_base_tree() {
 }
 trap 'remove_base_tree; cleanup' EXIT
 
-# BASE's binary, built once per BASE_TARGET, commit and compiler. The worktree's files are new
-# on every run, and cargo would rebuild (and link with fat LTO) anything newer than its output:
-# hence the copy kept by commit.
+# BASE's binary, built by the same command as the working tree's (common.sh), once per
+# BASE_TARGET, commit, compiler and command. The worktree's files are new on every run, and
+# cargo would rebuild (and link with fat LTO) anything newer than its output: hence the copy
+# kept by commit, with a stamp of what built it.
 BASE_TARGET=${BASE_TARGET:-$DIR/base-target}
 mkdir -p "$BASE_TARGET"
 BASE_TARGET=$(cd "$BASE_TARGET" && pwd)
 BEFORE_BIN="$BASE_TARGET/rproxy-$BASE_SHA"
-if [ -x "$BEFORE_BIN" ] && [ "$(cat "$BEFORE_BIN.rustc" 2>/dev/null)" = "$(rustc -vV)" ]; then
+STAMP="$(rustc -vV)
+${RELEASE_BUILD[*]} --locked"
+if [ -x "$BEFORE_BIN" ] && [ "$(cat "$BEFORE_BIN.stamp" 2>/dev/null)" = "$STAMP" ]; then
     echo "before: $BEFORE_LABEL, built earlier: $BEFORE_BIN" >&2
 else
     echo "before: building $BEFORE_LABEL in $BASE_TARGET (fat LTO: minutes)" >&2
     git worktree add --quiet --detach "$DIR/base" "$BASE_SHA" >&2
-    (cd "$DIR/base" && CARGO_TARGET_DIR="$BASE_TARGET" cargo build --release --locked --quiet --bin rproxy)
+    (cd "$DIR/base" && CARGO_TARGET_DIR="$BASE_TARGET" "${RELEASE_BUILD[@]}" --locked)
     cp "$BASE_TARGET/release/rproxy" "$BEFORE_BIN.new"
-    rustc -vV > "$BEFORE_BIN.rustc"
+    echo "$STAMP" > "$BEFORE_BIN.stamp"
     mv "$BEFORE_BIN.new" "$BEFORE_BIN"
     remove_base_tree
 fi
@@ -83,7 +87,7 @@ for round in $(seq "$ROUNDS"); do
         rproxy_conf "$p" 1 "$B1" "$B2" off > "$DIR/idle-$side-$round.toml"
         taskset -c 0 "${BIN[$side]}" -c "$DIR/idle-$side-$round.toml" 2>"$DIR/idle-$side-$round.log" &
         pid=$!
-        PIDS+=($pid)
+        PIDS+=("$pid")
         wait_port "$p"
         kib=$(idle_kib "$pid" "$p" "$IDLE_N")
         stop_pid "$pid"
@@ -116,17 +120,21 @@ cell() {
     sorted=$(numbers "$@" | sort -n)
     echo "$(median <<< "$sorted") ($(head -1 <<< "$sorted") to $(tail -1 <<< "$sorted"))"
 }
-# row WHAT ARRAY [SCALE]: before, after and the ratio of their medians (n/a when before is not
-# above zero).
+# div A B: A / B, or n/a when B is not above zero.
+div() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+# row WHAT ARRAY [SCALE]: before, after, and after / before of the medians and of the lowest
+# readings (idle memory's noise is mostly memory freed but not yet given back, which only adds,
+# so the lowest reading moves least).
 row() {
     local -n of=$2
     local b a
-    b=$(numbers "${of[before]}" "${3:-}" | median)
-    a=$(numbers "${of[after]}" "${3:-}" | median)
-    echo "| $1 | $(cell "${of[before]}" "${3:-}") | $(cell "${of[after]}" "${3:-}") | $(awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}') |"
+    b=$(numbers "${of[before]}" "${3:-}" | sort -n)
+    a=$(numbers "${of[after]}" "${3:-}" | sort -n)
+    echo "| $1 | $(cell "${of[before]}" "${3:-}") | $(cell "${of[after]}" "${3:-}") |" \
+        "$(div "$(median <<< "$a")" "$(median <<< "$b")") ($(div "$(head -1 <<< "$a")" "$(head -1 <<< "$b")")) |"
 }
 
-echo "| median (lowest to highest) | before ($BEFORE_LABEL) | after ($AFTER_LABEL) | ratio |"
+echo "| median (lowest to highest) | before ($BEFORE_LABEL) | after ($AFTER_LABEL) | ratio of medians (of lowest) |"
 echo "|---|---|---|---|"
 row "user-space instructions per request" IPR
 row "bytes per idle keep-alive connection, 1 s after the last opened" IDLE1 "$IDLE_N"

@@ -14,7 +14,11 @@ install_missing() {
     fi
 }
 
-cargo build --release --quiet --bin rproxy --example tcp_bench --example hyper_floor
+# The release build, one command for every script: building the examples with the binary
+# brings in the features the dev-dependencies ask for (tokio's test-util among them), which
+# changes rproxy's binary, so a build to compare with (before_after.sh) uses the same.
+RELEASE_BUILD=(cargo build --release --quiet --bin rproxy --example tcp_bench --example hyper_floor)
+"${RELEASE_BUILD[@]}"
 BENCH="$PWD/target/release/examples/tcp_bench"
 DIR=$(mktemp -d)
 PIDS=()
@@ -229,7 +233,7 @@ instructions() {
     # `start_under_valgrind` execs valgrind, which runs the system in its own process: this is
     # its pid.
     local pid=$!
-    PIDS+=($pid)
+    PIDS+=("$pid")
     for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
     local done_n
     done_n=$(h2load --h1 -n "$2" -c 50 -t1 "http://127.0.0.1:$p/" 2>&1 | awk '/^requests:/ {print $8}')
