@@ -3,14 +3,16 @@
 # working tree's (target/release/rproxy), measured interleaved in ROUNDS rounds (medians):
 # user-space instructions per proxied request under valgrind, as benches/instructions.sh counts
 # them for rproxy, and the resident memory that ~10,000 idle keep-alive client connections add,
-# read 1 s and 5 s after the last opened, as benches/compare/run.sh measures it. For a change
+# read 1 s and 5 s after the last opened, as benches/compare/run.sh measures it, and again at
+# 5 s with mimalloc giving freed memory back at once (MIMALLOC_PURGE_DELAY=0). For a change
 # that must cost no more than before (a refactor with no behaviour change): one run, on one
 # machine at one time, so drift hits both sides alike. Prints a Markdown table: the median,
 # lowest and highest reading of each side, and after / before of the medians and of the lowest.
 # Idle memory moves by a factor of two from reading to reading here (what the allocator has
-# freed but not yet given back), instructions by well under 1%.
+# freed but not yet given back), less so with MIMALLOC_PURGE_DELAY=0; instructions by well
+# under 1%.
 #
-#   BASE_TARGET=DIR bash benches/before_after.sh BASE [REQUESTS] [ROUNDS]   (20000, 5 rounds)
+#   BASE_TARGET=DIR bash benches/before_after.sh BASE [REQUESTS] [ROUNDS]   (20000, 9 rounds)
 #
 # BASE is built in a temporary `git worktree` (removed at the end) with its own target dir,
 # BASE_TARGET (default: a temporary one, so a full build), where its binary is also kept as
@@ -22,7 +24,7 @@ set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash benches/before_after.sh BASE [REQUESTS] [ROUNDS]" >&2; exit 2; }
 BASE=$1
 REQUESTS=${2:-20000}
-ROUNDS=${3:-5}
+ROUNDS=${3:-9}
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STARTED=$(date +%s)
@@ -80,20 +82,37 @@ sides() { if (($1 % 2)); then echo before after; else echo after before; fi; }
 # before: the garbage of a few requests, freed but still resident when the reading starts, is
 # given back while the connections open and made readings at 5 s negative here.
 start_backends backends-idle 1
-declare -A IDLE1 IDLE5
+
+# idle_reading SIDE NAME [VAR=VALUE...]: sets KIB to idle_kib's two readings ("at1 at5") for a
+# fresh process of SIDE's binary with that environment.
+idle_reading() {
+    local side=$1 name=$2 p pid
+    shift 2
+    p=$(port)
+    rproxy_conf "$p" 1 "$B1" "$B2" off > "$DIR/$name.toml"
+    env "$@" taskset -c 0 "${BIN[$side]}" -c "$DIR/$name.toml" 2>"$DIR/$name.log" &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$p"
+    KIB=$(idle_kib "$pid" "$p" "$IDLE_N")
+    stop_pid "$pid"
+}
+
+# Besides, a reading with mimalloc giving freed memory back at once rather than after 10 ms
+# (which it does on a later allocator call, so a process gone idle may keep it): nearer what
+# the connections hold. Between two builds of one commit, on this shared machine, the ratio of
+# the medians of nine readings at 5 s was 0.84 in one run and 1.25 in another; with this one,
+# 1.07.
+declare -A IDLE1 IDLE5 LIVE
 for round in $(seq "$ROUNDS"); do
     for side in $(sides "$round"); do
-        p=$(port)
-        rproxy_conf "$p" 1 "$B1" "$B2" off > "$DIR/idle-$side-$round.toml"
-        taskset -c 0 "${BIN[$side]}" -c "$DIR/idle-$side-$round.toml" 2>"$DIR/idle-$side-$round.log" &
-        pid=$!
-        PIDS+=("$pid")
-        wait_port "$p"
-        kib=$(idle_kib "$pid" "$p" "$IDLE_N")
-        stop_pid "$pid"
-        IDLE1[$side]+="${kib% *} "
-        IDLE5[$side]+="${kib#* } "
-        echo "round $round $side: $IDLE_N idle keep-alive connections cost ${kib% *} KiB after 1 s, ${kib#* } KiB after 5 s" >&2
+        idle_reading "$side" "idle-$side-$round"
+        IDLE1[$side]+="${KIB% *} "
+        IDLE5[$side]+="${KIB#* } "
+        echo "round $round $side: $IDLE_N idle keep-alive connections cost ${KIB% *} KiB after 1 s, ${KIB#* } KiB after 5 s" >&2
+        idle_reading "$side" "live-$side-$round" MIMALLOC_PURGE_DELAY=0
+        LIVE[$side]+="${KIB#* } "
+        echo "round $round $side: the same with MIMALLOC_PURGE_DELAY=0: ${KIB#* } KiB after 5 s" >&2
     done
 done
 
@@ -139,14 +158,16 @@ echo "|---|---|---|---|"
 row "user-space instructions per request" IPR
 row "bytes per idle keep-alive connection, 1 s after the last opened" IDLE1 "$IDLE_N"
 row "bytes per idle keep-alive connection, 5 s after" IDLE5 "$IDLE_N"
+row "the same, freed memory given back at once (MIMALLOC_PURGE_DELAY=0)" LIVE "$IDLE_N"
 echo
 echo "\`bash benches/before_after.sh $BASE $REQUESTS $ROUNDS\` on $(date -u +%Y-%m-%d), $(nproc) CPUs:"
 echo "$ROUNDS interleaved rounds. Instructions: valgrind (cachegrind), h2load --h1 -c50,"
 echo "$((REQUESTS / 5)) and $REQUESTS requests on fresh processes, the difference per request."
 echo "Memory: $IDLE_N idle keep-alive client connections (one GET each) on a fresh process, the"
-echo "resident memory they add per connection. Every reading (instructions/request; KiB at 1 s; KiB at 5 s):"
+echo "resident memory they add per connection. Every reading (instructions/request; KiB at 1 s;"
+echo "KiB at 5 s; KiB at 5 s with MIMALLOC_PURGE_DELAY=0):"
 echo
 for side in before after; do
-    echo "- $side: ${IPR[$side]% }; ${IDLE1[$side]% }; ${IDLE5[$side]% }"
+    echo "- $side: ${IPR[$side]% }; ${IDLE1[$side]% }; ${IDLE5[$side]% }; ${LIVE[$side]% }"
 done
 echo >&2 "took $(( $(date +%s) - STARTED )) s"
