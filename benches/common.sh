@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts (sourced, not run): install missing Debian packages, build
 # release, a scratch folder whose processes are stopped by pid on exit, free ports, waiting
-# for a port. Everything stays on 127.0.0.1.
+# for a port, idle-connection memory, the backends and configurations every comparison uses,
+# and instructions per request under valgrind. Everything stays on 127.0.0.1.
 
 # install_missing PACKAGE...: apt-get installs those not yet installed.
 install_missing() {
@@ -13,7 +14,11 @@ install_missing() {
     fi
 }
 
-cargo build --release --quiet --bin rproxy --example tcp_bench --example hyper_floor
+# The release build, one command for every script: building the examples with the binary
+# brings in the features the dev-dependencies ask for (tokio's test-util among them), which
+# changes rproxy's binary, so a build to compare with (before_after.sh) uses the same.
+RELEASE_BUILD=(cargo build --release --quiet --bin rproxy --example tcp_bench --example hyper_floor)
+"${RELEASE_BUILD[@]}"
 BENCH="$PWD/target/release/examples/tcp_bench"
 DIR=$(mktemp -d)
 PIDS=()
@@ -22,6 +27,24 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+
+# forget_pid PID: takes a process that has ended (and been waited for) out of PIDS, so the exit
+# trap cannot signal another process that reused its pid.
+forget_pid() {
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+}
+
+# stop_pid PID: ends a process started here (SIGTERM) and waits for it.
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget_pid "$1"
+}
+
+# median: the median of the numbers on stdin, one a line.
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 # The last lines of every log in $DIR, when something fails to start.
 show_logs() { tail -n 5 "$DIR"/*.log >&2 2>/dev/null || true; }
@@ -153,4 +176,82 @@ backend app
     server b1 127.0.0.1:$2
     server b2 127.0.0.1:$3
 CONF
+}
+
+# start_backends NAME [CPUS]: two nginx backends (backends_conf) in $DIR/NAME on fresh ports,
+# set as B1 and B2, pinned to CPUS if given; returns once both accept connections.
+start_backends() {
+    local pin=()
+    [ -n "${2:-}" ] && pin=(taskset -c "$2")
+    B1=$(port); B2=$(port)
+    mkdir -p "$DIR/$1"
+    backends_conf "$B1" "$B2" > "$DIR/$1/nginx.conf"
+    "${pin[@]}" nginx -p "$DIR/$1" -c "$DIR/$1/nginx.conf" -g "daemon off; pid $DIR/$1/nginx.pid;" 2>"$DIR/$1.log" &
+    PIDS+=($!)
+    wait_port "$B1"; wait_port "$B2"
+}
+
+# Instructions per request under valgrind (benches/instructions.sh, benches/before_after.sh),
+# round-robin over the backends B1 and B2 (start_backends). Systems: rproxy, rproxy-observed
+# (metrics, an access log file, 1 s health checks), nginx, haproxy, hyper-floor. RPROXY is the
+# rproxy binary to run, by default this tree's release build.
+
+# system_config SYSTEM PORT: writes the system's configuration for listening on PORT.
+system_config() {
+    local dir="$DIR/$1-$2"
+    mkdir -p "$dir"
+    case $1 in
+        rproxy) rproxy_conf "$2" 1 "$B1" "$B2" off > "$dir/rproxy.toml" ;;
+        rproxy-observed) rproxy_conf "$2" 1 "$B1" "$B2" "$dir/access.log" "[admin]
+listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }' > "$dir/rproxy.toml" ;;
+        nginx) nginx_proxy_conf "$2" "$B1" "$B2" > "$dir/nginx.conf" ;;
+        haproxy) haproxy_conf "$2" "$B1" "$B2" > "$dir/haproxy.cfg" ;;
+    esac
+}
+
+# start_under_valgrind SYSTEM PORT [RPROXY]: runs it in the foreground under cachegrind
+# (instruction counts only).
+start_under_valgrind() {
+    local dir="$DIR/$1-$2" rproxy=${3:-$PWD/target/release/rproxy}
+    local vg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null)
+    case $1 in
+        rproxy | rproxy-observed) exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
+        nginx) exec "${vg[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;" ;;
+        haproxy) exec "${vg[@]}" haproxy -f "$dir/haproxy.cfg" -db ;;
+        hyper-floor) exec "${vg[@]}" "$PWD/target/release/examples/hyper_floor" "127.0.0.1:$2" "127.0.0.1:$B1" "127.0.0.1:$B2" ;;
+    esac
+}
+
+# instructions SYSTEM N [RPROXY]: sets IR to the user-space instructions of a fresh process
+# that served N requests (h2load --h1, 50 connections). (Not run in a subshell, so the exit
+# trap knows the process.)
+instructions() {
+    local p
+    p=$(port)
+    system_config "$1" "$p"
+    start_under_valgrind "$1" "$p" "${3:-}" >/dev/null 2>"$DIR/vg-$p.log" &
+    # `start_under_valgrind` execs valgrind, which runs the system in its own process: this is
+    # its pid.
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+    local done_n
+    done_n=$(h2load --h1 -n "$2" -c 50 -t1 "http://127.0.0.1:$p/" 2>&1 | awk '/^requests:/ {print $8}')
+    [ "$done_n" = "$2" ] || { echo "$1: $done_n of $2 requests succeeded" >&2; exit 1; }
+    # nginx finishes (and valgrind reports) on SIGQUIT, the others on SIGTERM.
+    if [ "$1" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
+    wait "$pid" || true
+    forget_pid "$pid"
+    IR=$(awk '/I *refs/ {gsub(",", "", $NF); print $NF}' "$DIR/vg-$p.log")
+}
+
+# instructions_per_request SYSTEM REQUESTS [RPROXY]: sets PER_REQUEST to the instructions per
+# request of SYSTEM: two fresh processes serve REQUESTS/5 and REQUESTS requests, and the
+# difference divided by the difference in requests leaves out start-up and shutdown.
+instructions_per_request() {
+    local small
+    instructions "$1" $(($2 / 5)) "${3:-}"
+    small=$IR
+    instructions "$1" "$2" "${3:-}"
+    PER_REQUEST=$(( (IR - small) / ($2 - $2 / 5) ))
 }

@@ -102,7 +102,6 @@ steal_pct() { awk -v t=$(($2 - $1)) -v hz="$HZ" -v s="$SECONDS_PER_RUN" -v n="$(
 to_us() { # wrk latency ("812.00us", "1.20ms", "2.00s") in microseconds
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else print n * 1000000 }'
 }
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 RESULTS="$DIR/results.tsv"
 for c in 1 50 200; do
