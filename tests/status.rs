@@ -260,7 +260,7 @@ async fn the_page_drains_a_server_once_the_token_is_typed() {
         .await;
     let shown = shown.as_str().unwrap_or_default();
     assert!(
-        shown.starts_with("draining (draining at ") && shown.contains(" by 127.0.0.1:"),
+        shown.starts_with("draining set ") && shown.contains(" by 127.0.0.1:"),
         "{shown}"
     );
 
