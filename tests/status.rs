@@ -188,6 +188,16 @@ async fn admin_state(admin: std::net::SocketAddr, addr: std::net::SocketAddr) ->
         .to_string()
 }
 
+/// Types `token` into the page's token field, as a person would (the field's `input` event).
+async fn type_token(page: &mut browser::Browser, token: &str) {
+    let expression = format!(
+        "(() => {{ const t = document.getElementById('token'); t.value = {}; \
+         t.dispatchEvent(new Event('input')); }})()",
+        serde_json::json!(token)
+    );
+    page.eval(&expression).await;
+}
+
 /// `document.querySelector` of the row of `addr`, as a JavaScript expression.
 fn row(addr: std::net::SocketAddr) -> String {
     format!("document.querySelector('tr[data-backend=\"{addr}\"]')")
@@ -227,11 +237,7 @@ async fn the_page_drains_a_server_once_the_token_is_typed() {
     assert_eq!(admin_state(admin, a).await, "active");
 
     // Typed: kept for this tab only (sessionStorage, not localStorage nor a cookie).
-    page.eval(&format!(
-        "(() => {{ const t = document.getElementById('token'); t.value = '{TOKEN}'; \
-         t.dispatchEvent(new Event('input')); }})()"
-    ))
-    .await;
+    type_token(&mut page, TOKEN).await;
     assert_eq!(
         page.eval("sessionStorage.getItem('rproxy.admin.token')")
             .await,
@@ -320,11 +326,7 @@ async fn the_page_says_how_to_enable_writes_when_no_token_is_configured() {
     );
     page.wait_for("the drain button", &format!("{drain} != null"))
         .await;
-    page.eval(&format!(
-        "(() => {{ const t = document.getElementById('token'); t.value = 'any-token-at-all-here'; \
-         t.dispatchEvent(new Event('input')); }})()"
-    ))
-    .await;
+    type_token(&mut page, "any-token-at-all-here").await;
     page.eval(&format!("{drain}.click()")).await;
     let refusal = page
         .wait_for(
