@@ -8,13 +8,16 @@
 //!
 //! Reads the published snapshot (`state`) and the metrics, and sets the operator's overrides
 //! on backends through `health`; nothing imports it but `server`, which answers its
-//! [`RebuildRequest`]s.
+//! [`RebuildRequest`]s. While it serves, a sampler keeps each backend's recent traffic for
+//! the page's sparklines (`history.rs`).
 
 mod api;
+mod history;
 mod status;
 mod view;
 
 pub use api::RebuildRequest;
+pub use history::HistoryView;
 pub use status::Status;
 pub use view::OverrideView;
 
@@ -36,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{Recorder, render_process_metrics};
 use crate::state::SharedState;
 
+use history::History;
+
 /// What the admin endpoints answer from.
 #[derive(Debug, Clone)]
 pub struct AdminState {
@@ -55,6 +60,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves admin requests until `shutdown`; open admin connections are closed gracefully.
 pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let history = Arc::new(History::default());
+    tokio::spawn(history::sample(
+        Arc::clone(&history),
+        Arc::clone(&state.state),
+        shutdown.clone(),
+    ));
     let state = Arc::new(state);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,17 +79,18 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: Can
                 }
             },
         };
-        let state = Arc::clone(&state);
+        let (state, history) = (Arc::clone(&state), Arc::clone(&history));
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let stopping = shutdown.clone();
             let service = service_fn(move |req: Request<Incoming>| {
-                let (state, stopping) = (Arc::clone(&state), stopping.clone());
+                let (state, history) = (Arc::clone(&state), Arc::clone(&history));
+                let stopping = stopping.clone();
                 async move {
                     Ok::<_, Infallible>(if req.uri().path().starts_with("/api/") {
                         api::handle(&state, req, peer, &stopping).await
                     } else {
-                        answer(&state, &req)
+                        answer(&state, &history, &req)
                     })
                 }
             });
@@ -101,7 +113,7 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: Can
     }
 }
 
-fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(state: &AdminState, history: &History, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(token) = &state.token
         && !authorized(req, token)
     {
@@ -134,7 +146,7 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             ),
         },
         "/status" => {
-            let status = status::build(&state.state.load(), state.started);
+            let status = status::build(&state.state.load(), state.started, history);
             match serde_json::to_vec_pretty(&status) {
                 Ok(json) => typed(json.into(), "application/json"),
                 Err(e) => {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::state::Snapshot;
 
+use super::history::{History, HistoryView};
 use super::view::{self, OverrideView};
 
 #[derive(Debug, Serialize)]
@@ -70,9 +71,12 @@ pub struct BackendStatus {
     /// Time to response head over the last minute, approximate (`null` without requests).
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// Requests and errors per 5-second interval over the last 5 minutes, oldest first, for
+    /// the status page's sparklines.
+    pub history: HistoryView,
 }
 
-pub(super) fn build(snapshot: &Snapshot, started: SystemTime) -> Status {
+pub(super) fn build(snapshot: &Snapshot, started: SystemTime, history: &History) -> Status {
     let started_unix = started
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -134,6 +138,7 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime) -> Status {
                         errors: b.live.failures(),
                         latency_p50_ms: latency.map(|l| ms(l.0)),
                         latency_p99_ms: latency.map(|l| ms(l.1)),
+                        history: history.view(&pool.name, b.addr),
                     }
                 })
                 .collect(),
