@@ -1,14 +1,16 @@
 //! The idle lot's storage: connections in numbered slots (a slot's number is the token its
 //! socket is registered with), each with its deadline, and the deadlines in order.
 //!
-//! Used only by the lot (`super`), under its lock. Slots come in chunks of 256 rather than one
+//! Used only by the lot (`super`), under its lock. Deadlines are on tokio's clock, which the
+//! lot's task sleeps on (and which tests pause). Slots come in chunks of 256 rather than one
 //! growing vector: a parked connection's memory stays apart from the small allocations
 //! connections make and free while they are served (which would otherwise keep the
 //! allocator's pages in use around each one), and growing never copies the slots.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 /// Slots per chunk: 256 connections, about 30 KB.
 const CHUNK: usize = 256;
@@ -65,6 +67,11 @@ impl<T> Slots<T> {
         if self.deadlines.len() > 2 * self.len + CHUNK {
             self.rebuild_deadlines();
         }
+    }
+
+    /// How many items the slots hold.
+    pub(super) fn len(&self) -> usize {
+        self.len
     }
 
     /// The earliest deadline (possibly of an item already taken).
