@@ -6,7 +6,7 @@
 //! response is flushed and nothing more has arrived for a moment, the connection is parked
 //! (see `io`): hyper's connection ends without closing the socket. A plain connection then
 //! leaves its task for the idle lot (`idle_lot`), as its socket and a `Waiting` handle: about
-//! 150 bytes; a TLS one waits here, in its task, holding its socket, its settings
+//! 110 bytes; a TLS one waits here, in its task, holding its socket, its settings
 //! (`client_conn`) and its keep-alive deadline (about 850 bytes with tokio's registration of
 //! the socket, plus the TLS session). The next request gets a new hyper connection on the same
 //! socket. Bytes hyper had read but not used (the start of a pipelined request) are replayed

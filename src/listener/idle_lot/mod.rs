@@ -9,8 +9,8 @@
 //! when the lot closes, the socket is closed and `R` dropped. `http1` parks idle plain HTTP/1
 //! connections here and serves each one given back on a new task.
 //!
-//! Why: a socket waiting here costs its slot (the socket, its deadline and `R`: 112 bytes with
-//! `http1`'s handle) and its entry in the deadline heap, about 150 bytes in all, where a task
+//! Why: a socket waiting here costs its slot (the socket, its deadline and `R`: 96 bytes with
+//! `http1`'s handle) and 8 bytes in the deadline heap, about 110 bytes in all, where a task
 //! waiting on the socket, with tokio's registration of it and a timer, is about 850. An idle
 //! keep-alive connection is the most common kind a front door holds, so this sets what 10,000
 //! of them cost.
@@ -21,8 +21,8 @@
 //! the lot keeps tokio's clock and its tests run on the paused one. Moving in and out costs
 //! four `epoll_ctl` calls (out of tokio's epoll and into this one, and back) and a task for
 //! the owner: nothing beside the time a connection has already been idle before it is
-//! parked. Readiness is edge-triggered: a socket registered while it already has bytes to
-//! read is reported at once.
+//! parked. A socket that already has bytes to read when it is registered is reported at once
+//! (epoll looks when a socket is added), so none arriving just before parking are missed.
 
 mod slots;
 #[cfg(test)]
@@ -40,10 +40,15 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use slots::Slots;
+use slots::{Due, Slots};
 
 /// Events read from the epoll instance at a time; more wait for the next turn of the task.
 const EVENTS_PER_POLL: usize = 256;
+
+/// How old the start of the lot's clock may grow before it is moved forward. Deadlines are
+/// kept as `u32` milliseconds from it, which reach 49.7 days: a keep-alive timeout (at most 49
+/// days) set up to this long after the start still fits.
+const REBASE_AFTER: Duration = Duration::from_secs(8 * 3600);
 
 /// What the lot asks of the handle a socket is parked with.
 pub(super) trait ResumeHandle: Send + 'static {
@@ -60,17 +65,62 @@ pub(super) struct IdleLot<R> {
     lot: Mutex<Lot<R>>,
 }
 
-/// A socket in the lot, with what its owner needs to serve it again.
+/// A socket in the lot, with its deadline and what its owner needs to serve it again.
 struct Parked<R> {
+    /// Milliseconds on the lot's clock (`Lot::epoch`); beside the socket's 4 bytes, it takes
+    /// no room of its own.
+    due: u32,
     stream: mio::net::TcpStream,
     handle: R,
+}
+
+impl<R> Due for Parked<R> {
+    fn due(&self) -> u32 {
+        self.due
+    }
+
+    fn due_mut(&mut self) -> &mut u32 {
+        &mut self.due
+    }
 }
 
 /// What the lock guards.
 struct Lot<R> {
     slots: Slots<Parked<R>>,
+    /// The start of the lot's clock, on tokio's: deadlines are counted in milliseconds from it.
+    epoch: Instant,
     /// Set when the lot closes: nothing more is parked, and the task ends.
     closed: bool,
+}
+
+impl<R> Lot<R> {
+    /// `deadline` on the lot's clock, rounded up to the millisecond (never early), after
+    /// moving the clock's start forward if it has grown old.
+    fn due(&mut self, deadline: Instant) -> u32 {
+        let age = Instant::now().saturating_duration_since(self.epoch);
+        if age >= REBASE_AFTER {
+            let by = millis(age);
+            self.slots.rebase(by);
+            self.epoch += Duration::from_millis(by.into());
+        }
+        let nanos = deadline.saturating_duration_since(self.epoch).as_nanos();
+        u32::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u32::MAX)
+    }
+
+    /// `now` on the lot's clock, rounded down: what is due then has passed its deadline.
+    fn now(&self, now: Instant) -> u32 {
+        millis(now.saturating_duration_since(self.epoch))
+    }
+
+    /// The instant of `due`, on tokio's clock.
+    fn at(&self, due: u32) -> Instant {
+        self.epoch + Duration::from_millis(due.into())
+    }
+}
+
+/// Whole milliseconds in `d`, at most `u32::MAX`.
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 impl<R> fmt::Debug for IdleLot<R> {
@@ -100,6 +150,7 @@ impl<R: ResumeHandle> IdleLot<R> {
             changed: Notify::new(),
             lot: Mutex::new(Lot {
                 slots: Slots::new(),
+                epoch: Instant::now(),
                 closed: false,
             }),
         });
@@ -113,6 +164,7 @@ impl<R: ResumeHandle> IdleLot<R> {
     /// socket cannot be registered.
     pub(super) fn park(&self, stream: TcpStream, deadline: Instant, handle: R) -> io::Result<()> {
         let mut conn = Parked {
+            due: 0,
             stream: mio::net::TcpStream::from_std(stream),
             handle,
         };
@@ -134,8 +186,9 @@ impl<R: ResumeHandle> IdleLot<R> {
             lot.slots.release(index);
             return Err(e);
         }
-        let earliest = lot.slots.next_deadline().is_none_or(|next| deadline < next);
-        lot.slots.put(index, deadline, conn);
+        conn.due = lot.due(deadline);
+        let earliest = lot.slots.next_deadline().is_none_or(|next| conn.due < next);
+        lot.slots.put(index, conn);
         drop(lot);
         if earliest {
             // The task sleeps until the earliest deadline it knew of.
@@ -192,7 +245,7 @@ impl<R: ResumeHandle> IdleLot<R> {
                 if lot.closed {
                     return Ok(());
                 }
-                lot.slots.next_deadline()
+                lot.slots.next_deadline().map(|due| lot.at(due))
             };
             if let Some(at) = next
                 && at != expiry.deadline()
@@ -225,7 +278,11 @@ impl<R: ResumeHandle> IdleLot<R> {
                 }
                 () = &mut expiry, if next.is_some() => {
                     // Closing an expired socket takes it out of the epoll instance too.
-                    let expired = self.lock().slots.expired(Instant::now());
+                    let expired = {
+                        let mut lot = self.lock();
+                        let now = lot.now(Instant::now());
+                        lot.slots.expired(now)
+                    };
                     drop(expired);
                 }
                 () = self.changed.notified() => {}

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{IdleLot, ResumeHandle};
+use super::{IdleLot, Parked, ResumeHandle};
 
 /// A test handle: its number, and a flag its owner sets to drain it.
 #[derive(Debug)]
@@ -253,4 +253,53 @@ async fn more_sockets_ready_than_one_poll_reads_all_come_back() {
     ids.sort_unstable();
     assert_eq!(ids, (0..N).collect::<Vec<u32>>());
     assert_eq!(format!("{lot:?}"), "IdleLot { parked: 0, .. }");
+}
+
+/// Whether the peer of `client` closed it within `days` of the paused clock.
+async fn closed_within_days(client: &mut TcpStream, days: u64) -> bool {
+    let mut buf = [0u8; 16];
+    let within = Duration::from_secs(days * DAY);
+    let read = tokio::time::timeout(within, client.read(&mut buf)).await;
+    matches!(read, Ok(Ok(0) | Err(_)))
+}
+
+const DAY: u64 = 86_400;
+
+#[tokio::test(start_paused = true)]
+async fn deadlines_stay_exact_over_weeks_of_uptime() {
+    // Deadlines are kept as milliseconds from a start the lot moves forward now and then:
+    // across those moves, and at the longest keep-alive timeout, each is still met exactly.
+    let (lot, _given, _run) = lot();
+    let l = listener().await;
+    let (a, mut a_client) = pair(&l).await;
+    let t0 = Instant::now();
+    lot.park(a, t0 + Duration::from_secs(30 * DAY), handle(1))
+        .expect("parked");
+    tokio::time::advance(Duration::from_secs(9 * 3600)).await;
+    let (b, mut b_client) = pair(&l).await;
+    let t1 = Instant::now();
+    lot.park(b, t1 + Duration::from_secs(5), handle(2))
+        .expect("parked");
+    assert!(closed(&mut b_client).await);
+    assert_at(t1, 5);
+    assert!(closed_within_days(&mut a_client, 31).await);
+    assert_at(t0, 30 * DAY);
+    let (c, mut c_client) = pair(&l).await;
+    let t2 = Instant::now();
+    lot.park(c, t2 + Duration::from_secs(49 * DAY), handle(3))
+        .expect("parked");
+    assert!(closed_within_days(&mut c_client, 50).await);
+    assert_at(t2, 49 * DAY);
+}
+
+#[test]
+fn a_slot_takes_8_bytes_beside_its_handle() {
+    // A socket and a deadline, 4 bytes each (a debug build of mio adds 8 to the socket), and
+    // the socket's descriptor, never -1, leaves room to mark an empty slot: with `http1`'s
+    // handle of 88 bytes, the 96 the docs count.
+    let socket = std::mem::size_of::<mio::net::TcpStream>();
+    assert_eq!(
+        std::mem::size_of::<Option<Parked<[u64; 11]>>>(),
+        (4 + socket).next_multiple_of(8) + 88
+    );
 }
