@@ -7,6 +7,7 @@
 //! connection in the lot keeps its place under `max_connections` until it closes, whoever
 //! closes it; keeps its header timeout when a request head starts and stalls; closes at once
 //! when a reload removes its listener, and is served by the new configuration after any other.
+//! That a connection is parked is read from `rproxy_idle_parked_connections` on `/metrics`.
 
 mod common;
 
@@ -19,22 +20,45 @@ use common::*;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
 
-/// One listener (with `listener_extra` keys) in front of `backend`, access log off.
+/// An admin listener (for `/metrics`), and one listener `web` (with `listener_extra` keys) in
+/// front of `backend`, access log off.
 fn config(backend: std::net::SocketAddr, listener_extra: &str) -> String {
     format!(
-        "[log]\naccess = \"off\"\n\
+        "{ADMIN}[log]\naccess = \"off\"\n\
          [listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n{listener_extra}\n\
          [upstreams.app]\nservers = [\"{backend}\"]\n"
     )
 }
 
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
 fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or("")
 }
 
-/// Idle well past the park delay (100ms), so that the connection waits in the idle lot: this
-/// pause is the condition under test, not a wait for one.
-async fn idle_past_parking() {
+/// `/metrics` once `listener` has `n` connections parked (idle, hyper's buffers given back;
+/// a plain one waits in the idle lot, a TLS one in its task): polled, since a connection is
+/// parked 100 ms after it went idle, and leaves as soon as its next bytes arrive.
+async fn parked(proxy: &Proxy, listener: &str, n: u32) -> String {
+    let series = format!("rproxy_idle_parked_connections{{listener=\"{listener}\"}}");
+    let start = Instant::now();
+    loop {
+        let text = scrape_admin(proxy.admin.expect("an admin listener")).await;
+        if metric(&text, &series) == Some(f64::from(n)) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not {n} parked on {listener}: {:?}",
+            metric(&text, &series)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request head left unfinished for longer than the park delay (100 ms): this pause is the
+/// condition under test, not a wait for one.
+async fn stall() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
@@ -82,6 +106,7 @@ async fn idle_keepalive_connections_hold_little_memory_and_serve_again() {
     // by connections that were open together. Parking comes 100ms after each response, so
     // the figure is polled rather than read once.
     let per_connection = || (proxy.rss_kib().saturating_sub(rest)) * 1024 / N as u64;
+    parked(&proxy, "web", N as u32).await;
     let start = Instant::now();
     while per_connection() >= 8192 {
         assert!(
@@ -100,6 +125,7 @@ async fn idle_keepalive_connections_hold_little_memory_and_serve_again() {
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
     }
     assert_eq!(backend.requests(), 2 * N + 1);
+    parked(&proxy, "web", N as u32).await;
 }
 
 #[tokio::test]
@@ -112,8 +138,7 @@ async fn a_parked_connection_is_closed_at_once_on_shutdown() {
     let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
     s.write_all(GET).await.expect("write");
     assert_eq!(status_line(&read_response(&mut s).await), "HTTP/1.1 200 OK");
-    // Idle well past the park delay (100ms): this pause is the condition under test.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(&proxy, "web", 1).await;
     proxy.signal("TERM");
     // Closed by rproxy with nothing more sent; rproxy then exits long before the 60 s drain
     // timeout.
@@ -164,6 +189,15 @@ async fn a_refused_upload_still_closes_and_the_next_connection_parks() {
     );
     assert!(closed_by_server(&mut s).await);
     assert_eq!(backend.requests(), 0);
+    // The next connection, with a request that ends cleanly, parks and serves again.
+    let mut next = served_once(proxy.addr()).await;
+    parked(&proxy, "web", 1).await;
+    next.write_all(GET).await.expect("write");
+    assert_eq!(
+        status_line(&read_response(&mut next).await),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(backend.requests(), 2);
 }
 
 #[tokio::test]
@@ -176,7 +210,7 @@ async fn a_tls_keepalive_connection_serves_again_after_being_parked() {
     let (cert, key, _) = ca.leaf("site", &["site.example"]);
     let backend = Backend::start("b").await;
     let proxy = Proxy::start(&format!(
-        "[log]\naccess = \"off\"\n\
+        "{ADMIN}[log]\naccess = \"off\"\n\
          [listeners.https]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
          tls = {{ cert = \"{}\", key = \"{}\" }}\n\
          [upstreams.app]\nservers = [\"{}\"]\n",
@@ -205,9 +239,8 @@ async fn a_tls_keepalive_connection_serves_again_after_being_parked() {
             .await
             .expect("response on the same connection");
         assert_eq!(resp.status(), 200, "round {round}");
-        // Idle well past the park delay (100ms), so the next request meets a parked
-        // connection: this pause is the condition under test, not a wait for one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The next request meets a parked connection.
+        parked(&proxy, "https", 1).await;
     }
     assert_eq!(backend.requests(), 3);
 }
@@ -218,7 +251,7 @@ async fn a_parked_connection_holds_its_slot_until_its_client_closes_it() {
     let proxy = Proxy::start(&config(backend.addr, "max_connections = 1"));
     for round in 0..3 {
         let first = served_once(proxy.addr()).await;
-        idle_past_parking().await;
+        parked(&proxy, "web", 1).await;
         // The only slot is the parked connection's: a second one waits ...
         assert!(
             !answered_within(proxy.addr(), Duration::from_millis(500)).await,
@@ -259,14 +292,17 @@ async fn a_request_head_that_wakes_a_parked_connection_has_the_header_timeout() 
     ));
     // A head sent in two parts, the first waking the connection, is served ...
     let mut s = served_once(proxy.addr()).await;
-    idle_past_parking().await;
+    parked(&proxy, "web", 1).await;
     s.write_all(b"GET /two HTTP/1.1\r\n").await.expect("write");
-    idle_past_parking().await;
+    // Out of the lot, and not parked again while the head is unfinished.
+    parked(&proxy, "web", 0).await;
+    stall().await;
+    parked(&proxy, "web", 0).await;
     s.write_all(b"Host: a\r\n\r\n").await.expect("write");
     assert_eq!(status_line(&read_response(&mut s).await), "HTTP/1.1 200 OK");
     assert_eq!(backend.requests(), 2);
     // ... and one that stalls is closed at the header timeout, not the keep-alive one.
-    idle_past_parking().await;
+    parked(&proxy, "web", 1).await;
     s.write_all(b"GET /three HTTP/1.1\r\n")
         .await
         .expect("write");
@@ -284,7 +320,7 @@ async fn a_request_head_that_wakes_a_parked_connection_has_the_header_timeout() 
 async fn a_reload_that_removes_a_listener_closes_its_parked_connections_at_once() {
     let backend = Backend::start("b").await;
     let base = format!(
-        "drain_timeout = \"60s\"\n[log]\naccess = \"off\"\n\
+        "drain_timeout = \"60s\"\n{ADMIN}[log]\naccess = \"off\"\n\
          [listeners.kept]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
          [upstreams.app]\nservers = [\"{}\"]\n",
         backend.addr
@@ -294,11 +330,23 @@ async fn a_reload_that_removes_a_listener_closes_its_parked_connections_at_once(
     ));
     let mut kept = served_once(proxy.listeners["kept"][0]).await;
     let mut removed = served_once(proxy.listeners["removed"][0]).await;
-    idle_past_parking().await;
+    parked(&proxy, "kept", 1).await;
+    parked(&proxy, "removed", 1).await;
     std::fs::write(&proxy.config_path, &base).expect("write config");
     proxy.signal("HUP");
     // Closed with nothing sent, long before the 60 s drain timeout.
     assert!(read_until_closed(&mut removed).await.is_empty());
+    // The removed listener's series leave /metrics with it (or read 0 until the reload's
+    // clean-up has run); never a count below 0.
+    let series = "rproxy_idle_parked_connections{listener=\"removed\"}";
+    wait_until("the removed listener's parked gauge gone", || async {
+        let text = scrape_admin(proxy.admin.expect("an admin listener")).await;
+        matches!(metric(&text, series), None | Some(0.0))
+    })
+    .await;
+    let text = scrape_admin(proxy.admin.expect("an admin listener")).await;
+    assert!(matches!(metric(&text, series), None | Some(0.0)), "{text}");
+    parked(&proxy, "kept", 1).await;
     // The other listener's parked connection is untouched.
     kept.write_all(GET).await.expect("write");
     assert_eq!(
@@ -312,17 +360,22 @@ async fn a_parked_connection_is_served_by_the_configuration_reloaded_while_it_wa
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let proxy = Proxy::start(&config(a.addr, ""));
     let mut conn = served_once(proxy.addr()).await;
-    idle_past_parking().await;
+    parked(&proxy, "web", 1).await;
     // The pool's only backend changes while the connection waits in the lot.
     std::fs::write(&proxy.config_path, config(b.addr, "")).expect("write config");
     proxy.signal("HUP");
-    proxy.wait_for_log(&["configuration reloaded"]).await;
+    let reloaded = "rproxy_config_reloads_total{result=\"success\"}";
+    let start = Instant::now();
+    while metric(&parked(&proxy, "web", 1).await, reloaded) != Some(1.0) {
+        assert!(start.elapsed() < DEADLINE, "the reload was not applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for _ in 0..2 {
         conn.write_all(GET).await.expect("write after the reload");
         let answer = read_response(&mut conn).await;
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
         assert!(answer.contains("x-backend: b"), "{answer}");
-        idle_past_parking().await;
+        parked(&proxy, "web", 1).await;
     }
     assert_eq!((a.requests(), b.requests()), (1, 2));
 }

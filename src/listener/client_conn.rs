@@ -1,8 +1,8 @@
 //! What one client connection keeps for its whole life, and how a hyper connection is built
 //! from it.
 //!
-//! Made by `http::open_client` once the protocol is known (and again by the idle lot for a
-//! connection it hands back); used by `http1` (once per hyper connection, as an idle
+//! Made by `http::open_client` once the protocol is known (and again by `http1::resume` for a
+//! connection the idle lot gives back); used by `http1` (once per hyper connection, as an idle
 //! connection is parked and resumed) and by HTTP/2. It is kept small: while a TLS HTTP/1
 //! connection is parked in its task, this and the socket are nearly all it holds. A reload
 //! changes only new connections, so the settings are copied in at accept time.

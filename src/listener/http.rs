@@ -36,8 +36,7 @@ use super::bind::accept_queue_len;
 use super::client_body::ClientBody;
 use super::client_conn::{ClientConn, ConnSettings, OpenConn, Socket};
 use super::drive::drive;
-use super::http1::serve_http1;
-use super::idle_lot::IdleLot;
+use super::http1::{Lot, serve_http1};
 use super::io::Protocol;
 use super::open::open;
 use super::tcp::serve_tcp;
@@ -52,10 +51,10 @@ pub(super) struct ListenerCtx {
     pub(super) shutdown: CancellationToken,
     /// Cancelled when the connections still open after the drain timeout are to be closed.
     pub(super) kill: CancellationToken,
-    metrics: Arc<ListenerMetrics>,
+    pub(super) metrics: Arc<ListenerMetrics>,
     /// Where idle plain-TCP HTTP/1 connections wait; `None` if it could not be started (they
     /// then wait in their tasks, as TLS ones do).
-    pub(super) lot: Option<Arc<IdleLot>>,
+    pub(super) lot: Option<Arc<Lot>>,
 }
 
 /// How one accept loop and its connections are told to stop.
@@ -74,7 +73,7 @@ pub struct ListenerStops {
 #[derive(Debug, Clone)]
 pub(super) struct ConnHolders {
     pub(super) tasks: TaskTracker,
-    pub(super) idle_lot: Option<Arc<IdleLot>>,
+    pub(super) idle_lot: Option<Arc<Lot>>,
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled; connections are spawned on

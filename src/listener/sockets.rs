@@ -21,8 +21,7 @@ use crate::state::SharedState;
 
 use super::bind::bind;
 use super::http::{ConnHolders, ListenerStops, serve_listener};
-use super::http1::resume;
-use super::idle_lot::IdleLot;
+use super::http1::start_idle_lot;
 
 /// A listen address that cannot be bound.
 #[derive(Debug, thiserror::Error)]
@@ -92,14 +91,7 @@ impl ListenerSet {
     /// Must be called on the runtime that is to serve the connections: connections leaving
     /// the idle lot are spawned on it, onto `connections`.
     pub fn new(stop: CancellationToken, connections: TaskTracker) -> Self {
-        let idle_lot = tokio::runtime::Handle::try_current()
-            .map_err(std::io::Error::other)
-            .and_then(|runtime| {
-                let tracker = connections.clone();
-                IdleLot::start(move |parked| {
-                    tracker.spawn_on(resume(parked), &runtime);
-                })
-            })
+        let idle_lot = start_idle_lot(connections.clone())
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "no idle-connection lot; idle connections wait in their tasks");
             })
@@ -262,7 +254,7 @@ impl ListenerSet {
 }
 
 impl Drop for ListenerSet {
-    /// Ends the idle lot's thread.
+    /// Ends the idle lot's task.
     fn drop(&mut self) {
         self.close_idle();
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 
+use super::IDLE_PARKED_CONNECTIONS;
 use super::{
     BACKEND_ADMIN_STATE, BACKEND_IN_FLIGHT, BACKEND_STATE_CHANGES_TOTAL, BACKEND_UP,
     CONNECTIONS_OPEN, CONNECTIONS_TOTAL, HEALTH_CHECKS_TOTAL, HTTP_REQUEST_DURATION_SECONDS,
@@ -50,6 +51,8 @@ pub struct ListenerMetrics {
     duration: Histogram,
     pub connections_open: Gauge,
     pub connections_total: Counter,
+    /// Idle HTTP/1 connections parked (in the idle lot, or TLS ones in their tasks).
+    pub idle_parked: Gauge,
 }
 
 impl ListenerMetrics {
@@ -61,7 +64,8 @@ impl ListenerMetrics {
             }),
             duration: metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "listener" => l.clone()),
             connections_open: metrics::gauge!(CONNECTIONS_OPEN, "listener" => l.clone()),
-            connections_total: metrics::counter!(CONNECTIONS_TOTAL, "listener" => l),
+            connections_total: metrics::counter!(CONNECTIONS_TOTAL, "listener" => l.clone()),
+            idle_parked: metrics::gauge!(IDLE_PARKED_CONNECTIONS, "listener" => l),
         }
     }
 

@@ -31,6 +31,7 @@ pub const BACKEND_IN_FLIGHT: &str = "rproxy_backend_in_flight";
 pub const BACKEND_UP: &str = "rproxy_backend_up";
 pub const CONNECTIONS_OPEN: &str = "rproxy_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "rproxy_connections_total";
+pub const IDLE_PARKED_CONNECTIONS: &str = "rproxy_idle_parked_connections";
 pub const BUILD_INFO: &str = "rproxy_build_info";
 pub const HEALTH_CHECKS_TOTAL: &str = "rproxy_health_checks_total";
 pub const BACKEND_STATE_CHANGES_TOTAL: &str = "rproxy_backend_state_changes_total";
@@ -132,6 +133,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_TOTAL,
         "Client connections accepted, by listener"
+    );
+    describe_gauge!(
+        IDLE_PARKED_CONNECTIONS,
+        "Idle HTTP/1 client connections parked between requests (hyper's buffers given back), by listener"
     );
     describe_gauge!(
         BUILD_INFO,

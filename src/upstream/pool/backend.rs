@@ -159,7 +159,7 @@ pub(crate) fn backend(
         _ => BackendMetrics::new(upstream, &label),
     };
     let weight = health.weight_override().unwrap_or(s.config.weight);
-    let backend = Backend {
+    Backend {
         label,
         addr: s.addr,
         written: s.written,
@@ -172,8 +172,7 @@ pub(crate) fn backend(
         health,
         metrics,
         keepalive,
-    };
-    backend
+    }
 }
 
 #[cfg(test)]
