@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
@@ -121,4 +122,27 @@ async fn a_response_the_client_abandons_does_not_spoil_the_next() {
             assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "b"));
         }
     }
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_backend_closes_on_reuse_costs_no_idempotent_request() {
+    // Every reused connection is closed by the backend as the request arrives: the request
+    // went out, no answer came. A GET goes again, to the same (only) backend on a new
+    // connection; a POST may have taken effect, so it is answered 502, as nginx does.
+    let raw = RawBackend::start(RawMode::DropSecondRequest).await;
+    let proxy = Proxy::start(&config_with(&format!("\"{}\"", raw.addr), ""));
+    let c = client();
+    for i in 0..20 {
+        let a = get(&c, proxy.addr(), &format!("/{i}")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_str()),
+            (200, "ok"),
+            "request {i}"
+        );
+    }
+    assert_eq!(raw.answered.load(Ordering::SeqCst), 20);
+    let post = Request::post(format!("http://{}/order", proxy.addr()))
+        .body(Full::new(Bytes::from_static(b"x")))
+        .expect("request");
+    assert_eq!(send(&c, post).await.status, 502);
 }

@@ -817,6 +817,9 @@ pub enum RawMode {
     CloseAfterAnswer,
     /// Read the request head, then close without answering (a process that crashed on it).
     DropRequest,
+    /// Answer a connection's first request; close it, unanswered, when a second one arrives
+    /// (a backend whose keep-alive timer fired just as rproxy reused the connection).
+    DropSecondRequest,
     /// Answer each request head with these exact bytes, then close if `close` is set.
     Script { bytes: Vec<u8>, close: bool },
     /// Answer each request head with an endless stream of `100 Continue`.
@@ -864,6 +867,7 @@ impl RawBackend {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut heads = 0;
                     'conn: loop {
                         let n = tokio::select! {
                             _ = stopped.cancelled() => break,
@@ -878,8 +882,10 @@ impl RawBackend {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
+                            heads += 1;
                             let reply: &[u8] = match &*mode {
                                 RawMode::DropRequest => break 'conn,
+                                RawMode::DropSecondRequest if heads > 1 => break 'conn,
                                 RawMode::Hold => continue,
                                 RawMode::InformationalFlood => loop {
                                     let flood = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -889,7 +895,9 @@ impl RawBackend {
                                     }
                                 },
                                 RawMode::Script { bytes, .. } => bytes,
-                                RawMode::Answer | RawMode::CloseAfterAnswer => {
+                                RawMode::Answer
+                                | RawMode::CloseAfterAnswer
+                                | RawMode::DropSecondRequest => {
                                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-backend: raw\r\n\r\nok"
                                 }
                             };

@@ -16,6 +16,9 @@ pub(crate) struct UpstreamError {
     kind: ErrorKind,
     /// Whether any of the request may have reached the backend.
     reached: bool,
+    /// A kept-alive connection that the backend had closed: it ended before any of the answer,
+    /// the keep-alive race every proxy meets (the backend closed it as it went out).
+    stale: bool,
     #[source]
     cause: Cause,
 }
@@ -39,6 +42,7 @@ impl UpstreamError {
         UpstreamError {
             kind: ErrorKind::Connect,
             reached: false,
+            stale: false,
             cause: Cause::Connect { addr, source },
         }
     }
@@ -48,6 +52,7 @@ impl UpstreamError {
         UpstreamError {
             kind: ErrorKind::Timeout,
             reached: true,
+            stale: false,
             cause: Cause::TimedOut(after),
         }
     }
@@ -61,6 +66,22 @@ impl UpstreamError {
     /// request may be sent again.
     pub(crate) fn reached_backend(&self) -> bool {
         self.reached
+    }
+
+    /// `e` met on a connection taken from the keep-alive cache: when it closed before any of
+    /// the answer, it was stale rather than the backend failing.
+    pub(crate) fn on_kept_connection(e: hyper::Error) -> Self {
+        let stale = e.is_incomplete_message();
+        UpstreamError {
+            stale,
+            ..UpstreamError::from(e)
+        }
+    }
+
+    /// A kept-alive connection the backend had closed (see `on_kept_connection`): the request
+    /// may go to the same backend again on a new connection, when resending it is safe.
+    pub(crate) fn stale_connection(&self) -> bool {
+        self.stale
     }
 
     /// What the client is answered when no later attempt succeeds: 504 after a timeout, 502
@@ -84,6 +105,7 @@ impl From<hyper::Error> for UpstreamError {
                 ErrorKind::Reset
             },
             reached: true,
+            stale: false,
             cause: Cause::Http(e),
         }
     }

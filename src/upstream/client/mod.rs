@@ -83,6 +83,7 @@ impl UpstreamClient {
         addr: SocketAddr,
         keepalive: &'a Arc<Keepalive>,
         mut req: Request<UpstreamRequestBody>,
+        fresh: bool,
     ) -> impl Future<Output = Result<(Response<Incoming>, Option<Reuse>), UpstreamError>> + Send + 'a
     {
         async move {
@@ -91,7 +92,8 @@ impl UpstreamClient {
             // that ends; a shared HTTP/2 one stays, and one that gave a request back without
             // yet reporting itself closed would be checked out again: after that, only a new
             // connection is tried.
-            let mut use_kept = true;
+            // `fresh`: a retry after a stale kept connection goes out on a new one.
+            let mut use_kept = !fresh;
             loop {
                 let kept = if use_kept { keepalive.checkout() } else { None };
                 let (sender, new) = match kept {
@@ -124,7 +126,8 @@ impl UpstreamClient {
                         ));
                     }
                     Err(Unsent::Back(r)) => req = *r,
-                    Err(Unsent::Failed(e)) => return Err(e.into()),
+                    Err(Unsent::Failed(e)) if new => return Err(e.into()),
+                    Err(Unsent::Failed(e)) => return Err(UpstreamError::on_kept_connection(e)),
                 }
             }
         }

@@ -151,6 +151,11 @@ pub async fn forward<'a>(
     let mut pin = pinned.filter(|&i| pool.available(i));
     // What the client gets if the backends run out: the last attempt's failure.
     let mut last_failure = None;
+    // Set for the one attempt that follows a stale kept-alive connection: a new connection to
+    // the same backend.
+    let mut fresh = false;
+    // One such retry per request: a second stale connection is the backend failing.
+    let mut stale_retried = false;
 
     let outcome = loop {
         let Some(index) = pin.take().or_else(|| pool.select(&ctx, &tried)) else {
@@ -167,6 +172,7 @@ pub async fn forward<'a>(
             backend.addr,
             &backend.keepalive,
             upstream_request(parts, &path, pool, backend, slot.attempt()),
+            std::mem::take(&mut fresh),
         );
         // The deadline from `sent`, not a second reading of the clock. (Durations in the config
         // are at most ten years, so this cannot overflow.)
@@ -218,6 +224,16 @@ pub async fn forward<'a>(
             Ok(Err(e)) => {
                 if let Some(why) = slot.failure() {
                     break Err(client_body_failed(why, client_ip, backend));
+                }
+                if e.stale_connection()
+                    && !stale_retried
+                    && stale_retry(pool, backend, &attempts, slot.resendable(), &e)
+                {
+                    // The backend is not at fault: the same one again, on a new connection.
+                    stale_retried = true;
+                    pin = Some(index);
+                    fresh = true;
+                    continue;
                 }
                 match attempt_lost(pool, backend, &attempts, slot.resendable(), &e) {
                     ControlFlow::Break(answer) => break Err(answer),
@@ -332,6 +348,27 @@ fn attempt_lost(
     }
     pool.metrics.retries.increment(1);
     ControlFlow::Continue(e.answer())
+}
+
+/// A kept-alive connection the backend had closed failed the attempt (nginx retries such a
+/// request too, on another try of the same server): whether it may go out again, to the same
+/// backend on a new connection. Only when resending is safe and the retry rules allow it;
+/// neither passive health nor the backend's error count is charged.
+#[cold]
+#[inline(never)]
+fn stale_retry(
+    pool: &Pool,
+    backend: &Backend,
+    attempts: &Attempts<'_>,
+    resendable: bool,
+    e: &UpstreamError,
+) -> bool {
+    if attempts.retry(e, resendable).is_err() {
+        return false;
+    }
+    tracing::debug!(upstream = %pool.name, backend = %backend.addr, error = %e, "kept-alive connection closed by the backend; sending again on a new one");
+    pool.metrics.retries.increment(1);
+    true
 }
 
 /// One attempt's request to `backend`: the rewritten head, the path (with the authority, for
