@@ -4,6 +4,7 @@
 //! a full queue answers 503 with `Retry-After` at once; a wait that runs out answers 503; with
 //! no queue a busy backend means 503 at once; a client that leaves while queued is never sent;
 //! a reload keeps the count and the waiters; TCP connections count against the limit too.
+//! `/status` shows each server's limit and the queue.
 
 mod common;
 
@@ -241,6 +242,16 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
     backend.until_holding(1).await;
     let queued = [spawn_get(addr, "/q1"), spawn_get(addr, "/q2")];
     until_metric(&proxy, QUEUE_LENGTH, 2.0).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&get(&client(), admin(&proxy), "/status").await.body)
+            .expect("status JSON");
+    let app = &status["upstreams"][0];
+    assert_eq!(
+        app["queue"],
+        serde_json::json!({ "length": 2, "size": 2, "timeout_ms": 30_000 })
+    );
+    assert_eq!(app["backends"][0]["max_conns"], 1);
+    assert_eq!(app["backends"][0]["in_flight"], 1);
 
     let start = Instant::now();
     let refused = get(&client(), addr, "/refused").await;
