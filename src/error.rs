@@ -13,6 +13,10 @@ pub enum ProxyError {
     /// The pool had no backend that could be tried (all down).
     #[error("no backend available")]
     NoBackend,
+    /// Every backend the request could go to was at its `max_conns`, and the queue was full,
+    /// waited out, or not configured.
+    #[error("every backend is at its max_conns")]
+    BackendsBusy,
     /// A backend did not send response headers within the response timeout.
     #[error("backend response timed out")]
     UpstreamTimeout,
@@ -37,7 +41,7 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::AllBackendsFailed => StatusCode::BAD_GATEWAY,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::BackendsBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBodyBroken => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -35,7 +35,16 @@ pub struct ListenerStatus {
 pub struct UpstreamStatus {
     pub name: String,
     pub balance: &'static str,
+    /// Requests waiting for a backend under its `max_conns`; `null` without `[queue]`.
+    pub queue: Option<QueueStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueStatus {
+    pub length: usize,
+    pub size: u32,
+    pub timeout_ms: u128,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +75,8 @@ pub struct BackendStatus {
     /// when not ramping.
     pub slow_start_share: Option<f64>,
     pub in_flight: u64,
+    /// Its `max_conns` (`null`: no limit).
+    pub max_conns: Option<u32>,
     pub requests: u64,
     pub errors: u64,
     /// Time to response head over the last minute, approximate (`null` without requests).
@@ -109,6 +120,11 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime, history: &History)
                 .upstreams
                 .get(&*pool.name)
                 .map_or("round_robin", |u| u.balance.name()),
+            queue: pool.queue.map(|q| QueueStatus {
+                length: pool.queued(),
+                size: q.size.get(),
+                timeout_ms: q.timeout.as_millis(),
+            }),
             backends: pool
                 .backends()
                 .iter()
@@ -134,6 +150,7 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime, history: &History)
                             .slow_start
                             .and_then(|ramp| b.health.slow_start.share(ramp)),
                         in_flight: b.live.in_flight(),
+                        max_conns: b.max_conns.map(std::num::NonZeroU32::get),
                         requests: b.live.requests(),
                         errors: b.live.failures(),
                         latency_p50_ms: latency.map(|l| ms(l.0)),

@@ -8,6 +8,7 @@
 mod error;
 mod health_section;
 mod key_template;
+mod limits_section;
 mod listener_section;
 mod model;
 mod parse;
@@ -26,8 +27,8 @@ pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,
     CertFiles, Config, HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin,
-    PassiveHealth, RequestLimits, RetryPolicy, RouteConfig, ServerAddr, ServerConfig, StickyConfig,
-    TcpSettings, TlsConfig, UpstreamConfig, defaults,
+    PassiveHealth, QueueConfig, RequestLimits, RetryPolicy, RouteConfig, ServerAddr, ServerConfig,
+    StickyConfig, TcpSettings, TlsConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -48,6 +48,8 @@ pub mod defaults {
     pub const RETRY_BUFFER: usize = 64 * 1024;
     /// Retries may add this fraction to a pool's request rate (Envoy's and linkerd's 20%).
     pub const RETRY_BUDGET: f32 = 0.2;
+    /// How long a request waits in an upstream's queue for a free slot (nginx Plus's default).
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +282,18 @@ pub struct UpstreamConfig {
     pub retry: RetryPolicy,
     /// A backend that comes back ramps its share of requests up over this long.
     pub slow_start: Option<Duration>,
+    /// Where requests wait when every backend they may go to is at its `max_conns`; `None`:
+    /// they are answered 503 at once.
+    pub queue: Option<QueueConfig>,
+}
+
+/// `[upstreams.NAME.queue]`: requests waiting, first in first out, for a backend slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests (and TCP connections) waiting at most; one more is answered 503.
+    pub size: NonZeroU32,
+    /// A request that waited this long is answered 503.
+    pub timeout: Duration,
 }
 
 /// How far a failed request may be retried on other backends.
@@ -356,6 +370,9 @@ pub struct ServerConfig {
     pub weight: NonZeroU32,
     pub backup: bool,
     pub down: bool,
+    /// Requests and TCP connections in flight to it at most, counted for the whole process:
+    /// its own `max_conns`, else the upstream's. `None`: no limit.
+    pub max_conns: Option<NonZeroU32>,
     /// Where the address was written, for errors found later (name resolution).
     pub origin: Origin,
 }

@@ -8,6 +8,7 @@ use toml::de::DeValue;
 
 use super::health_section::{all_unhealthy, health_check};
 use super::key_template::KeyTemplate;
+use super::limits_section::{LIMIT_KEYS, default_max_conns, max_conns, queue};
 use super::model::{
     BalanceFactor, BalancePolicy, PassiveHealth, ServerAddr, ServerConfig, StickyConfig,
     UpstreamConfig, defaults,
@@ -35,7 +36,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "h2",
     "tls",
 ];
-const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down"];
+const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down", "max_conns"];
 
 pub(super) fn upstream(
     r: &mut Reader<'_>,
@@ -43,11 +44,17 @@ pub(super) fn upstream(
     t: &Table<'_>,
     whole: &Value<'_>,
 ) -> Option<UpstreamConfig> {
-    let known: Vec<&str> = UPSTREAM_KEYS.iter().chain(RETRY_KEYS).copied().collect();
+    let known: Vec<&str> = UPSTREAM_KEYS
+        .iter()
+        .chain(RETRY_KEYS)
+        .chain(LIMIT_KEYS)
+        .copied()
+        .collect();
     r.check_keys(t, path, &known);
     let balance = balance(r, path, t);
+    let default_max_conns = default_max_conns(r, path, t);
     let servers = match get(t, "servers") {
-        Some(v) => servers(r, &join(path, "servers"), v),
+        Some(v) => servers(r, &join(path, "servers"), v, default_max_conns.flatten()),
         None => {
             r.error(
                 path,
@@ -129,6 +136,11 @@ pub(super) fn upstream(
     };
     let retry = retry_policy(r, path, t);
     let slow_start = slow_start(r, path, t, balance.as_ref());
+    let limited = servers
+        .as_ref()
+        .map(|s| s.iter().any(|s| s.max_conns.is_some()));
+    let queue = queue(r, path, t, limited);
+    default_max_conns?;
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
         balance: balance?,
@@ -151,10 +163,17 @@ pub(super) fn upstream(
         },
         retry: retry?,
         slow_start: slow_start?,
+        queue: queue?,
     })
 }
 
-fn servers(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<ServerConfig>> {
+/// The `servers` array; `default_max_conns` is the upstream's `max_conns`.
+fn servers(
+    r: &mut Reader<'_>,
+    key: &str,
+    v: &Value<'_>,
+    default_max_conns: Option<NonZeroU32>,
+) -> Option<Vec<ServerConfig>> {
     let items = r.array(v, key)?;
     if items.is_empty() {
         r.error(key, v.span(), "an upstream needs at least one server");
@@ -165,7 +184,7 @@ fn servers(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<ServerCon
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let item_key = format!("{key}[{i}]");
-        let Some(server) = server(r, &item_key, item) else {
+        let Some(server) = server(r, &item_key, item, default_max_conns) else {
             ok = false;
             continue;
         };
@@ -183,7 +202,12 @@ fn servers(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<Vec<ServerCon
     ok.then_some(out)
 }
 
-fn server(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<ServerConfig> {
+fn server(
+    r: &mut Reader<'_>,
+    key: &str,
+    v: &Value<'_>,
+    default_max_conns: Option<NonZeroU32>,
+) -> Option<ServerConfig> {
     match v.get_ref() {
         DeValue::String(text) => {
             let addr = server_addr(r, key, v, text)?;
@@ -192,6 +216,7 @@ fn server(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<ServerConfig> 
                 weight: NonZeroU32::MIN,
                 backup: false,
                 down: false,
+                max_conns: default_max_conns,
                 origin: r.origin(key, v.span()),
             })
         }
@@ -217,12 +242,17 @@ fn server(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<ServerConfig> 
             };
             let backup = flag(r, t, key, "backup");
             let down = flag(r, t, key, "down");
+            let max_conns = match get(t, "max_conns") {
+                Some(m) => max_conns(r, m, &join(key, "max_conns")),
+                None => Some(default_max_conns),
+            };
             let (addr, origin) = addr?;
             Some(ServerConfig {
                 addr,
                 weight: weight?,
                 backup: backup?,
                 down: down?,
+                max_conns: max_conns?,
                 origin,
             })
         }

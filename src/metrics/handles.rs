@@ -10,6 +10,7 @@ use super::{
     BACKEND_ADMIN_STATE, BACKEND_IN_FLIGHT, BACKEND_STATE_CHANGES_TOTAL, BACKEND_UP,
     CONNECTIONS_OPEN, CONNECTIONS_TOTAL, HEALTH_CHECKS_TOTAL, HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_TOTAL, STATUS_CLASSES, UPSTREAM_ERRORS_TOTAL, UPSTREAM_FAIL_OPEN_TOTAL,
+    UPSTREAM_QUEUE_LENGTH, UPSTREAM_QUEUE_REJECTIONS_TOTAL, UPSTREAM_QUEUE_WAIT_SECONDS,
     UPSTREAM_REQUESTS_TOTAL, UPSTREAM_RESPONSE_SECONDS, UPSTREAM_RETRIES_REFUSED_TOTAL,
     UPSTREAM_RETRIES_TOTAL, class_index,
 };
@@ -127,6 +128,58 @@ impl RetryRefusal {
             RetryRefusal::Tries => "tries",
             RetryRefusal::TryTimeout => "try_timeout",
             RetryRefusal::Budget => "budget",
+        }
+    }
+}
+
+/// An upstream's queue of requests waiting for a backend under its `max_conns`.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    pub length: Gauge,
+    pub wait: Histogram,
+    rejections: [Counter; 3],
+}
+
+impl QueueMetrics {
+    pub fn new(upstream: &str) -> Self {
+        let u = upstream.to_string();
+        QueueMetrics {
+            length: metrics::gauge!(UPSTREAM_QUEUE_LENGTH, "upstream" => u.clone()),
+            wait: metrics::histogram!(UPSTREAM_QUEUE_WAIT_SECONDS, "upstream" => u.clone()),
+            rejections: QueueRejection::ALL.map(|why| {
+                metrics::counter!(UPSTREAM_QUEUE_REJECTIONS_TOTAL, "upstream" => u.clone(), "reason" => why.label())
+            }),
+        }
+    }
+
+    pub fn rejected(&self, why: QueueRejection) {
+        self.rejections[why as usize].increment(1);
+    }
+}
+
+/// Why a request found no backend slot and was answered 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRejection {
+    /// The queue already held `size` requests.
+    Full = 0,
+    /// It waited the queue's `timeout`.
+    Timeout = 1,
+    /// The upstream has no queue.
+    NoQueue = 2,
+}
+
+impl QueueRejection {
+    const ALL: [QueueRejection; 3] = [
+        QueueRejection::Full,
+        QueueRejection::Timeout,
+        QueueRejection::NoQueue,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            QueueRejection::Full => "full",
+            QueueRejection::Timeout => "timeout",
+            QueueRejection::NoQueue => "no_queue",
         }
     }
 }

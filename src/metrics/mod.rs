@@ -17,7 +17,10 @@ mod recorder;
 
 use std::sync::OnceLock;
 
-pub use handles::{BackendMetrics, ErrorKind, ListenerMetrics, PoolMetrics, RetryRefusal};
+pub use handles::{
+    BackendMetrics, ErrorKind, ListenerMetrics, PoolMetrics, QueueMetrics, QueueRejection,
+    RetryRefusal,
+};
 pub use process::render_process_metrics;
 pub use recorder::{Configured, Recorder};
 
@@ -37,6 +40,9 @@ pub const HEALTH_CHECKS_TOTAL: &str = "rproxy_health_checks_total";
 pub const BACKEND_STATE_CHANGES_TOTAL: &str = "rproxy_backend_state_changes_total";
 pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "rproxy_upstream_fail_open_total";
 pub const UPSTREAM_RETRIES_REFUSED_TOTAL: &str = "rproxy_upstream_retries_refused_total";
+pub const UPSTREAM_QUEUE_LENGTH: &str = "rproxy_upstream_queue_length";
+pub const UPSTREAM_QUEUE_WAIT_SECONDS: &str = "rproxy_upstream_queue_wait_seconds";
+pub const UPSTREAM_QUEUE_REJECTIONS_TOTAL: &str = "rproxy_upstream_queue_rejections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "rproxy_config_reloads_total";
 pub const TCP_CONNECTIONS_TOTAL: &str = "rproxy_tcp_connections_total";
 pub const TCP_CONNECTIONS_OPEN: &str = "rproxy_tcp_connections_open";
@@ -193,6 +199,19 @@ fn describe() {
     describe_counter!(
         UPSTREAM_RETRIES_REFUSED_TOTAL,
         "Failed requests not sent again, by reason: unsafe (the request may have taken effect), tries, try_timeout, budget"
+    );
+    describe_gauge!(
+        UPSTREAM_QUEUE_LENGTH,
+        "Requests and TCP connections waiting for a backend under its max_conns"
+    );
+    describe_histogram!(
+        UPSTREAM_QUEUE_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time spent waiting in an upstream's queue, whether a backend took the request or not"
+    );
+    describe_counter!(
+        UPSTREAM_QUEUE_REJECTIONS_TOTAL,
+        "Requests answered 503 because every backend was at its max_conns, by reason: full (the queue), timeout (waited too long), no_queue (none configured)"
     );
 }
 

@@ -22,4 +22,4 @@ pub use forward::{
     X_REQUEST_ID, error_response, forward, forward_stream, local_response, proxy_header,
     remove_hop_by_hop, set_forwarding,
 };
-pub use pool::{Backend, BackendLive, LatencyWindow, Pool};
+pub use pool::{Backend, BackendLive, LatencyWindow, Pick, Pool};

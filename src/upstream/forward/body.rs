@@ -173,8 +173,9 @@ pub fn error_response(error: ProxyError) -> Response<ProxyBody> {
             | ProxyError::ClientBodyTooLarge
     );
     let mut resp = local_response(error.status(), close);
-    if error == ProxyError::NoBackend {
-        // Nothing could take it now; a backend may be back by the next health check.
+    if matches!(error, ProxyError::NoBackend | ProxyError::BackendsBusy) {
+        // Nothing could take it now; a backend may be back by the next health check, or have
+        // a free slot.
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -4,7 +4,8 @@
 //! attempt the request goes to the next backend in balancing order when `retry` says that is
 //! safe and allowed; it never goes to the same backend twice. When no attempt succeeded the
 //! client gets 502, or 504 when the last backend was too slow to answer; when there was nothing
-//! to try, 503.
+//! to try, 503. When every backend it may go to is at its `max_conns`, the request waits in the
+//! pool's queue (boxed, off the common path) or gets 503 at once.
 //!
 //! Imports `pool` and `client` below it, and the ground floor; never `listener`: it returns the
 //! response and what became of the request ([`Forwarded`]), and the listener does the rest.
@@ -28,7 +29,7 @@ use crate::metrics::{ErrorKind, RetryRefusal};
 use super::client::{
     ClientBodyFailure, RequestBodySlot, Reuse, UpstreamError, UpstreamRequestBody,
 };
-use super::pool::{Attempts, Backend, InFlightGuard, Pool};
+use super::pool::{Attempts, Backend, InFlightGuard, NoSlot, Pool, Slot};
 
 mod body;
 mod hash_key;
@@ -158,13 +159,18 @@ pub async fn forward<'a>(
     let mut stale_retried = false;
 
     let outcome = loop {
-        let Some(index) = pin.take().or_else(|| pool.select(&ctx, &tried)) else {
-            break Err(nothing_left(pool, last_failure));
+        let (index, in_flight) = match pool.take_slot(pin.take(), &ctx, &tried) {
+            Slot::Taken(index, in_flight) => (index, in_flight),
+            Slot::Nothing => break Err(nothing_left(pool, last_failure)),
+            Slot::Busy(want) => match Box::pin(pool.wait_for_slot(&ctx, &tried, want)).await {
+                Ok(taken) => taken,
+                Err(NoSlot::Nothing) => break Err(nothing_left(pool, last_failure)),
+                Err(NoSlot::Busy) => break Err(all_busy(pool, last_failure)),
+            },
         };
         tried.insert(index);
         let backend = &pool.backends()[index];
 
-        let in_flight = backend.start();
         let sent = Instant::now();
         let timeout = attempts.begin(pool.timeouts.response);
         // Built in the call, not kept in a variable of this future: see above.
@@ -273,6 +279,16 @@ fn nothing_left(pool: &Pool, last_failure: Option<ProxyError>) -> ProxyError {
             failure
         }
     }
+}
+
+/// Every backend the request may go to stayed at its `max_conns`: the last attempt's failure,
+/// or 503 with `Retry-After`. Counted by the queue, and logged per request only at debug: under
+/// overload a line each would flood the log.
+#[cold]
+#[inline(never)]
+fn all_busy(pool: &Pool, last_failure: Option<ProxyError>) -> ProxyError {
+    tracing::debug!(upstream = %pool.name, "every backend is at its max_conns");
+    last_failure.unwrap_or(ProxyError::BackendsBusy)
 }
 
 /// The backend answered `101` to a request that did not ask to switch: only a WebSocket's

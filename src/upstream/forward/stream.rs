@@ -7,8 +7,10 @@
 //! back-pressure (tokio's `copy_bidirectional`, 64 KiB each way), passes a half-close on (a
 //! client that shuts its write side still gets the rest of the answer), turns a reset on one
 //! side into a reset on the other, and ends after `idle_timeout` without a byte. The
-//! connection counts as in-flight on its backend all along, so `least_conn` balances open
-//! connections.
+//! connection counts as in-flight on its backend all along, from its connect on, so
+//! `least_conn` balances open connections and `max_conns` bounds them; when every backend is
+//! at its limit the connection waits in the pool's queue like a request (closed when that is
+//! full, waited out or not configured, and given up if the client closes meanwhile).
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use crate::balancer::{PickContext, Tried};
 use crate::config::TcpSettings;
 use crate::metrics::ErrorKind;
 
-use crate::upstream::pool::Pool;
+use crate::upstream::pool::{InFlightGuard, NoSlot, Pool, Slot};
 
 /// Copy buffer per direction: tokio's default of 8 KiB costs a system call per 8 KiB; 64 KiB
 /// moved one stream about a tenth faster here (`benches/tcp_throughput.sh`).
@@ -57,15 +59,15 @@ pub async fn forward_stream(
         key: b"",
     };
     let mut tried = Tried::default();
-    let (index, mut backend_conn) = loop {
-        let Some(index) = pool.select(&ctx, &tried) else {
+    let (index, mut backend_conn, _in_flight) = loop {
+        let Some((index, in_flight)) = slot(pool, &ctx, &tried, &client).await else {
             tracing::warn!(listener, upstream = %pool.name, client = %client_addr, tried = !tried.is_empty(), "no backend accepted the connection; closing it");
             return StreamTotals::default();
         };
         tried.insert(index);
         let backend = &pool.backends()[index];
         match tokio::time::timeout(pool.timeouts.connect, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(conn)) => break (index, conn),
+            Ok(Ok(conn)) => break (index, conn, in_flight),
             Ok(Err(e)) => {
                 backend.live.record_failure();
                 backend.metrics.error(ErrorKind::Connect);
@@ -81,7 +83,6 @@ pub async fn forward_stream(
         }
     };
     let backend = &pool.backends()[index];
-    let _in_flight = backend.start();
     metrics::counter!(crate::metrics::TCP_CONNECTIONS_TOTAL, "listener" => listener.to_string(), "upstream" => pool.name.to_string(), "backend" => backend.label.clone()).increment(1);
     if let Err(e) = backend_conn.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a backend connection");
@@ -103,6 +104,47 @@ pub async fn forward_stream(
     .await;
     backend.health.passive_success();
     totals
+}
+
+/// A backend for the connection and a slot on it, waiting in the pool's queue when every
+/// backend is at its `max_conns`; `None` when there is none, or the client closed while it
+/// waited.
+async fn slot(
+    pool: &Pool,
+    ctx: &PickContext<'_>,
+    tried: &Tried,
+    client: &TcpStream,
+) -> Option<(usize, InFlightGuard)> {
+    match pool.take_slot(None, ctx, tried) {
+        Slot::Taken(index, in_flight) => Some((index, in_flight)),
+        Slot::Nothing => None,
+        Slot::Busy(want) => {
+            let waited = tokio::select! {
+                waited = pool.wait_for_slot(ctx, tried, want) => waited,
+                () = closed(client) => {
+                    tracing::debug!(upstream = %pool.name, "client closed while waiting for a backend under max_conns");
+                    return None;
+                }
+            };
+            match waited {
+                Ok(taken) => Some(taken),
+                Err(NoSlot::Busy) => {
+                    tracing::debug!(upstream = %pool.name, "every backend is at its max_conns");
+                    None
+                }
+                Err(NoSlot::Nothing) => None,
+            }
+        }
+    }
+}
+
+/// Resolves when the client closes its side before sending anything. A client that speaks
+/// first cannot be watched without reading its bytes, so then this never resolves.
+async fn closed(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    if let Ok(1..) = client.peek(&mut byte).await {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Copies both ways until both sides have closed, one resets (the other is then reset too), or

@@ -1,8 +1,11 @@
 //! One backend of a pool: its address and settings from the configuration, its live numbers
 //! (in-flight count, requests, failures, latency) and its candidacy (`health::BackendHealth`),
 //! both in `Arc`s so that a rebuilt pool (reload) carries them over for the same address.
+//! A request or TCP connection holds an [`InFlightGuard`] on it while in flight; with
+//! `max_conns`, the guard is one of its slots (`limit.rs`).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +17,8 @@ use crate::metrics::BackendMetrics;
 use crate::upstream::client::Keepalive;
 
 use super::latency::LatencyWindow;
+use super::limit::{HandOver, Limit};
+use super::queue::WaitQueue;
 
 /// One backend address of a pool.
 #[derive(Debug)]
@@ -29,6 +34,10 @@ pub struct Backend {
     pub configured_weight: u32,
     pub backup: bool,
     pub down: bool,
+    /// Requests and TCP connections in flight to it at most (process-wide); `None`: no limit.
+    pub max_conns: Option<NonZeroU32>,
+    /// With `max_conns`: the limit its in-flight count is held to, and where a freed slot goes.
+    limit: Option<Arc<Limit>>,
     /// `addr` as a URI authority, built once for every request's URI.
     pub authority: Authority,
     pub live: Arc<BackendLive>,
@@ -77,15 +86,36 @@ impl Backend {
     }
 
     /// Counts a request as started on this backend; the count drops again when the guard is
-    /// dropped, whatever way the request ends.
-    pub(crate) fn start(&self) -> InFlightGuard {
-        self.live.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// dropped, whatever way the request ends. `None` when it is at its `max_conns`: with no
+    /// limit this never fails and costs one branch more than counting.
+    #[inline]
+    pub(crate) fn try_start(&self) -> Option<InFlightGuard> {
+        let limit = match &self.limit {
+            None => {
+                self.live.in_flight.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Some(limit) => {
+                if !limit.try_acquire(&self.live.in_flight) {
+                    return None;
+                }
+                Some(Arc::clone(limit))
+            }
+        };
         self.live.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.increment(1.0);
-        InFlightGuard {
+        Some(InFlightGuard {
             live: Arc::clone(&self.live),
             metrics: Arc::clone(&self.metrics),
-        }
+            limit,
+        })
+    }
+
+    /// Whether a request started now would stay within its `max_conns`.
+    pub fn has_room(&self) -> bool {
+        self.limit
+            .as_ref()
+            .is_none_or(|l| self.live.in_flight() < l.max())
     }
 }
 
@@ -116,18 +146,61 @@ impl BackendLive {
     pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// A request started on a slot handed over from one that ended (`limit.rs`).
+    pub(super) fn record_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
+/// One request (or TCP connection) in flight on a backend, for as long as it lives.
 #[derive(Debug)]
 pub(crate) struct InFlightGuard {
     live: Arc<BackendLive>,
     metrics: Arc<BackendMetrics>,
+    /// The backend's `max_conns`, when it has one: the slot this guard holds goes to the
+    /// first request waiting for it when the guard drops.
+    limit: Option<Arc<Limit>>,
+}
+
+impl InFlightGuard {
+    /// The backend whose slot this is, when it has a `max_conns`.
+    pub(super) fn limited_addr(&self) -> Option<SocketAddr> {
+        self.limit.as_ref().map(|l| l.addr())
+    }
+
+    /// A guard for the same slot, for the request it is handed to: the count does not move.
+    pub(super) fn successor(&self, limit: &Arc<Limit>) -> InFlightGuard {
+        InFlightGuard {
+            live: Arc::clone(&self.live),
+            metrics: Arc::clone(&self.metrics),
+            limit: Some(Arc::clone(limit)),
+        }
+    }
+
+    pub(super) fn in_flight(&self) -> u64 {
+        self.live.in_flight()
+    }
+
+    /// Its slot back to the backend: the in-flight count goes down.
+    pub(super) fn free(&self) {
+        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.in_flight.decrement(1.0);
+        match &self.limit {
+            None => self.free(),
+            Some(limit) => {
+                // The waiter it was handed to is gone: the new guard holds the slot, and
+                // dropping it (with the queue unlocked by now) offers the slot again.
+                if let HandOver::Undelivered(successor) = limit.hand_over(self) {
+                    drop(successor);
+                }
+            }
+        }
     }
 }
 
@@ -135,12 +208,13 @@ impl Drop for InFlightGuard {
 /// (reload): its live state carries over, runtime overrides (admin mode, weight) included,
 /// and its metric series if the label is unchanged.
 /// `keepalive` is its idle connections: the previous ones when the client settings did not
-/// change.
+/// change. `waiting` is the pool's queue, present when any of its backends has a limit.
 pub(crate) fn backend(
     upstream: &str,
     s: ResolvedServer,
     previous: Option<&Backend>,
     keepalive: Arc<Keepalive>,
+    waiting: Option<&Arc<WaitQueue>>,
 ) -> Backend {
     // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
     let authority = Authority::try_from(s.addr.to_string().as_str())
@@ -159,7 +233,14 @@ pub(crate) fn backend(
         _ => BackendMetrics::new(upstream, &label),
     };
     let weight = health.weight_override().unwrap_or(s.config.weight);
+    let limit = s
+        .config
+        .max_conns
+        .zip(waiting)
+        .map(|(max, queue)| Arc::new(Limit::new(max, s.addr, Arc::clone(queue))));
     Backend {
+        max_conns: s.config.max_conns,
+        limit,
         label,
         addr: s.addr,
         written: s.written,
@@ -212,7 +293,10 @@ mod tests {
         };
         let tried = crate::balancer::Tried::default();
         (0..n)
-            .map(|_| pool.select(&ctx, &tried).expect("a backend"))
+            .map(|_| match pool.select(&ctx, &tried) {
+                crate::upstream::pool::Pick::Backend(i) => i,
+                other => panic!("no backend picked: {other:?}"),
+            })
             .collect()
     }
 
@@ -222,7 +306,7 @@ mod tests {
             let pool = pool_of_two(policy);
             let busy = &pool.backends()[0];
             let in_flight = || busy.live.in_flight();
-            let guard = busy.start();
+            let guard = busy.try_start().expect("no limit: a start always succeeds");
             assert_eq!((in_flight(), busy.live.requests()), (1, 1), "{policy}");
             assert_eq!(picks(&pool, 8), [1; 8], "{policy}: the busy one is avoided");
 
@@ -233,7 +317,7 @@ mod tests {
             assert!(picks(&pool, 8).contains(&0), "{policy}");
 
             // ...when what holds it is dropped half-way (the client went away)...
-            let guard = busy.start();
+            let guard = busy.try_start().expect("no limit: a start always succeeds");
             let task = tokio::spawn(async move {
                 let _guard = guard;
                 std::future::pending::<()>().await;
@@ -245,7 +329,7 @@ mod tests {
             assert_eq!(in_flight(), 0, "{policy}: a cancelled request");
 
             // ...and when the code holding it panics.
-            let guard = busy.start();
+            let guard = busy.try_start().expect("no limit: a start always succeeds");
             let task = tokio::spawn(async move {
                 let _guard = guard;
                 panic!("a request that panics");

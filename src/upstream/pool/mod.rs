@@ -3,7 +3,9 @@
 //! The router hands a request to a pool; the pool asks its balancer for a primary backend and,
 //! when no primary is left (all down or already tried), for a backup. That decision, and the
 //! "nothing left" outcome, live here and nowhere else. Per-backend live numbers sit in an `Arc`
-//! keyed by the backend's address so that a rebuilt pool (reload) can carry them over.
+//! keyed by the backend's address so that a rebuilt pool (reload) can carry them over. A
+//! backend at its `max_conns` is not picked; when every one the request may go to is, the
+//! request waits in the pool's queue (`limit.rs`, `queue.rs`).
 //!
 //! Imports `balancer`, `health` (who is a candidate) and `upstream::client` (each backend's
 //! kept-alive connections); never `forward`, which calls it.
@@ -16,7 +18,8 @@ use crate::balancer::{
     RoundRobin, Tried,
 };
 use crate::config::{
-    BalancePolicy, HealthCheckConfig, KeyTemplate, PassiveHealth, ResolvedServer, UpstreamConfig,
+    BalancePolicy, HealthCheckConfig, KeyTemplate, PassiveHealth, QueueConfig, ResolvedServer,
+    UpstreamConfig,
 };
 use crate::health::{CheckTarget, FailOpen};
 use crate::metrics::PoolMetrics;
@@ -27,6 +30,10 @@ use super::client::{Keepalive, ResponseTimers, UpstreamClient};
 
 mod backend;
 mod latency;
+mod limit;
+#[cfg(test)]
+mod limit_tests;
+mod queue;
 mod retry;
 mod retry_budget;
 mod rolling;
@@ -35,10 +42,33 @@ mod sticky;
 pub(crate) use backend::InFlightGuard;
 pub use backend::{Backend, BackendLive};
 pub use latency::LatencyWindow;
+pub(crate) use limit::Slot;
+pub(crate) use queue::NoSlot;
 pub(crate) use retry::{Attempts, RetryRules};
 pub(crate) use sticky::Sticky;
 
 use backend::backend;
+use queue::WaitQueue;
+
+/// What `select` found for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Backend(usize),
+    /// Backends may take it, but every one is at its `max_conns`.
+    Busy,
+    /// No backend is left to try.
+    Nothing,
+}
+
+impl Pick {
+    /// The picked backend, if one was.
+    pub fn backend(self) -> Option<usize> {
+        match self {
+            Pick::Backend(i) => Some(i),
+            Pick::Busy | Pick::Nothing => None,
+        }
+    }
+}
 
 /// Per-pool timeouts, read on every request.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +116,16 @@ pub struct Pool {
     pub h2: bool,
     /// TLS to the backends (the health checks use it too).
     pub tls: Option<Arc<BackendTls>>,
+    /// Some backend has a `max_conns`: picks leave out the backends at theirs.
+    limited: bool,
+    /// The policy hashes a key to a backend: a request whose backend is at its `max_conns`
+    /// waits for it rather than moving to another.
+    keyed: bool,
+    /// `[queue]`: how many requests may wait for a backend slot, and for how long; `None`:
+    /// 503 at once.
+    pub queue: Option<QueueConfig>,
+    /// The requests waiting, when some backend has a limit; kept by a reload.
+    waiting: Option<Arc<WaitQueue>>,
 }
 
 impl Pool {
@@ -99,6 +139,12 @@ impl Pool {
         previous: Option<&Pool>,
         tls: Option<Arc<BackendTls>>,
     ) -> Self {
+        let limited = servers.iter().any(|s| s.config.max_conns.is_some());
+        let waiting = limited.then(|| {
+            previous
+                .and_then(|p| p.waiting.clone())
+                .unwrap_or_else(|| Arc::new(WaitQueue::new(&config.name)))
+        });
         let (primary, backup): (Vec<_>, Vec<_>) =
             servers.into_iter().partition(|s| !s.config.backup);
         let primaries = primary.len();
@@ -114,7 +160,13 @@ impl Pool {
                     (Some(_), Some(b)) => Arc::clone(&b.keepalive),
                     _ => Keepalive::new(config.keepalive_connections, config.keepalive_timeout),
                 };
-                Arc::new(backend(&config.name, s, before.map(|b| &**b), keepalive))
+                Arc::new(backend(
+                    &config.name,
+                    s,
+                    before.map(|b| &**b),
+                    keepalive,
+                    waiting.as_ref(),
+                ))
             })
             .collect();
         let shape = Shape::of(config, &backends);
@@ -194,6 +246,13 @@ impl Pool {
                 body: config.body_timeout,
                 websocket_idle: config.websocket_idle_timeout,
             },
+            limited,
+            keyed: matches!(
+                config.balance,
+                BalancePolicy::IpHash | BalancePolicy::Hash { .. }
+            ),
+            queue: config.queue,
+            waiting,
         }
     }
 
@@ -237,12 +296,21 @@ impl Pool {
     }
 
     /// The next backend for a request that has already been sent to `tried`: a primary if
-    /// one is eligible, else a backup, else `None`.
-    pub fn select(&self, ctx: &PickContext<'_>, tried: &Tried) -> Option<usize> {
-        if let Some(i) = self.select_among(ctx, tried, true) {
-            let i = self.slow_started(ctx, tried, i);
-            self.fail_open.healthy_found(&self.name);
-            return Some(i);
+    /// one is eligible, else a backup; `Busy` when the tier it would come from is all at its
+    /// `max_conns` (the request waits for those rather than spilling over to the backups or
+    /// failing open, as HAProxy queues rather than redispatching).
+    pub fn select(&self, ctx: &PickContext<'_>, tried: &Tried) -> Pick {
+        match self.select_among(ctx, tried, true) {
+            Pick::Backend(i) => {
+                let i = self.slow_started(ctx, tried, i);
+                self.fail_open.healthy_found(&self.name);
+                return Pick::Backend(i);
+            }
+            Pick::Busy => {
+                self.fail_open.healthy_found(&self.name);
+                return Pick::Busy;
+            }
+            Pick::Nothing => {}
         }
         // Nothing healthy is left: health's fail-open rule says whether to send to the
         // unhealthy ones anyway (never to one drained or disabled by the operator).
@@ -255,19 +323,16 @@ impl Pool {
             .fail_open
             .send_anyway(&self.name, unhealthy_left, &self.metrics)
         {
-            return None;
+            return Pick::Nothing;
         }
         self.select_among(ctx, tried, false)
     }
 
-    fn select_among(
-        &self,
-        ctx: &PickContext<'_>,
-        tried: &Tried,
-        healthy_only: bool,
-    ) -> Option<usize> {
-        self.select_in_tier(ctx, tried, healthy_only, false)
-            .or_else(|| self.select_in_tier(ctx, tried, healthy_only, true))
+    fn select_among(&self, ctx: &PickContext<'_>, tried: &Tried, healthy_only: bool) -> Pick {
+        match self.select_in_tier(ctx, tried, healthy_only, false) {
+            Pick::Nothing => self.select_in_tier(ctx, tried, healthy_only, true),
+            found => found,
+        }
     }
 
     /// A pick among the primaries, or among the backups.
@@ -277,7 +342,7 @@ impl Pool {
         tried: &Tried,
         healthy_only: bool,
         backups: bool,
-    ) -> Option<usize> {
+    ) -> Pick {
         let (balancer, offset, tier) = if backups {
             (
                 &self.backup_balancer,
@@ -287,7 +352,7 @@ impl Pool {
         } else {
             (&self.primary_balancer, 0, &self.backends[..self.primaries])
         };
-        let eligible = |i: usize| {
+        let candidate = |i: usize| {
             let b = &tier[i];
             (if healthy_only {
                 b.in_rotation()
@@ -295,7 +360,15 @@ impl Pool {
                 b.in_service()
             }) && !tried.contains(offset + i)
         };
-        balancer.pick(ctx, &eligible).map(|i| offset + i)
+        // A hashing policy picks the key's backend even when it is full: the request waits
+        // for that one.
+        let room_matters = self.limited && !self.keyed;
+        let eligible = |i: usize| candidate(i) && (!room_matters || tier[i].has_room());
+        match balancer.pick(ctx, &eligible) {
+            Some(i) => Pick::Backend(offset + i),
+            None if room_matters && (0..tier.len()).any(candidate) => Pick::Busy,
+            None => Pick::Nothing,
+        }
     }
 
     /// Slow start: a backend in its ramp keeps the pick `i` with the probability of its share;
@@ -313,8 +386,10 @@ impl Pool {
         }
         let mut others = tried.clone();
         others.insert(i);
-        self.select_in_tier(ctx, &others, true, i >= self.primaries)
-            .unwrap_or(i)
+        match self.select_in_tier(ctx, &others, true, i >= self.primaries) {
+            Pick::Backend(other) => other,
+            Pick::Busy | Pick::Nothing => i,
+        }
     }
 }
 
@@ -408,7 +483,7 @@ mod tests {
         );
         let mut tried = Tried::default();
         let mut order = Vec::new();
-        while let Some(i) = p.select(&CTX, &tried) {
+        while let Pick::Backend(i) = p.select(&CTX, &tried) {
             tried.insert(i);
             order.push(port(&p, i));
         }
@@ -431,7 +506,10 @@ mod tests {
         set(1, Some(AdminMode::Disabled));
         for _ in 0..6 {
             assert_eq!(
-                port(&p, p.select(&CTX, &Tried::default()).expect("a pick")),
+                port(
+                    &p,
+                    p.select(&CTX, &Tried::default()).backend().expect("a pick")
+                ),
                 3
             );
         }
@@ -442,10 +520,13 @@ mod tests {
         assert!(!p.available(1), "a disabled one does not");
         // Taken out by the operator, they are not what fail-open sends to either.
         set(2, Some(AdminMode::Disabled));
-        assert_eq!(p.select(&CTX, &Tried::default()), None);
+        assert_eq!(p.select(&CTX, &Tried::default()).backend(), None);
         set(0, None);
         assert_eq!(
-            port(&p, p.select(&CTX, &Tried::default()).expect("a pick")),
+            port(
+                &p,
+                p.select(&CTX, &Tried::default()).backend().expect("a pick")
+            ),
             1
         );
     }
@@ -473,7 +554,10 @@ mod tests {
         let rebuilt = Pool::new(up, resolved, Some(&p), None);
         let mut counts = [0; 2];
         for _ in 0..8 {
-            counts[rebuilt.select(&CTX, &Tried::default()).expect("a pick")] += 1;
+            counts[rebuilt
+                .select(&CTX, &Tried::default())
+                .backend()
+                .expect("a pick")] += 1;
         }
         assert_eq!(counts, [6, 2], "weights 3:1");
         assert_eq!(
@@ -488,6 +572,6 @@ mod tests {
     #[tokio::test]
     async fn all_down_leaves_nothing() {
         let p = pool(r#"{ addr = "127.0.0.1:1", down = true }"#);
-        assert_eq!(p.select(&CTX, &Tried::default()), None);
+        assert_eq!(p.select(&CTX, &Tried::default()), Pick::Nothing);
     }
 }
