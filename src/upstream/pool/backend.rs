@@ -258,31 +258,12 @@ pub(crate) fn backend(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// A pool of two backends balanced by `policy`, built as a snapshot builds it.
     fn pool_of_two(policy: &str) -> crate::upstream::pool::Pool {
-        let text = format!(
-            "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n\
-             [upstreams.u]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbalance = \"{policy}\"\n"
-        );
-        let config =
-            crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid test config");
-        let up = &config.upstreams["u"];
-        let resolved = up
-            .servers
-            .iter()
-            .map(|s| ResolvedServer {
-                addr: match s.addr {
-                    crate::config::ServerAddr::Ip(a) => a,
-                    crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
-                },
-                written: s.addr.to_string(),
-                sole_address: true,
-                config: s.clone(),
-            })
-            .collect();
-        crate::upstream::pool::Pool::new(up, resolved, None, None)
+        crate::upstream::pool::test_pool(
+            "\"127.0.0.1:1\", \"127.0.0.1:2\"",
+            &format!("balance = \"{policy}\""),
+        )
     }
 
     /// What the pool picks for a new request, `n` times.

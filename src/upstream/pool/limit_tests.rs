@@ -2,7 +2,6 @@
 //! what a full queue, a wait that runs out and a waiter that leaves do.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use tokio::task::JoinHandle;
 
 use super::{InFlightGuard, NoSlot, Pick, Pool, Slot, limit::Want};
 use crate::balancer::{PickContext, Tried};
-use crate::config::{ResolvedServer, ServerAddr, parse};
 
 const CTX: PickContext<'static> = PickContext {
     client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -20,25 +18,7 @@ const CTX: PickContext<'static> = PickContext {
 
 /// A pool of `servers` (TOML array items) with the upstream's `extra` keys.
 fn pool(servers: &str, extra: &str) -> Arc<Pool> {
-    let text = format!(
-        "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [{servers}]\n{extra}\n"
-    );
-    let config = parse(Path::new("t.toml"), &text).expect("valid test config");
-    let up = &config.upstreams["u"];
-    let resolved = up
-        .servers
-        .iter()
-        .map(|s| ResolvedServer {
-            addr: match s.addr {
-                ServerAddr::Ip(a) => a,
-                ServerAddr::Name { .. } => unreachable!("tests use IPs"),
-            },
-            written: s.addr.to_string(),
-            sole_address: true,
-            config: s.clone(),
-        })
-        .collect();
-    Arc::new(Pool::new(up, resolved, None, None))
+    Arc::new(super::test_pool(servers, extra))
 }
 
 fn taken(slot: Slot) -> (usize, InFlightGuard) {

@@ -438,6 +438,32 @@ fn loads(tier: &[Arc<Backend>]) -> Loads {
     tier.iter().map(|b| Arc::clone(&b.live.in_flight)).collect()
 }
 
+/// A pool of `servers` (TOML array items, addresses only) with the upstream's `extra` keys,
+/// built as a snapshot builds it: for the unit tests of this folder.
+#[cfg(test)]
+pub(crate) fn test_pool(servers: &str, extra: &str) -> Pool {
+    let text = format!(
+        "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [{servers}]\n{extra}\n"
+    );
+    let config =
+        crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid test config");
+    let up = &config.upstreams["u"];
+    let resolved = up
+        .servers
+        .iter()
+        .map(|s| ResolvedServer {
+            addr: match s.addr {
+                crate::config::ServerAddr::Ip(a) => a,
+                crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
+            },
+            written: s.addr.to_string(),
+            sole_address: true,
+            config: s.clone(),
+        })
+        .collect();
+    Pool::new(up, resolved, None, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,25 +477,7 @@ mod tests {
     };
 
     fn pool(servers: &str) -> Pool {
-        let text = format!(
-            "[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [{servers}]\n"
-        );
-        let config = parse(Path::new("t.toml"), &text).expect("valid test config");
-        let up = &config.upstreams["u"];
-        let resolved = up
-            .servers
-            .iter()
-            .map(|s| ResolvedServer {
-                addr: match s.addr {
-                    crate::config::ServerAddr::Ip(a) => a,
-                    crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
-                },
-                written: s.addr.to_string(),
-                sole_address: true,
-                config: s.clone(),
-            })
-            .collect();
-        Pool::new(up, resolved, None, None)
+        test_pool(servers, "")
     }
 
     fn port(p: &Pool, i: usize) -> u16 {
