@@ -36,14 +36,6 @@ fn config(servers: &str, upstream_extra: &str, token: bool) -> String {
     )
 }
 
-fn list(backends: &[&Backend]) -> String {
-    backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn admin(proxy: &Proxy) -> SocketAddr {
     proxy.admin.expect("an admin listener")
 }

@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-fn list(backends: &[&Backend]) -> String {
-    backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Writes `config` and sends SIGHUP; waits for the reload's outcome (counted in `/metrics`)
 /// and returns whether it succeeded and, if it did, how long it took to take effect: from
 /// the signal to the success time rproxy records, so a slow scrape under load does not count.

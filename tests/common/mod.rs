@@ -775,6 +775,15 @@ pub async fn scrape_admin(admin: SocketAddr) -> String {
 }
 
 /// A config with one listener on an ephemeral port in front of `servers` (TOML array items).
+/// `backends` as the items of a `servers = [...]` list: `"127.0.0.1:1", "127.0.0.1:2"`.
+pub fn list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn config_with(servers: &str, upstream_extra: &str) -> String {
     format!(
         r#"
