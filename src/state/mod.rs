@@ -65,9 +65,14 @@ impl Snapshot {
     /// none.
     pub fn set_addresses(&mut self, mut bound: HashMap<String, Vec<SocketAddr>>) {
         for (name, listener) in &mut self.listeners {
-            // Only the builder holds the snapshot's listeners until it is published.
-            if let Some(l) = Arc::get_mut(listener) {
-                l.addresses = bound.remove(name).unwrap_or_default();
+            // Only the builder holds the snapshot's listeners until it is published, so this
+            // always finds them unshared; were it not so, redirects and /status would lack the
+            // addresses, which is worth saying rather than a panic.
+            match Arc::get_mut(listener) {
+                Some(l) => l.addresses = bound.remove(name).unwrap_or_default(),
+                None => {
+                    tracing::error!(listener = %name, "bug: a published listener's addresses cannot be set");
+                }
             }
         }
     }
