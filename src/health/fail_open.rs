@@ -26,10 +26,18 @@ impl FailOpen {
     }
 
     /// A healthy backend was found: an episode, if one was running, is over.
+    /// Runs on every pick: inlined, with the rare end of an episode out of line.
+    #[inline]
     pub fn healthy_found(&self, pool: &str) {
-        if self.failing_open.load(Ordering::Relaxed)
-            && self.failing_open.swap(false, Ordering::Relaxed)
-        {
+        if self.failing_open.load(Ordering::Relaxed) {
+            self.end_episode(pool);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn end_episode(&self, pool: &str) {
+        if self.failing_open.swap(false, Ordering::Relaxed) {
             tracing::info!(upstream = %pool, "healthy backends again; fail-open ended");
         }
     }

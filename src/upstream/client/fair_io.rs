@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::either::Either;
 
 use crate::tls::BackendStream;
 
@@ -58,7 +59,12 @@ impl AsyncRead for Fair {
             return Poll::Pending;
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // Matched here rather than through `Either`'s own `poll_read`, which the compiler
+        // stopped inlining: that call cost about 70 instructions a request (callgrind).
+        let polled = match &mut self.inner {
+            Either::Left(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Either::Right(tls) => Pin::new(tls).poll_read(cx, buf),
+        };
         match &polled {
             Poll::Ready(Ok(())) => self.read_this_poll += buf.filled().len() - before,
             // The task is about to yield anyway: a new poll starts a new budget.

@@ -54,7 +54,8 @@ impl Present {
 }
 
 fn bit(name: &HeaderName) -> u16 {
-    // Names are stored lowercase, so a plain comparison finds them.
+    // Names are stored lowercase, so a plain comparison finds them. (A filter on the name's
+    // length before comparing was tried: it cost 12 instructions a request more.)
     match name.as_str() {
         "connection" => Present::CONNECTION,
         "keep-alive" => 1 << 1,
@@ -107,6 +108,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
 
 /// Sets the forwarding headers and returns the client address as rproxy determined it.
 /// `present`: what the head carried before.
+// Inlined into `forward`, its one caller on the request path: called out of line (as the
+// compiler chose with a plain `#[inline]`) it cost about 60 instructions a request more.
+#[inline(always)]
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     present: Present,
@@ -296,7 +300,10 @@ mod tests {
     fn present_finds_each_header_it_tracks_whatever_the_case_written() {
         let tracked = [
             ("Connection", Present::CONNECTION),
+            ("Keep-Alive", 1 << 1),
+            ("Proxy-Connection", 1 << 2),
             ("TE", Present::TE),
+            ("Trailer", 1 << 4),
             ("Transfer-Encoding", Present::TRANSFER_ENCODING),
             ("Upgrade", Present::UPGRADE),
             ("Expect", Present::EXPECT),
@@ -307,10 +314,15 @@ mod tests {
             assert!(present.has(bit), "{name}");
             assert_eq!(present, Present(bit), "{name} alone");
         }
+        // Also names of the same lengths as tracked ones.
         let untracked = map(&[
             ("host", "a"),
             ("x-forwarded-for", "1.2.3.4"),
             ("accept", "*"),
+            ("user-agent", "x"),
+            ("ab", "x"),
+            ("referer", "x"),
+            ("x-long-name-of-thirty-two-bytes!", "x"),
         ]);
         assert_eq!(Present::of(&untracked), Present(0));
     }
