@@ -75,6 +75,36 @@ async fn traffic_follows_a_changed_record_without_a_reload() {
     assert_eq!(metric(&metrics, &series("2")), None, "the old address's series left");
     assert!(metric(&metrics, "rproxy_dns_queries_total{result=\"ok\"}").is_some_and(|n| n >= 2.0));
     assert!(backends[1].requests() >= 5);
+    promtool_accepts(&metrics);
+}
+
+/// `promtool check metrics` accepts the scrape (help text for the DNS counter, per-address
+/// series). tests/metrics.rs requires promtool under CI; here it is checked when installed.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: the scrape is not checked with it");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
