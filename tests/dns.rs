@@ -71,8 +71,15 @@ async fn traffic_follows_a_changed_record_without_a_reload() {
             "rproxy_upstream_requests_total{{upstream=\"app\",backend=\"app.test:{port} (127.0.0.{ip}:{port})\",code=\"2xx\"}}"
         )
     };
-    assert!(metric(&metrics, &series("3")).is_some_and(|n| n >= 5.0), "{metrics}");
-    assert_eq!(metric(&metrics, &series("2")), None, "the old address's series left");
+    assert!(
+        metric(&metrics, &series("3")).is_some_and(|n| n >= 5.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, &series("2")),
+        None,
+        "the old address's series left"
+    );
     assert!(metric(&metrics, "rproxy_dns_queries_total{result=\"ok\"}").is_some_and(|n| n >= 2.0));
     assert!(backends[1].requests() >= 5);
     promtool_accepts(&metrics);
@@ -136,7 +143,12 @@ async fn a_name_missing_at_start_is_served_once_it_appears() {
     let up = upstream_status(&proxy.status().await);
     assert_eq!(up["resolve"][0]["state"], "unresolved", "{up}");
     assert_eq!(up["backends"].as_array().map(Vec::len), Some(0), "{up}");
-    assert!(proxy.metric("rproxy_dns_queries_total{result=\"nxdomain\"}").await >= 1.0);
+    assert!(
+        proxy
+            .metric("rproxy_dns_queries_total{result=\"nxdomain\"}")
+            .await
+            >= 1.0
+    );
 
     dns.set_hosts("127.0.0.2 app.test\n");
     // Retried with a backoff from 1 s: the second retry is at most 3 s after start.
@@ -144,6 +156,31 @@ async fn a_name_missing_at_start_is_served_once_it_appears() {
     assert!(took < FOLLOW_WITHIN, "served after {took:?}");
     let up = upstream_status(&proxy.status().await);
     assert_eq!(up["resolve"][0]["state"], "resolved", "{up}");
+}
+
+/// A reload adding a name that does not resolve is applied (not refused), and a name followed
+/// before the reload keeps its addresses through it.
+#[tokio::test]
+async fn a_reload_with_a_name_that_does_not_resolve_is_applied() {
+    let Some(dns) = Dnsmasq::start("127.0.0.2 app.test\n", &[]) else {
+        return;
+    };
+    let (port, _backends) = backends_on_loopbacks(&["two", "three"]).await;
+    let app = format!("{{ addr = \"app.test:{port}\", resolve = true }}");
+    let proxy = Proxy::start(&config(&dns, "", &app, ""));
+    assert_eq!(hit(&proxy, "/").await.backend(), "two");
+    let more = format!("{app}, {{ addr = \"later.test:{port}\", resolve = true }}");
+    assert!(
+        proxy.reload_with(&config(&dns, "", &more, "")).await,
+        "reload applied"
+    );
+    let up = upstream_status(&proxy.status().await);
+    assert_eq!(up["resolve"][1]["state"], "unresolved", "{up}");
+    for _ in 0..4 {
+        assert_eq!(hit(&proxy, "/").await.backend(), "two");
+    }
+    dns.set_hosts("127.0.0.2 app.test\n127.0.0.3 later.test\n");
+    until_served_by(&proxy, "three").await;
 }
 
 #[tokio::test]
@@ -161,8 +198,12 @@ async fn the_dns_server_stopped_keeps_the_last_addresses_serving() {
     assert_eq!(hit(&proxy, "/").await.status, 200);
     dns.stop();
     wait_until("a failed query", || async {
-        proxy.metric("rproxy_dns_queries_total{result=\"timeout\"}").await
-            + proxy.metric("rproxy_dns_queries_total{result=\"error\"}").await
+        proxy
+            .metric("rproxy_dns_queries_total{result=\"timeout\"}")
+            .await
+            + proxy
+                .metric("rproxy_dns_queries_total{result=\"error\"}")
+                .await
             >= 2.0
     })
     .await;
@@ -199,7 +240,10 @@ async fn a_request_in_flight_to_a_removed_address_completes() {
     let up = upstream_status(&proxy.status().await);
     assert_eq!(up["backends"].as_array().map(Vec::len), Some(1), "{up}");
     let a = slow.await.expect("slow request task");
-    assert_eq!((a.status.as_u16(), a.backend(), a.body.as_str()), (200, "two", "two"));
+    assert_eq!(
+        (a.status.as_u16(), a.backend(), a.body.as_str()),
+        (200, "two", "two")
+    );
 }
 
 #[tokio::test]
@@ -241,8 +285,16 @@ async fn srv_weights_and_priorities_apply() {
             .and_then(|v| v.iter().find(|b| b["address"] == format!("{ip}:{port}")))
             .map(|b| (b["weight"].clone(), b["backup"].clone()))
     };
-    assert_eq!(backup_of("127.0.0.4"), Some((1.into(), true.into())), "{up}");
-    assert_eq!(backup_of("127.0.0.2"), Some((3.into(), false.into())), "{up}");
+    assert_eq!(
+        backup_of("127.0.0.4"),
+        Some((1.into(), true.into())),
+        "{up}"
+    );
+    assert_eq!(
+        backup_of("127.0.0.2"),
+        Some((3.into(), false.into())),
+        "{up}"
+    );
 
     // With both primaries gone, the backup serves.
     let c = backends.pop().expect("c");
@@ -273,7 +325,10 @@ async fn instances_agree_whatever_order_dns_answers_in() {
         "the two DNS servers answer in different orders"
     );
     let (port, _backends) = backends_on_loopbacks(&["two", "three", "four"]).await;
-    for hash in ["hash = { key = \"$request_uri\" }", "hash = { key = \"$request_uri\", consistent = true }"] {
+    for hash in [
+        "hash = { key = \"$request_uri\" }",
+        "hash = { key = \"$request_uri\", consistent = true }",
+    ] {
         let extra = format!("{hash}\n[upstreams.app.sticky]\ncookie = \"route\"\n");
         let servers = format!("{{ addr = \"app.test:{port}\", resolve = true }}");
         let a = Proxy::start(&config(&dns_a, "", &servers, &extra));

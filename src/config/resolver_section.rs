@@ -97,12 +97,98 @@ fn nameserver(text: &str) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return (addr.port() != 0).then_some(addr);
     }
-    text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+    text.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, 53))
 }
 
 #[cfg(test)]
 mod tests {
     use super::nameserver;
+    use crate::config::{ConfigErrors, ServerAddr, parse};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn file(top: &str, servers: &str) -> Result<crate::config::Config, ConfigErrors> {
+        let text = format!(
+            "{top}\n[listeners.l]\nlisten = \"127.0.0.1:0\"\nupstream = \"u\"\n[upstreams.u]\nservers = [{servers}]\n"
+        );
+        parse(Path::new("t.toml"), &text)
+    }
+
+    /// Each error as `line:column: key: message`.
+    fn errors(top: &str, servers: &str) -> Vec<String> {
+        match file(top, servers) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|e| format!("{}:{}: {}: {}", e.line, e.column, e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn resolver_and_resolve_keys_parse() {
+        let c = file(
+            "[resolver]\naddrs = [\"127.0.0.1:5353\", \"10.0.0.2\"]\nvalid = \"1s\"\ntimeout = \"200ms\"\nipv6 = false",
+            r#"{ addr = "App.Test:80", resolve = true }, { addr = "svc.test", service = "http", resolve = true }, { addr = "svc.test", service = "_grpc._udp", resolve = true }"#,
+        )
+        .expect("valid");
+        assert_eq!(c.resolver.addrs.len(), 2);
+        assert_eq!(c.resolver.valid, Some(Duration::from_secs(1)));
+        assert_eq!(c.resolver.timeout, Duration::from_millis(200));
+        assert!(c.resolver.ipv4 && !c.resolver.ipv6);
+        let s = &c.upstreams["u"].servers;
+        assert!(s.iter().all(|s| s.resolve));
+        assert_eq!(
+            s.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
+            ["app.test:80", "_http._tcp.svc.test", "_grpc._udp.svc.test"]
+        );
+        assert!(matches!(s[1].addr, ServerAddr::Srv { .. }));
+        let plain = file("", "\"127.0.0.1:1\"").expect("valid");
+        assert_eq!(plain.resolver, Default::default());
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_place() {
+        assert_eq!(
+            errors("[resolver]\nvalid = \"500ms\"", "\"127.0.0.1:1\""),
+            ["2:9: resolver.valid: must be at least 1s"]
+        );
+        assert_eq!(
+            errors("[resolver]\naddrs = [\"dns.test\"]", "\"127.0.0.1:1\"").len(),
+            1
+        );
+        assert_eq!(
+            errors("[resolver]\nipv4 = false\nipv6 = false", "\"127.0.0.1:1\"").len(),
+            1
+        );
+        assert_eq!(
+            errors("", r#"{ addr = "127.0.0.1:80", resolve = true }"#),
+            [
+                "6:21: upstreams.u.servers[0].addr: `resolve = true` needs a host name, not an IP address"
+            ]
+        );
+        let e = errors(
+            "",
+            r#"{ addr = "svc.test:80", service = "http", resolve = true }"#,
+        );
+        assert!(
+            e[0].contains("servers[0].addr") && e[0].contains("without a port"),
+            "{e:?}"
+        );
+        let e = errors("", r#"{ addr = "svc.test", service = "http" }"#);
+        assert!(
+            e[0].contains("servers[0].service") && e[0].contains("resolve = true"),
+            "{e:?}"
+        );
+        let e = errors(
+            "",
+            r#"{ addr = "svc.test:80", resolve = true, servcie = "http" }"#,
+        );
+        assert!(e[0].contains("servcie"), "{e:?}");
+    }
 
     #[test]
     fn nameservers_default_to_port_53() {

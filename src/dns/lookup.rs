@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig,
-    ResolverOpts,
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
@@ -73,8 +72,9 @@ impl Resolver {
     /// has none either.
     pub fn new(config: &ResolverConfig) -> Result<Resolver, String> {
         let (servers, search) = if config.addrs.is_empty() {
-            let text = std::fs::read_to_string(RESOLV_CONF)
-                .map_err(|e| format!("resolver: cannot read {RESOLV_CONF} ({e}); set [resolver] addrs"))?;
+            let text = std::fs::read_to_string(RESOLV_CONF).map_err(|e| {
+                format!("resolver: cannot read {RESOLV_CONF} ({e}); set [resolver] addrs")
+            })?;
             let (servers, search) = resolv_conf(&text);
             if servers.is_empty() {
                 return Err(format!(
@@ -247,7 +247,9 @@ fn classify(e: &NetError) -> Outcome {
         };
     }
     match e {
-        NetError::Dns(DnsError::NoRecordsFound(no)) if no.response_code == ResponseCode::NoError => {
+        NetError::Dns(DnsError::NoRecordsFound(no))
+            if no.response_code == ResponseCode::NoError =>
+        {
             Outcome::Gone {
                 result: "no_answer",
                 why: "no records of that type".into(),

@@ -47,7 +47,9 @@ mod tests {
     fn backoff_doubles_from_one_second_and_stays_within_valid() {
         let waits: Vec<u64> = (1..=8).map(|n| retry_after(n, None).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
-        let waits: Vec<u64> = (1..=4).map(|n| retry_after(n, Some(S(3))).as_secs()).collect();
+        let waits: Vec<u64> = (1..=4)
+            .map(|n| retry_after(n, Some(S(3))).as_secs())
+            .collect();
         assert_eq!(waits, [1, 2, 3, 3]);
         assert_eq!(retry_after(u32::MAX, None), BACKOFF_MAX, "no overflow");
     }

@@ -92,10 +92,7 @@ pub fn servers(
 }
 
 /// The addresses `after` has that `before` had not (added), and those it lost (removed).
-pub fn changes(
-    before: Option<&Records>,
-    after: Option<&Records>,
-) -> (Vec<String>, Vec<String>) {
+pub fn changes(before: Option<&Records>, after: Option<&Records>) -> (Vec<String>, Vec<String>) {
     let set = |r: Option<&Records>| -> BTreeSet<String> {
         match r {
             None => BTreeSet::new(),
@@ -185,7 +182,10 @@ mod tests {
                 ("10.0.0.3:8080".into(), 3, false)
             ]
         );
-        assert!(a.iter().all(|s| s.written == "app.test:8080" && !s.sole_address));
+        assert!(
+            a.iter()
+                .all(|s| s.written == "app.test:8080" && !s.sole_address)
+        );
     }
 
     #[test]

@@ -91,16 +91,19 @@ pub fn unresolved_warnings(config: &Config, answers: &Answers) -> Vec<ConfigErro
         .filter_map(|s| {
             let q = Query::of(&s.addr)?;
             let a = answers.get(&q)?;
-            a.records.as_ref().is_none_or(Records::is_empty).then(|| ConfigError {
-                file: config.source.clone(),
-                line: s.origin.line,
-                column: s.origin.column,
-                key: s.origin.key.clone(),
-                message: format!(
-                    "`{q}` has no address now ({}); rproxy starts without it and keeps asking",
-                    a.error.as_deref().unwrap_or("no records")
-                ),
-            })
+            a.records
+                .as_ref()
+                .is_none_or(Records::is_empty)
+                .then(|| ConfigError {
+                    file: config.source.clone(),
+                    line: s.origin.line,
+                    column: s.origin.column,
+                    key: s.origin.key.clone(),
+                    message: format!(
+                        "`{q}` has no address now ({}); rproxy starts without it and keeps asking",
+                        a.error.as_deref().unwrap_or("no records")
+                    ),
+                })
         })
         .collect()
 }
@@ -284,9 +287,15 @@ mod tests {
             why: "NXDOMAIN".into(),
         };
         let a = next_answer(None, &gone, t0, None);
-        assert_eq!((a.records.clone(), a.failures, a.refresh - t0), (None, 1, s(1)));
+        assert_eq!(
+            (a.records.clone(), a.failures, a.refresh - t0),
+            (None, 1, s(1))
+        );
         let a = next_answer(Some(&a), &failed(), t0, None);
-        assert_eq!((a.records.clone(), a.failures, a.refresh - t0), (None, 2, s(2)));
+        assert_eq!(
+            (a.records.clone(), a.failures, a.refresh - t0),
+            (None, 2, s(2))
+        );
 
         tokio::time::advance(s(2)).await;
         let found = Outcome::Found {
@@ -299,14 +308,21 @@ mod tests {
         assert_eq!(a.records, Some(hosts(&["10.0.0.1"])));
 
         let a = next_answer(Some(&a), &failed(), now, None);
-        assert_eq!(a.records, Some(hosts(&["10.0.0.1"])), "kept through a failure");
+        assert_eq!(
+            a.records,
+            Some(hosts(&["10.0.0.1"])),
+            "kept through a failure"
+        );
         assert_eq!((a.failures, a.refresh - now), (1, s(1)));
         let a = next_answer(Some(&a), &failed(), now, Some(s(1)));
         assert_eq!(a.refresh - now, s(1), "never longer than valid");
         assert!(a.records.is_some());
 
         let a = next_answer(Some(&a), &gone, now, None);
-        assert_eq!(a.records, None, "an authoritative 'no such name' removes them");
+        assert_eq!(
+            a.records, None,
+            "an authoritative 'no such name' removes them"
+        );
 
         // `valid` replaces a TTL of 0.
         let a = next_answer(

@@ -41,10 +41,16 @@ impl Server {
             // does not resolve yet is not an error.
             let (resolver, answers) = tokio::time::timeout(
                 RELOAD_RESOLVE_TIMEOUT,
-                crate::dns::prepare(&config, self.resolver.as_ref(), Some(&self.latest_answers())),
+                crate::dns::prepare(
+                    &config,
+                    self.resolver.as_ref(),
+                    Some(&self.latest_answers()),
+                ),
             )
             .await
-            .map_err(|_| ConfigErrors::whole_file(&path, "name resolution did not finish in 30s"))??;
+            .map_err(|_| {
+                ConfigErrors::whole_file(&path, "name resolution did not finish in 30s")
+            })??;
             let ready = self.prepare(config, Arc::new(answers)).await?;
             Ok::<_, ConfigErrors>((ready, resolver))
         };

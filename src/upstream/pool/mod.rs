@@ -206,7 +206,10 @@ impl Pool {
                         })
                         .collect();
                     let ring = ConsistentHash::new(
-                        names.iter().map(String::as_str).zip(tier.iter().map(|b| b.weight)),
+                        names
+                            .iter()
+                            .map(String::as_str)
+                            .zip(tier.iter().map(|b| b.weight)),
                     );
                     Arc::new(match balance_factor {
                         Some(f) => {
