@@ -255,20 +255,14 @@ fn classify(e: &NetError) -> Outcome {
                 why: "no records of that type".into(),
             }
         }
-        NetError::Timeout => timed_out(Duration::ZERO).with_why(e.to_string()),
+        NetError::Timeout => Outcome::Failed {
+            result: "timeout",
+            why: e.to_string(),
+        },
         _ => Outcome::Failed {
             result: "error",
             why: e.to_string(),
         },
-    }
-}
-
-impl Outcome {
-    fn with_why(self, text: String) -> Outcome {
-        match self {
-            Outcome::Failed { result, .. } => Outcome::Failed { result, why: text },
-            other => other,
-        }
     }
 }
 
