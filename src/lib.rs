@@ -3,13 +3,15 @@
 //! The modules follow a request: `listener` accepts it, `router` picks the pool, `balancer`
 //! picks a backend of that pool, `upstream` forwards it. `config` is the validated file and
 //! `state` the runtime snapshot built from it; `server` ties them together at start and stop.
-//! At the side: `metrics`, served by the `admin` listener, and the `access_log`.
+//! At the side: `metrics`, served by the `admin` listener, the `access_log`, and `dns`, which
+//! follows the names of `resolve = true` servers as their records change.
 
 pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod ctl;
+pub mod dns;
 pub mod error;
 pub mod header_text;
 pub mod health;

@@ -126,8 +126,16 @@ fn main() -> ExitCode {
     };
 
     if cli.test {
-        // Name resolution is part of the check, as with `nginx -t`; nothing is bound.
-        let resolved = runtime.block_on(rproxy::state::build_snapshot(config.into(), None));
+        // Name resolution is part of the check, as with `nginx -t`; nothing is bound. A
+        // `resolve = true` name that does not resolve now is a warning: rproxy would start.
+        let resolved = runtime.block_on(async {
+            let config = std::sync::Arc::new(config);
+            let (_, answers) = rproxy::dns::prepare(&config, None, None).await?;
+            for warning in rproxy::dns::unresolved_warnings(&config, &answers) {
+                eprintln!("warning: {warning}");
+            }
+            rproxy::state::build_snapshot(config, None, std::sync::Arc::new(answers)).await
+        });
         return match resolved {
             Ok(_) => {
                 println!("ok: {} is valid", cli.config.display());

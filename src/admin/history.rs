@@ -166,7 +166,7 @@ mod tests {
             "[listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n[upstreams.app]\nservers = [{servers}]\n"
         );
         let config = parse(Path::new("t.toml"), &text).expect("valid test config");
-        build_snapshot(Arc::new(config), previous)
+        build_snapshot(Arc::new(config), previous, Arc::default())
             .await
             .expect("IP addresses need no resolution")
     }

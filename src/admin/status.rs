@@ -38,6 +38,22 @@ pub struct UpstreamStatus {
     /// Requests waiting for a backend under its `max_conns`; `null` without `[queue]`.
     pub queue: Option<QueueStatus>,
     pub backends: Vec<BackendStatus>,
+    /// Its `resolve = true` servers and whether their names have addresses now.
+    pub resolve: Vec<ResolveStatus>,
+}
+
+/// A `resolve = true` server of an upstream.
+#[derive(Debug, Serialize)]
+pub struct ResolveStatus {
+    /// The server as written (`app.test:80`, or the SRV name).
+    pub server: String,
+    /// `resolved`, or `unresolved` (no address: its name is unknown or the DNS server has not
+    /// answered yet; it is retried).
+    pub state: &'static str,
+    /// Addresses its name resolves to now.
+    pub addresses: usize,
+    /// Why it is unresolved; `null` when resolved.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,6 +175,7 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime, history: &History)
                     }
                 })
                 .collect(),
+            resolve: resolve_status(snapshot, &pool.name),
         })
         .collect();
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
@@ -169,4 +186,37 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime, history: &History)
         listeners,
         upstreams,
     }
+}
+
+/// The `resolve = true` servers of upstream `name`, from the answers the snapshot was built
+/// with (a change of addresses always rebuilds it).
+fn resolve_status(snapshot: &Snapshot, name: &str) -> Vec<ResolveStatus> {
+    let Some(upstream) = snapshot.config.upstreams.get(name) else {
+        return Vec::new();
+    };
+    upstream
+        .servers
+        .iter()
+        .filter(|s| s.resolve)
+        .map(|s| {
+            let answer = crate::dns::Query::of(&s.addr).and_then(|q| snapshot.dns.get(&q));
+            let addresses = answer
+                .and_then(|a| a.records.as_ref())
+                .map_or(0, crate::dns::Records::len);
+            ResolveStatus {
+                server: s.addr.to_string(),
+                state: if addresses > 0 {
+                    "resolved"
+                } else {
+                    "unresolved"
+                },
+                addresses,
+                error: (addresses == 0).then(|| {
+                    answer
+                        .and_then(|a| a.error.clone())
+                        .unwrap_or_else(|| "no records".into())
+                }),
+            }
+        })
+        .collect()
 }

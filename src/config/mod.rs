@@ -14,6 +14,7 @@ mod model;
 mod parse;
 mod reader;
 mod resolve;
+mod resolver_section;
 mod retry_section;
 mod route_section;
 mod tcp_section;
@@ -27,8 +28,8 @@ pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,
     CertFiles, Config, HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin,
-    PassiveHealth, QueueConfig, RequestLimits, RetryPolicy, RouteConfig, ServerAddr, ServerConfig,
-    StickyConfig, TcpSettings, TlsConfig, UpstreamConfig, defaults,
+    PassiveHealth, QueueConfig, RequestLimits, ResolverConfig, RetryPolicy, RouteConfig,
+    ServerAddr, ServerConfig, StickyConfig, TcpSettings, TlsConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
 pub use resolve::{ResolvedServer, resolve_servers};

@@ -50,6 +50,8 @@ pub mod defaults {
     pub const RETRY_BUDGET: f32 = 0.2;
     /// How long a request waits in an upstream's queue for a free slot (nginx Plus's default).
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long one DNS query for a `resolve = true` server may take (`[resolver] timeout`).
+    pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +72,35 @@ pub struct Config {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); none unless `[admin]` exists.
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    /// `[resolver]`: the DNS servers asked for `resolve = true` servers.
+    pub resolver: ResolverConfig,
+}
+
+/// `[resolver]`, nginx's `resolver` directive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Name servers; empty: those of `/etc/resolv.conf`.
+    pub addrs: Vec<SocketAddr>,
+    /// Overrides the records' TTL (nginx's `valid=`); `None`: the TTL, within sane bounds.
+    pub valid: Option<Duration>,
+    /// One query's time limit.
+    pub timeout: Duration,
+    /// Ask for A records.
+    pub ipv4: bool,
+    /// Ask for AAAA records.
+    pub ipv6: bool,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            addrs: Vec::new(),
+            valid: None,
+            timeout: defaults::RESOLVER_TIMEOUT,
+            ipv4: true,
+            ipv6: true,
+        }
+    }
 }
 
 /// `[log]`: where the access log goes and in which format.
@@ -373,15 +404,27 @@ pub struct ServerConfig {
     /// Requests and TCP connections in flight to it at most, counted for the whole process:
     /// its own `max_conns`, else the upstream's. `None`: no limit.
     pub max_conns: Option<NonZeroU32>,
+    /// `resolve = true`: the name is resolved again in the background when its records
+    /// expire, with the `[resolver]`'s servers, and may resolve to nothing for a while.
+    pub resolve: bool,
     /// Where the address was written, for errors found later (name resolution).
     pub origin: Origin,
 }
 
-/// A backend address as written: an IP literal, or a name resolved at start.
+/// A backend address as written: an IP literal, a name resolved at start (or, with
+/// `resolve`, again and again), or the name of SRV records (`service`, always with `resolve`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddr {
     Ip(SocketAddr),
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
+    /// The SRV records' full name, such as `_http._tcp.app.service.consul`: targets and ports
+    /// come from the records.
+    Srv {
+        name: String,
+    },
 }
 
 impl fmt::Display for ServerAddr {
@@ -389,6 +432,7 @@ impl fmt::Display for ServerAddr {
         match self {
             ServerAddr::Ip(addr) => write!(f, "{addr}"),
             ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+            ServerAddr::Srv { name } => write!(f, "{name}"),
         }
     }
 }

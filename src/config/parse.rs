@@ -14,6 +14,7 @@ use super::error::ConfigErrors;
 use super::listener_section::{check_listen_addrs, listener};
 use super::model::{AccessFormat, AccessTarget, AdminConfig, Config, LogConfig, defaults};
 use super::reader::{Reader, Table, Value, duration_or, entries, get, join};
+use super::resolver_section::resolver;
 use super::tcp_section::check_tcp_upstream;
 use super::upstream_section::upstream;
 
@@ -27,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "upstreams",
     "admin",
     "log",
+    "resolver",
 ];
 const ADMIN_KEYS: &[&str] = &["listen", "token"];
 const LOG_KEYS: &[&str] = &["access", "format"];
@@ -64,6 +66,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
     };
     let admin = get(root, "admin").and_then(|v| admin(&mut r, v));
     let log = get(root, "log").map_or(Some(LogConfig::default()), |v| log(&mut r, v));
+    let resolver = get(root, "resolver").map_or(Some(Default::default()), |v| resolver(&mut r, v));
     let upstreams = read_section(&mut r, root, "upstreams", upstream);
     let listeners = read_section(&mut r, root, "listeners", |r, path, t, whole| {
         listener(r, path, t, whole, &upstream_names)
@@ -99,6 +102,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         upstreams,
         admin,
         log: log.unwrap_or_default(),
+        resolver: resolver.unwrap_or_default(),
     })
 }
 

@@ -1,7 +1,8 @@
 //! Name resolution for backend addresses, done once when a configuration is loaded.
 //!
 //! As in nginx, a server written as a host name becomes one backend per address the name
-//! resolves to, each with the server's weight and flags.
+//! resolves to, each with the server's weight and flags. Servers with `resolve = true` are
+//! left to the `dns` module, which follows them with TTLs.
 
 use std::net::SocketAddr;
 
@@ -27,8 +28,14 @@ pub async fn resolve_servers(
     let mut out = Vec::with_capacity(upstream.servers.len());
     let mut errors = Vec::new();
     for server in &upstream.servers {
+        // Followed by the DNS task instead (`dns::servers` puts them in their place).
+        if server.resolve {
+            continue;
+        }
         let addrs = match &server.addr {
             ServerAddr::Ip(addr) => Ok(vec![*addr]),
+            // Only with `resolve` (the parser requires it): skipped above.
+            ServerAddr::Srv { .. } => continue,
             ServerAddr::Name { host, port } => {
                 tokio::net::lookup_host((host.as_str(), *port))
                     .await

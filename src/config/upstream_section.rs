@@ -36,7 +36,15 @@ const UPSTREAM_KEYS: &[&str] = &[
     "h2",
     "tls",
 ];
-const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down", "max_conns"];
+const SERVER_KEYS: &[&str] = &[
+    "addr",
+    "weight",
+    "backup",
+    "down",
+    "max_conns",
+    "resolve",
+    "service",
+];
 
 pub(super) fn upstream(
     r: &mut Reader<'_>,
@@ -217,17 +225,46 @@ fn server(
                 backup: false,
                 down: false,
                 max_conns: default_max_conns,
+                resolve: false,
                 origin: r.origin(key, v.span()),
             })
         }
         DeValue::Table(t) => {
             r.check_keys(t, key, SERVER_KEYS);
             let addr_key = join(key, "addr");
+            let resolve = flag(r, t, key, "resolve");
+            let service_key = join(key, "service");
+            let service = match get(t, "service") {
+                Some(s) => r.string(s, &service_key).map(|text| Some((text, s))),
+                None => Some(None),
+            };
             let addr = match get(t, "addr") {
                 Some(a) => {
                     let text = r.string(a, &addr_key)?;
-                    server_addr(r, &addr_key, a, text)
-                        .map(|addr| (addr, r.origin(&addr_key, a.span())))
+                    let parsed = match service {
+                        Some(Some((svc, sv))) => {
+                            if resolve == Some(false) {
+                                r.error(
+                                    &service_key,
+                                    sv.span(),
+                                    "`service` needs `resolve = true` (SRV records are followed as they change)",
+                                );
+                            }
+                            srv_name(r, &addr_key, a, text, &service_key, sv, svc)
+                        }
+                        _ => server_addr(r, &addr_key, a, text),
+                    };
+                    match parsed {
+                        Some(ServerAddr::Ip(_)) if resolve == Some(true) => {
+                            r.error(
+                                &addr_key,
+                                a.span(),
+                                "`resolve = true` needs a host name, not an IP address",
+                            );
+                            None
+                        }
+                        other => other.map(|addr| (addr, r.origin(&addr_key, a.span()))),
+                    }
                 }
                 None => {
                     r.error(key, v.span(), "missing key `addr` (\"host:port\")");
@@ -253,6 +290,7 @@ fn server(
                 backup: backup?,
                 down: down?,
                 max_conns: max_conns?,
+                resolve: resolve?,
                 origin,
             })
         }
@@ -299,6 +337,56 @@ fn server_addr(r: &mut Reader<'_>, key: &str, v: &Value<'_>, text: &str) -> Opti
         );
     }
     parsed
+}
+
+/// `addr = "app.service.consul", service = "http"` (or `"_http._tcp"`): the SRV records'
+/// name, built as nginx builds it: a service without a dot becomes `_SERVICE._tcp.`, one with
+/// dots is put in front of the name as it is.
+fn srv_name(
+    r: &mut Reader<'_>,
+    key: &str,
+    v: &Value<'_>,
+    host: &str,
+    service_key: &str,
+    sv: &Value<'_>,
+    service: &str,
+) -> Option<ServerAddr> {
+    let host_ok = valid_host(host);
+    if !host_ok {
+        let hint = if host.contains(':') {
+            "with `service`, write the name without a port: the ports come from the SRV records"
+        } else {
+            "not a host name"
+        };
+        r.error(key, v.span(), format!("`{host}`: {hint}"));
+    }
+    let service_ok = valid_host(service);
+    if !service_ok {
+        r.error(
+            service_key,
+            sv.span(),
+            format!("`{service}` is not a service name such as \"http\" or \"_http._tcp\""),
+        );
+    }
+    if !(host_ok && service_ok) {
+        return None;
+    }
+    let prefix = if service.contains('.') {
+        service.to_string()
+    } else {
+        format!("_{service}._tcp")
+    };
+    Some(ServerAddr::Srv {
+        name: format!("{prefix}.{host}").to_ascii_lowercase(),
+    })
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63 && label_chars_ok(label))
 }
 
 fn label_chars_ok(label: &str) -> bool {

@@ -53,6 +53,7 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "rproxy_config_last_reload_succe
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
     "rproxy_config_last_reload_success_timestamp_seconds";
 pub const ACCESS_LOG_LINES_LOST_TOTAL: &str = "rproxy_access_log_lines_lost_total";
+pub const DNS_QUERIES_TOTAL: &str = "rproxy_dns_queries_total";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -213,6 +214,10 @@ fn describe() {
         UPSTREAM_QUEUE_REJECTIONS_TOTAL,
         "Requests answered 503 because every backend was at its max_conns, by reason: full (the queue), timeout (waited too long), no_queue (none configured)"
     );
+    describe_counter!(
+        DNS_QUERIES_TOTAL,
+        "Names of resolve = true servers looked up, by result: ok, nxdomain (no such name), no_answer (no such records), timeout, error (SERVFAIL, refused, unreachable)"
+    );
 }
 
 /// The `action` label of `rproxy_admin_actions_total`: the admin API's writes.
@@ -265,4 +270,19 @@ pub fn reload_result(ok: bool) {
 /// log's writer starts before the recorder is installed, and this runs once per write round.
 pub fn access_log_lines_lost(lines: u64) {
     metrics::counter!(ACCESS_LOG_LINES_LOST_TOTAL).increment(lines);
+}
+
+/// The `result` label of `rproxy_dns_queries_total`.
+pub const DNS_RESULTS: [&str; 5] = ["ok", "nxdomain", "no_answer", "timeout", "error"];
+
+/// Counts one lookup of a `resolve = true` name (`result` is one of [`DNS_RESULTS`]).
+pub fn dns_query(result: &'static str) {
+    metrics::counter!(DNS_QUERIES_TOTAL, "result" => result).increment(1);
+}
+
+/// Makes every result's series exist at 0: called when names are followed at all.
+pub fn dns_queries_start() {
+    for result in DNS_RESULTS {
+        metrics::counter!(DNS_QUERIES_TOTAL, "result" => result).increment(0);
+    }
 }

@@ -2,11 +2,13 @@
 //!
 //! `Server::bind` does everything that can fail at start (name resolution, binding) before any
 //! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop
-//! signal, applying reloads as they come (`reload`), then stops accepting, lets requests in
-//! progress finish within the drain timeout, and returns.
+//! signal, applying reloads as they come (`reload`) and the addresses of `resolve = true`
+//! names as they change (`dns`), then stops accepting, lets requests in progress finish
+//! within the drain timeout, and returns.
 //!
 //! The top: it may import every room, and none imports it (only `main` and `lib`).
 
+mod dns;
 mod ready_file;
 mod reload;
 mod signals;
@@ -61,6 +63,10 @@ pub struct Server {
     rebuilds: Option<tokio::sync::mpsc::Receiver<RebuildRequest>>,
 
     pid_file: Option<PidFile>,
+    /// The `[resolver]`'s client, when some server has `resolve = true`.
+    resolver: Option<crate::dns::Resolver>,
+    /// Follows those servers' names while serving.
+    dns: Option<crate::dns::DnsTask>,
     /// `--ready-file`: written at start, rewritten when a reload changes the bound listeners.
     ready_file: Option<ready_file::ReadyFile>,
 }
@@ -70,7 +76,9 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         check_fd_limit(&config);
         let config = Arc::new(config);
-        let mut snapshot = build_snapshot(Arc::clone(&config), None).await?;
+        // A `resolve = true` name that does not resolve yet is no reason not to start.
+        let (resolver, answers) = crate::dns::prepare(&config, None, None).await?;
+        let mut snapshot = build_snapshot(Arc::clone(&config), None, Arc::new(answers)).await?;
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
         let listeners = ListenerSet::new(stop.clone(), connections.clone());
@@ -119,6 +127,8 @@ impl Server {
             admin,
             rebuilds,
             pid_file,
+            resolver,
+            dns: None,
             ready_file: None,
         })
     }
@@ -178,6 +188,7 @@ impl Server {
         }
         publish_gauges(&self.state.load());
         start_checks(&self.state.load(), &self.checks);
+        self.restart_dns();
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
         let admin_loop = TaskTracker::new();
         if let Some((socket, admin)) = self.admin.take() {
@@ -200,6 +211,10 @@ impl Server {
                     if request.send(result).is_err() {
                         tracing::debug!("admin client left before its change was applied");
                     }
+                    continue;
+                }
+                answers = dns::next_change(&mut self.dns) => {
+                    self.apply_dns(answers).await;
                     continue;
                 }
             };

@@ -37,9 +37,24 @@ impl Server {
                 ConfigErrors::whole_file(&path, format!("cannot read the file: {e}"))
             })?;
             let config = Arc::new(parse(&path, &text)?);
-            self.prepare(config).await
+            // Names followed already keep their answers; new ones are asked now, and one that
+            // does not resolve yet is not an error.
+            let (resolver, answers) = tokio::time::timeout(
+                RELOAD_RESOLVE_TIMEOUT,
+                crate::dns::prepare(
+                    &config,
+                    self.resolver.as_ref(),
+                    Some(&self.latest_answers()),
+                ),
+            )
+            .await
+            .map_err(|_| {
+                ConfigErrors::whole_file(&path, "name resolution did not finish in 30s")
+            })??;
+            let ready = self.prepare(config, Arc::new(answers)).await?;
+            Ok::<_, ConfigErrors>((ready, resolver))
         };
-        let (snapshot, plan) = match prepared.await {
+        let ((snapshot, plan), resolver) = match prepared.await {
             Ok(ready) => ready,
             Err(errors) => {
                 // One line per error (file:line:column: key: what is wrong), then the verdict.
@@ -57,6 +72,8 @@ impl Server {
         };
         let new_config = Arc::clone(&snapshot.config);
         let old = self.install(snapshot, plan);
+        self.resolver = resolver;
+        self.restart_dns();
         log_changes(&old, &self.state.load());
         warn_restart_only(&old_config, &new_config);
         crate::metrics::reload_result(true);
@@ -70,7 +87,8 @@ impl Server {
     /// every backend keeps its live state and overrides. On failure nothing changes.
     pub(super) async fn rebuild(&mut self) -> Result<(), String> {
         let config = Arc::clone(&self.state.load().config);
-        match self.prepare(config).await {
+        let answers = self.latest_answers();
+        match self.prepare(config, answers).await {
             Ok((snapshot, plan)) => {
                 self.install(snapshot, plan);
                 forget_unconfigured(&self.state.load());
@@ -87,14 +105,18 @@ impl Server {
         }
     }
 
-    /// The snapshot for `config` (backends carried over from the running one) and the
-    /// listener sockets it needs.
-    async fn prepare(&self, config: Arc<Config>) -> Result<(Snapshot, Plan), ConfigErrors> {
+    /// The snapshot for `config` with the `resolve = true` names' `answers` (backends
+    /// carried over from the running one) and the listener sockets it needs.
+    pub(super) async fn prepare(
+        &self,
+        config: Arc<Config>,
+        answers: Arc<crate::dns::Answers>,
+    ) -> Result<(Snapshot, Plan), ConfigErrors> {
         let path = config.source.clone();
         let current = self.state.load_full();
         let mut snapshot = tokio::time::timeout(
             RELOAD_RESOLVE_TIMEOUT,
-            build_snapshot(Arc::clone(&config), Some(&current)),
+            build_snapshot(Arc::clone(&config), Some(&current), answers),
         )
         .await
         .map_err(|_| ConfigErrors::whole_file(&path, "name resolution did not finish in 30s"))??;
@@ -108,7 +130,7 @@ impl Server {
 
     /// Publishes `snapshot`, brings the listeners in step with `plan` and restarts the health
     /// checks; returns the snapshot it replaced.
-    fn install(&mut self, snapshot: Snapshot, plan: Plan) -> Arc<Snapshot> {
+    pub(super) fn install(&mut self, snapshot: Snapshot, plan: Plan) -> Arc<Snapshot> {
         let drain_timeout = snapshot.config.drain_timeout;
         let old = self.state.swap(Arc::new(snapshot));
         publish_gauges(&self.state.load());
@@ -126,7 +148,7 @@ impl Server {
 /// Takes the series of every listener, upstream and backend that `snapshot` (the running one)
 /// does not have out of the metrics: those this reload removed, and those a failed reload
 /// registered for a snapshot it dropped.
-fn forget_unconfigured(snapshot: &Snapshot) {
+pub(super) fn forget_unconfigured(snapshot: &Snapshot) {
     let mut configured = crate::metrics::Configured::default();
     configured
         .listeners

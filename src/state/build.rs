@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, resolve_servers};
+use crate::dns::Answers;
 use crate::router::RouteTable;
 use crate::tls::BackendTls;
 use crate::upstream::Pool;
@@ -15,16 +16,20 @@ use super::{ConnectionLimit, ListenerRuntime, Snapshot};
 /// every such failure is reported, not just the first.
 ///
 /// On a reload, `previous` is the running snapshot: backends in both keep their live state.
+/// `dns` is what the resolver knows of the `resolve = true` servers' names (a name without
+/// an answer gives no backends, not an error).
 pub async fn build_snapshot(
     config: Arc<Config>,
     previous: Option<&Snapshot>,
+    dns: Arc<Answers>,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut pools = HashMap::new();
     let mut errors = Vec::new();
     for (name, upstream) in &config.upstreams {
         match resolve_servers(&config, upstream).await {
-            Ok(servers) => {
-                if servers.iter().all(|s| s.config.down) {
+            Ok(statics) => {
+                let servers = crate::dns::servers(upstream, statics, &dns);
+                if !servers.is_empty() && servers.iter().all(|s| s.config.down) {
                     tracing::warn!(upstream = %name, "every server of this upstream is marked down: its requests get 503");
                 }
                 let tls = match &upstream.tls {
@@ -93,5 +98,6 @@ pub async fn build_snapshot(
         config,
         listeners,
         pools,
+        dns,
     })
 }

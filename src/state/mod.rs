@@ -6,7 +6,8 @@
 //! several updated one after another would let a request see half of a change.
 //!
 //! Owns what a request reads: listeners (their routes, settings, bound addresses and connection
-//! budget) and pools. Imports `router`, `upstream`, `tls` and `config`; never `listener`, which
+//! budget) and pools. Imports `router`, `upstream`, `tls`, `dns` (the resolved names' answers)
+//! and `config`; never `listener`, which
 //! reads it, nor `server`, which publishes it.
 
 mod build;
@@ -20,6 +21,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::{Config, ListenerConfig};
+use crate::dns::Answers;
 use crate::router::RouteTable;
 use crate::upstream::Pool;
 
@@ -35,6 +37,8 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     pub pools: HashMap<String, Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
+    /// What the resolver knew of the `resolve = true` names when this was built.
+    pub dns: Arc<Answers>,
 }
 
 /// What a listener's connections and requests read on every use.

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)] // Each test file uses a different part of this.
 
 pub mod certs;
+pub mod dns;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -87,6 +88,16 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
+        Backend::serve(listener, name, delay)
+    }
+
+    /// A backend on `addr` (another loopback address, say), or `None` when it cannot be bound.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Option<Backend> {
+        let listener = TcpListener::bind(addr).await.ok()?;
+        Some(Backend::serve(listener, name, Duration::ZERO))
+    }
+
+    fn serve(listener: TcpListener, name: &str, delay: Duration) -> Backend {
         let addr = listener.local_addr().expect("backend addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));

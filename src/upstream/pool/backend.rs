@@ -26,6 +26,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// The server as written in the configuration (a name or an address).
     pub written: String,
+    /// Its server has `resolve = true`: the address came from DNS and may go.
+    pub resolve: bool,
     /// Its `backend` label in the metrics: `written`, with the address when a name has several.
     pub label: String,
     /// The weight it is balanced with: the operator's runtime weight if set, else the file's.
@@ -243,6 +245,7 @@ pub(crate) fn backend(
         limit,
         label,
         addr: s.addr,
+        resolve: s.config.resolve,
         written: s.written,
         weight: weight.get(),
         configured_weight: s.config.weight.get(),

@@ -193,8 +193,24 @@ impl Pool {
                     balance_factor,
                     ..
                 } => {
-                    let ring =
-                        ConsistentHash::new(tier.iter().map(|b| (b.written.as_str(), b.weight)));
+                    // A `resolve` server's addresses each get their own points (nginx's would
+                    // share the name's): a backend DNS adds or removes moves only its keys.
+                    let names: Vec<String> = tier
+                        .iter()
+                        .map(|b| {
+                            if b.resolve {
+                                b.addr.to_string()
+                            } else {
+                                b.written.clone()
+                            }
+                        })
+                        .collect();
+                    let ring = ConsistentHash::new(
+                        names
+                            .iter()
+                            .map(String::as_str)
+                            .zip(tier.iter().map(|b| b.weight)),
+                    );
                     Arc::new(match balance_factor {
                         Some(f) => {
                             ring.with_balance_factor(f.get(), rr_weights.collect(), loads(tier))
@@ -454,7 +470,7 @@ pub(crate) fn test_pool(servers: &str, extra: &str) -> Pool {
         .map(|s| ResolvedServer {
             addr: match s.addr {
                 crate::config::ServerAddr::Ip(a) => a,
-                crate::config::ServerAddr::Name { .. } => unreachable!("tests use IPs"),
+                _ => unreachable!("tests use IPs"),
             },
             written: s.addr.to_string(),
             sole_address: true,
