@@ -65,6 +65,9 @@ pub(super) struct FileWatch {
     degraded: bool,
     /// The file could not be read last time (logged once until it is back).
     missing: bool,
+    /// Look at the file once without waiting for an event: it may have changed between the
+    /// last read and the moment the folders were watched.
+    look_now: bool,
 }
 
 impl FileWatch {
@@ -107,6 +110,7 @@ impl FileWatch {
             watched: BTreeSet::new(),
             degraded: false,
             missing: false,
+            look_now: true,
         };
         watch.follow_links();
         watch
@@ -116,6 +120,11 @@ impl FileWatch {
     /// degraded, the retry interval. Cancel-safe enough for a `select!`: a cancelled wait only
     /// loses events about a file that whatever cancelled it (a SIGHUP) reads anyway.
     pub(super) async fn changed(&mut self) {
+        if std::mem::take(&mut self.look_now) {
+            // A write in progress as the watch starts is let finish first.
+            settle(&mut self.pokes).await;
+            return;
+        }
         if self.degraded || self.watcher.is_none() {
             tokio::select! {
                 _ = self.pokes.recv() => settle(&mut self.pokes).await,
@@ -212,6 +221,12 @@ impl Server {
                 return;
             }
         };
+        if bytes.is_empty() {
+            // Truncated by a writer that has not written yet (an empty file is never a valid
+            // configuration): its write is the next event.
+            tracing::debug!("config watch: the file is empty; waiting for its content");
+            return;
+        }
         if std::mem::take(&mut watch.missing) {
             tracing::info!(config = %watch.path.display(), "config watch: the file is back");
         }
