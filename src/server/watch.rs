@@ -65,9 +65,10 @@ pub(super) struct FileWatch {
     degraded: bool,
     /// The file could not be read last time (logged once until it is back).
     missing: bool,
-    /// Look at the file once without waiting for an event: it may have changed between the
-    /// last read and the moment the folders were watched.
-    look_now: bool,
+    /// News came and the file is to be looked at once the burst settles. True at the start:
+    /// the file may have changed between the last read and the moment the folders were
+    /// watched.
+    pending: bool,
 }
 
 impl FileWatch {
@@ -110,32 +111,35 @@ impl FileWatch {
             watched: BTreeSet::new(),
             degraded: false,
             missing: false,
-            look_now: true,
+            pending: true,
         };
         watch.follow_links();
         watch
     }
 
     /// Waits until the file may have changed: an event burst that has settled, or, while
-    /// degraded, the retry interval. Cancel-safe enough for a `select!`: a cancelled wait only
-    /// loses events about a file that whatever cancelled it (a SIGHUP) reads anyway.
+    /// degraded, the retry interval. Cancel-safe: a wait cancelled after news came (by a
+    /// signal or an admin request) resumes at settling the next time.
     pub(super) async fn changed(&mut self) {
-        if std::mem::take(&mut self.look_now) {
-            // A write in progress as the watch starts is let finish first.
-            settle(&mut self.pokes).await;
-            return;
-        }
-        if self.degraded || self.watcher.is_none() {
-            tokio::select! {
-                _ = self.pokes.recv() => settle(&mut self.pokes).await,
-                () = tokio::time::sleep(RETRY) => {}
+        if !self.pending {
+            let news = if self.degraded || self.watcher.is_none() {
+                tokio::select! {
+                    poke = self.pokes.recv(), if !self.pokes.is_closed() => poke.is_some(),
+                    () = tokio::time::sleep(RETRY) => true,
+                }
+            } else {
+                self.pokes.recv().await.is_some()
+            };
+            if !news {
+                // The sender lives in notify's thread, which has ended.
+                tracing::warn!(interval = ?RETRY, "config watch: file-system events stopped; reading the file at an interval instead");
+                self.watcher = None;
+                self.watched.clear();
             }
-        } else if self.pokes.recv().await.is_some() {
-            settle(&mut self.pokes).await;
-        } else {
-            // The sender lives in the watcher we hold; should it be gone, fall back to reading.
-            self.degraded = true;
+            self.pending = true;
         }
+        settle(&mut self.pokes).await;
+        self.pending = false;
         self.follow_links();
     }
 
@@ -396,7 +400,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().canonicalize().expect("canonical");
         let missing = dir.join("gone/upstream.toml");
-        assert_eq!(link_chain(&missing), [missing.clone()]);
+        assert_eq!(link_chain(&missing), vec![missing]);
         std::os::unix::fs::symlink("loop", dir.join("loop")).expect("symlink");
         let chain = link_chain(&dir.join("loop"));
         assert_eq!(chain.len(), MAX_LINKS + 1, "bounded: {chain:?}");
