@@ -1,8 +1,8 @@
 //! `watch = true` and `--watch`, with the real binary: a change to the configuration file is
 //! applied without any signal (edited in place, written beside it and renamed over it, removed
-//! and put back, or a Kubernetes ConfigMap volume whose `..data` link is swapped), a wrong file
-//! changes nothing until it is fixed, and each change makes exactly one reload (counted in
-//! `/metrics`).
+//! and put back, its folder removed and made again, or a Kubernetes ConfigMap volume whose
+//! `..data` link is swapped), a wrong file changes nothing until it is fixed, and each change
+//! makes exactly one reload (counted in `/metrics`).
 
 mod common;
 
@@ -188,6 +188,25 @@ async fn a_configmap_volume_update_is_followed_with_the_watch_flag() {
     configmap_update(&mount, "..2026_12_06_20_02_00.3", &config("", &c));
     wait_served_by(&proxy, "c").await;
     wait_reloads(&proxy, 2.0, 0.0).await;
+}
+
+#[tokio::test]
+async fn a_removed_folder_is_followed_again_once_it_is_back() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join("etc");
+    std::fs::create_dir(&folder).expect("mkdir");
+    let path = folder.join("upstream.toml");
+    std::fs::write(&path, config("watch = true", &a)).expect("write");
+    let proxy = Proxy::start_in(tmp, path.clone(), &[]);
+    wait_served_by(&proxy, "a").await;
+
+    // The folder's watch ends with it; the new folder is found by reading the file again.
+    std::fs::remove_dir_all(&folder).expect("remove the folder");
+    std::fs::create_dir(&folder).expect("mkdir");
+    replace(&path, &config("watch = true", &b));
+    wait_served_by(&proxy, "b").await;
+    wait_reloads(&proxy, 1.0, 0.0).await;
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The running proxy: binds every listener, serves, reloads on SIGHUP (and, with `watch`, when
-//! the file changes: `watch`), and drains on stop.
+//! The running proxy: binds every listener, serves, reloads on SIGHUP and, with `watch`, when
+//! the file changes (`watch.rs`), and drains on stop.
 //!
 //! `Server::bind` does everything that can fail at start (name resolution, binding) before any
 //! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop

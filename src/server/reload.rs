@@ -1,7 +1,7 @@
-//! Reload (SIGHUP, or a change of the file with `watch`): read the file again, validate all of it, build the new snapshot and bind
-//! new listen addresses, and only when every step succeeded swap the snapshot and bring the
-//! listeners and health checks in step with it. Any failure leaves the running configuration
-//! exactly as it was.
+//! Reload (SIGHUP, or a change of the file with `watch`): read the file again, validate all of
+//! it, build the new snapshot and bind new listen addresses, and only when every step succeeded
+//! swap the snapshot and bring the listeners and health checks in step with it. Any failure
+//! leaves the running configuration exactly as it was.
 //!
 //! Requests already running keep the snapshot they loaded; new requests get the new one.
 //! Backends present before and after (same upstream, same address) keep their live state:

@@ -169,9 +169,9 @@ impl FileWatch {
         self.watched.retain(|f| folders.contains(f));
         let mut degraded = false;
         for folder in &folders {
-            if self.watched.contains(folder) {
-                continue;
-            }
+            // Again even when watched: a folder removed and made again under the same name
+            // is a new one, whose watch the old one's does not carry over. Watching a folder
+            // twice is harmless (inotify adds to the watch it has).
             match watcher.watch(folder, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     self.watched.insert(folder.clone());
