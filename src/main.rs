@@ -39,6 +39,12 @@ struct Cli {
     #[arg(long = "ready-file", value_name = "FILE")]
     ready_file: Option<PathBuf>,
 
+    /// Reload the configuration whenever the file changes, as SIGHUP does (also when the file
+    /// does not say `watch = true`). Follows symbolic links, so a Kubernetes ConfigMap update
+    /// (a `..data` link swapped) is seen.
+    #[arg(long = "watch")]
+    watch: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -101,6 +107,8 @@ fn main() -> ExitCode {
     if let Some(Command::Ctl(args)) = cli.command {
         return ctl(args);
     }
+    // Read before the load: a change made while rproxy starts is then seen by the file watch.
+    let before_load = rproxy::server::fingerprint(&cli.config);
     let config = match rproxy::config::load(&cli.config) {
         Ok(config) => config,
         Err(errors) => return report(&cli, &errors),
@@ -179,6 +187,7 @@ fn main() -> ExitCode {
         if let Some(handle) = metrics {
             server = server.with_metrics(handle);
         }
+        server = server.with_watch(cli.watch, before_load);
         if let Some(path) = &cli.ready_file {
             server = match server.with_ready_file(path) {
                 Ok(server) => server,

@@ -65,6 +65,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where the process writes its pid (for `rproxy -s reload`); none by default.
     pub pid_file: Option<PathBuf>,
+    /// Reload when the file changes, as on SIGHUP (`--watch` turns it on too).
+    pub watch: bool,
     /// Peers whose `X-Forwarded-For` chain is believed and extended.
     pub trusted_proxies: Vec<IpNet>,
     pub listeners: BTreeMap<String, ListenerConfig>,

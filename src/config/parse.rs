@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "workers",
     "log_level",
     "pid_file",
+    "watch",
     "drain_timeout",
     "trusted_proxies",
     "listeners",
@@ -55,6 +56,9 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let log_level = get(root, "log_level").and_then(|v| log_level(&mut r, v));
     let drain_timeout = duration_or(&mut r, root, "", "drain_timeout", defaults::DRAIN_TIMEOUT);
     let pid_file = get(root, "pid_file").and_then(|v| pid_file(&mut r, file, v));
+    let watch = get(root, "watch")
+        .and_then(|v| r.boolean(v, "watch"))
+        .unwrap_or(false);
     let trusted_proxies = get(root, "trusted_proxies")
         .map(|v| trusted_proxies(&mut r, v))
         .unwrap_or_default();
@@ -97,6 +101,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         log_level,
         drain_timeout,
         pid_file,
+        watch,
         trusted_proxies,
         listeners: listeners.into_iter().map(|(k, d)| (k, d.config)).collect(),
         upstreams,

@@ -175,7 +175,7 @@ fn describe() {
     );
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
-        "Configuration reloads (SIGHUP), by result: success or failure"
+        "Configuration reloads (SIGHUP, or a change of the file with `watch`), by result: success or failure"
     );
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESSFUL,

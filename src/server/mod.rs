@@ -1,4 +1,5 @@
-//! The running proxy: binds every listener, serves, reloads on SIGHUP, and drains on stop.
+//! The running proxy: binds every listener, serves, reloads on SIGHUP and, with `watch`, when
+//! the file changes (`watch.rs`), and drains on stop.
 //!
 //! `Server::bind` does everything that can fail at start (name resolution, binding) before any
 //! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop
@@ -12,6 +13,7 @@ mod dns;
 mod ready_file;
 mod reload;
 mod signals;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::metrics::Recorder;
 use crate::state::{SharedState, build_snapshot};
 
 pub use signals::{Control, PidFile, SignalError, Signals, send_to_pid_file, signal_for};
+pub use watch::fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -69,6 +72,13 @@ pub struct Server {
     dns: Option<crate::dns::DnsTask>,
     /// `--ready-file`: written at start, rewritten when a reload changes the bound listeners.
     ready_file: Option<ready_file::ReadyFile>,
+
+    /// `--watch`: follow the file whatever its `watch` says.
+    watch_forced: bool,
+    /// The watch on the configuration file, while `--watch` or `watch = true` asks for it.
+    watch: Option<watch::FileWatch>,
+    /// What the file held when it was last read for a load or reload (see `watch::fingerprint`).
+    file_seen: Option<u64>,
 }
 
 impl Server {
@@ -130,6 +140,11 @@ impl Server {
             resolver,
             dns: None,
             ready_file: None,
+            watch_forced: false,
+            watch: None,
+            // Read after the load, so a change in between could be missed: `with_watch` gives
+            // the reading taken before it.
+            file_seen: fingerprint(&config.source),
         })
     }
 
@@ -146,6 +161,15 @@ impl Server {
         )?;
         self.ready_file = Some(file);
         Ok(self)
+    }
+
+    /// Follows the configuration file even when it does not say `watch = true` (`--watch`).
+    /// `before_load`: the file's `fingerprint` read before it was loaded, so that a change
+    /// made while rproxy started is reloaded (at worst once too often, never missed).
+    pub fn with_watch(mut self, forced: bool, before_load: Option<u64>) -> Self {
+        self.watch_forced = forced;
+        self.file_seen = before_load;
+        self
     }
 
     /// Serves this recorder's metrics on the admin listener's `/metrics`.
@@ -199,6 +223,7 @@ impl Server {
             ready.store(true, Ordering::Release);
         }
         crate::metrics::reload_result(true);
+        self.sync_watch();
         tokio::pin!(stop);
         loop {
             let control = tokio::select! {
@@ -217,17 +242,23 @@ impl Server {
                     self.apply_dns(answers).await;
                     continue;
                 }
+                () = watch::next_change(&mut self.watch) => {
+                    self.file_event().await;
+                    continue;
+                }
             };
             if control == Control::Stop {
                 break;
             }
-            self.reload().await;
+            self.reload("SIGHUP").await;
+            self.sync_watch();
         }
         signals.exit_on_second_stop();
         if let Some(ready) = &ready {
             ready.store(false, Ordering::Release);
         }
         drop(self.ready_file.take());
+        drop(self.watch.take());
 
         let drain_timeout = self.state.load().config.drain_timeout;
         tracing::info!(

@@ -1,7 +1,7 @@
-//! Reload (SIGHUP): read the file again, validate all of it, build the new snapshot and bind
-//! new listen addresses, and only when every step succeeded swap the snapshot and bring the
-//! listeners and health checks in step with it. Any failure leaves the running configuration
-//! exactly as it was.
+//! Reload (SIGHUP, or a change of the file with `watch`): read the file again, validate all of
+//! it, build the new snapshot and bind new listen addresses, and only when every step succeeded
+//! swap the snapshot and bring the listeners and health checks in step with it. Any failure
+//! leaves the running configuration exactly as it was.
 //!
 //! Requests already running keep the snapshot they loaded; new requests get the new one.
 //! Backends present before and after (same upstream, same address) keep their live state:
@@ -28,12 +28,18 @@ const RELOAD_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 
 impl Server {
     /// Applies the configuration file as it is now, or logs why not and changes nothing.
-    pub(super) async fn reload(&mut self) {
+    /// `cause` says what asked for it (`SIGHUP`, `file changed`).
+    pub(super) async fn reload(&mut self, cause: &str) {
         let old_config = Arc::clone(&self.state.load().config);
         let path = old_config.source.clone();
-        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+        tracing::info!(config = %path.display(), "{cause}: reloading the configuration");
+        let text = std::fs::read_to_string(&path);
+        if let Ok(text) = &text {
+            // Valid or not, this content has been seen: the file watch waits for the next one.
+            self.file_seen = Some(super::watch::hash(text.as_bytes()));
+        }
         let prepared = async {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+            let text = text.map_err(|e| {
                 ConfigErrors::whole_file(&path, format!("cannot read the file: {e}"))
             })?;
             let config = Arc::new(parse(&path, &text)?);

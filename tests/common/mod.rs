@@ -364,13 +364,20 @@ impl Proxy {
     pub fn start(config: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("upstream.toml");
-        let ready_path = dir.path().join("ready.json");
         std::fs::write(&config_path, config).expect("write config");
+        Proxy::start_in(dir, config_path, &[])
+    }
+
+    /// Starts rproxy on the file at `config_path` (prepared by the test, in `dir`, which the
+    /// proxy keeps until it is dropped) with `args` added to the command line.
+    pub fn start_in(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> Proxy {
+        let ready_path = dir.path().join("ready.json");
         let mut child = Command::new(rproxy_bin())
             .arg("-c")
             .arg(&config_path)
             .arg("--ready-file")
             .arg(&ready_path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
