@@ -14,6 +14,7 @@ pub mod error;
 pub mod header_text;
 pub mod health;
 mod idle_timer;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod router;
