@@ -25,10 +25,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessRecord;
 use crate::error::ProxyError;
+use crate::limit::Admitted;
 use crate::metrics::ListenerMetrics;
 use crate::state::{ConnectionLimit, SharedState};
 use crate::upstream::{
-    ClientScheme, Peer, Route, X_REQUEST_ID, error_response, forward, local_response,
+    ClientScheme, Peer, Route, X_REQUEST_ID, client_address, error_response, forward,
+    local_response,
 };
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
@@ -271,6 +273,8 @@ pub(super) fn answer(
         // Started before forwarding, for the request's whole time; it records the head as the
         // client sent it.
         let mut log = AccessRecord::start(&listener.name, peer.ip(), &parts);
+        // Slots held under the limits' `conns` until the response body ends.
+        let mut admitted = None;
         let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
             Verdict::Forward if listener.settings.redirect_https => {
                 super::redirect::to_https(&parts, &snapshot)
@@ -280,7 +284,28 @@ pub(super) fn answer(
                     .uri
                     .host()
                     .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
-                match listener.routes.lookup(host, parts.uri.path()) {
+                let target = listener.routes.lookup(host, parts.uri.path());
+                let limits = target
+                    .as_ref()
+                    .map_or(&[][..], |t| listener.limits_for(t.route));
+                let refused = if limits.is_empty() {
+                    None
+                } else {
+                    // Boxed: only requests under limits carry this future.
+                    let client = client_address(&parts.headers, peer, &snapshot.trusted_proxies);
+                    match Box::pin(crate::limit::admit(limits, &parts, client)).await {
+                        Ok(a) => {
+                            admitted = Some(a).filter(Admitted::holds);
+                            None
+                        }
+                        Err(refusal) => Some(refusal),
+                    }
+                };
+                match target {
+                    Some(_) if let Some(refusal) = refused => {
+                        tracing::debug!(client = %peer, status = refusal.status.as_u16(), "request refused by a limit");
+                        refusal.response()
+                    }
                     Some(target) => {
                         let peer = Peer {
                             addr: peer,
@@ -323,6 +348,10 @@ pub(super) fn answer(
                 local_response(r.status, r.close)
             }
         };
-        ClientBody::wrap(answer, log, end)
+        let mut resp = ClientBody::wrap(answer, log, end);
+        if let Some(admitted) = admitted {
+            ClientBody::hold(&mut resp, admitted);
+        }
+        resp
     }
 }
