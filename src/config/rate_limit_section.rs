@@ -350,6 +350,45 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_is_valid() {
+        let example = include_str!("../../config/upstream.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("limits =") || rest.starts_with("[limits.") => {
+                    rest.to_string()
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // The keys of the [limits.api] example, uncommented too.
+        let uncommented = uncommented
+            .split_once("\n[limits.api]\n")
+            .map(|(before, after)| {
+                let keys: Vec<&str> = after
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("# "))
+                    .filter(|l| !l.starts_with(' '))
+                    .collect();
+                format!("{before}\n[limits.api]\n{}\n", keys.join("\n"))
+            })
+            .expect("the example has [limits.api]");
+        let c = parse(Path::new("upstream.toml"), &uncommented).expect("valid");
+        let api = &c.rate_limits["api"];
+        assert_eq!(
+            (
+                api.burst,
+                api.nodelay,
+                api.status,
+                api.conns.map(|c| c.get())
+            ),
+            (20, true, 429, Some(10))
+        );
+        assert_eq!(c.listeners["web"].rate_limits, ["api"]);
+    }
+
+    #[test]
     fn a_tcp_listener_takes_no_limits() {
         let e = parse(
             Path::new("t.toml"),

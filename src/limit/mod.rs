@@ -62,7 +62,7 @@ impl Limiter {
     pub fn new(config: &RateLimitConfig) -> Limiter {
         let name = config.name.clone();
         let counter = |result: &'static str| metrics::counter!(LIMIT_REQUESTS_TOTAL, "limit" => name.clone(), "result" => result);
-        Limiter {
+        let limiter = Limiter {
             bucket: config
                 .rate
                 .map(|rate| Bucket::new(rate, config.burst, config.nodelay)),
@@ -74,7 +74,10 @@ impl Limiter {
             conns_refused: metrics::counter!(LIMIT_CONNS_REFUSED_TOTAL, "limit" => name.clone()),
             key_count: metrics::gauge!(LIMIT_KEYS, "limit" => name),
             config: config.clone(),
-        }
+        };
+        // A changed limit replacing one of the same name starts with no keys.
+        limiter.key_count.set(0.0);
+        limiter
     }
 
     /// The limiter for `config` in a new snapshot: `previous` (the running one of that name)

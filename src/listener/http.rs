@@ -301,12 +301,12 @@ pub(super) fn answer(
                         Err(refusal) => Some(refusal),
                     }
                 };
-                match target {
-                    Some(_) if let Some(refusal) = refused => {
+                match (target, refused) {
+                    (Some(_), Some(refusal)) => {
                         tracing::debug!(client = %peer, status = refusal.status.as_u16(), "request refused by a limit");
                         refusal.response()
                     }
-                    Some(target) => {
+                    (Some(target), None) => {
                         let peer = Peer {
                             addr: peer,
                             scheme: if over_tls {
@@ -331,7 +331,7 @@ pub(super) fn answer(
                         }
                         resp
                     }
-                    None => {
+                    (None, _) => {
                         tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
                         error_response(ProxyError::NoRoute)
                     }
