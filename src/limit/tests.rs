@@ -294,7 +294,7 @@ fn a_reload_keeps_an_unchanged_limit_and_renews_a_changed_one() {
         &Limiter::carry(&config, Some(&running)),
         &running
     ));
-    let mut changed = config.clone();
+    let mut changed = config;
     changed.burst = 6;
     assert!(!Arc::ptr_eq(
         &Limiter::carry(&changed, Some(&running)),
