@@ -25,6 +25,11 @@ upstream = "app"
 limits = ["one"]
 
 [[listeners.web.routes]]
+path_prefix = "/slow"
+upstream = "app"
+limits = ["one"]
+
+[[listeners.web.routes]]
 path_prefix = "/free"
 upstream = "app"
 limits = []
@@ -124,6 +129,27 @@ async fn conns_counts_requests_until_their_bodies_end() {
     let proxy = Proxy::start(&config(&backend, 2));
     let c = client();
 
+    // A slow backend: alice's request is in progress while it thinks.
+    let slow = {
+        let req = Request::get(format!("http://{}/slow/1500", proxy.addr()))
+            .header("x-client", "alice")
+            .body(Full::<Bytes>::default())
+            .expect("request");
+        let c = c.clone();
+        tokio::spawn(async move { send(&c, req).await.status })
+    };
+    wait_for("the slow request at the backend", || {
+        backend.requests() == 1
+    })
+    .await;
+    assert_eq!(get_as(&proxy, "alice", "/slow/0").await.status, 503);
+    assert_eq!(get_as(&proxy, "bob", "/slow/0").await.status, 200);
+    assert_eq!(slow.await.expect("slow request"), 200);
+    wait_until("alice's slot after the slow answer", || async {
+        get_as(&proxy, "alice", "/slow/0").await.status == 200
+    })
+    .await;
+
     // A response whose body stalls: its request is still in progress.
     let req = Request::get(format!("http://{}/stall", proxy.addr()))
         .header("x-client", "alice")
@@ -149,7 +175,7 @@ async fn conns_counts_requests_until_their_bodies_end() {
     .await;
     let m = proxy.scrape().await;
     assert!(
-        metric(&m, r#"rproxy_limit_conns_refused_total{limit="one"}"#) >= Some(1.0),
+        metric(&m, r#"rproxy_limit_conns_refused_total{limit="one"}"#) >= Some(2.0),
         "{m}"
     );
 }

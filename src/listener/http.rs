@@ -298,12 +298,15 @@ pub(super) fn answer(
                             admitted = Some(a).filter(Admitted::holds);
                             None
                         }
-                        Err(refusal) => Some(refusal),
+                        Err(refusal) => Some((refusal, client)),
                     }
                 };
                 match (target, refused) {
-                    (Some(_), Some(refusal)) => {
-                        tracing::debug!(client = %peer, status = refusal.status.as_u16(), "request refused by a limit");
+                    (Some(_), Some((refusal, client))) => {
+                        tracing::debug!(%client, status = refusal.status.as_u16(), "request refused by a limit");
+                        if let Some(log) = &mut log {
+                            log.client = client;
+                        }
                         refusal.response()
                     }
                     (Some(target), None) => {
