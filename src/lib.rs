@@ -1,7 +1,8 @@
 //! rproxy: a layer-4/7 reverse-proxy load balancer.
 //!
-//! The modules follow a request: `listener` accepts it, `router` picks the pool, `balancer`
-//! picks a backend of that pool, `upstream` forwards it. `config` is the validated file and
+//! The modules follow a request: `listener` accepts it, `router` picks the pool, `limit` holds
+//! it to its rate and concurrency limits, `balancer` picks a backend of that pool, `upstream`
+//! forwards it. `config` is the validated file and
 //! `state` the runtime snapshot built from it; `server` ties them together at start and stop.
 //! At the side: `metrics`, served by the `admin` listener, the `access_log`, and `dns`, which
 //! follows the names of `resolve = true` servers as their records change.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod header_text;
 pub mod health;
 mod idle_timer;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod router;

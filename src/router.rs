@@ -28,6 +28,8 @@ struct Rule<T> {
     prefix: String,
     strip: bool,
     target: T,
+    /// Its place among the routes as written, for what the snapshot keeps per route.
+    index: usize,
 }
 
 /// Where a request goes, and the path prefix to remove on the way, if any.
@@ -35,6 +37,8 @@ struct Rule<T> {
 pub struct Target<'a, T> {
     pub to: &'a T,
     pub strip: Option<&'a str>,
+    /// Which route matched, by its place in file order; `None` for the default.
+    pub route: Option<usize>,
 }
 
 impl<T> RouteTable<T> {
@@ -46,11 +50,12 @@ impl<T> RouteTable<T> {
             any: Vec::new(),
             default,
         };
-        for (config, target) in routes {
+        for (index, (config, target)) in routes.into_iter().enumerate() {
             let rule = Rule {
                 prefix: config.path_prefix,
                 strip: config.strip_prefix,
                 target,
+                index,
             };
             let rules = match config.host {
                 None => &mut table.any,
@@ -82,7 +87,11 @@ impl<T> RouteTable<T> {
     /// or without a port) and `path`; `None` when nothing matches and there is no default.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<Target<'_, T>> {
         if self.is_trivial() {
-            return self.default.as_ref().map(|to| Target { to, strip: None });
+            return self.default.as_ref().map(|to| Target {
+                to,
+                strip: None,
+                route: None,
+            });
         }
         let host = host.map(normalize);
         if let Some(host) = host.as_deref() {
@@ -97,8 +106,13 @@ impl<T> RouteTable<T> {
                 }
             }
         }
-        first_match(&self.any, path)
-            .or_else(|| self.default.as_ref().map(|to| Target { to, strip: None }))
+        first_match(&self.any, path).or_else(|| {
+            self.default.as_ref().map(|to| Target {
+                to,
+                strip: None,
+                route: None,
+            })
+        })
     }
 }
 
@@ -109,6 +123,7 @@ fn first_match<'a, T>(rules: &'a [Rule<T>], path: &str) -> Option<Target<'a, T>>
         .map(|r| Target {
             to: &r.target,
             strip: r.strip.then_some(r.prefix.as_str()),
+            route: Some(r.index),
         })
 }
 
@@ -151,6 +166,7 @@ mod tests {
                 path_prefix: prefix.to_string(),
                 upstream: to.to_string(),
                 strip_prefix: strip,
+                rate_limits: None,
             },
             to,
         )
@@ -235,6 +251,11 @@ mod tests {
             .lookup(Some("api.example.com"), "/v1/users")
             .expect("route");
         assert_eq!(hit.strip, Some("/v1"));
+        assert_eq!(hit.route, Some(1), "the second route written");
+        assert_eq!(
+            t.lookup(Some("other.org"), "/").map(|x| x.route),
+            Some(None)
+        );
     }
 
     #[test]
@@ -247,6 +268,7 @@ mod tests {
                         path_prefix: "/".to_string(),
                         upstream: String::new(),
                         strip_prefix: false,
+                        rate_limits: None,
                     },
                     i,
                 )

@@ -162,6 +162,8 @@ pub(super) fn listener(
             },
             max_connections: usize::try_from(max_connections?).ok()?,
             http2_max_concurrent_streams: u32::try_from(streams?).ok()?,
+            // Read once every limit is known (`rate_limit_section::attach_rate_limits`).
+            rate_limits: Vec::new(),
         },
         listen_origin,
         upstream_origin: get(t, "upstream").map(|v| r.origin(&upstream_key, v.span())),

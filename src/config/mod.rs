@@ -12,6 +12,7 @@ mod limits_section;
 mod listener_section;
 mod model;
 mod parse;
+mod rate_limit_section;
 mod reader;
 mod resolve;
 mod resolver_section;
@@ -32,6 +33,7 @@ pub use model::{
     ServerAddr, ServerConfig, StickyConfig, TcpSettings, TlsConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;
+pub use rate_limit_section::{DEFAULT_MAX_KEYS, DEFAULT_STATUS, Rate, RateLimitConfig};
 pub use resolve::{ResolvedServer, resolve_servers};
 
 /// Reads and validates a configuration file.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::key_template::KeyTemplate;
+use super::rate_limit_section::RateLimitConfig;
 
 /// Defaults, in one place so the README, `config/upstream.toml` and the code agree.
 pub mod defaults {
@@ -76,6 +77,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[resolver]`: the DNS servers asked for `resolve = true` servers.
     pub resolver: ResolverConfig,
+    /// `[limits.NAME]`: request rate and concurrency limits per client, by name.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
 }
 
 /// `[resolver]`, nginx's `resolver` directive.
@@ -164,6 +167,9 @@ pub struct ListenerConfig {
     /// Open client connections at most; more wait in the kernel's accept queue.
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
+    /// `limits = [...]`: the `[limits.NAME]` its requests are held to, unless a route names
+    /// its own.
+    pub rate_limits: Vec<String>,
 }
 
 /// A listener's `tls`: the first certificate is the default (clients without SNI, or with a
@@ -220,6 +226,8 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Remove `path_prefix` from the path sent to the backend.
     pub strip_prefix: bool,
+    /// `limits = [...]` on the route: these instead of the listener's; `None`: the listener's.
+    pub rate_limits: Option<Vec<String>>,
 }
 
 /// What a client request may be, checked at the edge before anything is forwarded.

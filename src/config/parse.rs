@@ -13,6 +13,7 @@ use toml::de::{DeTable, DeValue};
 use super::error::ConfigErrors;
 use super::listener_section::{check_listen_addrs, listener};
 use super::model::{AccessFormat, AccessTarget, AdminConfig, Config, LogConfig, defaults};
+use super::rate_limit_section::{attach_rate_limits, rate_limit};
 use super::reader::{Reader, Table, Value, duration_or, entries, get, join};
 use super::resolver_section::resolver;
 use super::tcp_section::check_tcp_upstream;
@@ -30,6 +31,7 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "log",
     "resolver",
+    "limits",
 ];
 const ADMIN_KEYS: &[&str] = &["listen", "token"];
 const LOG_KEYS: &[&str] = &["access", "format"];
@@ -72,10 +74,16 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let log = get(root, "log").map_or(Some(LogConfig::default()), |v| log(&mut r, v));
     let resolver = get(root, "resolver").map_or(Some(Default::default()), |v| resolver(&mut r, v));
     let upstreams = read_section(&mut r, root, "upstreams", upstream);
-    let listeners = read_section(&mut r, root, "listeners", |r, path, t, whole| {
+    let limit_names: Vec<String> = match get(root, "limits").map(|v| v.get_ref()) {
+        Some(DeValue::Table(t)) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let rate_limits = read_section(&mut r, root, "limits", rate_limit);
+    let mut listeners = read_section(&mut r, root, "listeners", |r, path, t, whole| {
         listener(r, path, t, whole, &upstream_names)
     });
     check_listen_addrs(&mut r, root, &listeners);
+    attach_rate_limits(&mut r, root, &mut listeners, &limit_names);
     for draft in listeners.values() {
         if let (Some(_), Some(origin), Some(upstream)) = (
             draft.config.tcp,
@@ -108,6 +116,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigErrors> {
         admin,
         log: log.unwrap_or_default(),
         resolver: resolver.unwrap_or_default(),
+        rate_limits,
     })
 }
 

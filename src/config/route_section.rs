@@ -4,7 +4,7 @@
 use super::model::RouteConfig;
 use super::reader::{Reader, Value, did_you_mean, flag, get, join};
 
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "strip_prefix"];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "strip_prefix", "limits"];
 
 pub(super) fn routes(
     r: &mut Reader<'_>,
@@ -115,6 +115,8 @@ fn route(
         path_prefix: path_prefix?,
         upstream: upstream?,
         strip_prefix: strip_prefix?,
+        // Read with the listener's (`rate_limit_section`), once every limit is known.
+        rate_limits: None,
     })
 }
 

@@ -20,6 +20,7 @@ pub(super) const HTTP_ONLY: &[&str] = &[
     "max_body_size",
     "allow_underscores_in_headers",
     "http2_max_concurrent_streams",
+    "limits",
 ];
 
 /// Keys only a TCP listener understands.

@@ -12,6 +12,7 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::access_log::AccessRecord;
+use crate::limit::Admitted;
 use crate::upstream::ProxyBody;
 
 use super::activity::RequestEnd;
@@ -22,6 +23,8 @@ pub(super) struct ClientBody {
     status: u16,
     log: Option<Box<AccessRecord>>,
     end: Option<RequestEnd>,
+    /// The request's slots under its limits' `conns`, given back with the body.
+    limits: Option<Admitted>,
 }
 
 impl ClientBody {
@@ -40,7 +43,13 @@ impl ClientBody {
                 log
             }),
             end: Some(end),
+            limits: None,
         })
+    }
+
+    /// Keeps `admitted` (the request's `conns` slots) until the body ends.
+    pub(super) fn hold(resp: &mut Response<ClientBody>, admitted: Admitted) {
+        resp.body_mut().limits = Some(admitted);
     }
 }
 

@@ -25,10 +25,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessRecord;
 use crate::error::ProxyError;
+use crate::limit::Admitted;
 use crate::metrics::ListenerMetrics;
 use crate::state::{ConnectionLimit, SharedState};
 use crate::upstream::{
-    ClientScheme, Forwarded, Peer, Route, X_REQUEST_ID, error_response, forward, local_response,
+    ClientScheme, Forwarded, Peer, Route, X_REQUEST_ID, client_address, error_response, forward,
+    local_response,
 };
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
@@ -271,6 +273,8 @@ pub(super) fn answer(
         // Started before forwarding, for the request's whole time; it records the head as the
         // client sent it.
         let mut log = AccessRecord::start(&listener.name, peer.ip(), &parts);
+        // Slots held under the limits' `conns` until the response body ends.
+        let mut admitted = None;
         let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
             Verdict::Forward if listener.settings.redirect_https => {
                 super::redirect::to_https(&parts, &snapshot)
@@ -280,8 +284,32 @@ pub(super) fn answer(
                     .uri
                     .host()
                     .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
-                match listener.routes.lookup(host, parts.uri.path()) {
-                    Some(target) => {
+                let target = listener.routes.lookup(host, parts.uri.path());
+                let limits = target
+                    .as_ref()
+                    .map_or(&[][..], |t| listener.limits_for(t.route));
+                let refused = if limits.is_empty() {
+                    None
+                } else {
+                    // Boxed: only requests under limits carry this future.
+                    let client = client_address(&parts.headers, peer, &snapshot.trusted_proxies);
+                    match Box::pin(crate::limit::admit(limits, &parts, client)).await {
+                        Ok(a) => {
+                            admitted = Some(a).filter(Admitted::holds);
+                            None
+                        }
+                        Err(refusal) => Some((refusal, client)),
+                    }
+                };
+                match (target, refused) {
+                    (Some(_), Some((refusal, client))) => {
+                        tracing::debug!(%client, status = refusal.status.as_u16(), "request refused by a limit");
+                        if let Some(log) = &mut log {
+                            log.client = client;
+                        }
+                        refusal.response()
+                    }
+                    (Some(target), None) => {
                         let peer = Peer {
                             addr: peer,
                             scheme: if over_tls {
@@ -311,7 +339,7 @@ pub(super) fn answer(
                         // response less on the path most requests take (callgrind).
                         return ClientBody::wrap(resp, log, end);
                     }
-                    None => {
+                    (None, _) => {
                         tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
                         error_response(ProxyError::NoRoute)
                     }
@@ -328,6 +356,10 @@ pub(super) fn answer(
                 local_response(r.status, r.close)
             }
         };
-        ClientBody::wrap(answer, log, end)
+        let mut resp = ClientBody::wrap(answer, log, end);
+        if let Some(admitted) = admitted {
+            ClientBody::hold(&mut resp, admitted);
+        }
+        resp
     }
 }

@@ -54,6 +54,9 @@ pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
     "rproxy_config_last_reload_success_timestamp_seconds";
 pub const ACCESS_LOG_LINES_LOST_TOTAL: &str = "rproxy_access_log_lines_lost_total";
 pub const DNS_QUERIES_TOTAL: &str = "rproxy_dns_queries_total";
+pub const LIMIT_REQUESTS_TOTAL: &str = "rproxy_limit_requests_total";
+pub const LIMIT_CONNS_REFUSED_TOTAL: &str = "rproxy_limit_conns_refused_total";
+pub const LIMIT_KEYS: &str = "rproxy_limit_keys";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -217,6 +220,18 @@ fn describe() {
     describe_counter!(
         DNS_QUERIES_TOTAL,
         "Names of resolve = true servers looked up, by result: ok, nxdomain (no such name), no_answer (no such records), timeout, error (SERVFAIL, refused, unreachable)"
+    );
+    describe_counter!(
+        LIMIT_REQUESTS_TOTAL,
+        "Requests over a [limits.NAME] rate, by limit and result: delayed (within burst, spaced to the rate) or refused (beyond burst)"
+    );
+    describe_counter!(
+        LIMIT_CONNS_REFUSED_TOTAL,
+        "Requests refused because their key already had `conns` requests in progress, by limit"
+    );
+    describe_gauge!(
+        LIMIT_KEYS,
+        "Keys (clients) a [limits.NAME] remembers, at most its max_keys"
     );
 }
 

@@ -32,14 +32,16 @@ use metrics_exporter_prometheus::formatting;
 use metrics_util::registry::{Registry, Storage};
 use parking_lot::Mutex;
 
-/// The listeners, upstreams and backends the running configuration has: series labelled with
-/// any other leave the registry (`Recorder::forget_unconfigured`).
+/// The listeners, upstreams, backends and limits the running configuration has: series
+/// labelled with any other leave the registry (`Recorder::forget_unconfigured`).
 #[derive(Debug, Default)]
 pub struct Configured<'c> {
     pub listeners: HashSet<&'c str>,
     pub upstreams: HashSet<&'c str>,
     /// `(upstream, backend label)`.
     pub backends: HashSet<(&'c str, &'c str)>,
+    /// `[limits.NAME]`.
+    pub limits: HashSet<&'c str>,
 }
 
 impl Configured<'_> {
@@ -49,6 +51,7 @@ impl Configured<'_> {
         for label in key.labels() {
             match label.key() {
                 "listener" if !self.listeners.contains(label.value()) => return false,
+                "limit" if !self.limits.contains(label.value()) => return false,
                 "upstream" => upstream = Some(label.value()),
                 "backend" => backend = Some(label.value()),
                 _ => {}
@@ -302,6 +305,7 @@ mod tests {
             listeners: listeners.iter().copied().collect(),
             upstreams: upstreams.iter().copied().collect(),
             backends: backends.iter().copied().collect(),
+            limits: HashSet::new(),
         }
     }
 

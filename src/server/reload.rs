@@ -151,7 +151,7 @@ impl Server {
     }
 }
 
-/// Takes the series of every listener, upstream and backend that `snapshot` (the running one)
+/// Takes the series of every listener, upstream, backend and limit that `snapshot` (the running one)
 /// does not have out of the metrics: those this reload removed, and those a failed reload
 /// registered for a snapshot it dropped.
 pub(super) fn forget_unconfigured(snapshot: &Snapshot) {
@@ -167,6 +167,9 @@ pub(super) fn forget_unconfigured(snapshot: &Snapshot) {
                 .map(|b| (name.as_str(), b.label.as_str())),
         );
     }
+    configured
+        .limits
+        .extend(snapshot.limits.keys().map(String::as_str));
     crate::metrics::forget_unconfigured(&configured);
 }
 

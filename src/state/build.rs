@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors, resolve_servers};
 use crate::dns::Answers;
+use crate::limit::Limiter;
 use crate::router::RouteTable;
 use crate::tls::BackendTls;
 use crate::upstream::Pool;
@@ -54,6 +55,14 @@ pub async fn build_snapshot(
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
+    let limits: HashMap<String, Arc<Limiter>> = config
+        .rate_limits
+        .iter()
+        .map(|(name, c)| {
+            let before = previous.and_then(|p| p.limits.get(name));
+            (name.clone(), Limiter::carry(c, before))
+        })
+        .collect();
     let mut listeners = HashMap::new();
     for (name, l) in &config.listeners {
         // Validation guarantees every upstream named exists; a miss here would be a bug,
@@ -81,9 +90,37 @@ pub async fn build_snapshot(
             || ConnectionLimit::new(l.max_connections),
             |before| before.connections.clone(),
         );
+        // Validation guarantees every limit named exists, as for upstreams.
+        let resolve = |names: &[String]| -> Result<Box<[Arc<Limiter>]>, ConfigErrors> {
+            names
+                .iter()
+                .map(|n| {
+                    limits.get(n).map(Arc::clone).ok_or_else(|| {
+                        ConfigErrors::whole_file(
+                            &config.source,
+                            format!("listeners.{name}: no limit named `{n}`"),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let rate_limits = resolve(&l.rate_limits)?;
+        let route_rate_limits = if l.routes.iter().any(|r| r.rate_limits.is_some()) {
+            l.routes
+                .iter()
+                .map(|r| match &r.rate_limits {
+                    Some(own) => resolve(own),
+                    None => Ok(rate_limits.clone()),
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            Box::default()
+        };
         listeners.insert(
             name.clone(),
             Arc::new(ListenerRuntime {
+                rate_limits,
+                route_rate_limits,
                 addresses: Vec::new(),
                 connections,
                 name: Arc::from(name.as_str()),
@@ -99,5 +136,6 @@ pub async fn build_snapshot(
         listeners,
         pools,
         dns,
+        limits,
     })
 }

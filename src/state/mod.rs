@@ -6,8 +6,8 @@
 //! several updated one after another would let a request see half of a change.
 //!
 //! Owns what a request reads: listeners (their routes, settings, bound addresses and connection
-//! budget) and pools. Imports `router`, `upstream`, `tls`, `dns` (the resolved names' answers)
-//! and `config`; never `listener`, which
+//! budget) and pools. Imports `router`, `limit`, `upstream`, `tls`, `dns` (the resolved names'
+//! answers) and `config`; never `listener`, which
 //! reads it, nor `server`, which publishes it.
 
 mod build;
@@ -22,6 +22,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, ListenerConfig};
 use crate::dns::Answers;
+use crate::limit::Limiter;
 use crate::router::RouteTable;
 use crate::upstream::Pool;
 
@@ -39,6 +40,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     /// What the resolver knew of the `resolve = true` names when this was built.
     pub dns: Arc<Answers>,
+    /// `[limits.NAME]`, by name; a reload keeps those whose definition is unchanged.
+    pub limits: HashMap<String, Arc<Limiter>>,
 }
 
 /// What a listener's connections and requests read on every use.
@@ -57,6 +60,23 @@ pub struct ListenerRuntime {
     pub addresses: Vec<SocketAddr>,
     /// Its connection budget, carried over from the previous snapshot by name.
     pub connections: ConnectionLimit,
+    /// The rate and concurrency limits of requests no route (or a route without its own
+    /// `limits`) decides: the listener's `limits`.
+    pub rate_limits: Box<[Arc<Limiter>]>,
+    /// Per route, in file order, the limits its requests are held to; empty when no route
+    /// names its own (all then take `rate_limits`).
+    pub route_rate_limits: Box<[Box<[Arc<Limiter>]>]>,
+}
+
+impl ListenerRuntime {
+    /// The limits of a request that `route` (the router's match; `None`: the default) takes:
+    /// an empty slice for a listener without any, which is all it costs.
+    pub fn limits_for(&self, route: Option<usize>) -> &[Arc<Limiter>] {
+        match route.and_then(|i| self.route_rate_limits.get(i)) {
+            Some(limits) => limits,
+            None => &self.rate_limits,
+        }
+    }
 }
 
 impl Snapshot {

@@ -23,3 +23,6 @@ pub use forward::{
     remove_hop_by_hop, set_forwarding,
 };
 pub use pool::{Backend, BackendLive, LatencyWindow, Pick, Pool};
+// What `limit` needs of a request before it is forwarded: the client address and the key.
+pub use forward::client_address;
+pub(crate) use forward::request_key;

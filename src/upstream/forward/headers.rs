@@ -164,6 +164,20 @@ pub fn set_forwarding(
     client
 }
 
+/// The client address as `set_forwarding` determines it, leaving the head as it is: for what
+/// is decided before a request is forwarded (a rate limit keyed by `$remote_addr`).
+pub fn client_address(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = peer.ip().to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer_ip) {
+        return peer_ip;
+    }
+    match joined(headers, &X_FORWARDED_FOR) {
+        Some(chain) => client_from_chain(&chain, peer_ip, is_trusted),
+        None => peer_ip,
+    }
+}
+
 /// All values of a header joined with ", ", or `None` if it is absent or not text.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut out: Option<String> = None;

@@ -45,6 +45,9 @@ pub use headers::{Present, remove_hop_by_hop, set_forwarding};
 pub use proxy_header::{V2_SIGNATURE as PROXY_V2_SIGNATURE, header as proxy_header};
 pub use request_id::X_REQUEST_ID;
 pub use stream::{StreamTotals, forward_stream};
+// For the rate limits, decided before a request is forwarded.
+pub(crate) use hash_key::build as request_key;
+pub use headers::client_address;
 
 use headers::join_cookies;
 
