@@ -337,7 +337,11 @@ pub(super) fn answer(
                         }
                         // Wrapped here rather than after the `match`: one copy of the
                         // response less on the path most requests take (callgrind).
-                        return ClientBody::wrap(resp, log, end);
+                        let mut resp = ClientBody::wrap(resp, log, end);
+                        if let Some(admitted) = admitted {
+                            ClientBody::hold(&mut resp, admitted);
+                        }
+                        return resp;
                     }
                     (None, _) => {
                         tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
