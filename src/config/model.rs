@@ -377,11 +377,13 @@ pub struct ServerConfig {
     pub origin: Origin,
 }
 
-/// A backend address as written: an IP literal, or a name resolved at start.
+/// A backend address as written: an IP literal, a name resolved at start, or a Unix socket
+/// path (`unix:/run/app.sock`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddr {
     Ip(SocketAddr),
     Name { host: String, port: u16 },
+    Unix(std::path::PathBuf),
 }
 
 impl fmt::Display for ServerAddr {
@@ -389,6 +391,9 @@ impl fmt::Display for ServerAddr {
         match self {
             ServerAddr::Ip(addr) => write!(f, "{addr}"),
             ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+            ServerAddr::Unix(path) => {
+                write!(f, "{}{}", super::backend_addr::UNIX_PREFIX, path.display())
+            }
         }
     }
 }

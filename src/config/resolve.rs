@@ -1,17 +1,19 @@
 //! Name resolution for backend addresses, done once when a configuration is loaded.
 //!
 //! As in nginx, a server written as a host name becomes one backend per address the name
-//! resolves to, each with the server's weight and flags.
+//! resolves to, each with the server's weight and flags. A Unix socket path is taken as it is:
+//! whether the socket exists yet is the health checks' business, not the configuration's.
 
 use std::net::SocketAddr;
 
+use super::backend_addr::BackendAddr;
 use super::error::{ConfigError, ConfigErrors};
 use super::model::{Config, ServerAddr, ServerConfig, UpstreamConfig};
 
 /// One backend: a resolved address with the settings of the server line it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedServer {
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     /// As written in the file (a name, or the address itself).
     pub written: String,
     /// The only address its server line resolved to.
@@ -28,7 +30,8 @@ pub async fn resolve_servers(
     let mut errors = Vec::new();
     for server in &upstream.servers {
         let addrs = match &server.addr {
-            ServerAddr::Ip(addr) => Ok(vec![*addr]),
+            ServerAddr::Ip(addr) => Ok(vec![BackendAddr::Tcp(*addr)]),
+            ServerAddr::Unix(path) => Ok(vec![BackendAddr::Unix(path.clone())]),
             ServerAddr::Name { host, port } => {
                 tokio::net::lookup_host((host.as_str(), *port))
                     .await
@@ -37,7 +40,7 @@ pub async fn resolve_servers(
                         // Sorted so the backend order (and so the round-robin order) is stable.
                         v.sort();
                         v.dedup();
-                        v
+                        v.into_iter().map(BackendAddr::Tcp).collect()
                     })
                     .map_err(|e| format!("cannot resolve `{host}`: {e}"))
             }

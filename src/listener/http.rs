@@ -301,7 +301,7 @@ pub(super) fn answer(
                         if let Some(log) = &mut log {
                             log.client = forwarded.client_ip;
                             log.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-                            log.backend = forwarded.backend.map(|b| b.authority.clone());
+                            log.backend = forwarded.backend.map(|b| Arc::clone(&b.addr_text));
                             log.upstream_time = forwarded.upstream_time;
                         }
                         resp

@@ -4,14 +4,13 @@
 //! A request or TCP connection holds an [`InFlightGuard`] on it while in flight; with
 //! `max_conns`, the guard is one of its slots (`limit.rs`).
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::uri::Authority;
 
-use crate::config::{PassiveHealth, ResolvedServer};
+use crate::config::{BackendAddr, PassiveHealth, ResolvedServer};
 use crate::health::BackendHealth;
 use crate::metrics::BackendMetrics;
 use crate::upstream::client::Keepalive;
@@ -23,7 +22,9 @@ use super::queue::WaitQueue;
 /// One backend address of a pool.
 #[derive(Debug)]
 pub struct Backend {
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
+    /// `addr` as text, made once: what the access log shows for a request it answered.
+    pub addr_text: Arc<str>,
     /// The server as written in the configuration (a name or an address).
     pub written: String,
     /// Its `backend` label in the metrics: `written`, with the address when a name has several.
@@ -38,7 +39,8 @@ pub struct Backend {
     pub max_conns: Option<NonZeroU32>,
     /// With `max_conns`: the limit its in-flight count is held to, and where a freed slot goes.
     limit: Option<Arc<Limit>>,
-    /// `addr` as a URI authority, built once for every request's URI.
+    /// `addr` as a URI authority, built once for every HTTP/2 request's URI (`:authority`);
+    /// `localhost` for a Unix socket, which has no host (nginx's choice too).
     pub authority: Authority,
     pub live: Arc<BackendLive>,
     /// Whether it may take requests now, and why not.
@@ -165,7 +167,7 @@ pub(crate) struct InFlightGuard {
 
 impl InFlightGuard {
     /// The backend whose slot this is, when it has a `max_conns`.
-    pub(super) fn limited_addr(&self) -> Option<SocketAddr> {
+    pub(super) fn limited_addr(&self) -> Option<&BackendAddr> {
         self.limit.as_ref().map(|l| l.addr())
     }
 
@@ -216,12 +218,16 @@ pub(crate) fn backend(
     keepalive: Arc<Keepalive>,
     waiting: Option<&Arc<WaitQueue>>,
 ) -> Backend {
-    // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
-    let authority = Authority::try_from(s.addr.to_string().as_str())
-        .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
+    let addr_text: Arc<str> = Arc::from(s.addr.to_string());
+    let authority = match &s.addr {
+        // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
+        BackendAddr::Tcp(_) => Authority::try_from(&*addr_text)
+            .unwrap_or_else(|_| Authority::from_static("invalid.backend")),
+        BackendAddr::Unix(_) => Authority::from_static("localhost"),
+    };
     // The label is the server as written; a name with several addresses gets one series per
     // address, so those carry the address instead.
-    let label = if s.written == s.addr.to_string() || s.sole_address {
+    let label = if *s.written == *addr_text || s.sole_address {
         s.written.clone()
     } else {
         format!("{} ({})", s.written, s.addr)
@@ -237,12 +243,13 @@ pub(crate) fn backend(
         .config
         .max_conns
         .zip(waiting)
-        .map(|(max, queue)| Arc::new(Limit::new(max, s.addr, Arc::clone(queue))));
+        .map(|(max, queue)| Arc::new(Limit::new(max, s.addr.clone(), Arc::clone(queue))));
     Backend {
         max_conns: s.config.max_conns,
         limit,
         label,
         addr: s.addr,
+        addr_text,
         written: s.written,
         weight: weight.get(),
         configured_weight: s.config.weight.get(),
