@@ -328,4 +328,39 @@ mod tests {
             assert!(picks(&pool, 8).contains(&0), "{policy}");
         }
     }
+
+    #[tokio::test]
+    async fn every_policy_balances_a_unix_backend_as_it_does_a_tcp_one() {
+        let policies = [
+            "",
+            "balance = \"least_conn\"",
+            "balance = \"random_two\"",
+            "balance = \"ip_hash\"",
+            "hash = { key = \"$request_uri\" }",
+            "hash = { key = \"$request_uri\", consistent = true }",
+        ];
+        for policy in policies {
+            let pool = crate::upstream::pool::test_pool(
+                "\"unix:/run/app.sock\", \"127.0.0.1:2\"",
+                policy,
+            );
+            assert_eq!(pool.backends()[0].label, "unix:/run/app.sock");
+            let tried = crate::balancer::Tried::default();
+            let mut picked = [0; 2];
+            for i in 0..64u8 {
+                let key = [b'/', i];
+                let ctx = crate::balancer::PickContext {
+                    client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, i, 0, 1)),
+                    key: &key,
+                };
+                let pick = || pool.select(&ctx, &tried).backend().expect("a pick");
+                let first = pick();
+                if policy.contains("hash") {
+                    assert_eq!(pick(), first, "{policy}: one key, one backend");
+                }
+                picked[first] += 1;
+            }
+            assert!(picked[0] > 0 && picked[1] > 0, "{policy}: {picked:?}");
+        }
+    }
 }
