@@ -200,6 +200,72 @@ async fn health_checks_follow_the_socket_going_and_coming_back() {
     }
 }
 
+#[tokio::test]
+async fn a_missing_socket_is_a_refused_backend_and_the_request_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let address = unix(&dir.path().join("gone.sock"));
+    let t = Backend::start("t").await;
+    // No health checks: only the failed connects (passive health) tell.
+    let proxy = Proxy::start(&with_admin(&config_with(
+        &format!("\"{address}\", \"{}\"", t.addr),
+        "max_fails = 1\nfail_timeout = \"30s\"",
+    )));
+    let c = client();
+    for _ in 0..6 {
+        let answer = get(&c, proxy.addr(), "/").await;
+        assert_eq!((answer.status.as_u16(), answer.backend()), (200, "t"));
+    }
+    let refused = format!(
+        "rproxy_upstream_errors_total{{upstream=\"app\",backend=\"{address}\",kind=\"connect\"}}"
+    );
+    assert_eq!(proxy.metric(&refused).await, 1.0, "left out after one failure");
+    assert_eq!(status_of(&proxy, &address).await["state"], "unhealthy");
+}
+
+#[tokio::test]
+async fn an_h2_upstream_speaks_http2_over_the_socket_and_names_localhost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("grpc.sock");
+    let listener = UnixListener::bind(&sock).expect("bind the Unix socket");
+    let authorities = Arc::new(Mutex::new(Vec::new()));
+    let record = authorities.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((req.version(), req.uri().authority().map(|a| a.to_string())));
+                async { Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("h2")))) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let address = unix(&sock);
+    let proxy = Proxy::start(&with_admin(&format!(
+        "{}[upstreams.app.health_check]\npath = \"/health\"\ninterval = \"50ms\"\n",
+        config_with(&format!("\"{address}\""), "h2 = true")
+    )));
+    let answer = get(&client(), proxy.addr(), "/").await;
+    assert_eq!((answer.status.as_u16(), answer.body.as_str()), (200, "h2"));
+    let checks = format!(
+        "rproxy_health_checks_total{{upstream=\"app\",backend=\"{address}\",result=\"pass\"}}"
+    );
+    proxy.wait_for_metric(&checks, |v| v >= 1.0).await;
+    // A request and a check, both HTTP/2 and both naming `localhost`: a socket has no host.
+    let seen = authorities.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(v, a)| *v == http::Version::HTTP_2 && a.as_deref() == Some("localhost")),
+        "{seen:?}"
+    );
+}
+
 /// A layer-4 app on a Unix socket: sends back the PROXY header line it got, then echoes.
 fn echo_server(path: &Path) {
     let listener = UnixListener::bind(path).expect("bind the Unix socket");
