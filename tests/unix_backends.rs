@@ -65,7 +65,8 @@ impl UnixBackend {
                         }
                         async move {
                             let mut resp = Response::new(Full::new(Bytes::from(name)));
-                            resp.headers_mut().insert("x-backend", name.parse().expect("name"));
+                            resp.headers_mut()
+                                .insert("x-backend", name.parse().expect("name"));
                             Ok::<_, hyper::Error>(resp)
                         }
                     });
@@ -141,7 +142,10 @@ async fn requests_are_balanced_across_a_unix_and_a_tcp_backend_on_kept_connectio
     }
     assert_eq!((by_backend["u"], by_backend["t"]), (50, 50));
     let conns = u.connections.load(Ordering::SeqCst);
-    assert!(conns <= 2, "50 sequential requests used {conns} connections");
+    assert!(
+        conns <= 2,
+        "50 sequential requests used {conns} connections"
+    );
 
     // The client's Host and address reach the app as they reach a TCP backend.
     let seen = u.requests();
@@ -153,11 +157,20 @@ async fn requests_are_balanced_across_a_unix_and_a_tcp_backend_on_kept_connectio
 
     let address = unix(&sock);
     let s = status_of(&proxy, &address).await;
-    assert_eq!((s["state"].as_str(), s["requests"].as_u64()), (Some("up"), Some(50)), "{s}");
+    assert_eq!(
+        (s["state"].as_str(), s["requests"].as_u64()),
+        (Some("up"), Some(50)),
+        "{s}"
+    );
     let series = format!(
         "rproxy_upstream_requests_total{{upstream=\"app\",backend=\"{address}\",code=\"2xx\"}}"
     );
-    assert_eq!(proxy.metric(&series).await, 50.0, "{}", proxy.scrape().await);
+    assert_eq!(
+        proxy.metric(&series).await,
+        50.0,
+        "{}",
+        proxy.scrape().await
+    );
     proxy
         .wait_for_access_line(&[&format!("backend={address} ")])
         .await;
@@ -190,7 +203,10 @@ async fn health_checks_follow_the_socket_going_and_coming_back() {
         for _ in 0..6 {
             reached |= get(&c, proxy.addr(), "/").await.backend() == "u";
         }
-        assert!(reached, "round {round}: no request reached the Unix backend");
+        assert!(
+            reached,
+            "round {round}: no request reached the Unix backend"
+        );
         u.stop().await;
         wait_for_state(&proxy, &address, "unhealthy").await;
         for _ in 0..6 {
@@ -218,7 +234,11 @@ async fn a_missing_socket_is_a_refused_backend_and_the_request_goes_on() {
     let refused = format!(
         "rproxy_upstream_errors_total{{upstream=\"app\",backend=\"{address}\",kind=\"connect\"}}"
     );
-    assert_eq!(proxy.metric(&refused).await, 1.0, "left out after one failure");
+    assert_eq!(
+        proxy.metric(&refused).await,
+        1.0,
+        "left out after one failure"
+    );
     assert_eq!(status_of(&proxy, &address).await["state"], "unhealthy");
 }
 
@@ -257,13 +277,95 @@ async fn an_h2_upstream_speaks_http2_over_the_socket_and_names_localhost() {
     );
     proxy.wait_for_metric(&checks, |v| v >= 1.0).await;
     // A request and a check, both HTTP/2 and both naming `localhost`: a socket has no host.
-    let seen = authorities.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let seen = authorities
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     assert!(seen.len() >= 2, "{seen:?}");
     assert!(
         seen.iter()
             .all(|(v, a)| *v == http::Version::HTTP_2 && a.as_deref() == Some("localhost")),
         "{seen:?}"
     );
+}
+
+/// A WebSocket app on a Unix socket (or TCP): answers each text message with `NAME: message`.
+fn ws_echo<S>(name: &'static str, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::{SinkExt, StreamExt};
+    tokio::spawn(async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        while let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = ws.next().await {
+            let answer = tokio_tungstenite::tungstenite::Message::text(format!("{name}: {text}"));
+            if ws.send(answer).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_websocket_reaches_a_unix_backend_and_its_sticky_cookie_keeps_it_there() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ws.sock");
+    let unix_listener = UnixListener::bind(&sock).expect("bind the Unix socket");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = unix_listener.accept().await {
+            ws_echo("u", s);
+        }
+    });
+    let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tcp = tcp_listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = tcp_listener.accept().await {
+            ws_echo("t", s);
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "{}[upstreams.app.sticky]\ncookie = \"route\"\n",
+        config_with(&format!("\"{}\", \"{tcp}\"", unix(&sock)), "")
+    ));
+    let url = format!("ws://{}/chat", proxy.addr());
+    let exchange = |req: http::Request<()>| async {
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket");
+        ws.send(Message::text("hi")).await.expect("send");
+        let answer = match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(answer)))) => answer.to_string(),
+            other => panic!("no answer: {other:?}"),
+        };
+        let cookie = resp.headers().get("set-cookie").map(|c| {
+            let c = c.to_str().expect("ascii");
+            c.split(';').next().unwrap_or(c).to_string()
+        });
+        (answer, cookie)
+    };
+    // Round-robin: one of the first two reaches the socket, and gets its cookie.
+    let mut unix_cookie = None;
+    for _ in 0..2 {
+        let (answer, cookie) = exchange(url.as_str().into_client_request().expect("request")).await;
+        if answer == "u: hi" {
+            unix_cookie = cookie;
+        }
+    }
+    let cookie = unix_cookie.expect("a WebSocket through the Unix backend, with a cookie");
+    for _ in 0..4 {
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("header"));
+        assert_eq!(exchange(req).await.0, "u: hi");
+    }
 }
 
 /// A layer-4 app on a Unix socket: sends back the PROXY header line it got, then echoes.
@@ -275,7 +377,9 @@ fn echo_server(path: &Path) {
                 let (r, mut w) = s.into_split();
                 let mut r = BufReader::new(r);
                 let mut header = String::new();
-                if r.read_line(&mut header).await.is_err() || w.write_all(header.as_bytes()).await.is_err() {
+                if r.read_line(&mut header).await.is_err()
+                    || w.write_all(header.as_bytes()).await.is_err()
+                {
                     return;
                 }
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -345,11 +449,22 @@ async fn ctl_drains_a_unix_backend_named_by_its_address() {
     };
     let out = ctl(&["drain", "app", &address]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.starts_with(&format!("app {address}: draining")), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("app {address}: draining")),
+        "{text}"
+    );
     let out = ctl(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains(&address)).unwrap_or_else(|| panic!("{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains(&address))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("draining"), "{text}");
     let c = client();
     for _ in 0..6 {
@@ -392,10 +507,16 @@ tls = {{ insecure_skip_verify = true }}
     let err = String::from_utf8_lossy(&out.stderr);
     let p = path.display();
     for expected in [
-        format!("{p}:6:12: upstreams.app.servers[0]: `unix:run/app.sock`: the socket path must be absolute"),
-        format!("{p}:6:42: upstreams.app.servers[1].addr: `unix:{too_long}`: the socket path is 108 bytes; the system takes at most 107"),
+        format!(
+            "{p}:6:12: upstreams.app.servers[0]: `unix:run/app.sock`: the socket path must be absolute"
+        ),
+        format!(
+            "{p}:6:42: upstreams.app.servers[1].addr: `unix:{too_long}`: the socket path is 108 bytes; the system takes at most 107"
+        ),
         format!("{p}:6:161: upstreams.app.servers[2]: `unix:` needs a socket path"),
-        format!("{p}:9:12: upstreams.secure.servers[0]: `unix:/run/app.sock` is a Unix socket, and this upstream has `tls`"),
+        format!(
+            "{p}:9:12: upstreams.secure.servers[0]: `unix:/run/app.sock` is a Unix socket, and this upstream has `tls`"
+        ),
     ] {
         assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
     }
@@ -412,5 +533,9 @@ tls = {{ insecure_skip_verify = true }}
         .arg(&good)
         .output()
         .expect("run rproxy -t");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use crate::backend_socket::BackendSocket;
+use crate::config::{BackendAddr, HealthCheckConfig, HttpCheck};
+use crate::tls::{BackendStream, BackendTls};
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use crate::backend_socket::BackendSocket;
-use crate::config::{BackendAddr, HealthCheckConfig, HttpCheck};
-use crate::tls::{BackendStream, BackendTls};
 use tokio_util::either::Either;
 
 /// How much of a body `expect_body` searches.
@@ -54,10 +54,7 @@ pub(super) async fn probe(
             .await
             .map_err(CheckFailure::Connect)?;
         let stream = match tls {
-            Some(tls) => tls
-                .connect(addr, socket)
-                .await
-                .map_err(CheckFailure::Tls)?,
+            Some(tls) => tls.connect(addr, socket).await.map_err(CheckFailure::Tls)?,
             None => Either::Left(socket),
         };
         match &config.http {

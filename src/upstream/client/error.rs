@@ -27,7 +27,10 @@ pub(crate) struct UpstreamError {
 enum Cause {
     /// No connection: refused, unreachable, timed out, or a failed TLS handshake.
     #[error("connect to {addr}: {source}")]
-    Connect { addr: BackendAddr, source: io::Error },
+    Connect {
+        addr: BackendAddr,
+        source: io::Error,
+    },
     /// The connection failed after the request went out, or the answer was not HTTP.
     #[error(transparent)]
     Http(hyper::Error),

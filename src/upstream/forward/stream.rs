@@ -67,7 +67,9 @@ pub async fn forward_stream(
         };
         tried.insert(index);
         let backend = &pool.backends()[index];
-        match tokio::time::timeout(pool.timeouts.connect, BackendSocket::connect(&backend.addr)).await {
+        match tokio::time::timeout(pool.timeouts.connect, BackendSocket::connect(&backend.addr))
+            .await
+        {
             Ok(Ok(conn)) => break (index, conn, in_flight),
             Ok(Err(e)) => {
                 backend.live.record_failure();

@@ -340,10 +340,8 @@ mod tests {
             "hash = { key = \"$request_uri\", consistent = true }",
         ];
         for policy in policies {
-            let pool = crate::upstream::pool::test_pool(
-                "\"unix:/run/app.sock\", \"127.0.0.1:2\"",
-                policy,
-            );
+            let pool =
+                crate::upstream::pool::test_pool("\"unix:/run/app.sock\", \"127.0.0.1:2\"", policy);
             assert_eq!(pool.backends()[0].label, "unix:/run/app.sock");
             let tried = crate::balancer::Tried::default();
             let mut picked = [0; 2];

@@ -35,7 +35,10 @@ pub struct Sticky {
 
 impl Sticky {
     /// `addrs`: the pool's backends, in the pool's order.
-    pub fn new<'a>(config: &StickyConfig, addrs: impl IntoIterator<Item = &'a BackendAddr>) -> Self {
+    pub fn new<'a>(
+        config: &StickyConfig,
+        addrs: impl IntoIterator<Item = &'a BackendAddr>,
+    ) -> Self {
         let key = hmac::Key::new(
             hmac::HMAC_SHA256,
             config.secret.as_deref().map_or(DEFAULT_KEY, str::as_bytes),
