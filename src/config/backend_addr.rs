@@ -1,11 +1,11 @@
 //! Where a backend listens once its server line is resolved: a TCP address, or a Unix socket
 //! path (`unix:/run/app.sock`, nginx's spelling). Plain data: the pools key their backends by
 //! it, the metrics, `/status` and the access log show it as text, and the upstream client and
-//! the health checks connect to it (`crate::backend_socket`).
+//! the health checks connect to it (`backend_socket.rs`, at the top of `src`).
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// The prefix that marks a Unix socket path in a server address, as in nginx.
@@ -29,14 +29,6 @@ impl BackendAddr {
         match self {
             BackendAddr::Tcp(addr) => Some(*addr),
             BackendAddr::Unix(_) => None,
-        }
-    }
-
-    /// The socket path, when it is one.
-    pub fn unix(&self) -> Option<&Path> {
-        match self {
-            BackendAddr::Tcp(_) => None,
-            BackendAddr::Unix(path) => Some(path),
         }
     }
 }

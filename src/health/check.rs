@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use crate::backend_socket::BackendSocket;
-use crate::config::{BackendAddr, HealthCheckConfig, HttpCheck};
-use crate::tls::{BackendStream, BackendTls};
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+
+use crate::backend_socket::BackendSocket;
+use crate::config::{BackendAddr, HealthCheckConfig, HttpCheck};
+use crate::tls::{BackendStream, BackendTls};
 use tokio_util::either::Either;
 
 /// How much of a body `expect_body` searches.
