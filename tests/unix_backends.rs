@@ -177,6 +177,38 @@ async fn requests_are_balanced_across_a_unix_and_a_tcp_backend_on_kept_connectio
 }
 
 #[tokio::test]
+async fn a_reload_keeps_a_unix_backend_its_numbers_and_kept_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("app.sock");
+    let u = UnixBackend::start(&sock, "u");
+    let t = Backend::start("t").await;
+    let address = unix(&sock);
+    let config = |weight: u32| {
+        with_admin(&config_with(
+            &format!(
+                "\"{address}\", {{ addr = \"{}\", weight = {weight} }}",
+                t.addr
+            ),
+            // Longer than a reload may take on a busy machine: the idle connection stays.
+            "keepalive_timeout = \"60s\"",
+        ))
+    };
+    let proxy = Proxy::start(&config(1));
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+    }
+    assert!(proxy.reload_with(&config(2)).await, "reloaded");
+    for _ in 0..3 {
+        assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+    }
+    // 2 before and 1 after (weights 1:2): one backend throughout, on the same connection.
+    assert_eq!(u.requests().len(), 3);
+    assert_eq!(status_of(&proxy, &address).await["requests"], 3);
+    assert_eq!(u.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn health_checks_follow_the_socket_going_and_coming_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("later.sock");
