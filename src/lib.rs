@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod backend_socket;
 pub mod balancer;
 pub mod config;
 pub mod ctl;

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use http::uri::Authority;
 use http::{HeaderValue, Method, Version, header};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -87,8 +86,9 @@ pub struct AccessRecord {
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     pub status: u16,
-    /// The backend's address, as text made once per backend.
-    pub backend: Option<Authority>,
+    /// The backend's address (`10.0.0.1:80`, `unix:/run/app.sock`), as text made once per
+    /// backend.
+    pub backend: Option<Arc<str>>,
     pub upstream_time: Option<Duration>,
     pub started: Instant,
     /// The `X-Request-Id` sent to the backend.
@@ -178,7 +178,7 @@ impl AccessRecord {
         out.push_str("\" listener=");
         out.push_str(&self.listener);
         out.push_str(" backend=");
-        out.push_str(self.backend.as_ref().map_or("-", |b| b.as_str()));
+        out.push_str(self.backend.as_deref().unwrap_or("-"));
         out.push_str(" upstream_time=");
         match self.upstream_time {
             Some(d) => push_seconds(&mut out, d),
@@ -229,7 +229,7 @@ impl AccessRecord {
             bytes,
             referer: self.referer.as_ref().and_then(|v| v.to_str().ok()),
             user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-            backend: self.backend.as_ref().map(|b| b.as_str()),
+            backend: self.backend.as_deref(),
             upstream_time: self.upstream_time.map(|d| d.as_secs_f64()),
             request_time: self.started.elapsed().as_secs_f64(),
             complete,
@@ -351,7 +351,7 @@ mod tests {
             referer: None,
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             status: 200,
-            backend: Some(Authority::from_static("127.0.0.1:3001")),
+            backend: Some(Arc::from("127.0.0.1:3001")),
             upstream_time: Some(Duration::from_millis(2)),
             started: Instant::now(),
             request_id: Some(HeaderValue::from_static("abc")),

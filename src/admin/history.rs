@@ -6,7 +6,6 @@
 //! next sample.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use serde::Serialize;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BackendAddr;
 use crate::state::SharedState;
 use crate::upstream::BackendLive;
 
@@ -31,7 +31,7 @@ pub(super) struct History {
 
 #[derive(Debug, Default)]
 struct Inner {
-    series: HashMap<(String, SocketAddr), Series>,
+    series: HashMap<(String, BackendAddr), Series>,
     /// False until the first sample: the backends it finds were there before the sampler
     /// started, so their counts so far are a baseline, not the first interval.
     started: bool,
@@ -73,14 +73,14 @@ impl History {
     /// its counters); any other backend's history is dropped.
     pub(super) fn record<'a>(
         &self,
-        backends: impl IntoIterator<Item = (&'a str, SocketAddr, &'a Arc<BackendLive>)>,
+        backends: impl IntoIterator<Item = (&'a str, &'a BackendAddr, &'a Arc<BackendLive>)>,
     ) {
         let mut inner = self.inner.lock();
         let first = !inner.started;
         inner.started = true;
         let mut kept = HashMap::with_capacity(inner.series.len());
         for (upstream, addr, live) in backends {
-            let key = (upstream.to_string(), addr);
+            let key = (upstream.to_string(), addr.clone());
             let (requests, errors) = (live.requests(), live.failures());
             let series = match inner.series.remove(&key) {
                 Some(mut s) if Arc::ptr_eq(&s.live, live) => {
@@ -122,9 +122,9 @@ impl History {
     }
 
     /// The history of `addr` in `upstream`; empty until it has been sampled twice.
-    pub(super) fn view(&self, upstream: &str, addr: SocketAddr) -> HistoryView {
+    pub(super) fn view(&self, upstream: &str, addr: &BackendAddr) -> HistoryView {
         let inner = self.inner.lock();
-        let series = inner.series.get(&(upstream.to_string(), addr));
+        let series = inner.series.get(&(upstream.to_string(), addr.clone()));
         HistoryView {
             interval_s: INTERVAL.as_secs(),
             requests: series.map_or_else(Vec::new, |s| s.requests.iter().copied().collect()),
@@ -148,7 +148,7 @@ pub(super) async fn sample(history: Arc<History>, state: SharedState, stop: Canc
         history.record(snapshot.pools.values().flat_map(|pool| {
             pool.backends()
                 .iter()
-                .map(|b| (&*pool.name, b.addr, &b.live))
+                .map(|b| (&*pool.name, &b.addr, &b.live))
         }));
     }
 }
@@ -176,7 +176,7 @@ mod tests {
         let b = snapshot.pools["app"]
             .backends()
             .iter()
-            .find(|b| b.addr.port() == port)
+            .find(|b| b.addr.tcp().map(|a| a.port()) == Some(port))
             .expect("backend in the snapshot");
         for i in 0..n {
             let _done = b.try_start().expect("no limit: a start always succeeds");
@@ -186,8 +186,8 @@ mod tests {
         }
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(port: u16) -> BackendAddr {
+        BackendAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     #[tokio::test(start_paused = true)]
@@ -206,7 +206,7 @@ mod tests {
         ));
         // Samples are taken at 0 s, 5 s, 10 s...: act in the middle of each interval.
         tokio::time::sleep(INTERVAL / 2).await;
-        assert_eq!(history.view("app", addr(1)).requests, Vec::<u64>::new());
+        assert_eq!(history.view("app", &addr(1)).requests, Vec::<u64>::new());
 
         requests(&state, 1, 3, 1);
         tokio::time::sleep(INTERVAL).await;
@@ -214,16 +214,16 @@ mod tests {
         tokio::time::sleep(INTERVAL).await;
         tokio::time::sleep(INTERVAL).await;
         assert_eq!(
-            history.view("app", addr(1)),
+            history.view("app", &addr(1)),
             HistoryView {
                 interval_s: 5,
                 requests: vec![3, 0, 0],
                 errors: vec![1, 0, 0],
             }
         );
-        assert_eq!(history.view("app", addr(2)).requests, vec![0, 4, 0]);
-        assert_eq!(history.view("app", addr(2)).errors, vec![0, 4, 0]);
-        assert_eq!(history.view("other", addr(1)).requests, Vec::<u64>::new());
+        assert_eq!(history.view("app", &addr(2)).requests, vec![0, 4, 0]);
+        assert_eq!(history.view("app", &addr(2)).errors, vec![0, 4, 0]);
+        assert_eq!(history.view("other", &addr(1)).requests, Vec::<u64>::new());
 
         stop.cancel();
         task.await.expect("sampler ends on stop");
@@ -246,7 +246,7 @@ mod tests {
             requests(&state, 1, i, 0);
             tokio::time::sleep(INTERVAL).await;
         }
-        let kept = history.view("app", addr(1)).requests;
+        let kept = history.view("app", &addr(1)).requests;
         let expected: Vec<u64> = (10..KEPT as u64 + 10).collect();
         assert_eq!(kept, expected, "the last {KEPT} intervals, oldest first");
 
@@ -256,8 +256,8 @@ mod tests {
         state.store(Arc::new(next));
         requests(&state, 1, 2, 0);
         tokio::time::sleep(INTERVAL).await;
-        assert!(history.view("app", addr(2)).requests.is_empty());
-        assert_eq!(history.view("app", addr(1)).requests.last(), Some(&2));
+        assert!(history.view("app", &addr(2)).requests.is_empty());
+        assert_eq!(history.view("app", &addr(1)).requests.last(), Some(&2));
 
         // :2 back, with new counters (from zero): what they hold is its first interval.
         let before = state.load_full();
@@ -265,8 +265,8 @@ mod tests {
         state.store(Arc::new(next));
         requests(&state, 2, 5, 1);
         tokio::time::sleep(INTERVAL).await;
-        assert_eq!(history.view("app", addr(2)).requests, vec![5]);
-        assert_eq!(history.view("app", addr(2)).errors, vec![1]);
+        assert_eq!(history.view("app", &addr(2)).requests, vec![5]);
+        assert_eq!(history.view("app", &addr(2)).errors, vec![1]);
         stop.cancel();
     }
 }

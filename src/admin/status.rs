@@ -171,7 +171,7 @@ pub(super) fn build(snapshot: &Snapshot, started: SystemTime, history: &History)
                         errors: b.live.failures(),
                         latency_p50_ms: latency.map(|l| ms(l.0)),
                         latency_p99_ms: latency.map(|l| ms(l.1)),
-                        history: history.view(&pool.name, b.addr),
+                        history: history.view(&pool.name, &b.addr),
                     }
                 })
                 .collect(),

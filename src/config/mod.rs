@@ -5,6 +5,7 @@
 //!
 //! Ground floor: imports nothing else of rproxy; everything may import it.
 
+mod backend_addr;
 mod error;
 mod health_section;
 mod key_template;
@@ -24,6 +25,7 @@ mod upstream_section;
 
 use std::path::Path;
 
+pub use backend_addr::{BackendAddr, UNIX_PATH_MAX};
 pub use error::{ConfigError, ConfigErrors};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{

@@ -422,7 +422,8 @@ pub struct ServerConfig {
 }
 
 /// A backend address as written: an IP literal, a name resolved at start (or, with
-/// `resolve`, again and again), or the name of SRV records (`service`, always with `resolve`).
+/// `resolve`, again and again), the name of SRV records (`service`, always with `resolve`), or
+/// a Unix socket path (`unix:/run/app.sock`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddr {
     Ip(SocketAddr),
@@ -435,6 +436,7 @@ pub enum ServerAddr {
     Srv {
         name: String,
     },
+    Unix(std::path::PathBuf),
 }
 
 impl fmt::Display for ServerAddr {
@@ -443,6 +445,9 @@ impl fmt::Display for ServerAddr {
             ServerAddr::Ip(addr) => write!(f, "{addr}"),
             ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
             ServerAddr::Srv { name } => write!(f, "{name}"),
+            ServerAddr::Unix(path) => {
+                write!(f, "{}{}", super::backend_addr::UNIX_PREFIX, path.display())
+            }
         }
     }
 }

@@ -3,16 +3,19 @@
 //! As in nginx, a server written as a host name becomes one backend per address the name
 //! resolves to, each with the server's weight and flags. Servers with `resolve = true` are
 //! left to the `dns` module, which follows them with TTLs.
+//! A Unix socket path is taken as it is: whether the socket exists yet is the health checks'
+//! business, not the configuration's.
 
 use std::net::SocketAddr;
 
+use super::backend_addr::BackendAddr;
 use super::error::{ConfigError, ConfigErrors};
 use super::model::{Config, ServerAddr, ServerConfig, UpstreamConfig};
 
 /// One backend: a resolved address with the settings of the server line it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedServer {
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     /// As written in the file (a name, or the address itself).
     pub written: String,
     /// The only address its server line resolved to.
@@ -33,7 +36,8 @@ pub async fn resolve_servers(
             continue;
         }
         let addrs = match &server.addr {
-            ServerAddr::Ip(addr) => Ok(vec![*addr]),
+            ServerAddr::Ip(addr) => Ok(vec![BackendAddr::Tcp(*addr)]),
+            ServerAddr::Unix(path) => Ok(vec![BackendAddr::Unix(path.clone())]),
             // Only with `resolve` (the parser requires it): skipped above.
             ServerAddr::Srv { .. } => continue,
             ServerAddr::Name { host, port } => {
@@ -44,7 +48,7 @@ pub async fn resolve_servers(
                         // Sorted so the backend order (and so the round-robin order) is stable.
                         v.sort();
                         v.dedup();
-                        v
+                        v.into_iter().map(BackendAddr::Tcp).collect()
                     })
                     .map_err(|e| format!("cannot resolve `{host}`: {e}"))
             }

@@ -170,6 +170,12 @@ mod tests {
                 "6:21: upstreams.u.servers[0].addr: `resolve = true` needs a host name, not an IP address"
             ]
         );
+        assert_eq!(
+            errors("", r#"{ addr = "unix:/run/app.sock", resolve = true }"#),
+            [
+                "6:21: upstreams.u.servers[0].addr: `resolve = true` needs a host name, not a Unix socket path"
+            ]
+        );
         let e = errors(
             "",
             r#"{ addr = "svc.test:80", service = "http", resolve = true }"#,

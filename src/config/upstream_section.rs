@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use toml::de::DeValue;
 
+use super::backend_addr::{UNIX_PREFIX, unix_path};
 use super::health_section::{all_unhealthy, health_check};
 use super::key_template::KeyTemplate;
 use super::limits_section::{LIMIT_KEYS, default_max_conns, max_conns, queue};
@@ -148,6 +149,9 @@ pub(super) fn upstream(
         .as_ref()
         .map(|s| s.iter().any(|s| s.max_conns.is_some()));
     let queue = queue(r, path, t, limited);
+    if let (Some(servers), Some(Some(_))) = (&servers, &tls) {
+        unix_without_tls(r, servers);
+    }
     default_max_conns?;
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
@@ -173,6 +177,19 @@ pub(super) fn upstream(
         slow_start: slow_start?,
         queue: queue?,
     })
+}
+
+/// TLS to backends runs over TCP: a Unix-socket server in an upstream with `tls` is an error
+/// (nginx cannot do it either), rather than a backend that never connects.
+fn unix_without_tls(r: &mut Reader<'_>, servers: &[ServerConfig]) {
+    for server in servers {
+        if let ServerAddr::Unix(_) = server.addr {
+            r.error_at(
+                &server.origin,
+                format!("`{}` is a Unix socket, and this upstream has `tls`: TLS to a Unix-socket backend is not supported; put it in an upstream without `tls`", server.addr),
+            );
+        }
+    }
 }
 
 /// The `servers` array; `default_max_conns` is the upstream's `max_conns`.
@@ -263,6 +280,14 @@ fn server(
                             );
                             None
                         }
+                        Some(ServerAddr::Unix(_)) if resolve == Some(true) => {
+                            r.error(
+                                &addr_key,
+                                a.span(),
+                                "`resolve = true` needs a host name, not a Unix socket path",
+                            );
+                            None
+                        }
                         other => other.map(|addr| (addr, r.origin(&addr_key, a.span()))),
                     }
                 }
@@ -308,8 +333,17 @@ fn server(
     }
 }
 
-/// `"10.0.0.1:3000"`, `"[::1]:3000"` or `"app1.internal:3000"`.
+/// `"10.0.0.1:3000"`, `"[::1]:3000"`, `"app1.internal:3000"` or `"unix:/run/app.sock"`.
 fn server_addr(r: &mut Reader<'_>, key: &str, v: &Value<'_>, text: &str) -> Option<ServerAddr> {
+    if let Some(path) = text.strip_prefix(UNIX_PREFIX) {
+        return match unix_path(path) {
+            Ok(path) => Some(ServerAddr::Unix(path)),
+            Err(message) => {
+                r.error(key, v.span(), message);
+                None
+            }
+        };
+    }
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             r.error(key, v.span(), "port 0 is not a backend port");
@@ -333,7 +367,7 @@ fn server_addr(r: &mut Reader<'_>, key: &str, v: &Value<'_>, text: &str) -> Opti
         r.error(
             key,
             v.span(),
-            format!("`{text}` is not a backend address; write \"host:port\" such as \"127.0.0.1:3000\", \"[::1]:3000\" or \"app1.internal:3000\""),
+            format!("`{text}` is not a backend address; write \"host:port\" such as \"127.0.0.1:3000\", \"[::1]:3000\" or \"app1.internal:3000\", or \"unix:/path/to.sock\""),
         );
     }
     parsed

@@ -42,7 +42,7 @@ impl Query {
     /// The query a server line needs, when it has `resolve = true`.
     pub fn of(addr: &ServerAddr) -> Option<Query> {
         match addr {
-            ServerAddr::Ip(_) => None,
+            ServerAddr::Ip(_) | ServerAddr::Unix(_) => None,
             ServerAddr::Name { host, .. } => Some(Query::Host(host.clone())),
             ServerAddr::Srv { name } => Some(Query::Srv(name.clone())),
         }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 
-use crate::config::{ResolvedServer, ServerConfig, UpstreamConfig};
+use crate::config::{BackendAddr, ResolvedServer, ServerConfig, UpstreamConfig};
 
 use super::{Answers, Query, Records};
 
@@ -17,7 +17,7 @@ use super::{Answers, Query, Records};
 pub fn expand(server: &ServerConfig, records: &Records) -> Vec<ResolvedServer> {
     let written = server.addr.to_string();
     let one = |addr: SocketAddr, config: ServerConfig| ResolvedServer {
-        addr,
+        addr: addr.into(),
         written: written.clone(),
         // Always labelled with the address: its series stay the same as others come and go.
         sole_address: false,
@@ -52,8 +52,8 @@ pub fn expand(server: &ServerConfig, records: &Records) -> Vec<ResolvedServer> {
         // matches the address kind.
         (Records::Hosts(_), _) => Vec::new(),
     };
-    out.sort_by_key(|s| s.addr);
-    out.dedup_by_key(|s| s.addr);
+    out.sort_by(|a, b| a.addr.cmp(&b.addr));
+    out.dedup_by(|a, b| a.addr == b.addr);
     out
 }
 
@@ -68,11 +68,11 @@ pub fn servers(
 ) -> Vec<ResolvedServer> {
     let mut statics = statics.into_iter().peekable();
     let mut out: Vec<ResolvedServer> = Vec::new();
-    let mut taken: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut taken: BTreeSet<BackendAddr> = BTreeSet::new();
     for server in &upstream.servers {
         if !server.resolve {
             while let Some(s) = statics.next_if(|s| s.config.origin == server.origin) {
-                taken.insert(s.addr);
+                taken.insert(s.addr.clone());
                 out.push(s);
             }
             continue;
@@ -81,7 +81,7 @@ pub fn servers(
             .and_then(|q| answers.get(&q))
             .and_then(|a| a.records.as_ref());
         for s in records.map(|r| expand(server, r)).unwrap_or_default() {
-            if taken.insert(s.addr) {
+            if taken.insert(s.addr.clone()) {
                 out.push(s);
             } else {
                 tracing::debug!(upstream = %upstream.name, server = %s.written, addr = %s.addr, "dns: address already a backend of this upstream; left out");
@@ -227,8 +227,8 @@ mod tests {
             .map(|&i| {
                 let s = &up.servers[i];
                 ResolvedServer {
-                    addr: match s.addr {
-                        crate::config::ServerAddr::Ip(a) => a,
+                    addr: match &s.addr {
+                        crate::config::ServerAddr::Ip(a) => (*a).into(),
                         _ => unreachable!("IPs"),
                     },
                     written: s.addr.to_string(),

@@ -1,16 +1,16 @@
-//! One health check: a TCP connect, or an HTTP GET whose status (and optionally body) must
-//! match. Each check opens its own connection, apart from the request pool, and closes it.
+//! One health check: a connect (TCP, or a Unix socket), or an HTTP GET whose status (and
+//! optionally body) must match. Each check opens its own connection, apart from the request
+//! pool, and closes it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use crate::config::{HealthCheckConfig, HttpCheck};
+use crate::backend_socket::BackendSocket;
+use crate::config::{BackendAddr, HealthCheckConfig, HttpCheck};
 use crate::tls::{BackendStream, BackendTls};
 use tokio_util::either::Either;
 
@@ -46,20 +46,17 @@ pub enum CheckFailure {
 /// to its backends) the check completes a verified handshake first, so a backend with a bad
 /// certificate fails its checks.
 pub(super) async fn probe(
-    addr: SocketAddr,
+    addr: &BackendAddr,
     config: &HealthCheckConfig,
     tls: Option<&BackendTls>,
 ) -> Result<(), CheckFailure> {
     let attempt = async {
-        let tcp = TcpStream::connect(addr)
+        let socket = BackendSocket::connect(addr)
             .await
             .map_err(CheckFailure::Connect)?;
         let stream = match tls {
-            Some(tls) => tls
-                .connect(addr.ip(), tcp)
-                .await
-                .map_err(CheckFailure::Tls)?,
-            None => Either::Left(tcp),
+            Some(tls) => tls.connect(addr, socket).await.map_err(CheckFailure::Tls)?,
+            None => Either::Left(socket),
         };
         match &config.http {
             None => Ok(()),
@@ -73,7 +70,7 @@ pub(super) async fn probe(
 
 async fn http_probe(
     stream: BackendStream,
-    addr: SocketAddr,
+    addr: &BackendAddr,
     http: &HttpCheck,
 ) -> Result<(), CheckFailure> {
     if http.h2 {
@@ -129,10 +126,15 @@ impl CheckSender for hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
 
 async fn check_answer(
     mut sender: impl CheckSender,
-    addr: SocketAddr,
+    addr: &BackendAddr,
     http: &HttpCheck,
 ) -> Result<(), CheckFailure> {
-    let host = http.host.clone().unwrap_or_else(|| addr.to_string());
+    // The backend's address, as a request to it would name it; a Unix socket has no host,
+    // and `localhost` is what nginx sends to one.
+    let host = http.host.clone().unwrap_or_else(|| match addr {
+        BackendAddr::Tcp(addr) => addr.to_string(),
+        BackendAddr::Unix(_) => "localhost".to_string(),
+    });
     let mut req = if http.h2 {
         // HTTP/2 takes the host in the URI (`:authority`) and has no `Connection` header.
         Request::get(format!("http://{host}{}", http.path))

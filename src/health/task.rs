@@ -5,13 +5,12 @@
 //! in the backend's [`BackendHealth`], which the reload carries over for an unchanged address,
 //! so a restarted task goes on where the last one stopped; only the timing starts afresh.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HealthCheckConfig;
+use crate::config::{BackendAddr, HealthCheckConfig};
 use crate::metrics::BackendMetrics;
 use crate::tls::BackendTls;
 
@@ -23,7 +22,7 @@ use super::state::HealthMachine;
 #[derive(Debug, Clone)]
 pub struct CheckTarget {
     pub upstream: Arc<str>,
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     /// Not `down` in the file: a backend that is gets no checks.
     pub health: Arc<BackendHealth>,
     pub metrics: Arc<BackendMetrics>,
@@ -78,7 +77,7 @@ async fn check_loop(target: CheckTarget, config: HealthCheckConfig, stop: Cancel
             _ = tokio::time::sleep(wait) => {}
         }
         let began = tokio::time::Instant::now();
-        let result = probe(addr, &config, tls.as_deref()).await;
+        let result = probe(&addr, &config, tls.as_deref()).await;
         // Checks start every interval (HAProxy's `inter`), however long one took: a backend
         // whose checks time out is judged as fast as one that refuses.
         wait = (config.interval

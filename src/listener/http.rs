@@ -332,7 +332,7 @@ pub(super) fn answer(
                                 log.client = client;
                             }
                             log.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-                            log.backend = forwarded.backend.map(|b| b.authority.clone());
+                            log.backend = forwarded.backend.map(|b| Arc::clone(&b.addr_text));
                             log.upstream_time = forwarded.upstream_time;
                         }
                         // Wrapped here rather than after the `match`: one copy of the

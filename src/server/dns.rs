@@ -71,9 +71,9 @@ fn log_changes(old: &Snapshot, new: &Snapshot) {
         let before: BTreeSet<_> = old
             .pools
             .get(name)
-            .map(|p| p.backends().iter().map(|b| b.addr).collect())
+            .map(|p| p.backends().iter().map(|b| b.addr.clone()).collect())
             .unwrap_or_default();
-        let after: BTreeSet<_> = pool.backends().iter().map(|b| b.addr).collect();
+        let after: BTreeSet<_> = pool.backends().iter().map(|b| b.addr.clone()).collect();
         for b in pool.backends().iter().filter(|b| !before.contains(&b.addr)) {
             tracing::info!(upstream = %name, backend = %b.label, "dns: {}: added {}", b.written, b.addr);
         }

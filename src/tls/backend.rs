@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
-use crate::config::{BackendTlsConfig, ConfigError, ConfigErrors};
+use crate::backend_socket::BackendSocket;
+use crate::config::{BackendAddr, BackendTlsConfig, ConfigError, ConfigErrors};
 
 /// Where Debian and its derivatives keep the system's trusted CAs.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -117,8 +118,20 @@ impl BackendTls {
         })
     }
 
-    /// The TLS handshake over a connected socket to `ip`.
-    pub async fn connect(&self, ip: std::net::IpAddr, tcp: TcpStream) -> io::Result<BackendStream> {
+    /// The TLS handshake over a connected socket to `addr`. Only TCP: the configuration
+    /// refuses a Unix-socket server in an upstream with `tls`, so a Unix socket here is
+    /// refused as unsupported rather than trusted to that check.
+    pub async fn connect(
+        &self,
+        addr: &BackendAddr,
+        socket: BackendSocket,
+    ) -> io::Result<BackendStream> {
+        let (BackendSocket::Tcp(tcp), Some(ip)) = (socket, addr.tcp().map(|a| a.ip())) else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TLS to a Unix-socket backend is not supported",
+            ));
+        };
         let name = self
             .server_name
             .clone()
@@ -173,5 +186,5 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// A connection to a backend: plain TCP, or TLS over it.
-pub type BackendStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+/// A connection to a backend: plain TCP or Unix, or TLS over TCP.
+pub type BackendStream = Either<BackendSocket, Box<tokio_rustls::client::TlsStream<TcpStream>>>;

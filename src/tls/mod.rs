@@ -4,7 +4,7 @@
 //! Ground floor beside `config`: the snapshot builds the listeners' configurations, the
 //! upstream client and the health checks connect with the backends' one. The client-side
 //! handshake happens here (`BackendTls::connect`); the server-side one in `listener::open`.
-//! Imports only `config`.
+//! Imports only `config` and `backend_socket`.
 
 mod backend;
 mod cert_dates;

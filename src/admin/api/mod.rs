@@ -284,10 +284,10 @@ fn find<'s>(
             ));
         }
     }
-    let parsed: Option<SocketAddr> = given.parse().ok();
+    let parsed: Option<crate::config::BackendAddr> = given.parse().ok();
     pool.backends()
         .iter()
-        .find(|b| parsed == Some(b.addr))
+        .find(|b| parsed.as_ref() == Some(&b.addr))
         .ok_or_else(|| {
             refusal(
                 StatusCode::NOT_FOUND,

@@ -4,9 +4,9 @@
 //! for the log.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::BackendAddr;
 use crate::error::ProxyError;
 use crate::metrics::ErrorKind;
 
@@ -27,7 +27,10 @@ pub(crate) struct UpstreamError {
 enum Cause {
     /// No connection: refused, unreachable, timed out, or a failed TLS handshake.
     #[error("connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    Connect {
+        addr: BackendAddr,
+        source: io::Error,
+    },
     /// The connection failed after the request went out, or the answer was not HTTP.
     #[error(transparent)]
     Http(hyper::Error),
@@ -38,12 +41,15 @@ enum Cause {
 
 impl UpstreamError {
     /// No connection to `addr`: nothing was sent, so another backend may always have it.
-    pub(crate) fn connect(addr: SocketAddr, source: io::Error) -> Self {
+    pub(crate) fn connect(addr: &BackendAddr, source: io::Error) -> Self {
         UpstreamError {
             kind: ErrorKind::Connect,
             reached: false,
             stale: false,
-            cause: Cause::Connect { addr, source },
+            cause: Cause::Connect {
+                addr: addr.clone(),
+                source,
+            },
         }
     }
 
@@ -118,7 +124,7 @@ mod tests {
     #[test]
     fn each_failure_says_whether_a_resend_is_safe_and_what_the_client_gets() {
         let refused = UpstreamError::connect(
-            "127.0.0.1:1".parse().expect("addr"),
+            &"127.0.0.1:1".parse().expect("addr"),
             io::Error::from(io::ErrorKind::ConnectionRefused),
         );
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The client that carries requests to one pool's backends: HTTP/1.1, or HTTP/2 for an `h2`
-//! pool, over plain TCP or TLS, on connections kept in each backend's `Keepalive`.
+//! pool, over plain TCP, TLS or a Unix socket, on connections kept in each backend's
+//! `Keepalive`.
 //!
 //! Written on hyper's connection API rather than hyper-util's pooled client: that one found
 //! each request's connection by hashing the URI's authority under a lock, boxed and moved
@@ -16,7 +17,6 @@
 //! Imports `tls` and the ground floor; never `pool` or `forward`, which use it.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +24,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use crate::config::UpstreamConfig;
+use crate::backend_socket::BackendSocket;
+use crate::config::{BackendAddr, UpstreamConfig};
 
 use crate::tls::BackendTls;
 
@@ -80,7 +80,7 @@ impl UpstreamClient {
     )]
     pub(crate) fn send<'a>(
         &'a self,
-        addr: SocketAddr,
+        addr: &'a BackendAddr,
         keepalive: &'a Arc<Keepalive>,
         mut req: Request<UpstreamRequestBody>,
         fresh: bool,
@@ -137,7 +137,7 @@ impl UpstreamClient {
     /// is kept at once, for other requests to share.
     async fn open(
         &self,
-        addr: SocketAddr,
+        addr: &BackendAddr,
         keepalive: &Arc<Keepalive>,
     ) -> Result<Sender, UpstreamError> {
         let io = self.connect(addr).await?;
@@ -155,10 +155,10 @@ impl UpstreamClient {
     }
 
     /// A new connection to `addr`: TCP (no delay, keep-alive probes), then TLS if the pool
-    /// has it.
-    async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, UpstreamError> {
+    /// has it; or a Unix socket.
+    async fn connect(&self, addr: &BackendAddr) -> Result<UpstreamIo, UpstreamError> {
         let failed = |source| UpstreamError::connect(addr, source);
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let socket = tokio::time::timeout(self.connect_timeout, BackendSocket::connect(addr))
             .await
             .map_err(|_| {
                 failed(io::Error::new(
@@ -167,15 +167,17 @@ impl UpstreamClient {
                 ))
             })?
             .map_err(failed)?;
-        tcp.set_nodelay(true).map_err(failed)?;
-        // Probes find a backend host that vanished while a connection sat idle.
-        let probes = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        socket2::SockRef::from(&tcp)
-            .set_tcp_keepalive(&probes)
-            .map_err(failed)?;
+        if let Some(tcp) = socket.tcp() {
+            tcp.set_nodelay(true).map_err(failed)?;
+            // Probes find a backend host that vanished while a connection sat idle.
+            let probes = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+            socket2::SockRef::from(tcp)
+                .set_tcp_keepalive(&probes)
+                .map_err(failed)?;
+        }
         let stream = match &self.tls {
-            Some(tls) => tls.connect(addr.ip(), tcp).await.map_err(failed)?,
-            None => Either::Left(tcp),
+            Some(tls) => tls.connect(addr, socket).await.map_err(failed)?,
+            None => Either::Left(socket),
         };
         Ok(UpstreamIo::new(stream))
     }

@@ -178,7 +178,7 @@ pub async fn forward<'a>(
         let timeout = attempts.begin(pool.timeouts.response);
         // Built in the call, not kept in a variable of this future: see above.
         let sending = pool.client.send(
-            backend.addr,
+            &backend.addr,
             &backend.keepalive,
             upstream_request(parts, &path, pool, backend, slot.attempt()),
             std::mem::take(&mut fresh),

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::backend_socket::BackendSocket;
 use crate::balancer::{PickContext, Tried};
 use crate::config::TcpSettings;
 use crate::metrics::ErrorKind;
@@ -66,7 +67,9 @@ pub async fn forward_stream(
         };
         tried.insert(index);
         let backend = &pool.backends()[index];
-        match tokio::time::timeout(pool.timeouts.connect, TcpStream::connect(backend.addr)).await {
+        match tokio::time::timeout(pool.timeouts.connect, BackendSocket::connect(&backend.addr))
+            .await
+        {
             Ok(Ok(conn)) => break (index, conn, in_flight),
             Ok(Err(e)) => {
                 backend.live.record_failure();
@@ -84,7 +87,7 @@ pub async fn forward_stream(
     };
     let backend = &pool.backends()[index];
     metrics::counter!(crate::metrics::TCP_CONNECTIONS_TOTAL, "listener" => listener.to_string(), "upstream" => pool.name.to_string(), "backend" => backend.label.clone()).increment(1);
-    if let Err(e) = backend_conn.set_nodelay(true) {
+    if let Some(Err(e)) = backend_conn.tcp().map(|tcp| tcp.set_nodelay(true)) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on a backend connection");
     }
     if let Some(version) = settings.send_proxy_protocol {
@@ -151,7 +154,7 @@ async fn closed(client: &TcpStream) {
 /// nothing moves for `idle`.
 async fn pump(
     client: &mut TcpStream,
-    backend: &mut TcpStream,
+    backend: &mut BackendSocket,
     activity: &Arc<Activity>,
     idle: Duration,
 ) -> StreamTotals {
@@ -177,8 +180,9 @@ async fn pump(
     if let Err(e) = outcome {
         tracing::debug!(error = %e, "TCP connection ended by a reset, an error or the idle timeout");
         // An abortive close (RST) on both, so the side still open learns the other failed
-        // rather than seeing a clean end of stream.
-        for s in [&*client, &*backend] {
+        // rather than seeing a clean end of stream. A Unix socket has no reset: its peer sees
+        // the close.
+        for s in std::iter::once(&*client).chain(backend.tcp()) {
             let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
         }
     }
@@ -221,13 +225,13 @@ impl Activity {
 }
 
 /// A socket that counts what is read from it and notes activity both ways.
-struct Counted<'a> {
-    inner: &'a mut TcpStream,
+struct Counted<'a, S> {
+    inner: &'a mut S,
     read: &'a AtomicU64,
     activity: &'a Activity,
 }
 
-impl AsyncRead for Counted<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -244,7 +248,7 @@ impl AsyncRead for Counted<'_> {
     }
 }
 
-impl AsyncWrite for Counted<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -4,14 +4,13 @@
 //! A request or TCP connection holds an [`InFlightGuard`] on it while in flight; with
 //! `max_conns`, the guard is one of its slots (`limit.rs`).
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::uri::Authority;
 
-use crate::config::{PassiveHealth, ResolvedServer};
+use crate::config::{BackendAddr, PassiveHealth, ResolvedServer};
 use crate::health::BackendHealth;
 use crate::metrics::BackendMetrics;
 use crate::upstream::client::Keepalive;
@@ -23,7 +22,9 @@ use super::queue::WaitQueue;
 /// One backend address of a pool.
 #[derive(Debug)]
 pub struct Backend {
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
+    /// `addr` as text, made once: what the access log shows for a request it answered.
+    pub addr_text: Arc<str>,
     /// The server as written in the configuration (a name or an address).
     pub written: String,
     /// Its server has `resolve = true`: the address came from DNS and may go.
@@ -40,7 +41,8 @@ pub struct Backend {
     pub max_conns: Option<NonZeroU32>,
     /// With `max_conns`: the limit its in-flight count is held to, and where a freed slot goes.
     limit: Option<Arc<Limit>>,
-    /// `addr` as a URI authority, built once for every request's URI.
+    /// `addr` as a URI authority, built once for every HTTP/2 request's URI (`:authority`);
+    /// `localhost` for a Unix socket, which has no host (nginx's choice too).
     pub authority: Authority,
     pub live: Arc<BackendLive>,
     /// Whether it may take requests now, and why not.
@@ -167,7 +169,7 @@ pub(crate) struct InFlightGuard {
 
 impl InFlightGuard {
     /// The backend whose slot this is, when it has a `max_conns`.
-    pub(super) fn limited_addr(&self) -> Option<SocketAddr> {
+    pub(super) fn limited_addr(&self) -> Option<&BackendAddr> {
         self.limit.as_ref().map(|l| l.addr())
     }
 
@@ -218,12 +220,16 @@ pub(crate) fn backend(
     keepalive: Arc<Keepalive>,
     waiting: Option<&Arc<WaitQueue>>,
 ) -> Backend {
-    // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
-    let authority = Authority::try_from(s.addr.to_string().as_str())
-        .unwrap_or_else(|_| Authority::from_static("invalid.backend"));
+    let addr_text: Arc<str> = Arc::from(s.addr.to_string());
+    let authority = match &s.addr {
+        // A SocketAddr always prints as a valid authority ("1.2.3.4:80" or "[::1]:80").
+        BackendAddr::Tcp(_) => Authority::try_from(&*addr_text)
+            .unwrap_or_else(|_| Authority::from_static("invalid.backend")),
+        BackendAddr::Unix(_) => Authority::from_static("localhost"),
+    };
     // The label is the server as written; a name with several addresses gets one series per
     // address, so those carry the address instead.
-    let label = if s.written == s.addr.to_string() || s.sole_address {
+    let label = if *s.written == *addr_text || s.sole_address {
         s.written.clone()
     } else {
         format!("{} ({})", s.written, s.addr)
@@ -239,13 +245,14 @@ pub(crate) fn backend(
         .config
         .max_conns
         .zip(waiting)
-        .map(|(max, queue)| Arc::new(Limit::new(max, s.addr, Arc::clone(queue))));
+        .map(|(max, queue)| Arc::new(Limit::new(max, s.addr.clone(), Arc::clone(queue))));
     Backend {
         max_conns: s.config.max_conns,
         limit,
         label,
         addr: s.addr,
         resolve: s.config.resolve,
+        addr_text,
         written: s.written,
         weight: weight.get(),
         configured_weight: s.config.weight.get(),
@@ -322,6 +329,39 @@ mod tests {
             assert_eq!(in_flight(), 0, "{policy}: a panicked request");
             assert_eq!(busy.live.requests(), 3, "{policy}: requests only count up");
             assert!(picks(&pool, 8).contains(&0), "{policy}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_policy_balances_a_unix_backend_as_it_does_a_tcp_one() {
+        let policies = [
+            "",
+            "balance = \"least_conn\"",
+            "balance = \"random_two\"",
+            "balance = \"ip_hash\"",
+            "hash = { key = \"$request_uri\" }",
+            "hash = { key = \"$request_uri\", consistent = true }",
+        ];
+        for policy in policies {
+            let pool =
+                crate::upstream::pool::test_pool("\"unix:/run/app.sock\", \"127.0.0.1:2\"", policy);
+            assert_eq!(pool.backends()[0].label, "unix:/run/app.sock");
+            let tried = crate::balancer::Tried::default();
+            let mut picked = [0; 2];
+            for i in 0..64u8 {
+                let key = [b'/', i];
+                let ctx = crate::balancer::PickContext {
+                    client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, i, 0, 1)),
+                    key: &key,
+                };
+                let pick = || pool.select(&ctx, &tried).backend().expect("a pick");
+                let first = pick();
+                if policy.contains("hash") {
+                    assert_eq!(pick(), first, "{policy}: one key, one backend");
+                }
+                picked[first] += 1;
+            }
+            assert!(picked[0] > 0 && picked[1] > 0, "{policy}: {picked:?}");
         }
     }
 }

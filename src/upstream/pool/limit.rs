@@ -12,12 +12,12 @@
 //! `take_slot` is the request path's one entry: pick a backend (the pool's policy, pinned or
 //! not) and take a slot on it, or say why there is none.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::balancer::{PickContext, Tried};
+use crate::config::BackendAddr;
 
 use super::backend::InFlightGuard;
 use super::queue::WaitQueue;
@@ -27,7 +27,7 @@ use super::{Pick, Pool};
 #[derive(Debug)]
 pub(crate) struct Limit {
     max: u64,
-    addr: SocketAddr,
+    addr: BackendAddr,
     queue: Arc<WaitQueue>,
 }
 
@@ -43,7 +43,7 @@ pub(crate) enum HandOver {
 }
 
 impl Limit {
-    pub(crate) fn new(max: NonZeroU32, addr: SocketAddr, queue: Arc<WaitQueue>) -> Self {
+    pub(crate) fn new(max: NonZeroU32, addr: BackendAddr, queue: Arc<WaitQueue>) -> Self {
         Limit {
             max: u64::from(max.get()),
             addr,
@@ -55,8 +55,8 @@ impl Limit {
         self.max
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+    pub(crate) fn addr(&self) -> &BackendAddr {
+        &self.addr
     }
 
     /// Takes one slot of `in_flight` unless all `max` are taken.
@@ -75,7 +75,7 @@ impl Limit {
             return HandOver::Freed;
         }
         self.queue
-            .hand_over(self.addr, || guard.successor(self), || guard.free())
+            .hand_over(&self.addr, || guard.successor(self), || guard.free())
     }
 }
 

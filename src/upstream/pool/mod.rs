@@ -223,7 +223,7 @@ impl Pool {
         let sticky = config
             .sticky
             .as_ref()
-            .map(|c| Sticky::new(c, backends.iter().map(|b| b.addr)));
+            .map(|c| Sticky::new(c, backends.iter().map(|b| &b.addr)));
         Pool {
             name: Arc::from(config.name.as_str()),
             primary_balancer: same_shape.map_or_else(
@@ -283,7 +283,7 @@ impl Pool {
             .filter(|b| !b.down)
             .map(|b| CheckTarget {
                 upstream: Arc::clone(&self.name),
-                addr: b.addr,
+                addr: b.addr.clone(),
                 health: Arc::clone(&b.health),
                 metrics: Arc::clone(&b.metrics),
                 tls: self.tls.clone(),
@@ -414,7 +414,7 @@ impl Pool {
 #[derive(Debug, PartialEq)]
 struct Shape {
     balance: BalancePolicy,
-    backends: Vec<(std::net::SocketAddr, u32, bool, bool)>,
+    backends: Vec<(crate::config::BackendAddr, u32, bool, bool)>,
 }
 
 impl Shape {
@@ -423,7 +423,7 @@ impl Shape {
             balance: config.balance.clone(),
             backends: backends
                 .iter()
-                .map(|b| (b.addr, b.weight, b.backup, b.down))
+                .map(|b| (b.addr.clone(), b.weight, b.backup, b.down))
                 .collect(),
         }
     }
@@ -468,9 +468,12 @@ pub(crate) fn test_pool(servers: &str, extra: &str) -> Pool {
         .servers
         .iter()
         .map(|s| ResolvedServer {
-            addr: match s.addr {
-                crate::config::ServerAddr::Ip(a) => a,
-                _ => unreachable!("tests use IPs"),
+            addr: match &s.addr {
+                crate::config::ServerAddr::Ip(a) => (*a).into(),
+                crate::config::ServerAddr::Unix(path) => {
+                    crate::config::BackendAddr::Unix(path.clone())
+                }
+                _ => unreachable!("tests use addresses"),
             },
             written: s.addr.to_string(),
             sole_address: true,
@@ -497,7 +500,7 @@ mod tests {
     }
 
     fn port(p: &Pool, i: usize) -> u16 {
-        p.backends()[i].addr.port()
+        p.backends()[i].addr.tcp().expect("a TCP backend").port()
     }
 
     #[tokio::test]
@@ -569,7 +572,7 @@ mod tests {
             .iter()
             .zip(&up.servers)
             .map(|(b, s)| ResolvedServer {
-                addr: b.addr,
+                addr: b.addr.clone(),
                 written: b.written.clone(),
                 sole_address: true,
                 config: s.clone(),

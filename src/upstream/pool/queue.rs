@@ -11,13 +11,13 @@
 //! the queue and its waiters, as it keeps each backend's in-flight count.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::balancer::{PickContext, Tried};
+use crate::config::BackendAddr;
 use crate::metrics::{QueueMetrics, QueueRejection};
 
 use super::Pool;
@@ -50,16 +50,16 @@ struct Waiter {
 /// slot freed by a request of the rebuilt one serves a waiter of the old one alike.
 #[derive(Debug, Clone)]
 enum Wants {
-    Only(SocketAddr),
+    Only(BackendAddr),
     /// Any but those it was already sent to.
-    AnyBut(Vec<SocketAddr>),
+    AnyBut(Vec<BackendAddr>),
 }
 
 impl Wants {
-    fn takes(&self, addr: SocketAddr) -> bool {
+    fn takes(&self, addr: &BackendAddr) -> bool {
         match self {
-            Wants::Only(a) => *a == addr,
-            Wants::AnyBut(tried) => !tried.contains(&addr),
+            Wants::Only(a) => a == addr,
+            Wants::AnyBut(tried) => !tried.contains(addr),
         }
     }
 }
@@ -92,7 +92,7 @@ impl WaitQueue {
     /// that finds itself out of the queue once it holds the lock finds the slot sent.
     pub(crate) fn hand_over(
         &self,
-        addr: SocketAddr,
+        addr: &BackendAddr,
         slot: impl FnOnce() -> InFlightGuard,
         free: impl FnOnce(),
     ) -> HandOver {
@@ -122,7 +122,7 @@ impl WaitQueue {
 
 impl Waiters {
     /// The first waiter that takes a slot on `addr`, out of the queue: where its slot goes.
-    fn take_first(&mut self, addr: SocketAddr) -> Option<oneshot::Sender<InFlightGuard>> {
+    fn take_first(&mut self, addr: &BackendAddr) -> Option<oneshot::Sender<InFlightGuard>> {
         let at = self.queue.iter().position(|w| w.wants.takes(addr))?;
         self.queue.remove(at).map(|w| w.slot)
     }
@@ -200,13 +200,13 @@ impl Pool {
             return Err(NoSlot::Busy);
         };
         let wants = match want {
-            Want::Only(i) => Wants::Only(self.backends[i].addr),
+            Want::Only(i) => Wants::Only(self.backends[i].addr.clone()),
             Want::Any => Wants::AnyBut(
                 self.backends
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| tried.contains(*i))
-                    .map(|(_, b)| b.addr)
+                    .map(|(_, b)| b.addr.clone())
                     .collect(),
             ),
         };
@@ -294,7 +294,7 @@ impl Pool {
     /// (after trying `tried`) may go there now.
     fn accepts(&self, guard: &InFlightGuard, want: Want, tried: &Tried) -> Option<usize> {
         let addr = guard.limited_addr()?;
-        let i = self.backends.iter().position(|b| b.addr == addr)?;
+        let i = self.backends.iter().position(|b| b.addr == *addr)?;
         match want {
             Want::Only(j) => (i == j).then_some(i),
             Want::Any => {

@@ -127,7 +127,7 @@ mod tests {
     /// A failed connect: nothing reached the backend.
     fn not_sent() -> UpstreamError {
         UpstreamError::connect(
-            "127.0.0.1:1".parse().expect("addr"),
+            &"127.0.0.1:1".parse().expect("addr"),
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         )
     }

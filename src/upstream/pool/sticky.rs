@@ -1,7 +1,8 @@
 //! Sticky sessions: a cookie that keeps a client on the backend that first served it, on top
 //! of any balancing policy.
 //!
-//! The cookie's value names a backend by a stable id: an HMAC-SHA256 of its address, keyed by
+//! The cookie's value names a backend by a stable id: an HMAC-SHA256 of its address as text
+//! (`10.0.0.1:80`, `unix:/run/app.sock`), keyed by
 //! the configured `secret` (or a built-in key without one), truncated to 96 bits. It is never
 //! a position, so it survives restarts, reloads, reordering the servers, and several rproxy
 //! instances with the same configuration; it does not show the address; and without the
@@ -11,12 +12,11 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::net::SocketAddr;
 
 use http::HeaderValue;
 use ring::hmac;
 
-use crate::config::StickyConfig;
+use crate::config::{BackendAddr, StickyConfig};
 
 /// Used when no `secret` is configured: ids are stable but can be computed by anyone who
 /// knows a backend's address.
@@ -35,7 +35,10 @@ pub struct Sticky {
 
 impl Sticky {
     /// `addrs`: the pool's backends, in the pool's order.
-    pub fn new(config: &StickyConfig, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+    pub fn new<'a>(
+        config: &StickyConfig,
+        addrs: impl IntoIterator<Item = &'a BackendAddr>,
+    ) -> Self {
         let key = hmac::Key::new(
             hmac::HMAC_SHA256,
             config.secret.as_deref().map_or(DEFAULT_KEY, str::as_bytes),
@@ -84,7 +87,7 @@ impl Sticky {
     }
 }
 
-fn backend_id(key: &hmac::Key, addr: SocketAddr) -> String {
+fn backend_id(key: &hmac::Key, addr: &BackendAddr) -> String {
     let tag = hmac::sign(key, addr.to_string().as_bytes());
     tag.as_ref()[..12]
         .iter()
@@ -131,14 +134,14 @@ mod tests {
         }
     }
 
-    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+    fn addrs(list: &[&str]) -> Vec<BackendAddr> {
         list.iter().map(|a| a.parse().expect("addr")).collect()
     }
 
     #[test]
     fn ids_are_stable_across_order_and_hide_the_address() {
-        let a = Sticky::new(&config(None), addrs(&["10.0.0.1:3000", "10.0.0.2:3000"]));
-        let b = Sticky::new(&config(None), addrs(&["10.0.0.2:3000", "10.0.0.1:3000"]));
+        let a = Sticky::new(&config(None), &addrs(&["10.0.0.1:3000", "10.0.0.2:3000"]));
+        let b = Sticky::new(&config(None), &addrs(&["10.0.0.2:3000", "10.0.0.1:3000"]));
         let cookie = a
             .set_cookie(0, false)
             .expect("cookie")
@@ -162,10 +165,10 @@ mod tests {
 
     #[test]
     fn the_secret_changes_every_id() {
-        let open = Sticky::new(&config(None), addrs(&["10.0.0.1:3000"]));
+        let open = Sticky::new(&config(None), &addrs(&["10.0.0.1:3000"]));
         let signed = Sticky::new(
             &config(Some("s3cret-s3cret-s3cret")),
-            addrs(&["10.0.0.1:3000"]),
+            &addrs(&["10.0.0.1:3000"]),
         );
         let value = |s: &Sticky| {
             let c = s
@@ -178,5 +181,16 @@ mod tests {
         };
         assert_ne!(value(&open), value(&signed));
         assert_eq!(signed.pinned(value(&open).as_bytes()), None);
+    }
+
+    #[test]
+    fn ids_are_an_hmac_of_the_address_text_for_tcp_and_unix_backends_alike() {
+        // Pinned: a cookie handed out before an upgrade must still name its backend after.
+        let pool = Sticky::new(
+            &config(None),
+            &addrs(&["10.0.0.1:3000", "unix:/run/app.sock"]),
+        );
+        assert_eq!(pool.pinned(b"cd7e3d038d5cd54e2cba611b"), Some(0));
+        assert_eq!(pool.pinned(b"b961da1105250329a6fbf0be"), Some(1));
     }
 }
