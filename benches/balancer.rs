@@ -102,6 +102,7 @@ fn routing(c: &mut Criterion) {
                         path_prefix: prefix.to_string(),
                         upstream: String::new(),
                         strip_prefix: false,
+                        headers: Default::default(),
                     },
                     i,
                 )

@@ -151,6 +151,7 @@ mod tests {
                 path_prefix: prefix.to_string(),
                 upstream: to.to_string(),
                 strip_prefix: strip,
+                headers: Default::default(),
             },
             to,
         )
@@ -247,6 +248,7 @@ mod tests {
                         path_prefix: "/".to_string(),
                         upstream: String::new(),
                         strip_prefix: false,
+                        headers: Default::default(),
                     },
                     i,
                 )

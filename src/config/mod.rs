@@ -6,6 +6,8 @@
 //! Ground floor: imports nothing else of rproxy; everything may import it.
 
 mod error;
+mod header_rules;
+mod headers_section;
 mod health_section;
 mod key_template;
 mod limits_section;
@@ -23,6 +25,7 @@ mod upstream_section;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use header_rules::{HeaderAction, HeaderRule, HeaderRules, ValuePart, ValueTemplate};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,

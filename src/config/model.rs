@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::header_rules::HeaderRules;
 use super::key_template::KeyTemplate;
 
 /// Defaults, in one place so the README, `config/upstream.toml` and the code agree.
@@ -131,6 +132,8 @@ pub struct ListenerConfig {
     /// Open client connections at most; more wait in the kernel's accept queue.
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
+    /// Header rules for every request of the listener (`[listeners.NAME.headers]`).
+    pub headers: HeaderRules,
 }
 
 /// A listener's `tls`: the first certificate is the default (clients without SNI, or with a
@@ -187,6 +190,8 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Remove `path_prefix` from the path sent to the backend.
     pub strip_prefix: bool,
+    /// Header rules of this route (its `headers`).
+    pub headers: HeaderRules,
 }
 
 /// What a client request may be, checked at the edge before anything is forwarded.
@@ -285,6 +290,8 @@ pub struct UpstreamConfig {
     /// Where requests wait when every backend they may go to is at its `max_conns`; `None`:
     /// they are answered 503 at once.
     pub queue: Option<QueueConfig>,
+    /// Header rules for the requests sent to this pool (`[upstreams.NAME.headers]`).
+    pub headers: HeaderRules,
 }
 
 /// `[upstreams.NAME.queue]`: requests waiting, first in first out, for a backend slot.

@@ -1,10 +1,11 @@
 //! `[[listeners.NAME.routes]]`: requests sent to a pool by host and path prefix (nginx's
 //! `server_name` and `location`). What they mean at run time is in `router`.
 
+use super::headers_section::headers;
 use super::model::RouteConfig;
 use super::reader::{Reader, Value, did_you_mean, flag, get, join};
 
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "strip_prefix"];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "strip_prefix", "headers"];
 
 pub(super) fn routes(
     r: &mut Reader<'_>,
@@ -110,11 +111,13 @@ fn route(
         }
     };
     let strip_prefix = flag(r, t, path, "strip_prefix");
+    let headers = headers(r, path, t);
     Some(RouteConfig {
         host: host?,
         path_prefix: path_prefix?,
         upstream: upstream?,
         strip_prefix: strip_prefix?,
+        headers: headers?,
     })
 }
 

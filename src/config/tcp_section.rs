@@ -20,6 +20,7 @@ pub(super) const HTTP_ONLY: &[&str] = &[
     "max_body_size",
     "allow_underscores_in_headers",
     "http2_max_concurrent_streams",
+    "headers",
 ];
 
 /// Keys only a TCP listener understands.
@@ -122,5 +123,8 @@ pub(super) fn check_tcp_upstream(r: &mut Reader<'_>, origin: &Origin, upstream: 
     }
     if upstream.tls.is_some() {
         refuse("has tls (TLS to backends is for HTTP; pass TLS through as raw TCP)");
+    }
+    if !upstream.headers.is_empty() {
+        refuse("has header rules");
     }
 }

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use toml::de::DeValue;
 
+use super::headers_section::headers;
 use super::health_section::{all_unhealthy, health_check};
 use super::key_template::KeyTemplate;
 use super::limits_section::{LIMIT_KEYS, default_max_conns, max_conns, queue};
@@ -35,6 +36,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "websocket_idle_timeout",
     "h2",
     "tls",
+    "headers",
 ];
 const SERVER_KEYS: &[&str] = &["addr", "weight", "backup", "down", "max_conns"];
 
@@ -140,6 +142,7 @@ pub(super) fn upstream(
         .as_ref()
         .map(|s| s.iter().any(|s| s.max_conns.is_some()));
     let queue = queue(r, path, t, limited);
+    let headers = headers(r, path, t);
     default_max_conns?;
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
@@ -164,6 +167,7 @@ pub(super) fn upstream(
         retry: retry?,
         slow_start: slow_start?,
         queue: queue?,
+        headers: headers?,
     })
 }
 
