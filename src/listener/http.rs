@@ -46,6 +46,8 @@ use super::validate::{self, Verdict};
 #[derive(Debug)]
 pub(super) struct ListenerCtx {
     pub(super) name: Arc<str>,
+    /// The port this accept loop's socket is bound to (`$server_port` in header rules).
+    pub(super) port: u16,
     pub(super) state: SharedState,
     /// Cancelled when the connections are to finish gracefully (shutdown, listener removed).
     pub(super) shutdown: CancellationToken,
@@ -88,6 +90,7 @@ pub(super) async fn serve_listener(
 ) {
     let ctx = Arc::new(ListenerCtx {
         metrics: Arc::new(ListenerMetrics::new(&name)),
+        port: listener.local_addr().map_or(0, |a| a.port()),
         name,
         state,
         shutdown: stops.drain,
@@ -271,7 +274,16 @@ pub(super) fn answer(
         // Started before forwarding, for the request's whole time; it records the head as the
         // client sent it.
         let mut log = AccessRecord::start(&listener.name, peer.ip(), &parts);
-        let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        let peer = Peer {
+            addr: peer,
+            scheme: if over_tls {
+                ClientScheme::Https
+            } else {
+                ClientScheme::Http
+            },
+            server_port: ctx.port,
+        };
+        let mut answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
             Verdict::Forward if listener.settings.redirect_https => {
                 super::redirect::to_https(&parts, &snapshot)
             }
@@ -282,18 +294,11 @@ pub(super) fn answer(
                     .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
                 match listener.routes.lookup(host, parts.uri.path()) {
                     Some(target) => {
-                        let peer = Peer {
-                            addr: peer,
-                            scheme: if over_tls {
-                                ClientScheme::Https
-                            } else {
-                                ClientScheme::Http
-                            },
-                        };
                         let route = Route {
                             listener: &listener.settings,
-                            pool: target.to,
+                            pool: &target.to.pool,
                             strip_prefix: target.strip,
+                            headers: target.to.headers.as_ref(),
                         };
                         let trusted = &snapshot.trusted_proxies;
                         let (resp, forwarded) =
@@ -304,10 +309,11 @@ pub(super) fn answer(
                             log.backend = forwarded.backend.map(|b| b.authority.clone());
                             log.upstream_time = forwarded.upstream_time;
                         }
-                        resp
+                        // Its header rules are applied: no more below.
+                        return ClientBody::wrap(resp, log, end);
                     }
                     None => {
-                        tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
+                        tracing::debug!(client = %peer.addr, host = ?host, path = parts.uri.path(), "no route");
                         error_response(ProxyError::NoRoute)
                     }
                 }
@@ -319,10 +325,15 @@ pub(super) fn answer(
                 resp
             }
             Verdict::Reject(r) => {
-                tracing::info!(client = %peer, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
+                tracing::info!(client = %peer.addr, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
                 local_response(r.status, r.close)
             }
         };
+        // rproxy's own answer: the listener's header rules, those that apply to it.
+        if let Some(plan) = &listener.headers {
+            let status = answer.status();
+            plan.local_answer(answer.headers_mut(), status, &parts, peer);
+        }
         ClientBody::wrap(answer, log, end)
     }
 }
