@@ -40,6 +40,7 @@ pub(super) struct ConnSettings {
     send_timeout_ms: u32,
     max_header_size: u32,
     max_headers: u32,
+    max_uri_length: u32,
     http2_max_concurrent_streams: u32,
 }
 
@@ -59,6 +60,7 @@ impl ConnSettings {
             send_timeout_ms: millis(settings.send_timeout),
             max_header_size: capped(settings.limits.max_header_size),
             max_headers: capped(settings.limits.max_headers),
+            max_uri_length: capped(settings.limits.max_uri_length),
             http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
         }
     }
@@ -162,6 +164,7 @@ impl ClientConn {
             Arc::clone(&self.activity),
             self.protocol,
             self.settings.send_timeout(),
+            self.settings.max_uri_length as usize,
         ))
     }
 
