@@ -157,13 +157,18 @@ fn side(
                         continue;
                     }
                 };
-                if !response && n == http::header::HOST && !valid_host(&template) {
-                    r.error(
-                        &item_key,
-                        item.span(),
-                        format!("`{text}` is not a host name with an optional port"),
-                    );
-                    ok = false;
+                if !response && n == http::header::HOST {
+                    let wrong = if add {
+                        Some("a request has one Host: set it with request_set".to_string())
+                    } else if !valid_host(&template) {
+                        Some(format!("`{text}` is not a host name with an optional port"))
+                    } else {
+                        None
+                    };
+                    if let Some(wrong) = wrong {
+                        r.error(&item_key, item.span(), wrong);
+                        ok = false;
+                    }
                 }
                 rules.push(HeaderRule {
                     name: n.clone(),
@@ -326,6 +331,18 @@ mod tests {
         ] {
             assert!(e.contains(wanted), "{wanted}\nin\n{e}");
         }
+        let e = with(
+            "[listeners.web.headers]\nrequest_add = { \"host\" = \"a.example\" }",
+            "",
+        )
+        .expect_err("two hosts")
+        .to_string();
+        assert!(
+            e.contains(
+                "t.toml:5:26: listeners.web.headers.request_add.host: a request has one Host"
+            ),
+            "{e}"
+        );
         let e = with(
             "[listeners.web.headers]\nresponse_remove = [\"X-D\"]\nresponse_set = { \"x-d\" = \"1\" }",
             "",

@@ -1,3 +1,7 @@
+//! Header rules compiled from real configuration text and applied to request and response
+//! heads: precedence per header, each variable's value, empty values, `Host` and the HTTP/2
+//! authority, and which statuses response rules act on.
+
 use std::net::SocketAddr;
 use std::path::Path;
 
