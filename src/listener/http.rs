@@ -309,7 +309,8 @@ pub(super) fn answer(
                             log.backend = forwarded.backend.map(|b| b.authority.clone());
                             log.upstream_time = forwarded.upstream_time;
                         }
-                        // Its header rules are applied: no more below.
+                        // `forward` applied the route's header rules (the listener's among
+                        // them): not again below.
                         return ClientBody::wrap(resp, log, end);
                     }
                     None => {

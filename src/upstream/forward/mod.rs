@@ -5,7 +5,8 @@
 //! safe and allowed; it never goes to the same backend twice. When no attempt succeeded the
 //! client gets 502, or 504 when the last backend was too slow to answer; when there was nothing
 //! to try, 503. When every backend it may go to is at its `max_conns`, the request waits in the
-//! pool's queue (boxed, off the common path) or gets 503 at once.
+//! pool's queue (boxed, off the common path) or gets 503 at once. A route's header rules
+//! (`header_rules`) act on the head sent to the backend and on the answer, whichever it is.
 //!
 //! Imports `pool` and `client` below it, and the ground floor; never `listener`: it returns the
 //! response and what became of the request ([`Forwarded`]), and the listener does the rest.
