@@ -103,6 +103,7 @@ fn routing(c: &mut Criterion) {
                         upstream: String::new(),
                         strip_prefix: false,
                         rate_limits: None,
+                        headers: Default::default(),
                     },
                     i,
                 )

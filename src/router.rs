@@ -167,6 +167,7 @@ mod tests {
                 upstream: to.to_string(),
                 strip_prefix: strip,
                 rate_limits: None,
+                headers: Default::default(),
             },
             to,
         )
@@ -269,6 +270,7 @@ mod tests {
                         upstream: String::new(),
                         strip_prefix: false,
                         rate_limits: None,
+                        headers: Default::default(),
                     },
                     i,
                 )

@@ -41,40 +41,24 @@ pub(super) const VARIABLES: &str =
 impl KeyTemplate {
     /// Parses a template; the error names the first unknown variable.
     pub fn parse(text: &str) -> Result<KeyTemplate, String> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut rest = text;
-        while let Some(dollar) = rest.find('$') {
-            literal.push_str(&rest[..dollar]);
-            let after = &rest[dollar + 1..];
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let name = &after[..len];
-            let part = match name {
-                "remote_addr" => KeyPart::RemoteAddr,
-                "request_uri" => KeyPart::RequestUri,
-                "uri" => KeyPart::Uri,
-                "args" => KeyPart::Args,
-                "host" => KeyPart::Host,
-                _ => match (name.strip_prefix("http_"), name.strip_prefix("cookie_")) {
-                    (Some(h), _) if !h.is_empty() => {
-                        KeyPart::Header(h.to_ascii_lowercase().replace('_', "-"))
-                    }
-                    (_, Some(c)) if !c.is_empty() => KeyPart::Cookie(c.to_string()),
-                    _ => return Err(format!("unknown variable `${name}`; known: {VARIABLES}")),
-                },
-            };
-            if !literal.is_empty() {
-                parts.push(KeyPart::Literal(std::mem::take(&mut literal)));
-            }
-            parts.push(part);
-            rest = &after[len..];
-        }
-        literal.push_str(rest);
-        if !literal.is_empty() {
-            parts.push(KeyPart::Literal(literal));
-        }
+        let parts = split(
+            text,
+            |literal| Ok(KeyPart::Literal(literal.to_string())),
+            |name| {
+                Ok(match name {
+                    "remote_addr" => KeyPart::RemoteAddr,
+                    "request_uri" => KeyPart::RequestUri,
+                    "uri" => KeyPart::Uri,
+                    "args" => KeyPart::Args,
+                    "host" => KeyPart::Host,
+                    _ => match (name.strip_prefix("http_"), name.strip_prefix("cookie_")) {
+                        (Some(h), _) if !h.is_empty() => KeyPart::Header(header_of_variable(h)),
+                        (_, Some(c)) if !c.is_empty() => KeyPart::Cookie(c.to_string()),
+                        _ => return Err(format!("unknown variable `${name}`; known: {VARIABLES}")),
+                    },
+                })
+            },
+        )?;
         if parts.is_empty() {
             return Err("an empty key would send every request to one backend".into());
         }
@@ -83,6 +67,38 @@ impl KeyTemplate {
             parts,
         })
     }
+}
+
+/// The header a `$http_NAME` variable reads, as nginx maps it: lower case, `_` for `-`.
+pub(super) fn header_of_variable(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Splits a template into literal text and `$name` variables (a name runs over letters, digits
+/// and `_`), in order, empty literals left out; `literal` and `variable` make each piece or
+/// say what is wrong with it. Hash keys and header rules both read their templates with it.
+pub(super) fn split<P>(
+    text: &str,
+    mut literal: impl FnMut(&str) -> Result<P, String>,
+    mut variable: impl FnMut(&str) -> Result<P, String>,
+) -> Result<Vec<P>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        if dollar > 0 {
+            parts.push(literal(&rest[..dollar])?);
+        }
+        let after = &rest[dollar + 1..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        parts.push(variable(&after[..len])?);
+        rest = &after[len..];
+    }
+    if !rest.is_empty() {
+        parts.push(literal(rest)?);
+    }
+    Ok(parts)
 }
 
 #[cfg(test)]

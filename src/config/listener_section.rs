@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use toml::de::DeValue;
 
+use super::headers_section::headers;
 use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{
     Reader, Table, Value, did_you_mean, duration_at_most_or, duration_or, flag, get, join,
@@ -127,6 +128,7 @@ pub(super) fn listener(
     };
     let redirect_https = flag(r, t, path, "redirect_https");
     let tcp = protocol(r, path, t);
+    let headers = headers(r, path, t);
     if let (Some(v), Some(Some(_))) = (get(t, "redirect_https"), &tls) {
         r.error(
             &join(path, "redirect_https"),
@@ -164,6 +166,7 @@ pub(super) fn listener(
             http2_max_concurrent_streams: u32::try_from(streams?).ok()?,
             // Read once every limit is known (`rate_limit_section::attach_rate_limits`).
             rate_limits: Vec::new(),
+            headers: headers?,
         },
         listen_origin,
         upstream_origin: get(t, "upstream").map(|v| r.origin(&upstream_key, v.span())),

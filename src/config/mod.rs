@@ -7,6 +7,8 @@
 
 mod backend_addr;
 mod error;
+mod header_rules;
+mod headers_section;
 mod health_section;
 mod key_template;
 mod limits_section;
@@ -27,6 +29,7 @@ use std::path::Path;
 
 pub use backend_addr::{BackendAddr, UNIX_PATH_MAX};
 pub use error::{ConfigError, ConfigErrors};
+pub use header_rules::{HeaderAction, HeaderRule, HeaderRules, ValuePart, ValueTemplate};
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,

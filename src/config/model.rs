@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::header_rules::HeaderRules;
 use super::key_template::KeyTemplate;
 use super::rate_limit_section::RateLimitConfig;
 
@@ -170,6 +171,8 @@ pub struct ListenerConfig {
     /// `limits = [...]`: the `[limits.NAME]` its requests are held to, unless a route names
     /// its own.
     pub rate_limits: Vec<String>,
+    /// Header rules for every request of the listener (`[listeners.NAME.headers]`).
+    pub headers: HeaderRules,
 }
 
 /// A listener's `tls`: the first certificate is the default (clients without SNI, or with a
@@ -228,6 +231,8 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// `limits = [...]` on the route: these instead of the listener's; `None`: the listener's.
     pub rate_limits: Option<Vec<String>>,
+    /// Header rules of this route (its `headers`).
+    pub headers: HeaderRules,
 }
 
 /// What a client request may be, checked at the edge before anything is forwarded.
@@ -326,6 +331,8 @@ pub struct UpstreamConfig {
     /// Where requests wait when every backend they may go to is at its `max_conns`; `None`:
     /// they are answered 503 at once.
     pub queue: Option<QueueConfig>,
+    /// Header rules for the requests sent to this pool (`[upstreams.NAME.headers]`).
+    pub headers: HeaderRules,
 }
 
 /// `[upstreams.NAME.queue]`: requests waiting, first in first out, for a backend slot.

@@ -1,10 +1,18 @@
 //! `[[listeners.NAME.routes]]`: requests sent to a pool by host and path prefix (nginx's
 //! `server_name` and `location`). What they mean at run time is in `router`.
 
+use super::headers_section::headers;
 use super::model::RouteConfig;
 use super::reader::{Reader, Value, did_you_mean, flag, get, join};
 
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "strip_prefix", "limits"];
+const ROUTE_KEYS: &[&str] = &[
+    "host",
+    "path_prefix",
+    "upstream",
+    "strip_prefix",
+    "limits",
+    "headers",
+];
 
 pub(super) fn routes(
     r: &mut Reader<'_>,
@@ -110,6 +118,7 @@ fn route(
         }
     };
     let strip_prefix = flag(r, t, path, "strip_prefix");
+    let headers = headers(r, path, t);
     Some(RouteConfig {
         host: host?,
         path_prefix: path_prefix?,
@@ -117,6 +126,7 @@ fn route(
         strip_prefix: strip_prefix?,
         // Read with the listener's (`rate_limit_section`), once every limit is known.
         rate_limits: None,
+        headers: headers?,
     })
 }
 

@@ -21,6 +21,7 @@ pub(super) const HTTP_ONLY: &[&str] = &[
     "allow_underscores_in_headers",
     "http2_max_concurrent_streams",
     "limits",
+    "headers",
 ];
 
 /// Keys only a TCP listener understands.
@@ -123,5 +124,8 @@ pub(super) fn check_tcp_upstream(r: &mut Reader<'_>, origin: &Origin, upstream: 
     }
     if upstream.tls.is_some() {
         refuse("has tls (TLS to backends is for HTTP; pass TLS through as raw TCP)");
+    }
+    if !upstream.headers.is_empty() {
+        refuse("has header rules");
     }
 }

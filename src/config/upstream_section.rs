@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use toml::de::DeValue;
 
 use super::backend_addr::{UNIX_PREFIX, unix_path};
+use super::headers_section::headers;
 use super::health_section::{all_unhealthy, health_check};
 use super::key_template::KeyTemplate;
 use super::limits_section::{LIMIT_KEYS, default_max_conns, max_conns, queue};
@@ -36,6 +37,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "websocket_idle_timeout",
     "h2",
     "tls",
+    "headers",
 ];
 const SERVER_KEYS: &[&str] = &[
     "addr",
@@ -152,6 +154,7 @@ pub(super) fn upstream(
     if let (Some(servers), Some(Some(_))) = (&servers, &tls) {
         unix_without_tls(r, servers);
     }
+    let headers = headers(r, path, t);
     default_max_conns?;
     Some(UpstreamConfig {
         name: path.trim_start_matches("upstreams.").to_string(),
@@ -176,6 +179,7 @@ pub(super) fn upstream(
         retry: retry?,
         slow_start: slow_start?,
         queue: queue?,
+        headers: headers?,
     })
 }
 

@@ -32,14 +32,17 @@ use super::io::{ClientIo, Protocol};
 
 /// The listener settings a connection is served with. Compact, since every open connection
 /// keeps a copy: times in milliseconds (at least 1; the config allows at most 49 days, which
-/// fits) and limits as `u32`.
+/// fits) and limits as `u32` or `u16`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConnSettings {
     header_timeout_ms: u32,
     keepalive_ms: u32,
     send_timeout_ms: u32,
     max_header_size: u32,
-    max_headers: u32,
+    // Both at most 65 534 by the config's bounds (10 000 and 65 534); `u16` keeps the
+    // settings, and so a parked connection, as small as before `max_uri_length` came in.
+    max_headers: u16,
+    max_uri_length: u16,
     http2_max_concurrent_streams: u32,
 }
 
@@ -51,6 +54,10 @@ fn capped(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+fn capped_u16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
 impl ConnSettings {
     pub(super) fn of(settings: &ListenerConfig) -> Self {
         ConnSettings {
@@ -58,7 +65,8 @@ impl ConnSettings {
             keepalive_ms: millis(settings.keepalive_timeout),
             send_timeout_ms: millis(settings.send_timeout),
             max_header_size: capped(settings.limits.max_header_size),
-            max_headers: capped(settings.limits.max_headers),
+            max_headers: capped_u16(settings.limits.max_headers),
+            max_uri_length: capped_u16(settings.limits.max_uri_length),
             http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
         }
     }
@@ -162,6 +170,7 @@ impl ClientConn {
             Arc::clone(&self.activity),
             self.protocol,
             self.settings.send_timeout(),
+            self.settings.max_uri_length as usize,
         ))
     }
 

@@ -48,6 +48,8 @@ use super::validate::{self, Verdict};
 #[derive(Debug)]
 pub(super) struct ListenerCtx {
     pub(super) name: Arc<str>,
+    /// The port this accept loop's socket is bound to (`$server_port` in header rules).
+    pub(super) port: u16,
     pub(super) state: SharedState,
     /// Cancelled when the connections are to finish gracefully (shutdown, listener removed).
     pub(super) shutdown: CancellationToken,
@@ -90,6 +92,7 @@ pub(super) async fn serve_listener(
 ) {
     let ctx = Arc::new(ListenerCtx {
         metrics: Arc::new(ListenerMetrics::new(&name)),
+        port: listener.local_addr().map_or(0, |a| a.port()),
         name,
         state,
         shutdown: stops.drain,
@@ -273,9 +276,18 @@ pub(super) fn answer(
         // Started before forwarding, for the request's whole time; it records the head as the
         // client sent it.
         let mut log = AccessRecord::start(&listener.name, peer.ip(), &parts);
+        let peer = Peer {
+            addr: peer,
+            scheme: if over_tls {
+                ClientScheme::Https
+            } else {
+                ClientScheme::Http
+            },
+            server_port: ctx.port,
+        };
         // Slots held under the limits' `conns` until the response body ends.
         let mut admitted = None;
-        let answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        let mut answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
             Verdict::Forward if listener.settings.redirect_https => {
                 super::redirect::to_https(&parts, &snapshot)
             }
@@ -292,7 +304,8 @@ pub(super) fn answer(
                     None
                 } else {
                     // Boxed: only requests under limits carry this future.
-                    let client = client_address(&parts.headers, peer, &snapshot.trusted_proxies);
+                    let client =
+                        client_address(&parts.headers, peer.addr, &snapshot.trusted_proxies);
                     match Box::pin(crate::limit::admit(limits, &parts, client)).await {
                         Ok(a) => {
                             admitted = Some(a).filter(Admitted::holds);
@@ -310,18 +323,11 @@ pub(super) fn answer(
                         refusal.response()
                     }
                     (Some(target), None) => {
-                        let peer = Peer {
-                            addr: peer,
-                            scheme: if over_tls {
-                                ClientScheme::Https
-                            } else {
-                                ClientScheme::Http
-                            },
-                        };
                         let route = Route {
                             listener: &listener.settings,
-                            pool: target.to,
+                            pool: &target.to.pool,
                             strip_prefix: target.strip,
+                            headers: target.to.headers.as_ref(),
                         };
                         let trusted = &snapshot.trusted_proxies;
                         let mut forwarded = Forwarded::default();
@@ -336,7 +342,9 @@ pub(super) fn answer(
                             log.upstream_time = forwarded.upstream_time;
                         }
                         // Wrapped here rather than after the `match`: one copy of the
-                        // response less on the path most requests take (callgrind).
+                        // response less on the path most requests take (callgrind). `forward`
+                        // applied the route's header rules (the listener's among them): not
+                        // again below.
                         let mut resp = ClientBody::wrap(resp, log, end);
                         if let Some(admitted) = admitted {
                             ClientBody::hold(&mut resp, admitted);
@@ -344,7 +352,7 @@ pub(super) fn answer(
                         return resp;
                     }
                     (None, _) => {
-                        tracing::debug!(client = %peer, host = ?host, path = parts.uri.path(), "no route");
+                        tracing::debug!(client = %peer.addr, host = ?host, path = parts.uri.path(), "no route");
                         error_response(ProxyError::NoRoute)
                     }
                 }
@@ -356,10 +364,15 @@ pub(super) fn answer(
                 resp
             }
             Verdict::Reject(r) => {
-                tracing::info!(client = %peer, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
+                tracing::info!(client = %peer.addr, method = %parts.method, status = r.status.as_u16(), reason = r.reason, "request refused");
                 local_response(r.status, r.close)
             }
         };
+        // rproxy's own answer: the listener's header rules, those that apply to it.
+        if let Some(plan) = &listener.headers {
+            let status = answer.status();
+            plan.local_answer(answer.headers_mut(), status, &parts, peer);
+        }
         let mut resp = ClientBody::wrap(answer, log, end);
         if let Some(admitted) = admitted {
             ClientBody::hold(&mut resp, admitted);

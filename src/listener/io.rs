@@ -6,6 +6,10 @@
 //! `http::Uri` would silently drop), and ends a write that stays blocked longer than the send
 //! timeout: a client that never reads its response cannot hold the connection forever.
 //!
+//! A request target that runs past `max_uri_length` is answered here, 414 and close, as soon
+//! as it does, as nginx answers a request line too long for its buffer: hyper would otherwise
+//! read on and answer 431 once the whole head outgrew `max_header_size`.
+//!
 //! It also lets an idle HTTP/1 connection be *parked* (see `http1`): once a response has been
 //! flushed, no request is in progress and the socket has had nothing to read for
 //! `PARK_AFTER`, a read ends hyper's connection as if the client had closed, without closing
@@ -28,9 +32,20 @@ use crate::idle_timer::IdleTimer;
 
 use super::activity::ConnActivity;
 use super::client_conn::Socket;
-use super::head_scan::HeadScan;
+use super::head_scan::{HeadScan, TARGET_TOO_LONG};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The answer to a request target longer than `max_uri_length`, with the same body as
+/// rproxy's other answers of its own.
+const URI_TOO_LONG: &[u8] =
+    b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\n\
+    content-length: 17\r\nconnection: close\r\n\r\n414 URI Too Long\n";
+/// `ClientIo::refusing` once the 414 is written and the sending side closed.
+const LINGERING: usize = usize::MAX;
+/// Reads of up to 4 KiB dropped per poll while lingering, so that a client that keeps sending
+/// does not hold a worker thread; the header timeout ends it.
+const LINGER_READS: usize = 16;
 
 /// How long an HTTP/1 connection stays idle before it is parked.
 const PARK_AFTER: Duration = Duration::from_millis(100);
@@ -90,6 +105,8 @@ pub(super) struct ClientIo {
     park_after: IdleTimer,
     /// Set when a read ended hyper's connection to park it.
     parked: bool,
+    /// Set when a request target was too long: how much of `URI_TOO_LONG` has been written.
+    refusing: Option<usize>,
 }
 
 impl ClientIo {
@@ -99,17 +116,19 @@ impl ClientIo {
         activity: Arc<ConnActivity>,
         protocol: Protocol,
         send_timeout: Duration,
+        max_uri_length: usize,
     ) -> Self {
         ClientIo {
             prefix,
             inner,
             activity,
             http1: protocol == Protocol::Http1,
-            scan: HeadScan::new(),
+            scan: HeadScan::new(max_uri_length),
             write_stall: IdleTimer::new(send_timeout),
             written_all: true,
             park_after: IdleTimer::new(PARK_AFTER),
             parked: false,
+            refusing: None,
         }
     }
 
@@ -140,14 +159,79 @@ impl ClientIo {
     /// pipelined requests are not (their fragment is then dropped by the URI parser, which is
     /// harmless: the backend sees the path rproxy routed on, and hyper closes a connection
     /// whose request had both framing headers).
-    fn saw(&mut self, bytes: &[u8]) {
+    /// True when the bytes make the request target too long: they are then not passed on,
+    /// and the connection is answered 414 and closed (`refuse`).
+    fn saw(&mut self, bytes: &[u8]) -> bool {
         if self.activity.bytes_read() && self.http1 {
             self.scan.start();
         }
         let flags = self.scan.feed(bytes);
+        if flags & TARGET_TOO_LONG != 0 {
+            // Written only after everything hyper wrote went out, so it cannot land inside
+            // an earlier response; otherwise the connection just closes.
+            self.refusing = Some(if self.written_all {
+                0
+            } else {
+                URI_TOO_LONG.len()
+            });
+            return true;
+        }
         if flags != 0 {
             self.activity.add_head_flags(flags);
         }
+        false
+    }
+
+    /// Writes the 414, closes the sending side, then reads and drops what the client still
+    /// sends until it closes too (a lingering close, as nginx does: closing with its bytes
+    /// unread would reset the connection, and the client could lose the answer). The header
+    /// timeout bounds the wait. Then fails the read, which ends hyper's connection (it answers
+    /// nothing to a read error).
+    fn refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let done = || {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request target longer than max_uri_length: answered 414 and closed",
+            )))
+        };
+        let mut written = self.refusing.unwrap_or(usize::MAX);
+        while let Some(rest) = URI_TOO_LONG.get(written..).filter(|r| !r.is_empty()) {
+            let polled = Pin::new(&mut self.inner).poll_write(cx, rest);
+            match self.written(polled, cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    written += n;
+                    self.refusing = Some(written);
+                }
+                Poll::Ready(Ok(_)) => return done(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if written == URI_TOO_LONG.len() {
+            let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+            match self.written(flushed, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            match Pin::new(&mut self.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => self.refusing = Some(LINGERING),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut scratch = [0u8; 4096];
+        for _ in 0..LINGER_READS {
+            let mut sink = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
+                Poll::Ready(Ok(())) if !sink.filled().is_empty() => {}
+                Poll::Ready(_) => return done(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // More to drop: let other connections run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Passes a write's result on, failing a write that stayed pending for the send timeout.
@@ -177,11 +261,16 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.refusing.is_some() {
+            return this.refuse(cx);
+        }
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             let chunk = this.prefix.split_to(n);
+            if this.saw(&chunk) {
+                return this.refuse(cx);
+            }
             buf.put_slice(&chunk);
-            this.saw(&chunk);
             if this.prefix.is_empty() {
                 // Free the sniff buffer rather than keep it for the life of the connection.
                 this.prefix = BytesMut::new();
@@ -192,8 +281,11 @@ impl AsyncRead for ClientIo {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let filled = &buf.filled()[before..];
-                this.saw(filled);
+                if this.saw(&buf.filled()[before..]) {
+                    // Taken back: hyper never sees the head it would answer 431.
+                    buf.set_filled(before);
+                    return this.refuse(cx);
+                }
                 this.park_after.progressed();
             }
             Poll::Pending if this.may_park() && this.park_after.expired(cx) => {

@@ -26,7 +26,7 @@ pub(super) async fn serve_tcp(
     let Some(pool) = snapshot
         .listener(&ctx.name)
         .and_then(|l| l.routes.lookup(None, "/"))
-        .map(|target| target.to)
+        .map(|target| &target.to.pool)
     else {
         return;
     };

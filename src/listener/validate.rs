@@ -69,8 +69,7 @@ pub(crate) fn check(parts: &mut Parts, limits: &RequestLimits, raw: u8) -> Verdi
             true,
         );
     }
-    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if target_len > limits.max_uri_length {
+    if target_len(&parts.uri) > limits.max_uri_length {
         return reject(StatusCode::URI_TOO_LONG, "request target too long", false);
     }
     if let Some(verdict) = target_form(parts) {
@@ -84,6 +83,18 @@ pub(crate) fn check(parts: &mut Parts, limits: &RequestLimits, raw: u8) -> Verdi
     }
     strip_dangerous_headers(&mut parts.headers, limits.allow_underscores_in_headers);
     Verdict::Forward
+}
+
+/// The request target's length as written on the request line, as `head_scan` counts it:
+/// path and query, after the scheme and authority in absolute form.
+fn target_len(uri: &http::Uri) -> usize {
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            scheme.len() + "://".len() + authority.as_str().len() + path
+        }
+        _ => path,
+    }
 }
 
 /// Origin form (`/path`) and absolute form (`http://host/path`) are forwarded; `OPTIONS *` is

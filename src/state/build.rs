@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigErrors, resolve_servers};
+use crate::config::{Config, ConfigErrors, HeaderRules, resolve_servers};
 use crate::dns::Answers;
 use crate::limit::Limiter;
 use crate::router::RouteTable;
 use crate::tls::BackendTls;
-use crate::upstream::Pool;
+use crate::upstream::{HeaderPlan, Pool};
 
-use super::{ConnectionLimit, ListenerRuntime, Snapshot};
+use super::{ConnectionLimit, ListenerRuntime, RouteTo, Snapshot};
 
 /// Builds the runtime state for `config`. Fails only when a server name cannot be resolved;
 /// every such failure is reported, not just the first.
@@ -67,15 +67,31 @@ pub async fn build_snapshot(
     for (name, l) in &config.listeners {
         // Validation guarantees every upstream named exists; a miss here would be a bug,
         // reported as a config error rather than a panic.
-        let pool = |upstream: &str| {
-            pools.get(upstream).map(Arc::clone).ok_or_else(|| {
+        let no_rules = HeaderRules::default();
+        // A route's pool with the header rules merged for it: the route's own (if a route),
+        // the upstream's, the listener's.
+        let pool = |upstream: &str, route: &HeaderRules| {
+            let pool = pools.get(upstream).map(Arc::clone).ok_or_else(|| {
                 ConfigErrors::whole_file(
                     &config.source,
                     format!("listeners.{name}: no upstream named `{upstream}`"),
                 )
-            })
+            })?;
+            let headers = HeaderPlan::new(&[
+                route,
+                config
+                    .upstreams
+                    .get(upstream)
+                    .map_or(&no_rules, |u| &u.headers),
+                &l.headers,
+            ]);
+            Ok(RouteTo { pool, headers })
         };
-        let default = l.upstream.as_deref().map(pool).transpose()?;
+        let default = l
+            .upstream
+            .as_deref()
+            .map(|u| pool(u, &no_rules))
+            .transpose()?;
         let tls = l
             .tls
             .as_ref()
@@ -84,7 +100,7 @@ pub async fn build_snapshot(
         let routes = l
             .routes
             .iter()
-            .map(|r| Ok((r.clone(), pool(&r.upstream)?)))
+            .map(|r| Ok((r.clone(), pool(&r.upstream, &r.headers)?)))
             .collect::<Result<Vec<_>, ConfigErrors>>()?;
         let connections = previous.and_then(|p| p.listener(name)).map_or_else(
             || ConnectionLimit::new(l.max_connections),
@@ -125,6 +141,7 @@ pub async fn build_snapshot(
                 connections,
                 name: Arc::from(name.as_str()),
                 routes: RouteTable::new(routes, default),
+                headers: HeaderPlan::new(&[&l.headers]),
                 settings: l.clone(),
                 tls,
             }),

@@ -24,7 +24,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::dns::Answers;
 use crate::limit::Limiter;
 use crate::router::RouteTable;
-use crate::upstream::Pool;
+use crate::upstream::{HeaderPlan, Pool};
 
 pub use build::build_snapshot;
 pub use connections::ConnectionLimit;
@@ -50,7 +50,10 @@ pub struct ListenerRuntime {
     pub name: Arc<str>,
     /// Which pool each request goes to, by host and path; the listener's `upstream` is its
     /// default.
-    pub routes: RouteTable<Arc<Pool>>,
+    pub routes: RouteTable<RouteTo>,
+    /// The listener's own header rules, for the answers it makes without a route (404, a
+    /// refused request); `None` when it has none.
+    pub headers: Option<HeaderPlan>,
     /// Timeouts and limits, as validated.
     pub settings: ListenerConfig,
     /// For an https listener: its certificates, read when this snapshot was built.
@@ -77,6 +80,15 @@ impl ListenerRuntime {
             None => &self.rate_limits,
         }
     }
+}
+
+/// Where a route leads: its pool, and the header rules of the route, that pool and the
+/// listener merged once for it.
+#[derive(Debug)]
+pub struct RouteTo {
+    pub pool: Arc<Pool>,
+    /// `None` when none of the three has a header rule.
+    pub headers: Option<HeaderPlan>,
 }
 
 impl Snapshot {

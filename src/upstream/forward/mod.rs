@@ -5,7 +5,8 @@
 //! safe and allowed; it never goes to the same backend twice. When no attempt succeeded the
 //! client gets 502, or 504 when the last backend was too slow to answer; when there was nothing
 //! to try, 503. When every backend it may go to is at its `max_conns`, the request waits in the
-//! pool's queue (boxed, off the common path) or gets 503 at once.
+//! pool's queue (boxed, off the common path) or gets 503 at once. A route's header rules
+//! (`header_rules`) act on the head sent to the backend and on the answer, whichever it is.
 //!
 //! Imports `pool` and `client` below it, and the ground floor; never `listener`: it returns the
 //! response and what became of the request ([`Forwarded`]), and the listener does the rest.
@@ -33,6 +34,7 @@ use super::pool::{Attempts, Backend, InFlightGuard, NoSlot, Pool, Slot};
 
 mod body;
 mod hash_key;
+mod header_rules;
 mod headers;
 mod proxy_header;
 mod request_id;
@@ -40,6 +42,7 @@ mod stream;
 mod tunnel;
 
 pub use body::{ProxyBody, error_response, local_response};
+pub use header_rules::HeaderPlan;
 /// Public for the header-rewriting benchmark (`benches/balancer.rs`).
 pub use headers::{Present, remove_hop_by_hop, set_forwarding};
 pub use proxy_header::{V2_SIGNATURE as PROXY_V2_SIGNATURE, header as proxy_header};
@@ -57,6 +60,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// How the client reached rproxy, for `X-Forwarded-Proto` and secure cookies.
     pub scheme: ClientScheme,
+    /// The port the client connected to (`$server_port`).
+    pub server_port: u16,
 }
 
 /// Plain HTTP or HTTPS, as the client connected.
@@ -83,6 +88,8 @@ pub struct Route<'a> {
     pub pool: &'a Pool,
     /// The route's path prefix, to remove from the path sent upstream.
     pub strip_prefix: Option<&'a str>,
+    /// The header rules merged for this route; `None` when it has none.
+    pub headers: Option<&'a HeaderPlan>,
 }
 
 /// What became of a forwarded request, for the listener's access log.
@@ -112,6 +119,8 @@ pub async fn forward<'a>(
     forwarded: &mut Forwarded<'a>,
 ) -> Response<ProxyBody> {
     let Route { listener, pool, .. } = route;
+    // What the header rules read of the head as the client sent it, before it is rewritten.
+    let mut rules = route.headers.map(|plan| plan.begin(parts, peer));
     let present = Present::of(&parts.headers);
     // A WebSocket keeps its upgrade headers, and the client side of the switch for later.
     let mut client_upgrade = if !pool.h2 && tunnel::requested(parts, present) {
@@ -133,6 +142,9 @@ pub async fn forward<'a>(
         tunnel::restore_upgrade_headers(&mut parts.headers);
     }
     request_id::ensure(&mut parts.headers);
+    if let Some(rules) = &mut rules {
+        rules.request(parts, client_ip);
+    }
     forwarded.client_ip = Some(client_ip);
 
     let path = upstream_path(parts, route.strip_prefix);
@@ -180,7 +192,14 @@ pub async fn forward<'a>(
         let sending = pool.client.send(
             &backend.addr,
             &backend.keepalive,
-            upstream_request(parts, &path, pool, backend, slot.attempt()),
+            upstream_request(
+                parts,
+                &path,
+                pool,
+                backend,
+                rules.as_deref(),
+                slot.attempt(),
+            ),
             std::mem::take(&mut fresh),
         );
         // The deadline from `sent`, not a second reading of the clock. (Durations in the config
@@ -260,7 +279,13 @@ pub async fn forward<'a>(
         }
     };
 
-    outcome.unwrap_or_else(error_response)
+    let mut resp = outcome.unwrap_or_else(error_response);
+    if let Some(rules) = &rules {
+        let status = resp.status();
+        let upstream = forwarded.backend.map(|b| &*b.addr_text);
+        rules.response(resp.headers_mut(), status, &parts.uri, upstream);
+    }
+    resp
 }
 
 // The failure paths below are out of line and `#[cold]`, so the request loop in `forward`
@@ -391,19 +416,24 @@ fn stale_retry(
 }
 
 /// One attempt's request to `backend`: the rewritten head, the path (with the authority, for
-/// HTTP/2) and the body, or what the slot kept of it.
+/// HTTP/2: the backend's, or the `Host` a header rule set) and the body, or what the slot
+/// kept of it.
 fn upstream_request(
     parts: &Parts,
     path: &PathAndQuery,
     pool: &Pool,
     backend: &Backend,
+    rules: Option<&header_rules::Applying<'_>>,
     body: UpstreamRequestBody,
 ) -> Request<UpstreamRequestBody> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     if pool.h2 {
         *req.version_mut() = Version::HTTP_2;
-        *req.uri_mut() = backend_uri(backend.authority.clone(), path.clone());
+        let authority = rules
+            .and_then(header_rules::Applying::authority)
+            .unwrap_or(&backend.authority);
+        *req.uri_mut() = backend_uri(authority.clone(), path.clone());
     } else {
         *req.version_mut() = Version::HTTP_11;
         *req.uri_mut() = Uri::from(path.clone());

@@ -305,7 +305,9 @@ mod tests {
             // again: its guard is dropped when the request completes...
             drop(guard);
             assert_eq!(in_flight(), 0, "{policy}");
-            assert!(picks(&pool, 8).contains(&0), "{policy}");
+            // 64 picks: `random_two` between two idle backends picks each half the time, so
+            // 8 missed backend 0 once in 256 runs.
+            assert!(picks(&pool, 64).contains(&0), "{policy}");
 
             // ...when what holds it is dropped half-way (the client went away)...
             let guard = busy.try_start().expect("no limit: a start always succeeds");
@@ -328,7 +330,7 @@ mod tests {
             assert!(task.await.is_err_and(|e| e.is_panic()));
             assert_eq!(in_flight(), 0, "{policy}: a panicked request");
             assert_eq!(busy.live.requests(), 3, "{policy}: requests only count up");
-            assert!(picks(&pool, 8).contains(&0), "{policy}");
+            assert!(picks(&pool, 64).contains(&0), "{policy}");
         }
     }
 
