@@ -53,6 +53,7 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "rproxy_config_last_reload_succe
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
     "rproxy_config_last_reload_success_timestamp_seconds";
 pub const ACCESS_LOG_LINES_LOST_TOTAL: &str = "rproxy_access_log_lines_lost_total";
+pub const UPGRADES_TOTAL: &str = "rproxy_upgrades_total";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -193,6 +194,10 @@ fn describe() {
         "Changes made through the admin API, by action: drain, disable, enable, weight, reset"
     );
     describe_counter!(
+        UPGRADES_TOTAL,
+        "Binary upgrades (SIGUSR2) this process started, by result: ok (the new process took over), failed (it did not; this one goes on serving)"
+    );
+    describe_counter!(
         ACCESS_LOG_LINES_LOST_TOTAL,
         "Access log lines not written: the write failed (a full or gone disk), or the log fell 16 MB behind"
     );
@@ -265,4 +270,20 @@ pub fn reload_result(ok: bool) {
 /// log's writer starts before the recorder is installed, and this runs once per write round.
 pub fn access_log_lines_lost(lines: u64) {
     metrics::counter!(ACCESS_LOG_LINES_LOST_TOTAL).increment(lines);
+}
+
+/// Counts a binary upgrade this process started: `Some(true)` the new process took over,
+/// `Some(false)` it failed; `None` at start, so that both series exist from the start at 0.
+pub fn upgrade_result(ok: Option<bool>) {
+    match ok {
+        Some(ok) => {
+            let result = if ok { "ok" } else { "failed" };
+            metrics::counter!(UPGRADES_TOTAL, "result" => result).increment(1);
+        }
+        None => {
+            for result in ["ok", "failed"] {
+                metrics::counter!(UPGRADES_TOTAL, "result" => result).absolute(0);
+            }
+        }
+    }
 }

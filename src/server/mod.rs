@@ -3,15 +3,21 @@
 //! `Server::bind` does everything that can fail at start (name resolution, binding) before any
 //! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop
 //! signal, applying reloads as they come (`reload`), then stops accepting, lets requests in
-//! progress finish within the drain timeout, and returns.
+//! progress finish within the drain timeout, and returns. SIGUSR2 starts a binary upgrade
+//! (`upgrade.rs`): once the new process serves every listener, this one drains the same way
+//! and leaves the pid file and ready file to it. Started as that new process (`bind_inheriting`
+//! with sockets handed over), it takes over only once it serves (`take_over`).
 //!
 //! The top: it may import every room, and none imports it (only `main` and `lib`).
 
+mod carried;
 mod ready_file;
 mod reload;
 mod signals;
+mod upgrade;
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, RebuildRequest, serve_admin};
 use crate::config::{Config, ConfigErrors};
-use crate::listener::{BindError, ListenerSet, Plan, bind};
+use crate::listener::{BindError, Inherited, ListenerSet, Plan, bind};
 use crate::metrics::Recorder;
 use crate::state::{SharedState, build_snapshot};
 
@@ -63,28 +69,70 @@ pub struct Server {
     pid_file: Option<PidFile>,
     /// `--ready-file`: written at start, rewritten when a reload changes the bound listeners.
     ready_file: Option<ready_file::ReadyFile>,
+
+    /// The admin listener's socket as configured, for a binary upgrade to hand over.
+    admin_handover: Option<(SocketAddr, OwnedFd)>,
+    /// Started by a binary upgrade: the channel to the old process, until this one serves.
+    takeover: Option<upgrade::Takeover>,
+    /// Files a new process of an upgrade writes only once it has taken over.
+    deferred_pid_file: Option<std::path::PathBuf>,
+    deferred_ready_file: Option<std::path::PathBuf>,
+    /// A binary upgrade in progress: the new process, until it takes over or fails.
+    upgrade: Option<upgrade::Pending>,
 }
 
 impl Server {
     /// Builds the runtime state and binds every listen address.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_inheriting(config, Inherited::none()).await
+    }
+
+    /// `bind`, taking the sockets handed to this process (a binary upgrade's or systemd's)
+    /// for the addresses they are bound to; the ones no listener needs are closed. Started by
+    /// a binary upgrade, the old process's runtime state is set before anything serves, and
+    /// the pid file waits until this process takes over.
+    pub async fn bind_inheriting(
+        config: Config,
+        mut inherited: Inherited,
+    ) -> Result<Server, StartError> {
         check_fd_limit(&config);
         let config = Arc::new(config);
+        let takeover = match inherited.channel.take() {
+            Some(channel) => Some(upgrade::Takeover::receive(channel).await),
+            None => None,
+        };
         let mut snapshot = build_snapshot(Arc::clone(&config), None).await?;
+        if let Some(t) = &takeover
+            && t.carried.apply(&snapshot)
+        {
+            // Runtime weights are read when the pools are built.
+            snapshot = build_snapshot(Arc::clone(&config), Some(&snapshot)).await?;
+        }
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
         let listeners = ListenerSet::new(stop.clone(), connections.clone());
-        let first_plan = listeners.plan(&config)?;
+        let first_plan = listeners.plan_inheriting(&config, &mut inherited)?;
         snapshot.set_addresses(listeners.addresses(&first_plan));
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut rebuilds = None;
+        let mut admin_handover = None;
         let admin = match &config.admin {
             Some(a) => {
-                let socket = bind(a.listen).map_err(|source| BindError {
+                let bind_error = |source| BindError {
                     listener: "admin".to_string(),
                     addr: a.listen,
                     source,
-                })?;
+                };
+                let socket = match inherited.take_admin(a.listen) {
+                    Some(socket) => TcpListener::from_std(socket).map_err(bind_error)?,
+                    None => bind(a.listen).map_err(bind_error)?,
+                };
+                admin_handover = rustix::io::fcntl_dupfd_cloexec(&socket, 0)
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "cannot duplicate the admin socket; a binary upgrade will bind it again");
+                    })
+                    .ok()
+                    .map(|fd| (a.listen, fd));
                 let addr = socket.local_addr().unwrap_or(a.listen);
                 tracing::info!(addr = %addr, "admin listening");
                 let (rebuild, requests) = tokio::sync::mpsc::channel(16);
@@ -101,8 +149,15 @@ impl Server {
             }
             None => None,
         };
-        // Last: a start that fails above leaves no pid file behind.
+        inherited.close_unused();
+        // Last: a start that fails above leaves no pid file behind. The new process of an
+        // upgrade writes it only once it has taken over (the old one is in charge until then).
+        let mut deferred_pid_file = None;
         let pid_file = match &config.pid_file {
+            Some(path) if takeover.is_some() => {
+                deferred_pid_file = Some(path.clone());
+                None
+            }
             Some(path) => Some(PidFile::write(path).map_err(|source| StartError::PidFile {
                 path: path.clone(),
                 source,
@@ -120,12 +175,22 @@ impl Server {
             rebuilds,
             pid_file,
             ready_file: None,
+            admin_handover,
+            takeover,
+            deferred_pid_file,
+            deferred_ready_file: None,
+            upgrade: None,
         })
     }
 
     /// Writes the ready file at `path` now (every listener and the admin listener are bound),
     /// and keeps it up to date on reloads until rproxy stops accepting.
     pub fn with_ready_file(mut self, path: &std::path::Path) -> Result<Self, StartError> {
+        if self.takeover.is_some() {
+            // Written when this process takes over: until then the old one's stands.
+            self.deferred_ready_file = Some(path.to_path_buf());
+            return Ok(self);
+        }
         let listeners = self.local_addrs();
         let listeners = ready_file::bound(listeners.iter().map(|(n, a)| (n.as_str(), *a)));
         let file = ready_file::ReadyFile::create(path, listeners, self.admin_addr()).map_err(
@@ -179,6 +244,7 @@ impl Server {
         publish_gauges(&self.state.load());
         start_checks(&self.state.load(), &self.checks);
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
+        let admin_addr = self.admin_addr();
         let admin_loop = TaskTracker::new();
         if let Some((socket, admin)) = self.admin.take() {
             admin_loop.spawn(serve_admin(socket, admin, self.stop.clone()));
@@ -188,11 +254,25 @@ impl Server {
             ready.store(true, Ordering::Release);
         }
         crate::metrics::reload_result(true);
+        crate::metrics::upgrade_result(None);
+        if let Some(takeover) = self.takeover.take() {
+            self.take_over(takeover, admin_addr);
+        }
+        let mut handed_over = false;
         tokio::pin!(stop);
         loop {
             let control = tokio::select! {
                 c = signals.next() => c,
                 () = &mut stop => Control::Stop,
+                outcome = next_upgrade(&mut self.upgrade) => {
+                    let pid = self.upgrade.take().map_or(0, |p| p.pid);
+                    if self.upgrade_done(pid, outcome) {
+                        handed_over = true;
+                        Control::Stop
+                    } else {
+                        continue;
+                    }
+                }
                 Some(request) = next_rebuild(&mut self.rebuilds) => {
                     // Serialised with reloads: both build from the snapshot in force.
                     let result = self.rebuild().await;
@@ -203,14 +283,24 @@ impl Server {
                     continue;
                 }
             };
-            if control == Control::Stop {
-                break;
+            match control {
+                Control::Stop => break,
+                Control::Reload => self.reload().await,
+                Control::Upgrade => self.start_upgrade(),
             }
-            self.reload().await;
         }
         signals.exit_on_second_stop();
         if let Some(ready) = &ready {
             ready.store(false, Ordering::Release);
+        }
+        if handed_over {
+            // The new process's now: it rewrote both with its own pid.
+            if let Some(file) = self.ready_file.take() {
+                file.keep();
+            }
+            if let Some(file) = self.pid_file.take() {
+                file.keep();
+            }
         }
         drop(self.ready_file.take());
 
@@ -266,6 +356,14 @@ fn check_fd_limit(config: &Config) {
         );
     } else {
         tracing::debug!(open_file_limit = limit, "open-file limit");
+    }
+}
+
+/// The outcome of the upgrade in progress; never, while there is none.
+async fn next_upgrade(pending: &mut Option<upgrade::Pending>) -> Result<(), String> {
+    match pending {
+        Some(p) => p.outcome().await,
+        None => std::future::pending().await,
     }
 }
 
