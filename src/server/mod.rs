@@ -313,15 +313,29 @@ impl Server {
         self.listeners.stopped().await;
         admin_loop.wait().await;
         self.connections.close();
-        let left = if tokio::time::timeout(drain_timeout, self.connections.wait())
-            .await
-            .is_err()
-        {
-            let left = self.connections.len();
+        // WebSocket tunnels have left their connections' tasks: they are waited for apart.
+        let tunnels = crate::upstream::tunnels();
+        let drained = async {
+            tokio::join!(self.connections.wait(), tunnels.wait());
+        };
+        let left = if tokio::time::timeout(drain_timeout, drained).await.is_err() {
+            let left = self.connections.len() + tunnels.len();
             tracing::warn!(
-                connections = left,
+                connections = self.connections.len(),
+                websockets = tunnels.len(),
                 "drain timeout reached; closing the connections still open"
             );
+            // A WebSocket gets a close frame each way rather than a bare end of its stream.
+            tunnels.close_all();
+            if tokio::time::timeout(TUNNEL_CLOSE_WAIT, tunnels.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    websockets = tunnels.len(),
+                    "websockets did not close in time"
+                );
+            }
             left
         } else {
             tracing::info!("all connections drained");
@@ -331,6 +345,10 @@ impl Server {
         left
     }
 }
+
+/// How long the WebSocket tunnels still open at the drain timeout may take to close (each
+/// waits at most a second for a frame boundary and its peers' answers).
+const TUNNEL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Raises the open-file limit to the hard limit (each client connection needs a descriptor,
 /// and one more for its backend), and warns when the listeners' connection limits could still

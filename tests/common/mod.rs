@@ -351,11 +351,16 @@ where
 impl Proxy {
     /// Starts rproxy with `config` and waits until its ready file says where it listens.
     pub fn start(config: &str) -> Proxy {
+        Proxy::start_binary(std::path::Path::new(rproxy_bin()), config)
+    }
+
+    /// `start`, with the rproxy binary at `binary` (a copy elsewhere, for the binary upgrade).
+    pub fn start_binary(binary: &std::path::Path, config: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("upstream.toml");
         let ready_path = dir.path().join("ready.json");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(rproxy_bin())
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
             .arg("--ready-file")

@@ -38,6 +38,7 @@ mod proxy_header;
 mod request_id;
 mod stream;
 mod tunnel;
+mod ws_frames;
 
 pub use body::{ProxyBody, error_response, local_response};
 /// Public for the header-rewriting benchmark (`benches/balancer.rs`).
@@ -45,6 +46,7 @@ pub use headers::{Present, remove_hop_by_hop, set_forwarding};
 pub use proxy_header::{V2_SIGNATURE as PROXY_V2_SIGNATURE, header as proxy_header};
 pub use request_id::X_REQUEST_ID;
 pub use stream::{StreamTotals, forward_stream};
+pub use tunnel::{Tunnels, tunnels};
 
 use headers::join_cookies;
 
