@@ -151,6 +151,18 @@ struct Load {
     /// (what browsers and curl do for a GET; each connection is closed at most once per drain).
     retried: AtomicUsize,
     stop: AtomicBool,
+    /// What each failure was, for the failure message.
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(what);
+    }
 }
 
 /// 16 clients: 8 on keep-alive connections (a pooled client each), 8 opening a connection per
@@ -176,16 +188,18 @@ fn start_load(addr: SocketAddr, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle
                     Ok(Ok(resp)) if resp.status() == 200 => {
                         use http_body_util::BodyExt;
                         match resp.into_body().collect().await {
-                            Ok(_) => load.ok.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => load.failed.fetch_add(1, Ordering::Relaxed),
-                        };
+                            Ok(_) => {
+                                load.ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => load.fail(format!("keep-alive body: {e:?}")),
+                        }
                     }
                     Ok(Err(e)) if e.is_connect() => {
                         load.refused.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
-                        load.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(Ok(resp)) => load.fail(format!("keep-alive: status {}", resp.status())),
+                    Ok(Err(e)) => load.fail(format!("keep-alive: {e:?}")),
+                    Err(_) => load.fail("keep-alive: no answer in time".to_string()),
                 }
             }
         }));
@@ -216,9 +230,12 @@ fn start_load(addr: SocketAddr, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle
                     Ok(Ok(answer)) if answer.starts_with(b"HTTP/1.1 200") => {
                         load.ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
-                        load.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(Ok(answer)) => load.fail(format!(
+                        "new connection: {:?}",
+                        String::from_utf8_lossy(&answer[..answer.len().min(60)])
+                    )),
+                    Ok(Err(e)) => load.fail(format!("new connection: {e}")),
+                    Err(_) => load.fail("new connection: no answer in time".to_string()),
                 }
             }
         }));
@@ -362,6 +379,12 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
         load.retried.load(Ordering::Relaxed),
     );
     eprintln!("load: {ok} ok, {refused} refused, {failed} failed, {retried} keep-alive retries");
+    let failures = load
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert!(failures.is_empty(), "failures: {failures:#?}");
     assert_eq!(refused, 0, "refused connections");
     assert_eq!(failed, 0, "failed requests");
     assert!(
