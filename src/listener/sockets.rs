@@ -278,7 +278,12 @@ impl ListenerSet {
 
     /// Waits until every accept loop has stopped (after the stop token was cancelled), and
     /// closes the connections waiting in the idle lot.
-    pub async fn stopped(&self) {
+    pub async fn stopped(&mut self) {
+        // The duplicates kept for an upgrade would keep the sockets listening: connections
+        // would queue where nobody accepts them any more, instead of being refused.
+        for s in &mut self.sockets {
+            s.handover = None;
+        }
         self.close_idle();
         self.accept_loops.close();
         self.accept_loops.wait().await;

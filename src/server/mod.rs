@@ -310,6 +310,8 @@ impl Server {
             "shutting down: no new connections, finishing requests in progress"
         );
         self.stop.cancel();
+        // Closed with the admin listener (see `ListenerSet::stopped`).
+        self.admin_handover = None;
         self.listeners.stopped().await;
         admin_loop.wait().await;
         self.connections.close();
