@@ -508,8 +508,16 @@ async fn a_binary_that_exits_at_once_fails_the_upgrade_then_the_real_one_takes_o
     assert_eq!(load.failed.load(Ordering::Relaxed), 0);
 }
 
+/// The next datagram on systemd's notification socket (blocking, bounded by the deadline).
+fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 #[tokio::test]
-async fn sockets_from_systemd_socket_activation_are_used() {
+async fn sockets_from_systemd_socket_activation_are_used_and_systemd_follows_an_upgrade() {
     let descendants = Descendants::default();
     let backend = Backend::start("b").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -527,6 +535,8 @@ async fn sockets_from_systemd_socket_activation_are_used() {
         ),
     )
     .expect("write config");
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
     // As systemd does: the socket is fd 3 and LISTEN_PID is the pid that runs rproxy (the
     // shell's, kept by `exec`).
     let mut command = std::process::Command::new("sh");
@@ -536,6 +546,7 @@ async fn sockets_from_systemd_socket_activation_are_used() {
         .arg(rproxy_bin())
         .arg(&config_path)
         .arg(&ready)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     command_fds::CommandFdExt::fd_mappings(
@@ -555,11 +566,222 @@ async fn sockets_from_systemd_socket_activation_are_used() {
     .await;
     assert_eq!(child.try_wait().expect("try_wait"), None, "rproxy runs");
     assert_eq!(read_ready(&ready).map(|r| r.pid), Some(child.id()));
+    assert_eq!(next_notification(&notify), "READY=1");
     for _ in 0..5 {
         let answer = get(&client(), addr, "/").await;
         assert_eq!((answer.status.as_u16(), answer.body.as_str()), (200, "b"));
     }
     drop(socket);
-    let _ = child.kill();
-    let _ = child.wait();
+
+    // An upgrade hands systemd's socket on, and the new process tells systemd it is the main
+    // process now (Type=notify, NotifyAccess=all), before the old one exits 0.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::USR2).expect("SIGUSR2");
+    let told = next_notification(&notify);
+    let mut new = None;
+    wait_for("the new process's ready file", || {
+        new = read_ready(&ready)
+            .map(|r| r.pid)
+            .filter(|p| *p != child.id());
+        new.is_some()
+    })
+    .await;
+    let new = new.unwrap_or_default();
+    descendants.add(new);
+    assert_eq!(told, format!("MAINPID={new}\nREADY=1"));
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    for _ in 0..5 {
+        let answer = get(&client(), addr, "/").await;
+        assert_eq!((answer.status.as_u16(), answer.body.as_str()), (200, "b"));
+    }
+}
+
+#[tokio::test]
+async fn sockets_passed_for_another_pid_are_not_taken() {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let config_path = dir.path().join("upstream.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[listeners.web]\nlisten = \"{addr}\"\nupstream = \"app\"\n\n[upstreams.app]\nservers = [\"{}\"]\n",
+            backend.addr
+        ),
+    )
+    .expect("write config");
+    // LISTEN_PID names another process (variables inherited by mistake): fd 3 is not taken, so
+    // rproxy binds the address itself, which this process holds: it exits 1.
+    let mut command = std::process::Command::new(rproxy_bin());
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command_fds::CommandFdExt::fd_mappings(
+        &mut command,
+        vec![command_fds::FdMapping {
+            parent_fd: socket.try_clone().expect("dup").into(),
+            child_fd: 3,
+        }],
+    )
+    .expect("fd mapping");
+    let mut child = command.spawn().expect("spawn rproxy");
+    drop(command);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rproxy took the socket passed for another pid and ran");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    drop(socket);
+}
+
+const TOKEN: &str = "upgrade-token-0123456789";
+
+/// An admin API write with the token: its status.
+async fn admin_call(admin: SocketAddr, method: http::Method, path: &str, body: &str) -> u16 {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("request");
+    send(&client(), req).await.status.as_u16()
+}
+
+/// Server `addr` of upstream `app` in `/status`, read with the token.
+async fn status_of(admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
+    let req = http::Request::get(format!("http://{admin}/status"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::default())
+        .expect("request");
+    let answer = send(&client(), req).await;
+    let status: serde_json::Value = serde_json::from_str(&answer.body).expect("/status JSON");
+    backend_in(&status, "app", addr).unwrap_or_else(|| panic!("{addr} in {status}"))
+}
+
+/// Requests other than health checks that `b` saw.
+fn served(b: &Backend) -> usize {
+    b.seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|s| s.uri != "/health")
+        .count()
+}
+
+#[tokio::test]
+async fn the_new_process_keeps_a_down_backend_out_and_the_operators_overrides() {
+    let descendants = Descendants::default();
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    b.healthy.store(false, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Checks every 3 s: the new process's first check of b comes at a random point of its
+    // first 3 s, so only the carried verdict keeps b out of the first requests.
+    let config = format!(
+        r#"pid_file = "{pid}"
+[log]
+access = "off"
+
+[listeners.web]
+listen = "127.0.0.1:0"
+upstream = "app"
+
+[upstreams.app]
+servers = ["{a}", "{b}", "{c}"]
+max_fails = 0
+
+[upstreams.app.health_check]
+path = "/health"
+interval = "3s"
+fall = 1
+rise = 1
+
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+"#,
+        pid = dir.path().join("rproxy.pid").display(),
+        a = a.addr,
+        b = b.addr,
+        c = c.addr,
+    );
+    let mut proxy = Proxy::start(&config);
+    let (web, admin) = (proxy.addr(), proxy.admin_addr());
+    wait_until("b to fail its check", || async {
+        status_of(admin, b.addr).await["state"] == "unhealthy"
+    })
+    .await;
+    let server = |addr: SocketAddr| format!("/api/upstreams/app/servers/{addr}");
+    assert_eq!(
+        admin_call(
+            admin,
+            http::Method::POST,
+            &format!("{}/disable", server(c.addr)),
+            ""
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        admin_call(
+            admin,
+            http::Method::PUT,
+            &format!("{}/weight", server(a.addr)),
+            "{\"weight\": 7}"
+        )
+        .await,
+        200
+    );
+    let before = status_of(admin, c.addr).await["override"].clone();
+    let (b_before, c_before) = (served(&b), served(&c));
+
+    let old = proxy.pid();
+    assert_eq!(signal_upgrade(&proxy.config_path), Some(0));
+    let new = wait_for_new_pid(&proxy, old).await;
+    descendants.add(new);
+    // At once, before the new process's first check of b can have run.
+    for _ in 0..40 {
+        let answer = get(&client(), web, "/").await;
+        assert_eq!((answer.status.as_u16(), answer.body.as_str()), (200, "a"));
+    }
+    assert_eq!(
+        served(&b),
+        b_before,
+        "the backend known down got no request"
+    );
+    assert_eq!(served(&c), c_before, "the disabled backend got no request");
+    assert_eq!(proxy.wait_exit().await.code(), Some(0));
+    // The new process's /status (the admin socket was handed over too).
+    let c_now = status_of(admin, c.addr).await;
+    assert_eq!(c_now["admin_state"], "disabled");
+    assert_eq!(c_now["override"], before, "with its time and author");
+    let a_now = status_of(admin, a.addr).await;
+    assert_eq!(a_now["effective_weight"], 7);
+    assert_eq!(status_of(admin, b.addr).await["state"], "unhealthy");
 }

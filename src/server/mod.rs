@@ -11,6 +11,7 @@
 //! The top: it may import every room, and none imports it (only `main` and `lib`).
 
 mod carried;
+mod notify;
 mod ready_file;
 mod reload;
 mod signals;
@@ -255,8 +256,9 @@ impl Server {
         }
         crate::metrics::reload_result(true);
         crate::metrics::upgrade_result(None);
-        if let Some(takeover) = self.takeover.take() {
-            self.take_over(takeover, admin_addr);
+        match self.takeover.take() {
+            Some(takeover) => self.take_over(takeover, admin_addr),
+            None => notify::notify("READY=1"),
         }
         let mut handed_over = false;
         tokio::pin!(stop);
@@ -292,6 +294,10 @@ impl Server {
         signals.exit_on_second_stop();
         if let Some(ready) = &ready {
             ready.store(false, Ordering::Release);
+        }
+        if !handed_over {
+            // After a hand-over the service goes on, in the new process.
+            notify::notify("STOPPING=1");
         }
         if handed_over {
             // The new process's now: it rewrote both with its own pid.

@@ -324,6 +324,8 @@ impl Server {
                 }
             }
         }
+        // systemd (Type=notify, NotifyAccess=all) follows this process from now on.
+        super::notify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         takeover.announce();
     }
 }
