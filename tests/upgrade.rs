@@ -212,12 +212,9 @@ fn start_load(addr: SocketAddr, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle
                 if load.stop.load(Ordering::Relaxed) || start.elapsed() > MAX_LOAD_TIME {
                     return;
                 }
-                let mut s = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(s) => s,
-                    Err(_) => {
-                        load.refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    load.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 };
                 let exchange = async {
                     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")

@@ -291,6 +291,10 @@ impl Server {
                 Control::Upgrade => self.start_upgrade(),
             }
         }
+        if let Some(pending) = self.upgrade.take() {
+            // Stopping wins over an upgrade that has not taken over yet.
+            pending.abandon();
+        }
         signals.exit_on_second_stop();
         if let Some(ready) = &ready {
             ready.store(false, Ordering::Release);

@@ -58,6 +58,24 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    /// Stops the new process before it takes over (this one is stopping); it is reaped by
+    /// the waiting task, which sees the channel end.
+    pub(super) fn abandon(self) {
+        tracing::warn!(
+            pid = self.pid,
+            "stopping during an upgrade: the new process is stopped too"
+        );
+        crate::metrics::upgrade_result(Some(false));
+        let pid = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid
+            && let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        {
+            tracing::warn!(pid = self.pid, error = %e, "cannot stop the new process");
+        }
+    }
+
     /// Resolves when the new process has taken over (`Ok`) or failed.
     pub(super) async fn outcome(&mut self) -> Result<(), String> {
         match (&mut self.outcome).await {
@@ -118,7 +136,7 @@ pub(super) fn start(offers: &[Offer<'_>], carried: &Carried) -> Result<Pending, 
     drop(command);
     let pid = child.id();
     tracing::info!(pid, binary = %exe.display(), sockets = offers.len(), "upgrade: started the new binary; it takes over once it serves every listener");
-    let outcome = tokio::task::spawn_blocking(move || wait_ready(child, ours, &state));
+    let outcome = tokio::task::spawn_blocking(move || wait_ready(child, &ours, &state));
     Ok(Pending { pid, outcome })
 }
 
@@ -138,15 +156,15 @@ fn own_path() -> Result<PathBuf, String> {
 /// the new process is stopped if it still runs, reaped, and the error says how it ended.
 fn wait_ready(
     mut child: std::process::Child,
-    channel: UnixStream,
+    channel: &UnixStream,
     state: &str,
 ) -> Result<(), String> {
     let heard = (|| -> std::io::Result<String> {
         channel.set_write_timeout(Some(READY_TIMEOUT))?;
         channel.set_read_timeout(Some(READY_TIMEOUT))?;
-        (&channel).write_all(format!("{state}\n").as_bytes())?;
+        (&*channel).write_all(format!("{state}\n").as_bytes())?;
         let mut line = String::new();
-        BufReader::new(&channel).read_line(&mut line)?;
+        BufReader::new(channel).read_line(&mut line)?;
         Ok(line)
     })();
     let why = match heard {
