@@ -118,6 +118,11 @@ fn watch_close(mut ws: Ws) -> tokio::task::JoinHandle<(Instant, Option<u16>)> {
 }
 
 fn config(dir: &Path, http: SocketAddr, ws: SocketAddr) -> String {
+    config_with_more(dir, http, ws, "")
+}
+
+/// `config`, with more listeners (`more`, TOML tables before the upstreams).
+fn config_with_more(dir: &Path, http: SocketAddr, ws: SocketAddr, more: &str) -> String {
     with_admin(&format!(
         r#"pid_file = "{pid}"
 drain_timeout = "{drain}s"
@@ -129,6 +134,7 @@ upstream = "app"
 [listeners.ws]
 listen = "127.0.0.1:0"
 upstream = "chat"
+{more}
 
 [upstreams.app]
 servers = ["{http}"]
@@ -240,6 +246,32 @@ fn start_load(addr: SocketAddr, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle
     tasks
 }
 
+/// One GET over TLS (SNI front.test) to `addr`: whether it was answered 200.
+async fn over_tls(ca: &common::certs::Ca, addr: SocketAddr) -> bool {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("front.test").expect("name");
+    let mut tls = tokio::time::timeout(DEADLINE, ca.client(&[b"http/1.1"]).connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // A TLS peer may end without close_notify; what was read is what counts.
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer)).await;
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// One GET through the TCP (layer 4) listener at `addr`: whether it was answered 200.
+async fn over_tcp(addr: SocketAddr) -> bool {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    String::from_utf8_lossy(&read_until_closed(&mut s).await).starts_with("HTTP/1.1 200")
+}
+
 /// Runs `rproxy -s upgrade -c config`; its exit code.
 fn signal_upgrade(config: &Path) -> Option<i32> {
     std::process::Command::new(rproxy_bin())
@@ -275,8 +307,18 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     let backend = Backend::start("b").await;
     let chat = echo_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proxy = Proxy::start(&config(dir.path(), backend.addr, chat));
+    // Every kind of listening socket is handed over: HTTP, HTTPS, TCP and the admin listener.
+    let ca = common::certs::Ca::new();
+    let (cert, key, _) = ca.leaf("front", &["front.test"]);
+    let more = format!(
+        "[listeners.https]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[listeners.tcp]\nlisten = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut proxy = Proxy::start(&config_with_more(dir.path(), backend.addr, chat, &more));
     let (web, ws_addr) = (proxy.listeners["web"][0], proxy.listeners["ws"][0]);
+    let (https, tcp) = (proxy.listeners["https"][0], proxy.listeners["tcp"][0]);
+    let bound = proxy.ready().expect("ready file");
     let first = proxy.pid();
     assert_eq!(pid_file(dir.path()), Some(first));
 
@@ -353,11 +395,15 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
             Some(new),
             "the old one left the pid file"
         );
+        let ready = proxy.ready().expect("ready file");
+        assert_eq!(ready.pid, new, "and the ready file");
         assert_eq!(
-            proxy.ready().map(|r| r.pid),
-            Some(new),
-            "and the ready file"
+            (ready.listeners, ready.admin),
+            (bound.listeners.clone(), bound.admin),
+            "every socket, the admin listener's included, kept its address"
         );
+        assert!(over_tls(&ca, https).await, "HTTPS through the new process");
+        assert!(over_tcp(tcp).await, "TCP through the new process");
         wait_for("load through the new process", || {
             load.ok.load(Ordering::Relaxed) >= ok_before + 200
         })
