@@ -201,3 +201,71 @@ impl Origin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adopted(origin: Origin) -> Adopted {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Adopted {
+            origin,
+            local: socket.local_addr().expect("addr"),
+            socket,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn an_upgrade_socket_goes_to_its_listener_and_configured_address() {
+        let any = addr("127.0.0.1:0");
+        let web = adopted(Origin::Upgrade(Some("web".into()), any));
+        let admin = adopted(Origin::Upgrade(None, any));
+        let (web_port, admin_port) = (web.local, admin.local);
+        let mut inherited = Inherited {
+            sockets: vec![admin, web],
+            channel: None,
+        };
+        // Port 0 as written finds the socket by name, whatever port it got.
+        let taken = inherited.take_listener("web", any).expect("web's socket");
+        assert_eq!(taken.local_addr().ok(), Some(web_port));
+        assert!(
+            inherited.take_listener("other", any).is_none(),
+            "port 0 matches no address"
+        );
+        let taken = inherited.take_admin(any).expect("the admin socket");
+        assert_eq!(taken.local_addr().ok(), Some(admin_port));
+        assert!(inherited.is_empty());
+    }
+
+    #[test]
+    fn a_systemd_socket_goes_to_the_listener_with_its_address_and_the_rest_close() {
+        let used = adopted(Origin::Systemd(Some("web".into())));
+        let unused = adopted(Origin::Systemd(None));
+        let (used_addr, unused_addr) = (used.local, unused.local);
+        let mut inherited = Inherited {
+            sockets: vec![used, unused],
+            channel: None,
+        };
+        assert!(
+            inherited
+                .take_listener("web", addr("127.0.0.1:1"))
+                .is_none()
+        );
+        assert!(inherited.take_listener("front", used_addr).is_some());
+        inherited.close_unused();
+        assert!(inherited.is_empty());
+        // Closed: its address is free to bind again.
+        assert!(std::net::TcpListener::bind(unused_addr).is_ok());
+    }
+
+    #[test]
+    fn nothing_is_inherited_without_the_variables() {
+        // The test process has neither RPROXY_HANDOVER nor a LISTEN_PID naming it.
+        let inherited = Inherited::from_env().expect("no error");
+        assert!(inherited.is_empty());
+    }
+}
