@@ -66,6 +66,11 @@ impl Pending {
             "stopping during an upgrade: the new process is stopped too"
         );
         crate::metrics::upgrade_result(Some(false));
+        if self.outcome.is_finished() {
+            // It has ended its part (took over, or failed and was reaped): its pid may be
+            // another process's now.
+            return;
+        }
         let pid = i32::try_from(self.pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw);
@@ -144,12 +149,14 @@ pub(super) fn start(offers: &[Offer<'_>], carried: &Carried) -> Result<Pending, 
 /// once a new release is renamed over it, Linux adds ` (deleted)` to that name, and the
 /// file at the path is the new binary: the one to start.
 fn own_path() -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
     let path = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let text = path.as_os_str().to_string_lossy();
-    Ok(match text.strip_suffix(" (deleted)") {
-        Some(live) => PathBuf::from(live),
-        None => path,
-    })
+    Ok(
+        match path.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+            Some(live) => PathBuf::from(std::ffi::OsStr::from_bytes(live)),
+            None => path,
+        },
+    )
 }
 
 /// Sends the state, then waits for `ready` (blocking: run on the blocking pool). On failure,
