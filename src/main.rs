@@ -29,8 +29,10 @@ struct Cli {
 
     /// Signal the running rproxy (found through the configuration's `pid_file`): `reload`
     /// (SIGHUP: re-read the configuration), `stop` (SIGTERM: drain and exit), `reopen`
-    /// (SIGUSR1: reopen the access log file). The configuration is checked first.
-    #[arg(short = 's', long = "signal", value_name = "COMMAND", value_parser = ["reload", "stop", "reopen"])]
+    /// (SIGUSR1: reopen the access log file), `upgrade` (SIGUSR2: start the binary now at
+    /// rproxy's path with every listening socket; the old process drains once the new one
+    /// serves). The configuration is checked first.
+    #[arg(short = 's', long = "signal", value_name = "COMMAND", value_parser = ["reload", "stop", "reopen", "upgrade"])]
     signal: Option<String>,
 
     /// Once every listener and the admin listener are bound, write their addresses to FILE as
@@ -116,6 +118,19 @@ fn main() -> ExitCode {
     if let Some(command) = &cli.signal {
         return send_signal(&cli, command, config.pid_file.as_deref());
     }
+    // Sockets handed over by a binary upgrade or systemd: adopted before any thread starts,
+    // as it takes their variables out of the environment.
+    let inherited = if cli.test {
+        rproxy::listener::Inherited::none()
+    } else {
+        match rproxy::listener::Inherited::from_env() {
+            Ok(inherited) => inherited,
+            Err(e) => {
+                eprintln!("rproxy: inherited sockets: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
 
     let workers = config
         .workers
@@ -177,7 +192,7 @@ fn main() -> ExitCode {
             }
             None => None,
         };
-        let mut server = match rproxy::Server::bind(config).await {
+        let mut server = match rproxy::Server::bind_inheriting(config, inherited).await {
             Ok(server) => server,
             Err(e) => {
                 tracing::error!("{e}");

@@ -104,6 +104,15 @@ impl AdminControl {
         AdminMode::from_u8(self.mode.swap(AdminMode::Active as u8, Ordering::Relaxed))
     }
 
+    /// Puts back an override another process recorded (a binary upgrade hands them over),
+    /// with its own time and author.
+    pub(super) fn restore(&self, over: Override) {
+        let mut record = self.record.lock();
+        self.mode
+            .store(over.state.unwrap_or_default() as u8, Ordering::Relaxed);
+        *record = Some(over);
+    }
+
     pub(super) fn record(&self) -> Option<Override> {
         self.record.lock().clone()
     }

@@ -173,6 +173,33 @@ impl BackendHealth {
         metrics.up.set(if in_rotation { 1.0 } else { 0.0 });
     }
 
+    /// Whether the active checks have it out now: what a binary upgrade hands to the new
+    /// process, so that a backend known down gets no burst of requests at take-over.
+    pub fn failing_checks(&self) -> bool {
+        self.unhealthy.load(Ordering::Acquire)
+    }
+
+    /// In the new process of a binary upgrade, before any request: the old process's verdict
+    /// of the active checks (the checks go on from it, with the pool's rise and fall) and the
+    /// operator's override, if it had one. A runtime weight takes effect when the pool is next
+    /// built: the caller rebuilds it.
+    pub fn carry_over(
+        &self,
+        failing_checks: bool,
+        over: Option<Override>,
+        metrics: &BackendMetrics,
+    ) {
+        if failing_checks {
+            // The check task keeps a machine that exists (its thresholds are set there).
+            *self.machine.lock() = Some(HealthMachine::new(false, 1, 1));
+            self.set_verdict(false, metrics);
+        }
+        if let Some(over) = over {
+            self.admin.restore(over);
+            metrics.admin_state.set(self.admin.mode().gauge());
+        }
+    }
+
     /// When the candidacy last changed, in Unix seconds, if it ever did.
     pub fn state_since(&self) -> Option<u64> {
         Some(self.state_since.load(Ordering::Relaxed)).filter(|&s| s > 0)

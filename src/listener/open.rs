@@ -2,7 +2,11 @@
 //! first bytes on a plain one, to learn the protocol before hyper takes over.
 //!
 //! Called by `http::open_client` for each accepted connection; bounded by the
-//! listener's header timeout and ended early by a shutdown.
+//! listener's header timeout and ended early by a shutdown, though not at once: a client that
+//! has just connected is about to send its request (it was accepted before the listener
+//! stopped, or by the old process of a binary upgrade just before it handed over), and a
+//! close now would fail that request. It gets [`FIRST_REQUEST_GRACE`] to send it; the request
+//! is then served with `Connection: close`, as on any connection busy at shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +19,10 @@ use tokio_util::either::Either;
 use super::http::ListenerCtx;
 use super::io::ClientStream;
 use super::io::{Protocol, sniff};
+
+/// How long a connection that has sent nothing yet may still start its first request once a
+/// shutdown began.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// The protocol: from ALPN over TLS (the handshake bounded by the header timeout), else from
 /// the first bytes. `None` when the client left, failed or was too slow, or on shutdown.
@@ -43,8 +51,12 @@ pub(super) async fn open(
             }
         }
     };
+    let shutdown_grace = async {
+        ctx.shutdown.cancelled().await;
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    };
     let opened: std::io::Result<_> = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return None,
+        () = shutdown_grace => return None,
         opened = tokio::time::timeout(header_timeout, opened) => match opened {
             Ok(opened) => opened,
             Err(_) => {

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::state::SharedState;
 use super::bind::bind;
 use super::http::{ConnHolders, ListenerStops, serve_listener};
 use super::http1::start_idle_lot;
+use super::inherit::Inherited;
 
 /// A listen address that cannot be bound.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,9 @@ struct Running {
     configured: SocketAddr,
     bound: SocketAddr,
     accept_stop: CancellationToken,
+    /// The same socket, for a binary upgrade to hand to the new process (the accept loop owns
+    /// the listener itself). `None` if it could not be duplicated (logged).
+    handover: Option<OwnedFd>,
 }
 
 /// What the sockets of one listener share (its connection budget is in the snapshot).
@@ -129,6 +134,16 @@ impl ListenerSet {
     /// Binds every address `config` has that is not already listening; nothing else changes.
     /// A plan that is not applied closes its new sockets when dropped.
     pub fn plan(&self, config: &Config) -> Result<Plan, BindError> {
+        self.plan_inheriting(config, &mut Inherited::none())
+    }
+
+    /// `plan`, taking a socket handed to this process (`inherited`) instead of binding its
+    /// address where there is one.
+    pub fn plan_inheriting(
+        &self,
+        config: &Config,
+        inherited: &mut Inherited,
+    ) -> Result<Plan, BindError> {
         let mut wanted = Vec::new();
         for (name, l) in &config.listeners {
             for addr in &l.listen {
@@ -138,6 +153,13 @@ impl ListenerSet {
                     .any(|s| s.listener == *name && s.configured == *addr);
                 let new_socket = if kept {
                     None
+                } else if let Some(socket) = inherited.take_listener(name, *addr) {
+                    let socket = TcpListener::from_std(socket).map_err(|source| BindError {
+                        listener: name.clone(),
+                        addr: *addr,
+                        source,
+                    })?;
+                    Some(socket)
                 } else {
                     let socket = bind(*addr).map_err(|source| BindError {
                         listener: name.clone(),
@@ -216,6 +238,11 @@ impl ListenerSet {
                 continue;
             };
             let bound = socket.local_addr().unwrap_or(w.configured);
+            let handover = rustix::io::fcntl_dupfd_cloexec(&socket, 0)
+                .inspect_err(|e| {
+                    tracing::warn!(listener = %w.listener, addr = %bound, error = %e, "cannot duplicate the socket; a binary upgrade will bind it again");
+                })
+                .ok();
             let accept_stop = self.stop.child_token();
             self.accept_loops.spawn(serve_listener(
                 socket,
@@ -234,13 +261,29 @@ impl ListenerSet {
                 configured: w.configured,
                 bound,
                 accept_stop,
+                handover,
             });
         }
     }
 
+    /// Every running socket, for a binary upgrade: (listener, address as configured, the
+    /// socket). Sockets of a listener a reload removed are not among them.
+    pub fn handover_sockets(&self) -> Vec<(&str, SocketAddr, &OwnedFd)> {
+        self.sockets
+            .iter()
+            .filter(|s| !s.accept_stop.is_cancelled())
+            .filter_map(|s| Some((s.listener.as_str(), s.configured, s.handover.as_ref()?)))
+            .collect()
+    }
+
     /// Waits until every accept loop has stopped (after the stop token was cancelled), and
     /// closes the connections waiting in the idle lot.
-    pub async fn stopped(&self) {
+    pub async fn stopped(&mut self) {
+        // The duplicates kept for an upgrade would keep the sockets listening: connections
+        // would queue where nobody accepts them any more, instead of being refused.
+        for s in &mut self.sockets {
+            s.handover = None;
+        }
         self.close_idle();
         self.accept_loops.close();
         self.accept_loops.wait().await;

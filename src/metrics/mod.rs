@@ -57,6 +57,7 @@ pub const DNS_QUERIES_TOTAL: &str = "rproxy_dns_queries_total";
 pub const LIMIT_REQUESTS_TOTAL: &str = "rproxy_limit_requests_total";
 pub const LIMIT_CONNS_REFUSED_TOTAL: &str = "rproxy_limit_conns_refused_total";
 pub const LIMIT_KEYS: &str = "rproxy_limit_keys";
+pub const UPGRADES_TOTAL: &str = "rproxy_upgrades_total";
 
 /// Histogram buckets for every `_seconds` metric: from 0.5 ms (a fast local backend) to 30 s
 /// (beyond which a response timeout usually ends the request).
@@ -197,6 +198,10 @@ fn describe() {
         "Changes made through the admin API, by action: drain, disable, enable, weight, reset"
     );
     describe_counter!(
+        UPGRADES_TOTAL,
+        "Binary upgrades (SIGUSR2) this process started, by result: ok (the new process took over), failed (it did not; this one goes on serving)"
+    );
+    describe_counter!(
         ACCESS_LOG_LINES_LOST_TOTAL,
         "Access log lines not written: the write failed (a full or gone disk), or the log fell 16 MB behind"
     );
@@ -299,5 +304,21 @@ pub fn dns_query(result: &'static str) {
 pub fn dns_queries_start() {
     for result in DNS_RESULTS {
         metrics::counter!(DNS_QUERIES_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// Counts a binary upgrade this process started: `Some(true)` the new process took over,
+/// `Some(false)` it failed; `None` at start, so that both series exist from the start at 0.
+pub fn upgrade_result(ok: Option<bool>) {
+    match ok {
+        Some(ok) => {
+            let result = if ok { "ok" } else { "failed" };
+            metrics::counter!(UPGRADES_TOTAL, "result" => result).increment(1);
+        }
+        None => {
+            for result in ["ok", "failed"] {
+                metrics::counter!(UPGRADES_TOTAL, "result" => result).absolute(0);
+            }
+        }
     }
 }

@@ -3,19 +3,27 @@
 //!
 //! `Server::bind` does everything that can fail at start (name resolution, binding) before any
 //! traffic is accepted, so a bad start is reported, not half-served. `run` serves until a stop
-//! signal, applying reloads as they come (`reload`) and the addresses of `resolve = true`
-//! names as they change (`dns`), then stops accepting, lets requests in progress finish
-//! within the drain timeout, and returns.
+//! signal, applying reloads as they come (`reload`, and on a change of the file with
+//! `watch`) and the addresses of `resolve = true` names as they change (`dns`), then stops
+//! accepting, lets requests in progress finish within the drain timeout, and returns. SIGUSR2
+//! starts a binary upgrade (`upgrade.rs`): once the new process serves every listener, this
+//! one drains the same way and leaves the pid file and ready file to it. Started as that new
+//! process (`bind_inheriting` with sockets handed over), it takes over only once it serves
+//! (`take_over`).
 //!
 //! The top: it may import every room, and none imports it (only `main` and `lib`).
 
+mod carried;
 mod dns;
+mod notify;
 mod ready_file;
 mod reload;
 mod signals;
+mod upgrade;
 mod watch;
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, RebuildRequest, serve_admin};
 use crate::config::{Config, ConfigErrors};
-use crate::listener::{BindError, ListenerSet, Plan, bind};
+use crate::listener::{BindError, Inherited, ListenerSet, Plan, bind};
 use crate::metrics::Recorder;
 use crate::state::{SharedState, build_snapshot};
 
@@ -79,30 +87,72 @@ pub struct Server {
     watch: Option<watch::FileWatch>,
     /// What the file held when it was last read for a load or reload (see `watch::fingerprint`).
     file_seen: Option<u64>,
+    /// The admin listener's socket as configured, for a binary upgrade to hand over.
+    admin_handover: Option<(SocketAddr, OwnedFd)>,
+    /// Started by a binary upgrade: the channel to the old process, until this one serves.
+    takeover: Option<upgrade::Takeover>,
+    /// Files a new process of an upgrade writes only once it has taken over.
+    deferred_pid_file: Option<std::path::PathBuf>,
+    deferred_ready_file: Option<std::path::PathBuf>,
+    /// A binary upgrade in progress: the new process, until it takes over or fails.
+    upgrade: Option<upgrade::Pending>,
 }
 
 impl Server {
     /// Builds the runtime state and binds every listen address.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_inheriting(config, Inherited::none()).await
+    }
+
+    /// `bind`, taking the sockets handed to this process (a binary upgrade's or systemd's)
+    /// for the addresses they are bound to; the ones no listener needs are closed. Started by
+    /// a binary upgrade, the old process's runtime state is set before anything serves, and
+    /// the pid file waits until this process takes over.
+    pub async fn bind_inheriting(
+        config: Config,
+        mut inherited: Inherited,
+    ) -> Result<Server, StartError> {
         check_fd_limit(&config);
         let config = Arc::new(config);
+        let takeover = match inherited.channel.take() {
+            Some(channel) => Some(upgrade::Takeover::receive(channel).await),
+            None => None,
+        };
         // A `resolve = true` name that does not resolve yet is no reason not to start.
         let (resolver, answers) = crate::dns::prepare(&config, None, None).await?;
-        let mut snapshot = build_snapshot(Arc::clone(&config), None, Arc::new(answers)).await?;
+        let answers = Arc::new(answers);
+        let mut snapshot = build_snapshot(Arc::clone(&config), None, Arc::clone(&answers)).await?;
+        if let Some(t) = &takeover
+            && t.carried.apply(&snapshot)
+        {
+            // Runtime weights are read when the pools are built.
+            snapshot = build_snapshot(Arc::clone(&config), Some(&snapshot), answers).await?;
+        }
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
         let listeners = ListenerSet::new(stop.clone(), connections.clone());
-        let first_plan = listeners.plan(&config)?;
+        let first_plan = listeners.plan_inheriting(&config, &mut inherited)?;
         snapshot.set_addresses(listeners.addresses(&first_plan));
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut rebuilds = None;
+        let mut admin_handover = None;
         let admin = match &config.admin {
             Some(a) => {
-                let socket = bind(a.listen).map_err(|source| BindError {
+                let bind_error = |source| BindError {
                     listener: "admin".to_string(),
                     addr: a.listen,
                     source,
-                })?;
+                };
+                let socket = match inherited.take_admin(a.listen) {
+                    Some(socket) => TcpListener::from_std(socket).map_err(bind_error)?,
+                    None => bind(a.listen).map_err(bind_error)?,
+                };
+                admin_handover = rustix::io::fcntl_dupfd_cloexec(&socket, 0)
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "cannot duplicate the admin socket; a binary upgrade will bind it again");
+                    })
+                    .ok()
+                    .map(|fd| (a.listen, fd));
                 let addr = socket.local_addr().unwrap_or(a.listen);
                 tracing::info!(addr = %addr, "admin listening");
                 let (rebuild, requests) = tokio::sync::mpsc::channel(16);
@@ -119,8 +169,15 @@ impl Server {
             }
             None => None,
         };
-        // Last: a start that fails above leaves no pid file behind.
+        inherited.close_unused();
+        // Last: a start that fails above leaves no pid file behind. The new process of an
+        // upgrade writes it only once it has taken over (the old one is in charge until then).
+        let mut deferred_pid_file = None;
         let pid_file = match &config.pid_file {
+            Some(path) if takeover.is_some() => {
+                deferred_pid_file = Some(path.clone());
+                None
+            }
             Some(path) => Some(PidFile::write(path).map_err(|source| StartError::PidFile {
                 path: path.clone(),
                 source,
@@ -145,12 +202,22 @@ impl Server {
             // Read after the load, so a change in between could be missed: `with_watch` gives
             // the reading taken before it.
             file_seen: fingerprint(&config.source),
+            admin_handover,
+            takeover,
+            deferred_pid_file,
+            deferred_ready_file: None,
+            upgrade: None,
         })
     }
 
     /// Writes the ready file at `path` now (every listener and the admin listener are bound),
     /// and keeps it up to date on reloads until rproxy stops accepting.
     pub fn with_ready_file(mut self, path: &std::path::Path) -> Result<Self, StartError> {
+        if self.takeover.is_some() {
+            // Written when this process takes over: until then the old one's stands.
+            self.deferred_ready_file = Some(path.to_path_buf());
+            return Ok(self);
+        }
         let listeners = self.local_addrs();
         let listeners = ready_file::bound(listeners.iter().map(|(n, a)| (n.as_str(), *a)));
         let file = ready_file::ReadyFile::create(path, listeners, self.admin_addr()).map_err(
@@ -214,6 +281,7 @@ impl Server {
         start_checks(&self.state.load(), &self.checks);
         self.restart_dns();
         let ready = self.admin.as_ref().map(|(_, a)| Arc::clone(&a.ready));
+        let admin_addr = self.admin_addr();
         let admin_loop = TaskTracker::new();
         if let Some((socket, admin)) = self.admin.take() {
             admin_loop.spawn(serve_admin(socket, admin, self.stop.clone()));
@@ -224,11 +292,26 @@ impl Server {
         }
         crate::metrics::reload_result(true);
         self.sync_watch();
+        crate::metrics::upgrade_result(None);
+        match self.takeover.take() {
+            Some(takeover) => self.take_over(takeover, admin_addr),
+            None => notify::notify("READY=1"),
+        }
+        let mut handed_over = false;
         tokio::pin!(stop);
         loop {
             let control = tokio::select! {
                 c = signals.next() => c,
                 () = &mut stop => Control::Stop,
+                outcome = next_upgrade(&mut self.upgrade) => {
+                    let pid = self.upgrade.take().map_or(0, |p| p.pid);
+                    if self.upgrade_done(pid, outcome) {
+                        handed_over = true;
+                        Control::Stop
+                    } else {
+                        continue;
+                    }
+                }
                 Some(request) = next_rebuild(&mut self.rebuilds) => {
                     // Serialised with reloads: both build from the snapshot in force.
                     let result = self.rebuild().await;
@@ -247,15 +330,35 @@ impl Server {
                     continue;
                 }
             };
-            if control == Control::Stop {
-                break;
+            match control {
+                Control::Stop => break,
+                Control::Reload => {
+                    self.reload("SIGHUP").await;
+                    self.sync_watch();
+                }
+                Control::Upgrade => self.start_upgrade(),
             }
-            self.reload("SIGHUP").await;
-            self.sync_watch();
+        }
+        if let Some(pending) = self.upgrade.take() {
+            // Stopping wins over an upgrade that has not taken over yet.
+            pending.abandon();
         }
         signals.exit_on_second_stop();
         if let Some(ready) = &ready {
             ready.store(false, Ordering::Release);
+        }
+        if !handed_over {
+            // After a hand-over the service goes on, in the new process.
+            notify::notify("STOPPING=1");
+        }
+        if handed_over {
+            // The new process's now: it rewrote both with its own pid.
+            if let Some(file) = self.ready_file.take() {
+                file.keep();
+            }
+            if let Some(file) = self.pid_file.take() {
+                file.keep();
+            }
         }
         drop(self.ready_file.take());
         drop(self.watch.take());
@@ -266,18 +369,34 @@ impl Server {
             "shutting down: no new connections, finishing requests in progress"
         );
         self.stop.cancel();
+        // Closed with the admin listener (see `ListenerSet::stopped`).
+        self.admin_handover = None;
         self.listeners.stopped().await;
         admin_loop.wait().await;
         self.connections.close();
-        let left = if tokio::time::timeout(drain_timeout, self.connections.wait())
-            .await
-            .is_err()
-        {
-            let left = self.connections.len();
+        // WebSocket tunnels have left their connections' tasks: they are waited for apart.
+        let tunnels = crate::upstream::tunnels();
+        let drained = async {
+            tokio::join!(self.connections.wait(), tunnels.wait());
+        };
+        let left = if tokio::time::timeout(drain_timeout, drained).await.is_err() {
+            let left = self.connections.len() + tunnels.len();
             tracing::warn!(
-                connections = left,
+                connections = self.connections.len(),
+                websockets = tunnels.len(),
                 "drain timeout reached; closing the connections still open"
             );
+            // A WebSocket gets a close frame each way rather than a bare end of its stream.
+            tunnels.close_all();
+            if tokio::time::timeout(TUNNEL_CLOSE_WAIT, tunnels.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    websockets = tunnels.len(),
+                    "websockets did not close in time"
+                );
+            }
             left
         } else {
             tracing::info!("all connections drained");
@@ -287,6 +406,10 @@ impl Server {
         left
     }
 }
+
+/// How long the WebSocket tunnels still open at the drain timeout may take to close (each
+/// waits at most a second for a frame boundary and its peers' answers).
+const TUNNEL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Raises the open-file limit to the hard limit (each client connection needs a descriptor,
 /// and one more for its backend), and warns when the listeners' connection limits could still
@@ -312,6 +435,14 @@ fn check_fd_limit(config: &Config) {
         );
     } else {
         tracing::debug!(open_file_limit = limit, "open-file limit");
+    }
+}
+
+/// The outcome of the upgrade in progress; never, while there is none.
+async fn next_upgrade(pending: &mut Option<upgrade::Pending>) -> Result<(), String> {
+    match pending {
+        Some(p) => p.outcome().await,
+        None => std::future::pending().await,
     }
 }
 

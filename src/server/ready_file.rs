@@ -23,6 +23,8 @@ pub(super) struct ReadyFile {
     admin: Option<SocketAddr>,
     /// What the file says now.
     written: Bound,
+    /// Not removed on drop (a binary upgrade's new process owns it).
+    keep: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -43,6 +45,7 @@ impl ReadyFile {
             path: path.to_path_buf(),
             admin,
             written: listeners,
+            keep: false,
         };
         file.write()?;
         Ok(file)
@@ -55,6 +58,18 @@ impl ReadyFile {
         }
         self.written = listeners;
         self.write()
+    }
+
+    /// Writes the file again as it should be (after a failed upgrade, whose new process may
+    /// have written or removed it).
+    pub(super) fn rewrite(&self) -> std::io::Result<()> {
+        self.write()
+    }
+
+    /// Lets go of the file without removing it: after a binary upgrade it is the new
+    /// process's.
+    pub(super) fn keep(mut self) {
+        self.keep = true;
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -86,6 +101,9 @@ impl ReadyFile {
 impl Drop for ReadyFile {
     /// rproxy no longer accepts: the addresses are no longer an invitation.
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         match std::fs::remove_file(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the ready file");

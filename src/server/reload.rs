@@ -284,7 +284,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
         if changed {
             tracing::warn!(
                 key,
-                "reload: `{key}` changed; it takes effect at the next restart"
+                "reload: `{key}` changed; it takes effect at the next restart (or `rproxy -s upgrade`)"
             );
         }
     }

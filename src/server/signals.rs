@@ -1,6 +1,7 @@
 //! Signals: what the operator tells the running process. SIGTERM and SIGINT stop it (a second
-//! one exits at once), SIGHUP reloads the configuration, SIGUSR1 reopens the access log file.
-//! `rproxy -s reload|stop|reopen` sends them to the pid in the configuration's `pid_file`.
+//! one exits at once), SIGHUP reloads the configuration, SIGUSR1 reopens the access log file,
+//! SIGUSR2 starts a binary upgrade (`upgrade.rs`). `rproxy -s reload|stop|reopen|upgrade` sends
+//! them to the pid in the configuration's `pid_file`.
 
 use std::path::Path;
 
@@ -11,6 +12,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub enum Control {
     Stop,
     Reload,
+    /// Start the binary at this one's path and hand it the sockets.
+    Upgrade,
 }
 
 /// The process's stop and reload signals, caught from the moment this is created: created
@@ -21,6 +24,7 @@ pub struct Signals {
     int: Signal,
     hup: Signal,
     usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -31,6 +35,8 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
+            // Caught from the start: SIGUSR2's default action would kill the process.
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -42,6 +48,7 @@ impl Signals {
                 _ = self.term.recv() => return Control::Stop,
                 _ = self.int.recv() => return Control::Stop,
                 _ = self.hup.recv() => return Control::Reload,
+                _ = self.usr2.recv() => return Control::Upgrade,
                 _ = self.usr1.recv() => crate::access_log::reopen(),
             }
         }
@@ -69,6 +76,7 @@ pub fn signal_for(command: &str) -> Option<rustix::process::Signal> {
         "reload" => Some(Signal::HUP),
         "stop" => Some(Signal::TERM),
         "reopen" => Some(Signal::USR1),
+        "upgrade" => Some(Signal::USR2),
         _ => None,
     }
 }
@@ -117,6 +125,8 @@ pub fn send_to_pid_file(pid_file: &Path, sig: rustix::process::Signal) -> Result
 #[derive(Debug)]
 pub struct PidFile {
     path: std::path::PathBuf,
+    /// Not removed on drop.
+    keep: bool,
 }
 
 impl PidFile {
@@ -124,12 +134,26 @@ impl PidFile {
         std::fs::write(path, format!("{}\n", std::process::id()))?;
         Ok(PidFile {
             path: path.to_path_buf(),
+            keep: false,
         })
+    }
+
+    /// Lets go of the file without removing it: after a binary upgrade it names the new
+    /// process.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the pid file");
         }

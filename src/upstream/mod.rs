@@ -19,8 +19,8 @@ mod pool;
 
 pub use forward::{
     ClientScheme, Forwarded, HeaderPlan, PROXY_V2_SIGNATURE, Peer, Present, ProxyBody, Route,
-    StreamTotals, X_REQUEST_ID, error_response, forward, forward_stream, local_response,
-    proxy_header, remove_hop_by_hop, set_forwarding,
+    StreamTotals, Tunnels, X_REQUEST_ID, error_response, forward, forward_stream, local_response,
+    proxy_header, remove_hop_by_hop, set_forwarding, tunnels,
 };
 pub use pool::{Backend, BackendLive, LatencyWindow, Pick, Pool};
 // What `limit` needs of a request before it is forwarded: the client address and the key.

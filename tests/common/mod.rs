@@ -362,17 +362,31 @@ where
 impl Proxy {
     /// Starts rproxy with `config` and waits until its ready file says where it listens.
     pub fn start(config: &str) -> Proxy {
+        Proxy::start_binary(std::path::Path::new(rproxy_bin()), config)
+    }
+
+    /// `start`, with the rproxy binary at `binary` (a copy elsewhere, for the binary upgrade).
+    pub fn start_binary(binary: &std::path::Path, config: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("upstream.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Proxy::start_in(dir, config_path, &[])
+        Proxy::launch(binary, dir, config_path, &[])
     }
 
     /// Starts rproxy on the file at `config_path` (prepared by the test, in `dir`, which the
     /// proxy keeps until it is dropped) with `args` added to the command line.
     pub fn start_in(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> Proxy {
+        Proxy::launch(std::path::Path::new(rproxy_bin()), dir, config_path, args)
+    }
+
+    fn launch(
+        binary: &std::path::Path,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        args: &[&str],
+    ) -> Proxy {
         let ready_path = dir.path().join("ready.json");
-        let mut child = Command::new(rproxy_bin())
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
             .arg("--ready-file")

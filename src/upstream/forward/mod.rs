@@ -40,6 +40,7 @@ mod proxy_header;
 mod request_id;
 mod stream;
 mod tunnel;
+mod ws_frames;
 
 pub use body::{ProxyBody, error_response, local_response};
 pub use header_rules::HeaderPlan;
@@ -51,6 +52,7 @@ pub use stream::{StreamTotals, forward_stream};
 // For the rate limits, decided before a request is forwarded.
 pub(crate) use hash_key::build as request_key;
 pub use headers::client_address;
+pub use tunnel::{Tunnels, tunnels};
 
 use headers::join_cookies;
 
