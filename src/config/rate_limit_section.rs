@@ -366,8 +366,10 @@ mod tests {
         let uncommented = uncommented
             .split_once("\n[limits.api]\n")
             .map(|(before, after)| {
+                // Up to the example's end: the next blank line.
                 let keys: Vec<&str> = after
                     .lines()
+                    .take_while(|l| l.starts_with('#'))
                     .filter_map(|l| l.strip_prefix("# "))
                     .filter(|l| !l.starts_with(' '))
                     .collect();
