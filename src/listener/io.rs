@@ -278,7 +278,12 @@ impl AsyncRead for ClientIo {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        // Matched here rather than through `Either`'s own `poll_read`, which the compiler
+        // does not always inline (about 60 instructions a request when it did not; callgrind).
+        let polled = match &mut this.inner {
+            tokio_util::either::Either::Left(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            tokio_util::either::Either::Right(tls) => Pin::new(tls).poll_read(cx, buf),
+        };
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 if this.saw(&buf.filled()[before..]) {
