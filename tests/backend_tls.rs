@@ -157,11 +157,7 @@ async fn a_missing_ca_file_is_a_config_error() {
     let path = dir.path().join("u.toml");
     let backend = "127.0.0.1:9".parse().expect("addr");
     std::fs::write(&path, config(backend, "{ ca = \"nope.pem\" }")).expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -9,7 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::dns::{Dnsmasq, backends_on_loopbacks};
-use common::{Answer, Proxy, client, config_with, get, metric, send, wait_until, with_admin};
+use common::{
+    Answer, Proxy, check_with_promtool, client, config_with, get, metric, promtool, send,
+    wait_until, with_admin,
+};
 
 /// The records have a TTL of 1 s: a change is followed within this (TTL, one query, and a
 /// generous margin for a loaded machine).
@@ -82,36 +85,10 @@ async fn traffic_follows_a_changed_record_without_a_reload() {
     );
     assert!(metric(&metrics, "rproxy_dns_queries_total{result=\"ok\"}").is_some_and(|n| n >= 2.0));
     assert!(backends[1].requests() >= 5);
-    promtool_accepts(&metrics);
-}
-
-/// `promtool check metrics` accepts the scrape (help text for the DNS counter, per-address
-/// series). tests/metrics.rs requires promtool under CI; here it is checked when installed.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: the scrape is not checked with it");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Help text for the DNS counter, per-address series.
+    if let Some(promtool) = promtool() {
+        check_with_promtool(&promtool, &metrics);
+    }
 }
 
 #[tokio::test]

@@ -349,11 +349,7 @@ headers = { response_set = { "X-B" = "a\u0007b" } }
 "#,
     )
     .expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = path.display();

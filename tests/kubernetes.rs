@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::rproxy_bin;
+use common::rproxy_check;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
 
@@ -66,11 +66,7 @@ fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("upstream.toml");
     std::fs::write(&path, config).expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&path);
     let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     (out.status.success(), said.into_owned())
 }

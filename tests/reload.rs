@@ -39,11 +39,7 @@ async fn reload(proxy: &Proxy, config: &str) -> (bool, Duration) {
 fn check(proxy: &Proxy, config: &str) -> (bool, String) {
     let path = proxy.config_path.with_file_name("check.toml");
     std::fs::write(&path, config).expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&path);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

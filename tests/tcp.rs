@@ -329,11 +329,7 @@ async fn http_only_settings_are_refused_on_tcp() {
     let path = dir.path().join("t.toml");
     let check = |config: String| {
         std::fs::write(&path, config).expect("write");
-        let out = std::process::Command::new(rproxy_bin())
-            .args(["-t", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run rproxy -t");
+        let out = rproxy_check(&path);
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -160,11 +160,7 @@ async fn sighup_swaps_the_certificate_and_a_bad_key_keeps_the_old_one() {
     std::fs::copy(&other_key, &key).expect("copy key");
     assert!(!proxy.reload().await, "the reload is refused");
     // For the reason `rproxy -t` gives for the same files.
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&proxy.config_path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&proxy.config_path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -210,11 +206,7 @@ async fn a_bad_key_at_start_is_a_clear_error() {
         ),
     )
     .expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&config_path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&config_path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot read the certificate") && stderr.contains("missing.pem"),

@@ -530,11 +530,7 @@ tls = {{ insecure_skip_verify = true }}
     );
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let p = path.display();
@@ -560,11 +556,7 @@ tls = {{ insecure_skip_verify = true }}
         config_with(&format!("\"{}\"", unix(&dir.path().join("none.sock"))), ""),
     )
     .expect("write");
-    let out = std::process::Command::new(rproxy_bin())
-        .args(["-t", "-c"])
-        .arg(&good)
-        .output()
-        .expect("run rproxy -t");
+    let out = rproxy_check(&good);
     assert!(
         out.status.success(),
         "{}",

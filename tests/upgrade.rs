@@ -55,34 +55,6 @@ fn alive(pid: u32) -> bool {
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
-/// A WebSocket backend that answers each text message with `echo: message`.
-async fn echo_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if let Message::Text(text) = msg
-                        && ws
-                            .send(Message::text(format!("echo: {text}")))
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -305,7 +277,7 @@ fn pid_file(dir: &Path) -> Option<u32> {
 async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     let descendants = Descendants::default();
     let backend = Backend::start("b").await;
-    let chat = echo_backend().await;
+    let chat = websocket_echo_backend("echo").await;
     let dir = tempfile::tempdir().expect("tempdir");
     // Every kind of listening socket is handed over: HTTP, HTTPS, TCP and the admin listener.
     let ca = common::certs::Ca::new();
@@ -446,7 +418,7 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
 async fn an_invalid_file_fails_the_upgrade_and_the_old_process_serves_on() {
     let _descendants = Descendants::default();
     let backend = Backend::start("b").await;
-    let chat = echo_backend().await;
+    let chat = websocket_echo_backend("echo").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let good = config(dir.path(), backend.addr, chat);
     let proxy = Proxy::start(&good);
@@ -505,7 +477,7 @@ fn install(path: &Path, content: &[u8]) {
 async fn a_binary_that_exits_at_once_fails_the_upgrade_then_the_real_one_takes_over() {
     let descendants = Descendants::default();
     let backend = Backend::start("b").await;
-    let chat = echo_backend().await;
+    let chat = websocket_echo_backend("echo").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let bin: PathBuf = dir.path().join("rproxy");
     let real = std::fs::read(rproxy_bin()).expect("read the rproxy binary");

@@ -227,11 +227,7 @@ fn watch_must_be_a_boolean() {
     let text = config_with("\"127.0.0.1:1\"", "");
     for (top, ok) in [("watch = true", true), ("watch = \"yes\"", false)] {
         std::fs::write(&path, format!("{top}\n{text}")).expect("write");
-        let out = std::process::Command::new(rproxy_bin())
-            .args(["-t", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run rproxy -t");
+        let out = rproxy_check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), ok, "{top}: {stderr}");
         if !ok {

@@ -12,34 +12,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use common::*;
 
-/// A WebSocket backend that answers each text message with `NAME: message`.
-async fn echo_backend(name: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if let Message::Text(text) = msg
-                        && ws
-                            .send(Message::text(format!("{name}: {text}")))
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -64,7 +36,10 @@ fn config(a: SocketAddr, b: SocketAddr, weight: u32) -> String {
 
 #[tokio::test]
 async fn a_websocket_is_sticky_survives_a_reload_and_closes_when_idle() {
-    let (one, two) = (echo_backend("one").await, echo_backend("two").await);
+    let (one, two) = (
+        websocket_echo_backend("one").await,
+        websocket_echo_backend("two").await,
+    );
     let proxy = Proxy::start(&config(one, two, 1));
     let url = format!("ws://{}/chat", proxy.addr());
 

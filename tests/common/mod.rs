@@ -1116,3 +1116,84 @@ pub async fn backends_for(servers: &[(String, String)]) -> (Vec<Backend>, String
     }
     (backends, items.join(", "))
 }
+
+/// A WebSocket backend that answers each text message with `NAME: message`.
+pub async fn websocket_echo_backend(name: &'static str) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(text) = msg
+                        && ws
+                            .send(Message::text(format!("{name}: {text}")))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `rproxy -t -c PATH`: the configuration check, as an operator runs it.
+pub fn rproxy_check(path: impl AsRef<std::path::Path>) -> std::process::Output {
+    Command::new(rproxy_bin())
+        .args(["-t", "-c"])
+        .arg(path.as_ref())
+        .output()
+        .expect("run rproxy -t")
+}
+
+/// The path of `promtool`, or `None` when it is not installed (then the caller skips its
+/// check; under CI, which installs it, that is a failure).
+pub fn promtool() -> Option<String> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v promtool"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    if path.is_empty() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install promtool (Debian package prometheus)"
+        );
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        return None;
+    }
+    Some(path)
+}
+
+/// `promtool check metrics` on a scrape: the test fails with what promtool said if it refuses.
+pub fn check_with_promtool(promtool: &str, text: &str) {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
