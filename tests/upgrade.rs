@@ -134,6 +134,19 @@ struct Load {
 }
 
 impl Load {
+    /// Waits until 100 more requests succeeded (`what` names that stretch), stops `clients`
+    /// and checks that none was refused or failed.
+    async fn finish(&self, what: &str, clients: Vec<tokio::task::JoinHandle<()>>) {
+        let ok_before = self.ok.load(Ordering::Relaxed);
+        wait_for(what, || self.ok.load(Ordering::Relaxed) >= ok_before + 100).await;
+        self.stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.expect("client");
+        }
+        assert_eq!(self.refused.load(Ordering::Relaxed), 0);
+        assert_eq!(self.failed.load(Ordering::Relaxed), 0);
+    }
+
     fn fail(&self, what: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         self.failures
@@ -439,17 +452,7 @@ async fn an_invalid_file_fails_the_upgrade_and_the_old_process_serves_on() {
     proxy
         .wait_for_metric("rproxy_upgrades_total{result=\"failed\"}", |v| v == 1.0)
         .await;
-    let ok_before = load.ok.load(Ordering::Relaxed);
-    wait_for("load after the failed upgrade", || {
-        load.ok.load(Ordering::Relaxed) >= ok_before + 100
-    })
-    .await;
-    load.stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client");
-    }
-    assert_eq!(load.refused.load(Ordering::Relaxed), 0);
-    assert_eq!(load.failed.load(Ordering::Relaxed), 0);
+    load.finish("load after the failed upgrade", clients).await;
     assert_eq!(
         load.retried.load(Ordering::Relaxed),
         0,
@@ -510,17 +513,7 @@ async fn a_binary_that_exits_at_once_fails_the_upgrade_then_the_real_one_takes_o
     descendants.add(new);
     assert_eq!(proxy.wait_exit().await.code(), Some(0));
     assert_eq!(pid_file(dir.path()), Some(new));
-    let ok_before = load.ok.load(Ordering::Relaxed);
-    wait_for("load through the new process", || {
-        load.ok.load(Ordering::Relaxed) >= ok_before + 100
-    })
-    .await;
-    load.stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client");
-    }
-    assert_eq!(load.refused.load(Ordering::Relaxed), 0);
-    assert_eq!(load.failed.load(Ordering::Relaxed), 0);
+    load.finish("load through the new process", clients).await;
 }
 
 /// The next datagram on systemd's notification socket (blocking, bounded by the deadline).
