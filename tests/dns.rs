@@ -26,6 +26,24 @@ fn config(dns: &Dnsmasq, resolver_extra: &str, servers: &str, upstream_extra: &s
     ))
 }
 
+/// `app.test`, with `resolve = true`, as the one server: its text for a servers array.
+fn app_test(port: u16) -> String {
+    format!("{{ addr = \"app.test:{port}\", resolve = true }}")
+}
+
+/// dnsmasq answering from `hosts`, backends "two" and "three" on 127.0.0.2 and 127.0.0.3,
+/// and rproxy following `app.test` (`resolver_extra` added to its `[resolver]`). `None` where
+/// dnsmasq is not installed, outside CI.
+async fn following_app_test(
+    hosts: &str,
+    resolver_extra: &str,
+) -> Option<(Dnsmasq, Vec<common::Backend>, Proxy)> {
+    let dns = Dnsmasq::start(hosts, &[])?;
+    let (port, backends) = backends_on_loopbacks(&["two", "three"]).await;
+    let proxy = Proxy::start(&config(&dns, resolver_extra, &app_test(port), ""));
+    Some((dns, backends, proxy))
+}
+
 async fn hit(proxy: &Proxy, path: &str) -> Answer {
     get(&client(), proxy.addr(), path).await
 }
@@ -47,16 +65,10 @@ fn upstream_status(status: &serde_json::Value) -> serde_json::Value {
 
 #[tokio::test]
 async fn traffic_follows_a_changed_record_without_a_reload() {
-    let Some(dns) = Dnsmasq::start("127.0.0.2 app.test\n", &[]) else {
+    let Some((dns, backends, proxy)) = following_app_test("127.0.0.2 app.test\n", "").await else {
         return;
     };
-    let (port, backends) = backends_on_loopbacks(&["two", "three"]).await;
-    let proxy = Proxy::start(&config(
-        &dns,
-        "",
-        &format!("{{ addr = \"app.test:{port}\", resolve = true }}"),
-        "",
-    ));
+    let port = backends[0].addr.port();
     for _ in 0..5 {
         let a = hit(&proxy, "/").await;
         assert_eq!((a.status.as_u16(), a.backend()), (200, "two"));
@@ -97,12 +109,7 @@ async fn a_name_missing_at_start_is_served_once_it_appears() {
         return;
     };
     let (port, _backends) = backends_on_loopbacks(&["two"]).await;
-    let text = config(
-        &dns,
-        "",
-        &format!("{{ addr = \"app.test:{port}\", resolve = true }}"),
-        "",
-    );
+    let text = config(&dns, "", &app_test(port), "");
     // `-t` warns and passes: rproxy would start.
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("upstream.toml");
@@ -143,7 +150,7 @@ async fn a_reload_with_a_name_that_does_not_resolve_is_applied() {
         return;
     };
     let (port, _backends) = backends_on_loopbacks(&["two", "three"]).await;
-    let app = format!("{{ addr = \"app.test:{port}\", resolve = true }}");
+    let app = app_test(port);
     let proxy = Proxy::start(&config(&dns, "", &app, ""));
     assert_eq!(hit(&proxy, "/").await.backend(), "two");
     let more = format!("{app}, {{ addr = \"later.test:{port}\", resolve = true }}");
@@ -162,16 +169,11 @@ async fn a_reload_with_a_name_that_does_not_resolve_is_applied() {
 
 #[tokio::test]
 async fn the_dns_server_stopped_keeps_the_last_addresses_serving() {
-    let Some(mut dns) = Dnsmasq::start("127.0.0.2 app.test\n127.0.0.3 app.test\n", &[]) else {
+    let hosts = "127.0.0.2 app.test\n127.0.0.3 app.test\n";
+    let Some((mut dns, backends, proxy)) = following_app_test(hosts, "timeout = \"200ms\"").await
+    else {
         return;
     };
-    let (port, backends) = backends_on_loopbacks(&["two", "three"]).await;
-    let proxy = Proxy::start(&config(
-        &dns,
-        "timeout = \"200ms\"",
-        &format!("{{ addr = \"app.test:{port}\", resolve = true }}"),
-        "",
-    ));
     assert_eq!(hit(&proxy, "/").await.status, 200);
     dns.stop();
     wait_until("a failed query", || async {
@@ -196,16 +198,9 @@ async fn the_dns_server_stopped_keeps_the_last_addresses_serving() {
 
 #[tokio::test]
 async fn a_request_in_flight_to_a_removed_address_completes() {
-    let Some(dns) = Dnsmasq::start("127.0.0.2 app.test\n", &[]) else {
+    let Some((dns, backends, proxy)) = following_app_test("127.0.0.2 app.test\n", "").await else {
         return;
     };
-    let (port, backends) = backends_on_loopbacks(&["two", "three"]).await;
-    let proxy = Proxy::start(&config(
-        &dns,
-        "",
-        &format!("{{ addr = \"app.test:{port}\", resolve = true }}"),
-        "",
-    ));
     let addr = proxy.addr();
     let slow = tokio::spawn(async move { get(&client(), addr, "/slow/3000").await });
     common::wait_for("the slow request at its backend", || {
@@ -307,7 +302,7 @@ async fn instances_agree_whatever_order_dns_answers_in() {
         "hash = { key = \"$request_uri\", consistent = true }",
     ] {
         let extra = format!("{hash}\n[upstreams.app.sticky]\ncookie = \"route\"\n");
-        let servers = format!("{{ addr = \"app.test:{port}\", resolve = true }}");
+        let servers = app_test(port);
         let a = Proxy::start(&config(&dns_a, "", &servers, &extra));
         let b = Proxy::start(&config(&dns_b, "", &servers, &extra));
         let mut seen = std::collections::BTreeMap::new();

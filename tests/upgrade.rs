@@ -557,17 +557,8 @@ async fn sockets_from_systemd_socket_activation_are_used_and_systemd_follows_an_
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    command_fds::CommandFdExt::fd_mappings(
-        &mut command,
-        vec![command_fds::FdMapping {
-            parent_fd: socket.try_clone().expect("dup").into(),
-            child_fd: 3,
-        }],
-    )
-    .expect("fd mapping");
-    let mut child = command.spawn().expect("spawn rproxy");
+    let mut child = spawn_with_fd3(command, &socket);
     descendants.add(child.id());
-    drop(command);
     wait_for("the ready file", || {
         read_ready(&ready).is_some() || child.try_wait().ok().flatten().is_some()
     })
@@ -637,16 +628,7 @@ async fn sockets_passed_for_another_pid_are_not_taken() {
         .env("LISTEN_FDS", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    command_fds::CommandFdExt::fd_mappings(
-        &mut command,
-        vec![command_fds::FdMapping {
-            parent_fd: socket.try_clone().expect("dup").into(),
-            child_fd: 3,
-        }],
-    )
-    .expect("fd mapping");
-    let mut child = command.spawn().expect("spawn rproxy");
-    drop(command);
+    let mut child = spawn_with_fd3(command, &socket);
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -792,4 +774,21 @@ token = "{TOKEN}"
     let a_now = status_of(admin, a.addr).await;
     assert_eq!(a_now["effective_weight"], 7);
     assert_eq!(status_of(admin, b.addr).await["state"], "unhealthy");
+}
+
+/// Starts `command` with a copy of `socket` as its fd 3, as systemd passes a socket.
+fn spawn_with_fd3(
+    mut command: std::process::Command,
+    socket: &std::net::TcpListener,
+) -> std::process::Child {
+    command_fds::CommandFdExt::fd_mappings(
+        &mut command,
+        vec![command_fds::FdMapping {
+            parent_fd: socket.try_clone().expect("dup").into(),
+            child_fd: 3,
+        }],
+    )
+    .expect("fd mapping");
+    // `command` (and the copy it holds) is dropped on return: only the child keeps it open.
+    command.spawn().expect("spawn rproxy")
 }

@@ -24,15 +24,18 @@ pub(super) struct ClientBody {
     log: Option<Box<AccessRecord>>,
     end: Option<RequestEnd>,
     /// The request's slots under its limits' `conns`, given back with the body.
-    limits: Option<Admitted>,
+    _limits: Option<Admitted>,
 }
 
 impl ClientBody {
-    /// `resp` as the client gets it, ending with `end` and the access log line `log`.
+    /// `resp` as the client gets it, ending with `end` and the access log line `log`, and
+    /// holding `admitted` (the request's slots under its limits' `conns`) until it ends. One
+    /// call takes all of them, so no way out of the listener can forget the slots.
     pub(super) fn wrap(
         resp: Response<ProxyBody>,
         log: Option<Box<AccessRecord>>,
         end: RequestEnd,
+        admitted: Option<Admitted>,
     ) -> Response<ClientBody> {
         let status = resp.status().as_u16();
         resp.map(|inner| ClientBody {
@@ -43,13 +46,8 @@ impl ClientBody {
                 log
             }),
             end: Some(end),
-            limits: None,
+            _limits: admitted,
         })
-    }
-
-    /// Keeps `admitted` (the request's `conns` slots) until the body ends.
-    pub(super) fn hold(resp: &mut Response<ClientBody>, admitted: Admitted) {
-        resp.body_mut().limits = Some(admitted);
     }
 }
 

@@ -271,7 +271,7 @@ pub(super) fn answer(
         let end = RequestEnd::new(active, &ctx.metrics);
         let snapshot = ctx.state.load_full();
         let Some(listener) = snapshot.listener(&ctx.name) else {
-            return ClientBody::wrap(error_response(ProxyError::NoBackend), None, end);
+            return ClientBody::wrap(error_response(ProxyError::NoBackend), None, end, None);
         };
         // Started before forwarding, for the request's whole time; it records the head as the
         // client sent it.
@@ -345,11 +345,7 @@ pub(super) fn answer(
                         // response less on the path most requests take (callgrind). `forward`
                         // applied the route's header rules (the listener's among them): not
                         // again below.
-                        let mut resp = ClientBody::wrap(resp, log, end);
-                        if let Some(admitted) = admitted {
-                            ClientBody::hold(&mut resp, admitted);
-                        }
-                        return resp;
+                        return ClientBody::wrap(resp, log, end, admitted);
                     }
                     (None, _) => {
                         tracing::debug!(client = %peer.addr, host = ?host, path = parts.uri.path(), "no route");
@@ -373,10 +369,6 @@ pub(super) fn answer(
             let status = answer.status();
             plan.local_answer(answer.headers_mut(), status, &parts, peer);
         }
-        let mut resp = ClientBody::wrap(answer, log, end);
-        if let Some(admitted) = admitted {
-            ClientBody::hold(&mut resp, admitted);
-        }
-        resp
+        ClientBody::wrap(answer, log, end, admitted)
     }
 }
