@@ -112,28 +112,25 @@ async fn a_full_disk_is_reported_once_and_requests_go_on() {
     // Requests across several of the writer's 100 ms rounds, each of which fails: every line
     // is counted as lost, and the failure is reported (a line on stderr).
     let mut sent = 0.0;
-    for _ in 0..2 {
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(350) {
-            assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
-            sent += 1.0;
+    // Two rounds of requests for 350 ms each, every line counted as lost once it is written.
+    let mut rounds = async || {
+        for _ in 0..2 {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(350) {
+                assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
+                sent += 1.0;
+            }
+            proxy.wait_for_metric(lost, |n| n == sent).await;
         }
-        proxy.wait_for_metric(lost, |n| n == sent).await;
-    }
+    };
+    rounds().await;
     wait_for("the failure to be reported", || {
         proxy.stderr_line_count() > before
     })
     .await;
     let reported = proxy.stderr_line_count();
     // More rounds fail: not reported again (the log does not grow with the requests).
-    for _ in 0..2 {
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(350) {
-            assert_eq!(get(&c, proxy.addr(), "/").await.status, 200);
-            sent += 1.0;
-        }
-        proxy.wait_for_metric(lost, |n| n == sent).await;
-    }
+    rounds().await;
     assert_eq!(
         proxy.stderr_line_count(),
         reported,
