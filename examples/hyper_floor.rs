@@ -46,14 +46,15 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!backends.is_empty(), "no backend");
     let backends = Arc::new(backends);
     let next = Arc::new(AtomicUsize::new(0));
-    // The same runtime as `rproxy` with `workers = 1`; FLOOR_RUNTIME=current_thread for
-    // tokio's single-threaded one.
-    let mut runtime = if std::env::var("FLOOR_RUNTIME").as_deref() == Ok("current_thread") {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
+    // The same runtime as `rproxy` with `workers = 1` (thread per core: tokio's
+    // single-threaded runtime); FLOOR_RUNTIME=multi_thread for the multi-threaded one with one
+    // worker, as `rproxy` ran before.
+    let mut runtime = if std::env::var("FLOOR_RUNTIME").as_deref() == Ok("multi_thread") {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(1);
         b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
     };
     runtime.enable_all().build()?.block_on(async move {
         let listener = TcpListener::bind(listen).await?;

@@ -136,11 +136,22 @@ fn main() -> ExitCode {
         .workers
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(if cli.test { 1 } else { workers })
-        .enable_all()
-        .build()
-    {
+    // Thread per core (`rproxy::workers`): this thread is worker 0, each other worker a thread
+    // with a runtime of its own. RPROXY_RUNTIME=work_stealing runs tokio's multi-threaded
+    // runtime with `workers` threads instead, the arrangement before; kept so that the two can
+    // be measured against each other (benches/compare/run.sh does).
+    let work_stealing = std::env::var("RPROXY_RUNTIME").as_deref() == Ok("work_stealing");
+    let runtime = if work_stealing && !cli.test {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rproxy: cannot start the runtime: {e}");
@@ -169,6 +180,18 @@ fn main() -> ExitCode {
     }
 
     init_logging(config.log_level.as_deref());
+    let other_workers = if work_stealing {
+        None
+    } else {
+        match rproxy::workers::Workers::start(workers) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("rproxy: cannot start the worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let handles = other_workers.as_ref().map_or(&[][..], |w| w.handles());
     let code = runtime.block_on(async {
         let signals = match rproxy::Signals::install() {
             Ok(signals) => signals,
@@ -192,7 +215,7 @@ fn main() -> ExitCode {
             }
             None => None,
         };
-        let mut server = match rproxy::Server::bind_inheriting(config, inherited).await {
+        let mut server = match rproxy::Server::bind_on_workers(config, inherited, handles).await {
             Ok(server) => server,
             Err(e) => {
                 tracing::error!("{e}");
@@ -222,6 +245,10 @@ fn main() -> ExitCode {
         rproxy::access_log::flush();
         ExitCode::SUCCESS
     });
+    // The server has drained every worker's connections (or given up at the drain timeout).
+    if let Some(w) = other_workers {
+        w.stop();
+    }
     // Anything still running (a stuck name lookup) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code

@@ -26,8 +26,8 @@ async fn connections_past_the_limit_wait_and_are_then_served() {
         (&web["name"], &web["max_connections"]),
         (&"web".into(), &3.into())
     );
-    // Client connections open, from /metrics: /status's `connections_open` also counts the
-    // slot an accept loop takes before it waits for the next connection.
+    // Client connections open, from /metrics (and /status, below: an accept loop holds no
+    // slot while it waits for a connection, so the two agree).
     let p = &proxy;
     let open = move || async move { p.metric("rproxy_connections_open{listener=\"web\"}").await };
     let addrs = proxy.listeners["web"].clone();
@@ -46,6 +46,7 @@ async fn connections_past_the_limit_wait_and_are_then_served() {
         move || async move { open().await == 3.0 },
     )
     .await;
+    assert_eq!(proxy.status().await["listeners"][0]["connections_open"], 3);
 
     // A fourth connection, on either socket, is accepted by the kernel but not served while
     // all slots are held.

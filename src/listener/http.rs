@@ -100,16 +100,22 @@ pub(super) async fn serve_listener(
         lot: holders.idle_lot,
     });
     let accept_stop = stops.accept;
+    let local = listener.local_addr().ok();
     loop {
-        let Some(slot) = connection_slot(&limit, &listener, &ctx.name, &accept_stop).await else {
-            break;
-        };
         let accepted = tokio::select! {
             _ = accept_stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
+                // The slot is taken once there is a connection to hold it: several accept
+                // loops share one budget (a listener's sockets, each on every worker), and a
+                // loop that took a slot before a connection came would keep it from the loop
+                // whose socket has one waiting.
+                let Some(slot) = connection_slot(&limit, local, &ctx.name, &accept_stop).await
+                else {
+                    break;
+                };
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
                 }
@@ -131,12 +137,13 @@ pub(super) async fn serve_listener(
     tracing::debug!(listener = %ctx.name, "stopped accepting");
 }
 
-/// Waits for a free connection slot. While the listener is at `max_connections`, it stops
-/// accepting (new connections wait in the kernel's accept queue) and says so in the log, with
-/// how many are waiting, every few seconds. `None` on shutdown.
+/// Waits for a free connection slot for a connection just accepted. While the listener is at
+/// `max_connections`, its accept loop holds that one connection and accepts no more (new
+/// connections wait in the kernel's accept queue), and says so in the log, with how many are
+/// waiting there, every few seconds. `None` on shutdown.
 async fn connection_slot(
     limit: &ConnectionLimit,
-    listener: &TcpListener,
+    addr: Option<SocketAddr>,
     name: &str,
     stop: &CancellationToken,
 ) -> Option<OwnedSemaphorePermit> {
@@ -144,7 +151,6 @@ async fn connection_slot(
         return Some(slot);
     }
     let since = tokio::time::Instant::now();
-    let addr = listener.local_addr().ok();
     loop {
         let waiting = addr.and_then(accept_queue_len);
         tracing::warn!(

@@ -6,6 +6,13 @@
 //! unchanged is never closed, so a reload never causes a moment of `connection refused`; its
 //! accept loop and open connections go on untouched. A removed listener stops accepting, its
 //! connections are asked to finish, and those still open after the drain timeout are closed.
+//!
+//! Every socket has an accept loop on every worker (`crate::workers`), each on a duplicate of
+//! the one socket, and each worker has an idle lot of its own: a connection stays on the
+//! worker that accepted it. The kernel wakes every worker's loop when a connection arrives and
+//! one takes it, so a busy worker accepts less. One socket rather than one per worker with
+//! `SO_REUSEPORT`: a binary upgrade hands over one socket per address, and closing one of a
+//! `SO_REUSEPORT` group (a reload, an upgrade) drops the connections queued on it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,7 +47,9 @@ pub struct BindError {
 pub struct ListenerSet {
     /// Cancelled at shutdown; every listener's tokens are its children.
     stop: CancellationToken,
-    connections: ConnHolders,
+    /// Worker 0 (the runtime that made the set) first: where each socket's accept loops run
+    /// and what holds their connections.
+    workers: Vec<WorkerSide>,
     accept_loops: TaskTracker,
     sockets: Vec<Running>,
     groups: HashMap<String, Group>,
@@ -56,6 +66,13 @@ struct Running {
     /// The same socket, for a binary upgrade to hand to the new process (the accept loop owns
     /// the listener itself). `None` if it could not be duplicated (logged).
     handover: Option<OwnedFd>,
+}
+
+/// One worker's runtime and what holds the connections it accepts.
+#[derive(Debug)]
+struct WorkerSide {
+    runtime: Handle,
+    holders: ConnHolders,
 }
 
 /// What the sockets of one listener share (its connection budget is in the snapshot).
@@ -96,17 +113,40 @@ impl ListenerSet {
     /// Must be called on the runtime that is to serve the connections: connections leaving
     /// the idle lot are spawned on it, onto `connections`.
     pub fn new(stop: CancellationToken, connections: TaskTracker) -> Self {
-        let idle_lot = start_idle_lot(connections.clone())
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "no idle-connection lot; idle connections wait in their tasks");
+        Self::with_workers(stop, connections, &[])
+    }
+
+    /// `new`, serving on this runtime and on `other_workers` too (the runtimes of workers 1 to
+    /// N - 1); every connection is tracked on `connections`.
+    pub fn with_workers(
+        stop: CancellationToken,
+        connections: TaskTracker,
+        other_workers: &[Handle],
+    ) -> Self {
+        let workers = std::iter::once(Handle::current())
+            .chain(other_workers.iter().cloned())
+            .map(|runtime| {
+                // The lot's task and the connections it gives back run on this runtime.
+                let idle_lot = {
+                    let _on = runtime.enter();
+                    start_idle_lot(connections.clone())
+                }
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "no idle-connection lot; idle connections wait in their tasks");
+                })
+                .ok();
+                WorkerSide {
+                    runtime,
+                    holders: ConnHolders {
+                        tasks: connections.clone(),
+                        idle_lot,
+                    },
+                }
             })
-            .ok();
+            .collect();
         ListenerSet {
             stop,
-            connections: ConnHolders {
-                tasks: connections,
-                idle_lot,
-            },
+            workers,
             accept_loops: TaskTracker::new(),
             sockets: Vec::new(),
             groups: HashMap::new(),
@@ -209,7 +249,7 @@ impl ListenerSet {
                 tracing::info!(listener = %name, ?drain_timeout, "reload: listener removed; its connections finish their requests");
                 group.drain.cancel();
                 // Idle connections close at once, as they do when they wait in their tasks.
-                if let Some(lot) = &self.connections.idle_lot {
+                for lot in self.idle_lots() {
                     lot.close_drained();
                 }
                 tokio::spawn(async move {
@@ -244,17 +284,48 @@ impl ListenerSet {
                 })
                 .ok();
             let accept_stop = self.stop.child_token();
+            let stops = ListenerStops {
+                accept: accept_stop.clone(),
+                drain: group.drain.clone(),
+                kill: group.kill.clone(),
+            };
+            let name: Arc<str> = Arc::from(w.listener.as_str());
+            // The other workers' loops first, each on a duplicate registered with its own
+            // runtime; this runtime's loop keeps the socket itself.
+            for worker in &self.workers[1..] {
+                let dup = match rustix::io::fcntl_dupfd_cloexec(&socket, 0) {
+                    Ok(fd) => std::net::TcpListener::from(fd),
+                    Err(e) => {
+                        tracing::warn!(listener = %w.listener, addr = %bound, error = %e, "cannot duplicate the socket for a worker; the others accept its connections");
+                        continue;
+                    }
+                };
+                let (name, state, limit, stops, holders) = (
+                    Arc::clone(&name),
+                    Arc::clone(state),
+                    limit.clone(),
+                    stops.clone(),
+                    worker.holders.clone(),
+                );
+                let accept = self.accept_loops.track_future(async move {
+                    match TcpListener::from_std(dup) {
+                        Ok(socket) => {
+                            serve_listener(socket, name, state, limit, stops, holders).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(listener = %name, error = %e, "a worker cannot accept on this socket; the others do");
+                        }
+                    }
+                });
+                worker.runtime.spawn(accept);
+            }
             self.accept_loops.spawn(serve_listener(
                 socket,
-                Arc::from(w.listener.as_str()),
+                name,
                 Arc::clone(state),
                 limit.clone(),
-                ListenerStops {
-                    accept: accept_stop.clone(),
-                    drain: group.drain.clone(),
-                    kill: group.kill.clone(),
-                },
-                self.connections.clone(),
+                stops,
+                self.workers[0].holders.clone(),
             ));
             self.sockets.push(Running {
                 listener: w.listener,
@@ -290,9 +361,15 @@ impl ListenerSet {
     }
 
     fn close_idle(&self) {
-        if let Some(lot) = &self.connections.idle_lot {
+        for lot in self.idle_lots() {
             lot.close();
         }
+    }
+
+    fn idle_lots(&self) -> impl Iterator<Item = &Arc<super::http1::Lot>> {
+        self.workers
+            .iter()
+            .filter_map(|w| w.holders.idle_lot.as_ref())
     }
 }
 

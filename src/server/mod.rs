@@ -110,7 +110,17 @@ impl Server {
     /// the pid file waits until this process takes over.
     pub async fn bind_inheriting(
         config: Config,
+        inherited: Inherited,
+    ) -> Result<Server, StartError> {
+        Server::bind_on_workers(config, inherited, &[]).await
+    }
+
+    /// `bind_inheriting`, with connections served on this runtime and on `other_workers`,
+    /// the runtimes of workers 1 to N - 1 (`crate::workers`).
+    pub async fn bind_on_workers(
+        config: Config,
         mut inherited: Inherited,
+        other_workers: &[tokio::runtime::Handle],
     ) -> Result<Server, StartError> {
         check_fd_limit(&config);
         let config = Arc::new(config);
@@ -130,7 +140,7 @@ impl Server {
         }
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
-        let listeners = ListenerSet::new(stop.clone(), connections.clone());
+        let listeners = ListenerSet::with_workers(stop.clone(), connections.clone(), other_workers);
         let first_plan = listeners.plan_inheriting(&config, &mut inherited)?;
         snapshot.set_addresses(listeners.addresses(&first_plan));
         let state = Arc::new(ArcSwap::from_pointee(snapshot));

@@ -11,6 +11,11 @@
 //! keeps the client settings keeps it too. Idle connections are closed after the pool's
 //! `keepalive_timeout` by a small task that runs only while some are idle.
 //!
+//! It keeps one shelf per worker thread (`crate::workers`), each with the whole
+//! `keepalive_connections`, as each nginx worker process has its own `keepalive` cache: a
+//! connection's hyper task runs on the worker that opened it, and a request on that worker
+//! takes it, so a request and its backend connection never wake each other across threads.
+//!
 //! The cache is generic over what it keeps ([`Poolable`], as hyper-util's pool is), so its
 //! rules are tested on stand-in connections without a network.
 
@@ -19,7 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use super::request_body::UpstreamRequestBody;
@@ -63,7 +68,8 @@ impl Poolable for Sender {
 /// One backend's idle connections, with the pool's limits.
 #[derive(Debug)]
 pub(crate) struct Keepalive<C = Sender> {
-    idle: Mutex<Idle<C>>,
+    /// One shelf per worker, indexed by `workers::current()`.
+    shelves: Box<[Mutex<Idle<C>>]>,
     /// How many idle connections are kept (`keepalive_connections`; 0: none).
     max: usize,
     /// How long one may stay idle (`keepalive_timeout`).
@@ -80,20 +86,37 @@ struct Idle<C> {
 
 impl<C: Poolable> Keepalive<C> {
     pub(crate) fn new(max: usize, timeout: Duration) -> Arc<Self> {
+        Self::with_shelves(crate::workers::count(), max, timeout)
+    }
+
+    fn with_shelves(shelves: usize, max: usize, timeout: Duration) -> Arc<Self> {
+        let shelves = (0..shelves.max(1))
+            .map(|_| {
+                Mutex::new(Idle {
+                    list: VecDeque::new(),
+                    reaping: false,
+                })
+            })
+            .collect();
         Arc::new(Keepalive {
-            idle: Mutex::new(Idle {
-                list: VecDeque::new(),
-                reaping: false,
-            }),
+            shelves,
             max,
             timeout,
         })
     }
 
+    /// This worker's shelf (a thread that is not a worker uses the first).
+    #[inline]
+    fn shelf(&self) -> (usize, MutexGuard<'_, Idle<C>>) {
+        let i = crate::workers::current();
+        let i = if i < self.shelves.len() { i } else { 0 };
+        (i, self.shelves[i].lock())
+    }
+
     /// A connection for the next request, if one is open: an HTTP/1 one is taken out (it
     /// carries one request at a time), an HTTP/2 one is shared and stays.
     pub(crate) fn checkout(&self) -> Option<C> {
-        let mut idle = self.idle.lock();
+        let (_, mut idle) = self.shelf();
         loop {
             let (conn, used) = idle.list.back_mut()?;
             if conn.is_closed() {
@@ -114,27 +137,27 @@ impl<C: Poolable> Keepalive<C> {
         if self.max == 0 || conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock();
+        let (shelf, mut idle) = self.shelf();
         if idle.list.len() >= self.max {
             idle.list.pop_front();
         }
         idle.list.push_back((conn, Instant::now()));
         if !idle.reaping {
             idle.reaping = true;
-            tokio::spawn(reap(Arc::downgrade(self)));
+            tokio::spawn(reap(Arc::downgrade(self), shelf));
         }
     }
 
     /// How many connections are idle (or, for HTTP/2, open) now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.idle.lock().list.len()
+        self.shelves.iter().map(|s| s.lock().list.len()).sum()
     }
 
-    /// Closes connections idle for the timeout; returns when the next one will be, if any is
-    /// left.
-    fn close_timed_out(&self) -> Option<Instant> {
-        let mut idle = self.idle.lock();
+    /// Closes the connections of `shelf` idle for the timeout; returns when the next one will
+    /// be, if any is left.
+    fn close_timed_out(&self, shelf: usize) -> Option<Instant> {
+        let mut idle = self.shelves[shelf].lock();
         let now = Instant::now();
         idle.list
             .retain(|(conn, used)| !conn.is_closed() && now < *used + self.timeout);
@@ -146,11 +169,11 @@ impl<C: Poolable> Keepalive<C> {
     }
 }
 
-/// Closes idle connections as they time out, and ends when none is left (`put` starts it
-/// again) or the backend is gone.
-async fn reap<C: Poolable>(keepalive: Weak<Keepalive<C>>) {
+/// Closes one shelf's idle connections as they time out, on that shelf's worker, and ends
+/// when none is left (`put` starts it again) or the backend is gone.
+async fn reap<C: Poolable>(keepalive: Weak<Keepalive<C>>, shelf: usize) {
     loop {
-        let Some(next) = keepalive.upgrade().and_then(|k| k.close_timed_out()) else {
+        let Some(next) = keepalive.upgrade().and_then(|k| k.close_timed_out(shelf)) else {
             return;
         };
         tokio::time::sleep_until(next).await;
@@ -323,5 +346,32 @@ mod tests {
         k.put(c);
         assert!(k.checkout().is_none());
         assert!(!alive(&handles), "closed at once");
+    }
+
+    /// Each worker takes the connections it gave back, each shelf holds `max`, and each times
+    /// out on its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_shelf_per_worker() {
+        use crate::workers::as_worker;
+        let k = Keepalive::with_shelves(2, 1, Duration::from_secs(5));
+        let (a, _, a_alive) = Conn::new(1, false);
+        let (b, _, b_alive) = Conn::new(2, false);
+        as_worker(0, || k.put(a));
+        as_worker(1, || k.put(b));
+        assert_eq!(k.len(), 2, "one each: the limit is per shelf");
+        let from_1 = as_worker(1, || k.checkout()).map(|c| c.id);
+        assert_eq!(from_1, Some(2));
+        assert!(
+            as_worker(1, || k.checkout()).is_none(),
+            "worker 0's is not lent to 1"
+        );
+        // A worker index past the shelves (a thread that is no worker) uses the first.
+        assert_eq!(as_worker(7, || k.checkout()).map(|c| c.id), Some(1));
+        let (c, _, c_alive) = Conn::new(3, false);
+        as_worker(1, || k.put(c));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(k.len(), 0, "the second shelf's reaper closed it");
+        assert!(!alive(&c_alive));
+        drop((a_alive, b_alive));
     }
 }
