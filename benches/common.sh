@@ -193,7 +193,8 @@ start_backends() {
 
 # Instructions per request under valgrind (benches/instructions.sh, benches/before_after.sh),
 # round-robin over the backends B1 and B2 (start_backends). Systems: rproxy, rproxy-observed
-# (metrics, an access log file, 1 s health checks), nginx, haproxy, hyper-floor. RPROXY is the
+# (metrics, an access log file, 1 s health checks), rproxy-ws (tokio's work-stealing runtime
+# instead of thread per core), nginx, haproxy, hyper-floor. RPROXY is the
 # rproxy binary to run, by default this tree's release build.
 
 # system_config SYSTEM PORT: writes the system's configuration for listening on PORT.
@@ -201,7 +202,7 @@ system_config() {
     local dir="$DIR/$1-$2"
     mkdir -p "$dir"
     case $1 in
-        rproxy) rproxy_conf "$2" 1 "$B1" "$B2" off > "$dir/rproxy.toml" ;;
+        rproxy | rproxy-ws) rproxy_conf "$2" 1 "$B1" "$B2" off > "$dir/rproxy.toml" ;;
         rproxy-observed) rproxy_conf "$2" 1 "$B1" "$B2" "$dir/access.log" "[admin]
 listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }' > "$dir/rproxy.toml" ;;
         nginx) nginx_proxy_conf "$2" "$B1" "$B2" > "$dir/nginx.conf" ;;
@@ -216,6 +217,7 @@ start_under_valgrind() {
     local vg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null)
     case $1 in
         rproxy | rproxy-observed) exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
+        rproxy-ws) RPROXY_RUNTIME=work_stealing exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
         nginx) exec "${vg[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;" ;;
         haproxy) exec "${vg[@]}" haproxy -f "$dir/haproxy.cfg" -db ;;
         hyper-floor) exec "${vg[@]}" "$PWD/target/release/examples/hyper_floor" "127.0.0.1:$2" "127.0.0.1:$B1" "127.0.0.1:$B2" ;;

@@ -25,7 +25,7 @@ install_missing valgrind nginx haproxy nghttp2-client curl
 start_backends backends
 
 declare -A PER
-for s in rproxy nginx haproxy hyper-floor rproxy-observed; do
+for s in rproxy nginx haproxy hyper-floor rproxy-observed rproxy-ws; do
     instructions_per_request "$s" "$REQUESTS"
     PER[$s]=$PER_REQUEST
     echo "$s: ${PER[$s]} instructions/request" >&2
@@ -37,3 +37,5 @@ for s in rproxy nginx haproxy hyper-floor; do
 done
 printf '\nObserving (rproxy-observed) costs %s instructions per request against %s plain: %.2fx.\n' \
     "${PER[rproxy-observed]}" "${PER[rproxy]}" "$(awk -v a="${PER[rproxy-observed]}" -v b="${PER[rproxy]}" 'BEGIN {print a / b}')"
+printf 'On tokio'"'"'s work-stealing runtime (rproxy-ws, the arrangement before thread per core): %s instructions per request, %.2fx thread per core'"'"'s.\n' \
+    "${PER[rproxy-ws]}" "$(awk -v a="${PER[rproxy-ws]}" -v b="${PER[rproxy]}" 'BEGIN {print a / b}')"

@@ -56,21 +56,29 @@ taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
 PIDS+=($!)
 HAPROXY_PID=$!
 
+# The same rproxy on tokio's multi-threaded runtime (one worker thread beside the main one),
+# the arrangement before thread per core (src/workers.rs): what that change bought.
+P_WS=$(port)
+rproxy_conf "$P_WS" 1 "$B1" "$B2" off > "$DIR/rproxy-ws.toml"
+RPROXY_RUNTIME=work_stealing taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/rproxy-ws.toml" 2>"$DIR/rproxy-ws.log" &
+PIDS+=($!)
+WS_PID=$!
+
 # The floor under rproxy's costs: the same hyper server and client with nothing around them.
 taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$P_FLOOR" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/floor.log" &
 PIDS+=($!)
 FLOOR_PID=$!
 
-for p in $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2; do wait_port "$p"; done
+for p in $P_WS $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2; do wait_port "$p"; done
 
-declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR)
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR [rproxy-ws]=$P_WS)
 declare -A H2_PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2)
-declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID)
+declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID [rproxy-ws]=$WS_PID)
 SYSTEMS=(rproxy nginx haproxy hyper-floor)
 H2_SYSTEMS=(rproxy nginx haproxy) # hyper_floor serves HTTP/1 only
 
 # Each proxy must really alternate between the two backends.
-for s in "${SYSTEMS[@]}" rproxy-observed; do
+for s in "${SYSTEMS[@]}" rproxy-observed rproxy-ws; do
     # A failed request shows as "curl-exit-N" (one run stopped here once with curl's exit 52,
     # an empty reply, and nothing said which system gave it).
     seen=$(for _ in 1 2 3 4; do
@@ -107,6 +115,7 @@ RESULTS="$DIR/results.tsv"
 for c in 1 50 200; do
     runs=("${SYSTEMS[@]}")
     [ "$c" = 50 ] && runs+=(rproxy-observed)
+    [ "$c" != 1 ] && runs+=(rproxy-ws)
     for round in $(seq "$ROUNDS"); do
         for s in "${runs[@]}"; do
             read -r user0 sys0 < <(ticks "${PID[$s]}")
@@ -156,22 +165,35 @@ backends_conf "$B3" "$B4" 2 > "$DIR/backends2/nginx.conf"
 nginx -p "$DIR/backends2" -c "$DIR/backends2/nginx.conf" -g "daemon off; pid $DIR/backends2/nginx.pid;" 2>"$DIR/backends2.log" &
 PIDS+=($!)
 wait_port "$B3"; wait_port "$B4"
+# Each as thread per core (`tpc`, the default) and on tokio's work-stealing runtime (`ws`).
 for w in 1 2; do
-    P_W=$(port)
-    rproxy_conf "$P_W" "$w" "$B3" "$B4" off > "$DIR/workers$w.toml"
-    "$ROOT/target/release/rproxy" -c "$DIR/workers$w.toml" 2>"$DIR/workers$w.log" &
-    PIDS+=($!)
-    PORT[workers$w]=$P_W
-    PID[workers$w]=$!
-    wait_port "$P_W"
+    for rt in tpc ws; do
+        P_W=$(port)
+        rproxy_conf "$P_W" "$w" "$B3" "$B4" off > "$DIR/workers$w$rt.toml"
+        if [ "$rt" = ws ]; then
+            RPROXY_RUNTIME=work_stealing "$ROOT/target/release/rproxy" -c "$DIR/workers$w$rt.toml" 2>"$DIR/workers$w$rt.log" &
+        else
+            "$ROOT/target/release/rproxy" -c "$DIR/workers$w$rt.toml" 2>"$DIR/workers$w$rt.log" &
+        fi
+        PIDS+=($!)
+        PORT[workers$w$rt]=$P_W
+        PID[workers$w$rt]=$!
+        wait_port "$P_W"
+    done
 done
 WORKERS="$DIR/workers.tsv"
 for round in $(seq "$ROUNDS"); do
     for w in 1 2; do
-        out=$(wrk -t2 -c200 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:${PORT[workers$w]}/")
-        rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-        printf '%s\t%s\n' "$w" "$rps" >> "$WORKERS"
-        echo "workers=$w round $round: $rps req/s" >&2
+        for rt in tpc ws; do
+            read -r user0 sys0 < <(ticks "${PID[workers$w$rt]}")
+            out=$(wrk -t2 -c200 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:${PORT[workers$w$rt]}/")
+            read -r user1 sys1 < <(ticks "${PID[workers$w$rt]}")
+            requests=$(echo "$out" | awk '/requests in/ {print $1}')
+            rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+            cpu=$(per_request $((user1 + sys1 - user0 - sys0)) "$requests")
+            printf '%s\t%s\t%s\t%s\n' "$w" "$rps" "$rt" "$cpu" >> "$WORKERS"
+            echo "workers=$w $rt round $round: $rps req/s, $cpu us CPU/request" >&2
+        done
     done
 done
 
@@ -280,14 +302,37 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
         printf '| %s | %.0f | %.0f | %.2f | %.2fx |\n' "$s" "$(col 2)" "$(col 3)" "$cpu" "$(awk -v a="$cpu" -v b="$ng_h2" 'BEGIN {print a / b}')"
     done
     echo
+    echo "### Thread per core"
+    echo
+    echo "rproxy's workers are threads with a single-threaded tokio runtime each (\`src/workers.rs\`);"
+    echo "\"rproxy-ws\" is the same binary on tokio's multi-threaded, work-stealing runtime"
+    echo "(\`RPROXY_RUNTIME=work_stealing\`, the arrangement before), both with \`workers = 1\`, pinned as above:"
+    echo
+    echo "| connections | runtime | requests/s | CPU µs/request | user µs | kernel µs |"
+    echo "|---|---|---|---|---|---|"
+    for c in 50 200; do
+        for s in rproxy rproxy-ws; do
+            col() { awk -F'\t' -v c="$c" -v s="$s" -v k="$1" '$1 == c && $2 == s {print $k}' "$RESULTS" | median; }
+            printf '| %s | %s | %.0f | %.2f | %.2f | %.2f |\n' "$c" "$([ "$s" = rproxy ] && echo "thread per core" || echo "work-stealing")" "$(col 3)" "$(col 6)" "$(col 10)" "$(col 11)"
+        done
+    done
+    echo
     echo "### Two workers"
     echo
-    one=$(awk -F'\t' '$1 == 1 {print $2}' "$WORKERS" | median)
-    two=$(awk -F'\t' '$1 == 2 {print $2}' "$WORKERS" | median)
-    echo "rproxy with \`workers = 1\` and \`workers = 2\`, nothing pinned, wrk -t2 -c200 and two-worker nginx"
-    echo "backends on the same two cores as the proxy: $one and $two requests/s (median of $ROUNDS), a ratio of"
-    echo "$(awk -v a="$two" -v b="$one" 'BEGIN {printf "%.2f", a / b}'). With the load generator and backends on the same two cores this"
+    echo "rproxy with \`workers = 1\` and \`workers = 2\`, each thread per core (tpc) and work-stealing (ws),"
+    echo "nothing pinned, wrk -t2 -c200 and two-worker nginx backends on the same two cores as the"
+    echo "proxy (medians of $ROUNDS). With the load generator and backends on the same two cores this"
     echo "measures what this machine allows, not scaling with a core to spare."
+    echo
+    echo "| workers | runtime | requests/s | CPU µs/request |"
+    echo "|---|---|---|---|"
+    for w in 1 2; do
+        for rt in tpc ws; do
+            rps=$(awk -F'\t' -v w="$w" -v r="$rt" '$1 == w && $3 == r {print $2}' "$WORKERS" | median)
+            cpu=$(awk -F'\t' -v w="$w" -v r="$rt" '$1 == w && $3 == r {print $4}' "$WORKERS" | median)
+            printf '| %s | %s | %.0f | %.2f |\n' "$w" "$rt" "$rps" "$cpu"
+        done
+    done
     echo
     echo "### One TCP stream (layer 4)"
     echo
