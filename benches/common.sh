@@ -255,3 +255,54 @@ instructions_per_request() {
     instructions "$1" "$2" "${3:-}"
     PER_REQUEST=$(( (IR - small) / ($2 - $2 / 5) ))
 }
+
+# TLS termination (benches/https.sh): rproxy, nginx and HAProxy each one worker terminating
+# TLS with one self-signed ECDSA P-256 certificate from `tcp_bench cert`.
+
+# start_tls_proxies [MAXCONN] [RPROXY]: writes the certificate to $DIR (cert.pem, key.pem,
+# both.pem), starts two nginx backends on CPU 1 (start_backends) and in front of them rproxy
+# (the binary RPROXY, by default this tree's release build), nginx and HAProxy, each one
+# worker pinned to CPU 0 with an https listener and a plain one. Sets TLS_PORT[SYSTEM],
+# PLAIN_PORT[SYSTEM] and PID[SYSTEM]; returns once all listen. nginx 1.22 is told to offer
+# TLS 1.3: its default `ssl_protocols` stops at TLS 1.2 (1.23.4 added 1.3 to the default).
+# Key exchange needs no setting: all three pick X25519 for OpenSSL's client hello (tls_session).
+start_tls_proxies() {
+    local rproxy=${2:-$PWD/target/release/rproxy} s
+    "$BENCH" cert "$DIR"
+    start_backends tls-backends 1
+    declare -gA TLS_PORT PLAIN_PORT PID
+    for s in rproxy nginx haproxy; do TLS_PORT[$s]=$(port); PLAIN_PORT[$s]=$(port); done
+    mkdir -p "$DIR/tls-nginx"
+
+    rproxy_conf "${PLAIN_PORT[rproxy]}" 1 "$B1" "$B2" off "[listeners.https]
+listen = \"127.0.0.1:${TLS_PORT[rproxy]}\"
+upstream = \"app\"
+tls = { cert = \"$DIR/cert.pem\", key = \"$DIR/key.pem\" }" > "$DIR/tls-rproxy.toml"
+    taskset -c 0 "$rproxy" -c "$DIR/tls-rproxy.toml" 2>"$DIR/tls-rproxy.log" &
+    PIDS+=($!)
+    PID[rproxy]=$!
+
+    nginx_proxy_conf "${PLAIN_PORT[nginx]}" "$B1" "$B2" "listen 127.0.0.1:${TLS_PORT[nginx]} ssl; ssl_certificate $DIR/cert.pem; ssl_certificate_key $DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3;" > "$DIR/tls-nginx/nginx.conf"
+    taskset -c 0 nginx -p "$DIR/tls-nginx" -c "$DIR/tls-nginx/nginx.conf" -g "daemon off; master_process off; pid $DIR/tls-nginx/nginx.pid;" 2>"$DIR/tls-nginx.log" &
+    PIDS+=($!)
+    PID[nginx]=$!
+
+    haproxy_conf "${PLAIN_PORT[haproxy]}" "$B1" "$B2" "bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $DIR/both.pem" "${1:-4096}" > "$DIR/tls-haproxy.cfg"
+    taskset -c 0 haproxy -f "$DIR/tls-haproxy.cfg" -db 2>"$DIR/tls-haproxy.log" &
+    PIDS+=($!)
+    PID[haproxy]=$!
+
+    for s in rproxy nginx haproxy; do wait_port "${TLS_PORT[$s]}"; wait_port "${PLAIN_PORT[$s]}"; done
+}
+
+# tls_session SYSTEM: what a TLS 1.3 handshake with SYSTEM's https listener negotiates, as
+# OpenSSL's client (the library of wrk and s_time, with its default groups) reports it, as one
+# Markdown table row: protocol, cipher, key exchange group, signature.
+tls_session() {
+    local out
+    out=$(openssl s_client -connect "127.0.0.1:${TLS_PORT[$1]}" -servername localhost -brief </dev/null 2>&1 || true)
+    echo "$out" | awk -F': *' -v s="$1" '
+        /^Protocol version/ {p = $2} /^Ciphersuite/ {c = $2} /^Signature type/ {g = $2}
+        /^Hash used/ {h = $2} /^Server Temp Key/ {k = $2} /^Negotiated TLS1.3 group/ {k = $2}
+        END {printf "| %s | %s | %s | %s | %s+%s |\n", s, p, c, k, g, h}'
+}
