@@ -259,39 +259,49 @@ instructions_per_request() {
 # TLS termination (benches/https.sh): rproxy, nginx and HAProxy each one worker terminating
 # TLS with one self-signed ECDSA P-256 certificate from `tcp_bench cert`.
 
-# start_tls_proxies [MAXCONN] [RPROXY]: writes the certificate to $DIR (cert.pem, key.pem,
-# both.pem), starts two nginx backends on CPU 1 (start_backends) and in front of them rproxy
-# (the binary RPROXY, by default this tree's release build), nginx and HAProxy, each one
-# worker pinned to CPU 0 with an https listener and a plain one. Sets TLS_PORT[SYSTEM],
-# PLAIN_PORT[SYSTEM] and PID[SYSTEM]; returns once all listen. nginx 1.22 is told to offer
-# TLS 1.3: its default `ssl_protocols` stops at TLS 1.2 (1.23.4 added 1.3 to the default).
-# Key exchange needs no setting: all three pick X25519 for OpenSSL's client hello (tls_session).
+# tls_config SYSTEM TLS_PORT PLAIN_PORT [MAXCONN] [RPROXY]: writes the configuration of SYSTEM
+# (rproxy, nginx or haproxy: one worker, an https listener on TLS_PORT with the certificate
+# in $DIR, a plain one on PLAIN_PORT, round-robin over the backends B1 and B2) to its own
+# folder, and sets CMD to the command that runs it in the foreground. RPROXY is the rproxy
+# binary, by default this tree's release build. nginx 1.22 is told to offer TLS 1.3: its
+# default `ssl_protocols` stops at TLS 1.2 (1.23.4 added 1.3 to the default). Key exchange
+# needs no setting: all three pick X25519 for OpenSSL's client hello (tls_session says).
+tls_config() {
+    local dir="$DIR/tls-$1-$2"
+    mkdir -p "$dir"
+    case $1 in
+        rproxy)
+            rproxy_conf "$3" 1 "$B1" "$B2" off "[listeners.https]
+listen = \"127.0.0.1:$2\"
+upstream = \"app\"
+tls = { cert = \"$DIR/cert.pem\", key = \"$DIR/key.pem\" }" > "$dir/rproxy.toml"
+            CMD=("${5:-$PWD/target/release/rproxy}" -c "$dir/rproxy.toml") ;;
+        nginx)
+            nginx_proxy_conf "$3" "$B1" "$B2" "listen 127.0.0.1:$2 ssl; ssl_certificate $DIR/cert.pem; ssl_certificate_key $DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3;" > "$dir/nginx.conf"
+            CMD=(nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;") ;;
+        haproxy)
+            haproxy_conf "$3" "$B1" "$B2" "bind 127.0.0.1:$2 ssl crt $DIR/both.pem" "${4:-4096}" > "$dir/haproxy.cfg"
+            CMD=(haproxy -f "$dir/haproxy.cfg" -db) ;;
+    esac
+}
+
+# start_tls_proxies [MAXCONN] [RPROXY]: writes a self-signed ECDSA P-256 certificate to $DIR
+# (`tcp_bench cert`: cert.pem, key.pem, both.pem), starts two nginx backends on CPU 1
+# (start_backends) and in front of them rproxy, nginx and HAProxy (tls_config), each pinned
+# to CPU 0. Sets TLS_PORT[SYSTEM], PLAIN_PORT[SYSTEM] and PID[SYSTEM]; returns once all listen.
 start_tls_proxies() {
-    local rproxy=${2:-$PWD/target/release/rproxy} s
+    local s
     "$BENCH" cert "$DIR"
     start_backends tls-backends 1
     declare -gA TLS_PORT PLAIN_PORT PID
-    for s in rproxy nginx haproxy; do TLS_PORT[$s]=$(port); PLAIN_PORT[$s]=$(port); done
-    mkdir -p "$DIR/tls-nginx"
-
-    rproxy_conf "${PLAIN_PORT[rproxy]}" 1 "$B1" "$B2" off "[listeners.https]
-listen = \"127.0.0.1:${TLS_PORT[rproxy]}\"
-upstream = \"app\"
-tls = { cert = \"$DIR/cert.pem\", key = \"$DIR/key.pem\" }" > "$DIR/tls-rproxy.toml"
-    taskset -c 0 "$rproxy" -c "$DIR/tls-rproxy.toml" 2>"$DIR/tls-rproxy.log" &
-    PIDS+=($!)
-    PID[rproxy]=$!
-
-    nginx_proxy_conf "${PLAIN_PORT[nginx]}" "$B1" "$B2" "listen 127.0.0.1:${TLS_PORT[nginx]} ssl; ssl_certificate $DIR/cert.pem; ssl_certificate_key $DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3;" > "$DIR/tls-nginx/nginx.conf"
-    taskset -c 0 nginx -p "$DIR/tls-nginx" -c "$DIR/tls-nginx/nginx.conf" -g "daemon off; master_process off; pid $DIR/tls-nginx/nginx.pid;" 2>"$DIR/tls-nginx.log" &
-    PIDS+=($!)
-    PID[nginx]=$!
-
-    haproxy_conf "${PLAIN_PORT[haproxy]}" "$B1" "$B2" "bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $DIR/both.pem" "${1:-4096}" > "$DIR/tls-haproxy.cfg"
-    taskset -c 0 haproxy -f "$DIR/tls-haproxy.cfg" -db 2>"$DIR/tls-haproxy.log" &
-    PIDS+=($!)
-    PID[haproxy]=$!
-
+    for s in rproxy nginx haproxy; do
+        TLS_PORT[$s]=$(port)
+        PLAIN_PORT[$s]=$(port)
+        tls_config "$s" "${TLS_PORT[$s]}" "${PLAIN_PORT[$s]}" "${1:-}" "${2:-}"
+        taskset -c 0 "${CMD[@]}" 2>"$DIR/tls-$s.log" &
+        PIDS+=($!)
+        PID[$s]=$!
+    done
     for s in rproxy nginx haproxy; do wait_port "${TLS_PORT[$s]}"; wait_port "${PLAIN_PORT[$s]}"; done
 }
 

@@ -11,18 +11,21 @@
 #   - the same over plain HTTP (wrk -c16, `Connection: close`), a new TCP connection per
 #     request: what a connection costs without TLS, so the difference is the handshake's share;
 #   - keep-alive HTTPS: wrk -c50, the connections stay open, CPU per request.
+# Then user-space instructions per full handshake under valgrind (cachegrind), which a busy
+# machine does not disturb: a fresh process of each serves s_time for 4 s and for 12 s, and
+# the difference divided by the difference in handshakes leaves out start-up and shutdown.
 # CPU is the proxy's utime+stime from /proc/PID/stat over a run. Prints a Markdown section.
 # Loopback only; everything started here is stopped by its pid.
 #
 #   bash benches/https.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
-#   RPROXY=path/to/rproxy bash benches/https.sh   (another rproxy build, e.g. to compare)
+#   RPROXY=/abs/path/rproxy bash benches/https.sh   (another rproxy build, e.g. to compare)
 set -euo pipefail
 SECONDS_PER_RUN=${1:-10}
 ROUNDS=${2:-3}
 cd "$(dirname "$0")/.."
 
 source benches/common.sh
-install_missing nginx haproxy wrk openssl curl
+install_missing nginx haproxy wrk openssl curl valgrind
 start_tls_proxies 4096 "${RPROXY:-}"
 SYSTEMS=(rproxy nginx haproxy)
 HZ=$(getconf CLK_TCK)
@@ -91,7 +94,7 @@ echo "resumption check: $CHECKED handshakes from s_time, $RESUMED resumed ($CHEC
 declare -A SESSION
 for s in "${SYSTEMS[@]}"; do
     SESSION[$s]=$(tls_session "$s")
-    echo "$s: ${SESSION[$s]}" >&2
+    echo "${SESSION[$s]}" >&2
     case ${SESSION[$s]} in "| $s | TLSv1.3 |"*) ;; *) echo "$s does not negotiate TLS 1.3" >&2; show_logs; exit 1 ;; esac
     code=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:${TLS_PORT[$s]}/")
     # s_time's request must be answered too.
@@ -100,6 +103,25 @@ for s in "${SYSTEMS[@]}"; do
 done
 
 CERT_KEY=$(openssl x509 -in "$DIR/cert.pem" -noout -text | awk -F': *' '/Public Key Algorithm/ {a = $2} /NIST CURVE/ {c = $2} END {print a, c}')
+
+# handshake_instructions SYSTEM SECONDS: sets IR, the user-space instructions of a fresh
+# SYSTEM under cachegrind that served SECONDS of s_time_run, and N, the handshakes it made.
+handshake_instructions() {
+    local tls pid
+    tls=$(port)
+    tls_config "$1" "$tls" "$(port)" "" "${RPROXY:-}"
+    taskset -c 0 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "${CMD[@]}" >/dev/null 2>"$DIR/vg-$tls.log" &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 600); do curl -sk -o /dev/null "https://127.0.0.1:$tls/" && break; sleep 0.1; done
+    s_time_run "$tls" "$2"
+    # nginx finishes (and valgrind reports) on SIGQUIT, the others on SIGTERM.
+    if [ "$1" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
+    wait "$pid" || true
+    forget_pid "$pid"
+    IR=$(awk '/I *refs/ {gsub(",", "", $NF); print $NF}' "$DIR/vg-$tls.log")
+    N=$HANDSHAKES
+}
 
 # ticks PID: the process's CPU time so far, in clock ticks: user-space, then kernel.
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
@@ -149,6 +171,16 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+declare -A PER_HANDSHAKE
+for s in "${SYSTEMS[@]}"; do
+    handshake_instructions "$s" 4
+    ir_small=$IR n_small=$N
+    handshake_instructions "$s" 12
+    [ "$N" -gt "$n_small" ] || { echo "$s under valgrind: no more handshakes in 12 s ($N) than in 4 s ($n_small)" >&2; exit 1; }
+    PER_HANDSHAKE[$s]=$(( (IR - ir_small) / (N - n_small) ))
+    echo "$s under cachegrind: $ir_small instructions for $n_small handshakes, $IR for $N: ${PER_HANDSHAKE[$s]} a handshake" >&2
+done
+
 # col MODE SYSTEM FIELD: the median of one column.
 col() { awk -F'\t' -v m="$1" -v s="$2" -v k="$3" '$1 == m && $2 == s {print $k}' "$RESULTS" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; }
@@ -180,6 +212,8 @@ echo "Here it is not: CPU 1 carries the client's side of every handshake (its ke
 echo "ECDSA verify, dearer than the server's signature) and the backends, and is the busier CPU, so"
 echo "the achieved rate measures the client as much as the proxy. \"Plain\" is wrk -c$CLIENTS over HTTP with"
 echo "\`Connection: close\` (a new TCP connection per request): the handshake's own share is the difference."
+echo "\"CPU 0 / CPU 1 busy\" is how busy each CPU was over the run (/proc/stat): CPU 0 runs only the proxy,"
+echo "CPU 1 the clients and the backends (on a shared machine, other guests' work shows in both)."
 echo
 echo "| system | handshakes/s | CPU µs/handshake | user µs | kernel µs | handshakes/s per core | CPU vs nginx | plain: CPU µs/connection | TLS share µs | CPU 0 / CPU 1 busy |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
@@ -200,6 +234,18 @@ ng_ka=$(col keepalive nginx 5)
 for s in "${SYSTEMS[@]}"; do
     cpu=$(col keepalive "$s" 5)
     printf '| %s | %.0f | %.2f | %.2f | %.2f | %s |\n' "$s" "$(col keepalive "$s" 4)" "$cpu" "$(col keepalive "$s" 6)" "$(col keepalive "$s" 7)" "$(ratio "$cpu" "$ng_ka")"
+done
+echo
+echo "**Instructions per full handshake.** User-space instructions counted by valgrind (cachegrind),"
+echo "the same s_time load on a fresh process of each for 4 s and for 12 s; the difference divided by"
+echo "the difference in handshakes (the proxying of each one's request included). Repeatable on a busy"
+echo "machine, where CPU time is not; it leaves out the kernel's share, and both libraries choose their"
+echo "assembly by what valgrind's virtual CPU reports, which may not be all of this CPU's extensions."
+echo
+echo "| system | instructions per handshake | vs nginx |"
+echo "|---|---|---|"
+for s in "${SYSTEMS[@]}"; do
+    printf '| %s | %s | %s |\n' "$s" "${PER_HANDSHAKE[$s]}" "$(ratio "${PER_HANDSHAKE[$s]}" "${PER_HANDSHAKE[nginx]}")"
 done
 echo
 echo "CPU steal during these runs: median $(cut -f8 "$RESULTS" | median)%, highest $(cut -f8 "$RESULTS" | sort -n | tail -1)%."
