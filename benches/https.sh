@@ -5,8 +5,8 @@
 # common.sh). Three loads, systems interleaved in rounds, medians:
 #   - full handshakes: CLIENTS (16) `openssl s_time -new -www PATH` side by side, each making one
 #     new connection after another with a full TLS 1.3 handshake and one HTTP/1.0 GET. Not wrk
-#     or h2load: both keep the session of a closed connection and resume it on the next (215 of
-#     219 and 390 of 400 handshakes resumed against an nginx logging `$ssl_session_reused`).
+#     or h2load: both keep the session of a closed connection and resume it on the next (216 of
+#     220 and 390 of 400 handshakes resumed against an nginx logging `$ssl_session_reused`).
 #     s_time -new never offers one: checked here first against such an nginx;
 #   - the same over plain HTTP (wrk -c16, `Connection: close`), a new TCP connection per
 #     request: what a connection costs without TLS, so the difference is the handshake's share;
@@ -90,11 +90,14 @@ CHECK_KINDS=$(awk '{print $2, $3, $4}' "$DIR/check/tls.log" | sort | uniq -c | a
 echo "resumption check: $CHECKED handshakes from s_time, $RESUMED resumed ($CHECK_KINDS)" >&2
 [ "$CHECKED" -gt 0 ] && [ "$RESUMED" = 0 ] || { echo "s_time resumed sessions or made none: the handshake figures would not be full handshakes" >&2; exit 1; }
 
-# What each proxy negotiates with OpenSSL's client; all must say TLS 1.3.
-declare -A SESSION
+# What each proxy negotiates with OpenSSL's client; all must say TLS 1.3. And how many session
+# tickets each sends after a handshake (tickets cost the server some work even when, as here,
+# the client never uses them): read by a client that stays half a second after its request.
+declare -A SESSION TICKETS
 for s in "${SYSTEMS[@]}"; do
     SESSION[$s]=$(tls_session "$s")
-    echo "${SESSION[$s]}" >&2
+    TICKETS[$s]=$( (printf 'GET %s HTTP/1.0\r\n\r\n' "$S_TIME_PATH"; sleep 0.5) | openssl s_client -msg -connect "127.0.0.1:${TLS_PORT[$s]}" 2>&1 | grep -c '^<<< .*NewSessionTicket' || true)
+    echo "${SESSION[$s]} ${TICKETS[$s]} tickets |" >&2
     case ${SESSION[$s]} in "| $s | TLSv1.3 |"*) ;; *) echo "$s does not negotiate TLS 1.3" >&2; show_logs; exit 1 ;; esac
     code=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:${TLS_PORT[$s]}/")
     # s_time's request must be answered too.
@@ -197,16 +200,16 @@ echo "proxy's utime+stime over a run from /proc/PID/stat divided by the requests
 echo "The certificate's key: $CERT_KEY. What OpenSSL's client (wrk's and s_time's library, its default"
 echo "groups: a key share for X25519 only) negotiates with each:"
 echo
-echo "| system | protocol | cipher | key exchange | certificate signature |"
-echo "|---|---|---|---|---|"
-for s in "${SYSTEMS[@]}"; do echo "${SESSION[$s]}"; done
+echo "| system | protocol | cipher | key exchange | certificate signature | session tickets sent |"
+echo "|---|---|---|---|---|---|"
+for s in "${SYSTEMS[@]}"; do echo "${SESSION[$s]} ${TICKETS[$s]} |"; done
 echo
 echo "**Full handshakes.** $CLIENTS \`openssl s_time -new\` side by side, each opening one connection"
 echo "after another, a full TLS 1.3 handshake and one HTTP/1.0 GET on each. Not wrk or h2load: both"
 echo "resume the session of their previous connection (against an nginx logging \`\$ssl_session_reused\`,"
-echo "215 of 219 and 390 of 400 handshakes were resumptions). s_time offers no session to resume (a 1 s"
+echo "216 of 220 and 390 of 400 handshakes were resumptions). s_time offers no session to resume (a 1 s"
 echo "check against that nginx: $RESUMED of $CHECKED resumed; $CHECK_KINDS). Every server sends"
-echo "its usual session tickets, which this client never uses. Handshakes per second per core is"
+echo "its usual session tickets (above), which this client never uses. Handshakes per second per core is"
 echo "1e6 / the proxy's CPU µs per handshake: what one core would do were the proxy the bottleneck."
 echo "Here it is not: CPU 1 carries the client's side of every handshake (its key exchange and the"
 echo "ECDSA verify, dearer than the server's signature) and the backends, and is the busier CPU, so"
