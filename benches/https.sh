@@ -163,6 +163,7 @@ for round in $(seq "$ROUNDS"); do
                 rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
                 errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
             fi
+            [ "${requests:-0}" -gt 0 ] || { echo "$mode round $round $s: no request completed ($errors)" >&2; show_logs; exit 1; }
             cpu=$(per_event $((user1 + sys1 - user0 - sys0)) "$requests")
             user=$(per_event $((user1 - user0)) "$requests")
             kernel=$(per_event $((sys1 - sys0)) "$requests")
