@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # HTTPS termination: rproxy, nginx and HAProxy, each one worker pinned to CPU 0, terminating
 # TLS 1.3 with one self-signed ECDSA P-256 certificate (`tcp_bench cert`) in front of two
-# keep-alive nginx backends; wrk and the backends share CPU 1 (start_tls_proxies in
-# common.sh). Three loads, systems interleaved in rounds, medians:
+# keep-alive nginx backends; the clients (s_time, wrk) and the backends share CPU 1
+# (start_tls_proxies in common.sh). Three loads, systems interleaved in rounds, medians:
 #   - full handshakes: CLIENTS (16) `openssl s_time -new -www PATH` side by side, each making one
 #     new connection after another with a full TLS 1.3 handshake and one HTTP/1.0 GET. Not wrk
 #     or h2load: both keep the session of a closed connection and resume it on the next (216 of
