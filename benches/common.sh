@@ -257,3 +257,64 @@ instructions_per_request() {
     instructions "$1" "$2" "${3:-}"
     PER_REQUEST=$(( (IR - small) / ($2 - $2 / 5) ))
 }
+
+# TLS termination (benches/https.sh): rproxy, nginx and HAProxy each one worker terminating
+# TLS with one self-signed ECDSA P-256 certificate from `tcp_bench cert`.
+
+# tls_config SYSTEM TLS_PORT PLAIN_PORT [MAXCONN] [RPROXY]: writes the configuration of SYSTEM
+# (rproxy, nginx or haproxy: one worker, an https listener on TLS_PORT with the certificate
+# in $DIR, a plain one on PLAIN_PORT, round-robin over the backends B1 and B2) to its own
+# folder, and sets CMD to the command that runs it in the foreground. RPROXY is the rproxy
+# binary, by default this tree's release build. nginx 1.22 is told to offer TLS 1.3: its
+# default `ssl_protocols` stops at TLS 1.2 (1.23.4 added 1.3 to the default). Key exchange
+# needs no setting: all three pick X25519 for OpenSSL's client hello (tls_session says).
+tls_config() {
+    local dir="$DIR/tls-$1-$2"
+    mkdir -p "$dir"
+    case $1 in
+        rproxy)
+            rproxy_conf "$3" 1 "$B1" "$B2" off "[listeners.https]
+listen = \"127.0.0.1:$2\"
+upstream = \"app\"
+tls = { cert = \"$DIR/cert.pem\", key = \"$DIR/key.pem\" }" > "$dir/rproxy.toml"
+            CMD=("${5:-$PWD/target/release/rproxy}" -c "$dir/rproxy.toml") ;;
+        nginx)
+            nginx_proxy_conf "$3" "$B1" "$B2" "listen 127.0.0.1:$2 ssl; ssl_certificate $DIR/cert.pem; ssl_certificate_key $DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3;" > "$dir/nginx.conf"
+            CMD=(nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;") ;;
+        haproxy)
+            haproxy_conf "$3" "$B1" "$B2" "bind 127.0.0.1:$2 ssl crt $DIR/both.pem" "${4:-4096}" > "$dir/haproxy.cfg"
+            CMD=(haproxy -f "$dir/haproxy.cfg" -db) ;;
+    esac
+}
+
+# start_tls_proxies [MAXCONN] [RPROXY]: writes a self-signed ECDSA P-256 certificate to $DIR
+# (`tcp_bench cert`: cert.pem, key.pem, both.pem), starts two nginx backends on CPU 1
+# (start_backends) and in front of them rproxy, nginx and HAProxy (tls_config), each pinned
+# to CPU 0. Sets TLS_PORT[SYSTEM], PLAIN_PORT[SYSTEM] and PID[SYSTEM]; returns once all listen.
+start_tls_proxies() {
+    local s
+    "$BENCH" cert "$DIR"
+    start_backends tls-backends 1
+    declare -gA TLS_PORT PLAIN_PORT PID
+    for s in rproxy nginx haproxy; do
+        TLS_PORT[$s]=$(port)
+        PLAIN_PORT[$s]=$(port)
+        tls_config "$s" "${TLS_PORT[$s]}" "${PLAIN_PORT[$s]}" "${1:-}" "${2:-}"
+        taskset -c 0 "${CMD[@]}" 2>"$DIR/tls-$s.log" &
+        PIDS+=($!)
+        PID[$s]=$!
+    done
+    for s in rproxy nginx haproxy; do wait_port "${TLS_PORT[$s]}"; wait_port "${PLAIN_PORT[$s]}"; done
+}
+
+# tls_session SYSTEM: what a TLS 1.3 handshake with SYSTEM's https listener negotiates, as
+# OpenSSL's client (the library of wrk and s_time, with its default groups) reports it, as one
+# Markdown table row: protocol, cipher, key exchange group, signature.
+tls_session() {
+    local out
+    out=$(openssl s_client -connect "127.0.0.1:${TLS_PORT[$1]}" -servername localhost -brief </dev/null 2>&1 || true)
+    echo "$out" | awk -F': *' -v s="$1" '
+        /^Protocol version/ {p = $2} /^Ciphersuite/ {c = $2} /^Signature type/ {g = $2}
+        /^Hash used/ {h = $2} /^Server Temp Key/ {k = $2} /^Negotiated TLS1.3 group/ {k = $2}
+        END {printf "| %s | %s | %s | %s | %s+%s |\n", s, p, c, k, g, h}'
+}
