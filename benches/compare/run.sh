@@ -200,6 +200,9 @@ done
 # Idle HTTPS connections (its own script, its own fresh processes).
 bash "$ROOT/benches/idle_tls.sh" "$IDLE_N" > "$DIR/idle_tls.txt"
 
+# HTTPS termination: full handshakes and keep-alive HTTPS (its own script, its own processes).
+bash "$ROOT/benches/https.sh" "$SECONDS_PER_RUN" "$ROUNDS" > "$DIR/https.txt"
+
 # One TCP stream through the layer-4 mode of each (its own script, its own processes).
 bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
 
@@ -274,6 +277,8 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "certificate, a full handshake per connection), each proxy on a fresh process of its own:"
     echo
     cat "$DIR/idle_tls.txt"
+    echo
+    cat "$DIR/https.txt"
     echo
     echo "### Observing costs: metrics, an access log file and health checks"
     echo
