@@ -112,7 +112,7 @@ impl Plan {
 impl ListenerSet {
     /// Must be called on the runtime that is to serve the connections: connections leaving
     /// the idle lot are spawned on it, onto `connections`.
-    pub fn new(stop: CancellationToken, connections: TaskTracker) -> Self {
+    pub fn new(stop: CancellationToken, connections: &TaskTracker) -> Self {
         Self::with_workers(stop, connections, &[])
     }
 
@@ -120,7 +120,7 @@ impl ListenerSet {
     /// N - 1); every connection is tracked on `connections`.
     pub fn with_workers(
         stop: CancellationToken,
-        connections: TaskTracker,
+        connections: &TaskTracker,
         other_workers: &[Handle],
     ) -> Self {
         let workers = std::iter::once(Handle::current())

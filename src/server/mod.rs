@@ -140,7 +140,7 @@ impl Server {
         }
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
-        let listeners = ListenerSet::with_workers(stop.clone(), connections.clone(), other_workers);
+        let listeners = ListenerSet::with_workers(stop.clone(), &connections, other_workers);
         let first_plan = listeners.plan_inheriting(&config, &mut inherited)?;
         snapshot.set_addresses(listeners.addresses(&first_plan));
         let state = Arc::new(ArcSwap::from_pointee(snapshot));

@@ -441,6 +441,15 @@ fn upstream_request(
         *req.uri_mut() = Uri::from(path.clone());
     }
     *req.headers_mut() = parts.headers.clone();
+    // HTTP/1.0 may leave `Host` out; the HTTP/1.1 request made of it may not (RFC 9112 3.2:
+    // a backend answers 400). The backend's address, as nginx's default `$proxy_host`.
+    if parts.version == Version::HTTP_10
+        && !pool.h2
+        && !parts.headers.contains_key(header::HOST)
+        && let Ok(host) = http::HeaderValue::from_str(backend.authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
     req
 }
 
