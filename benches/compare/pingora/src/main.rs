@@ -1,13 +1,15 @@
 //! A small Pingora proxy, for `benches/compare/run.sh` and `benches/instructions.sh`: the Rust
 //! proxy framework users would pick instead of rproxy, set up as the other systems there are.
 //!
-//!     pingora_peer LISTEN BACKEND BACKEND
+//!     pingora_peer [--tls CERT KEY] LISTEN BACKEND BACKEND
 //!
 //! A `ProxyHttp` with a `LoadBalancer<RoundRobin>` over the backends, kept-alive upstream
 //! connections (Pingora's pool, made big enough for 200 requests in flight), `X-Forwarded-For`
 //! appended, one worker thread, no daemon, no health checks; HTTP/1 and cleartext HTTP/2 with
-//! prior knowledge on the one port, as rproxy serves them. Built by
-//! `benches/compare/build_pingora.sh`. Not a product; a measuring stick.
+//! prior knowledge on the one port, as rproxy serves them. With `--tls` (the `rustls` feature:
+//! `benches/compare/build_pingora.sh tls`) it serves HTTPS there instead: rustls with its `ring`
+//! provider, TLS 1.2 and 1.3, ALPN h2 and http/1.1. Built by `benches/compare/build_pingora.sh`.
+//! Not a product; a measuring stick.
 
 use std::sync::Arc;
 
@@ -57,8 +59,12 @@ impl ProxyHttp for Lb {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, b1, b2] = args.as_slice() else {
-        eprintln!("usage: pingora_peer LISTEN BACKEND BACKEND");
+    let (tls, rest) = match args.as_slice() {
+        [flag, cert, key, rest @ ..] if flag == "--tls" => (Some((cert, key)), rest),
+        rest => (None, rest),
+    };
+    let [listen, b1, b2] = rest else {
+        eprintln!("usage: pingora_peer [--tls CERT KEY] LISTEN BACKEND BACKEND");
         std::process::exit(2);
     };
     let upstreams = match LoadBalancer::try_from_iter([b1.as_str(), b2.as_str()]) {
@@ -88,7 +94,37 @@ fn main() {
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, Lb(Arc::new(upstreams)))
         .server_options(options)
         .build();
-    proxy.add_tcp(listen);
+    match tls {
+        None => proxy.add_tcp(listen),
+        Some((cert, key)) => add_tls(&mut proxy, listen, cert, key),
+    }
     server.add_service(proxy);
     server.run_forever();
+}
+
+/// An HTTPS listener on LISTEN. Pingora reads CERT and KEY when the service starts and panics if
+/// it cannot, so they are read once here first, for a plain error instead.
+#[cfg(feature = "rustls")]
+fn add_tls<A>(proxy: &mut pingora::services::listening::Service<A>, listen: &str, cert: &str, key: &str) {
+    for file in [cert, key] {
+        if let Err(e) = std::fs::metadata(file) {
+            eprintln!("pingora_peer: {file}: {e}");
+            std::process::exit(2);
+        }
+    }
+    let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(cert, key) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pingora_peer: {cert} {key}: {e}");
+            std::process::exit(2);
+        }
+    };
+    settings.enable_h2();
+    proxy.add_tls_with_settings(listen, None, settings);
+}
+
+#[cfg(not(feature = "rustls"))]
+fn add_tls<A>(_: &mut pingora::services::listening::Service<A>, _: &str, _: &str, _: &str) {
+    eprintln!("pingora_peer: --tls needs the rustls feature (benches/compare/build_pingora.sh tls)");
+    std::process::exit(2);
 }
