@@ -103,9 +103,14 @@ fn main() {
 }
 
 /// An HTTPS listener on LISTEN. Pingora reads CERT and KEY when the service starts and panics if
-/// it cannot, so they are read once here first, for a plain error instead.
+/// it cannot, so that they exist is checked here first, for a plain error instead.
 #[cfg(feature = "rustls")]
-fn add_tls<A>(proxy: &mut pingora::services::listening::Service<A>, listen: &str, cert: &str, key: &str) {
+fn add_tls<A>(
+    proxy: &mut pingora::services::listening::Service<A>,
+    listen: &str,
+    cert: &str,
+    key: &str,
+) {
     for file in [cert, key] {
         if let Err(e) = std::fs::metadata(file) {
             eprintln!("pingora_peer: {file}: {e}");
@@ -125,6 +130,8 @@ fn add_tls<A>(proxy: &mut pingora::services::listening::Service<A>, listen: &str
 
 #[cfg(not(feature = "rustls"))]
 fn add_tls<A>(_: &mut pingora::services::listening::Service<A>, _: &str, _: &str, _: &str) {
-    eprintln!("pingora_peer: --tls needs the rustls feature (benches/compare/build_pingora.sh tls)");
+    eprintln!(
+        "pingora_peer: --tls needs the rustls feature (benches/compare/build_pingora.sh tls)"
+    );
     std::process::exit(2);
 }
