@@ -194,8 +194,9 @@ start_backends() {
 # Instructions per request under valgrind (benches/instructions.sh, benches/before_after.sh),
 # round-robin over the backends B1 and B2 (start_backends). Systems: rproxy, rproxy-observed
 # (metrics, an access log file, 1 s health checks), rproxy-ws (tokio's work-stealing runtime
-# instead of thread per core), nginx, haproxy, hyper-floor. RPROXY is the
-# rproxy binary to run, by default this tree's release build.
+# instead of thread per core), nginx, haproxy, hyper-floor, pingora (set PINGORA to the binary
+# benches/compare/build_pingora.sh prints). RPROXY is the rproxy binary to run, by default this
+# tree's release build.
 
 # system_config SYSTEM PORT: writes the system's configuration for listening on PORT.
 system_config() {
@@ -207,6 +208,8 @@ system_config() {
 listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }' > "$dir/rproxy.toml" ;;
         nginx) nginx_proxy_conf "$2" "$B1" "$B2" > "$dir/nginx.conf" ;;
         haproxy) haproxy_conf "$2" "$B1" "$B2" > "$dir/haproxy.cfg" ;;
+        # Configured on its command line (start_under_valgrind), as hyper-floor is.
+        pingora) ;;
     esac
 }
 
@@ -221,6 +224,7 @@ start_under_valgrind() {
         nginx) exec "${vg[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;" ;;
         haproxy) exec "${vg[@]}" haproxy -f "$dir/haproxy.cfg" -db ;;
         hyper-floor) exec "${vg[@]}" "$PWD/target/release/examples/hyper_floor" "127.0.0.1:$2" "127.0.0.1:$B1" "127.0.0.1:$B2" ;;
+        pingora) exec "${vg[@]}" "$PINGORA" "127.0.0.1:$2" "127.0.0.1:$B1" "127.0.0.1:$B2" ;;
     esac
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by valgrind (cachegrind): rproxy, nginx,
-# HAProxy and `hyper_floor` (the least a hyper proxy does; examples/hyper_floor.rs), one worker
-# each, round-robin over two keep-alive nginx backends, h2load --h1 with 50 connections; and
+# HAProxy, `hyper_floor` (the least a hyper proxy does; examples/hyper_floor.rs) and a small
+# Pingora proxy (benches/compare/pingora/, built here by benches/compare/build_pingora.sh), one
+# worker each, round-robin over two keep-alive nginx backends, h2load --h1 with 50 connections; and
 # rproxy-observed, rproxy with metrics (an admin listener), an access log file and 1 s health
 # checks, for what observing costs.
 #
@@ -21,18 +22,19 @@ cd "$(dirname "$0")/.."
 
 source benches/common.sh
 install_missing valgrind nginx haproxy nghttp2-client curl
+PINGORA=$(bash benches/compare/build_pingora.sh)
 
 start_backends backends
 
 declare -A PER
-for s in rproxy nginx haproxy hyper-floor rproxy-observed rproxy-ws; do
+for s in rproxy nginx haproxy hyper-floor pingora rproxy-observed rproxy-ws; do
     instructions_per_request "$s" "$REQUESTS"
     PER[$s]=$PER_REQUEST
     echo "$s: ${PER[$s]} instructions/request" >&2
 done
 echo "| system | instructions/request | vs nginx |"
 echo "|---|---|---|"
-for s in rproxy nginx haproxy hyper-floor; do
+for s in rproxy nginx haproxy hyper-floor pingora; do
     printf '| %s | %s | %.2fx |\n' "$s" "${PER[$s]}" "$(awk -v a="${PER[$s]}" -v b="${PER[nginx]}" 'BEGIN {print a / b}')"
 done
 printf '\nObserving (rproxy-observed) costs %s instructions per request against %s plain: %.2fx.\n' \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side by side: rproxy, nginx, HAProxy and hyper_floor (the least a hyper proxy does) proxying a 12-byte answer from two keep-alive nginx
+# Side by side: rproxy, nginx, HAProxy, hyper_floor (the least a hyper proxy does) and a small
+# Pingora proxy (benches/compare/pingora/) proxying a 12-byte answer from two keep-alive nginx
 # backends, one worker each, the proxy pinned to CPU 0 and the load generator plus the
 # backends to CPU 1. Systems run interleaved in rounds so drift hits all alike; medians are
 # reported, with the proxy's CPU time per request from /proc/PID/stat. Also measured: memory
@@ -25,8 +26,10 @@ IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
 
 source benches/common.sh
 install_missing nginx haproxy wrk nghttp2-client curl
+PINGORA=$(bash "$ROOT/benches/compare/build_pingora.sh")
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port); P_FLOOR=$(port)
+P_PINGORA=$(port)
 
 mkdir -p "$DIR/backends" "$DIR/nginx"
 backends_conf "$B1" "$B2" > "$DIR/backends/nginx.conf"
@@ -69,13 +72,19 @@ taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$P_FLOOR" "1
 PIDS+=($!)
 FLOOR_PID=$!
 
-for p in $P_WS $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2; do wait_port "$p"; done
+# Pingora, the Rust proxy framework users would pick instead: round-robin, X-Forwarded-For,
+# one worker thread, rproxy's release profile (benches/compare/pingora/src/main.rs).
+taskset -c 0 "$PINGORA" "127.0.0.1:$P_PINGORA" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/pingora.log" &
+PIDS+=($!)
+PINGORA_PID=$!
 
-declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR [rproxy-ws]=$P_WS)
-declare -A H2_PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2)
-declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID [rproxy-ws]=$WS_PID)
-SYSTEMS=(rproxy nginx haproxy hyper-floor)
-H2_SYSTEMS=(rproxy nginx haproxy) # hyper_floor serves HTTP/1 only
+for p in $P_WS $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2 $P_PINGORA; do wait_port "$p"; done
+
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR [pingora]=$P_PINGORA [rproxy-ws]=$P_WS)
+declare -A H2_PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2 [pingora]=$P_PINGORA)
+declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID [pingora]=$PINGORA_PID [rproxy-ws]=$WS_PID)
+SYSTEMS=(rproxy nginx haproxy hyper-floor pingora)
+H2_SYSTEMS=(rproxy nginx haproxy pingora) # hyper_floor serves HTTP/1 only
 
 # Each proxy must really alternate between the two backends.
 for s in "${SYSTEMS[@]}" rproxy-observed rproxy-ws; do
@@ -216,7 +225,7 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo
     echo "Produced by \`bash benches/compare/run.sh $SECONDS_PER_RUN $ROUNDS\` on $(date -u +%Y-%m-%d)."
     echo "Machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)."
-    echo "Versions: rproxy $VERSION, $(nginx -v 2>&1), $(haproxy -v | head -1), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')."
+    echo "Versions: rproxy $VERSION, $(nginx -v 2>&1), $(haproxy -v | head -1), pingora $(awk '/^name = "pingora"$/ {getline; gsub(/"/, "", $3); print $3}' "$ROOT/benches/compare/pingora/Cargo.lock"), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')."
     echo
     echo "Each proxy has one worker pinned to CPU 0; wrk (-t1, ${SECONDS_PER_RUN}s per run) and the two nginx"
     echo "backends (12-byte answer, keep-alive) share CPU 1. Systems ran interleaved, $ROUNDS rounds; medians."
@@ -226,7 +235,7 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "loopback TCP work done on its behalf."
     echo "Upstream keep-alive holds enough idle connections for 200 requests in flight everywhere"
     echo "(nginx \`keepalive 512\`, rproxy \`keepalive_connections = 256\` per backend, HAProxy"
-    echo "\`http-reuse always\`, hyper-floor keeps all); with the defaults (32) a proxy opens a new backend connection for"
+    echo "\`http-reuse always\`, hyper-floor keeps all, Pingora \`upstream_keepalive_pool_size = 512\`); with the defaults (32) a proxy opens a new backend connection for"
     echo "about one request in eight at 200 connections, and measures connection set-up instead."
     echo
     echo "| connections | system | requests/s | p50 µs | p99 µs | CPU µs/request | user µs | kernel µs | CPU vs nginx |"
@@ -255,14 +264,20 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "X-Forwarded-For, nothing else (no timeouts, health, retries, limits or header hygiene). rproxy is"
     echo "built on the same hyper, so this is the floor under its costs."
     echo
-    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy | hyper-floor |"
-    echo "|---|---|---|---|---|"
+    echo "pingora is \`benches/compare/pingora/\` (built by \`benches/compare/build_pingora.sh\`): Pingora's"
+    echo "\`ProxyHttp\` with a \`LoadBalancer<RoundRobin>\` over the same two backends, X-Forwarded-For appended,"
+    echo "\`threads = 1\` (work stealing on, Pingora's default), its own upstream pool, no health checks, the"
+    echo "system allocator (Pingora's default), built with rproxy's release profile (\`lto = \"fat\"\`,"
+    echo "\`codegen-units = 1\`). It serves HTTP/1 and h2c with prior knowledge on one port, as rproxy does."
+    echo
+    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy | hyper-floor | pingora |"
+    echo "|---|---|---|---|---|---|"
     per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.0f", k * 1024 / n}'; }
     # idle_rows WHEN ARRAY: the memory rows for one reading.
     idle_rows() {
         local -n kib=$2
-        echo "| resident memory added, $1 | ${kib[rproxy]} KiB | ${kib[nginx]} KiB | ${kib[haproxy]} KiB | ${kib[hyper-floor]} KiB |"
-        echo "| bytes per connection, $1 | $(per "${kib[rproxy]}") | $(per "${kib[nginx]}") | $(per "${kib[haproxy]}") | $(per "${kib[hyper-floor]}") |"
+        echo "| resident memory added, $1 | ${kib[rproxy]} KiB | ${kib[nginx]} KiB | ${kib[haproxy]} KiB | ${kib[hyper-floor]} KiB | ${kib[pingora]} KiB |"
+        echo "| bytes per connection, $1 | $(per "${kib[rproxy]}") | $(per "${kib[nginx]}") | $(per "${kib[haproxy]}") | $(per "${kib[hyper-floor]}") | $(per "${kib[pingora]}") |"
     }
     idle_rows "1 s after the last opened" IDLE
     idle_rows "5 s after" IDLE5
