@@ -74,8 +74,10 @@ load() {
     [ "$ok" = "$3" ] || { echo "$1: ${ok:-no} of $3 requests succeeded at $2 connections" >&2; show_logs; exit 1; }
 }
 
-# ticks PID: the process's CPU time so far (user + kernel), in clock ticks.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# proc_stat PID: the process's CPU time so far, user and kernel, in clock ticks, and its minor
+# page faults (memory given back by the allocator and touched again costs kernel time too,
+# with no system call to show for it).
+proc_stat() { awk '{print $14, $15, $10}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 us_per_request() { awk -v t="$1" -v hz="$HZ" -v r="$REQUESTS" 'BEGIN {printf "%.1f", t / hz * 1e6 / r}'; }
 
@@ -188,18 +190,18 @@ for c in "${CONNECTIONS[@]}"; do
     for round in $(seq "$ROUNDS"); do
         for s in "${SYSTEMS[@]}"; do
             pid=${PID[$s]}
-            t0=$(ticks "$pid")
+            read -r u0 k0 f0 < <(proc_stat "$pid")
             start=$(date +%s.%N)
             load "$s" "$c" "$REQUESTS"
             seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
-            t1=$(ticks "$pid")
+            read -r u1 k1 f1 < <(proc_stat "$pid")
             # The idle window comes first, a second after the untraced run (its connections
             # closed), so that it does not hold the traced run's own tail.
             sleep 1
             traced "$pid" "$DIR/idle" sleep "$seconds"
-            t2=$(ticks "$pid")
+            read -r u2 k2 f2 < <(proc_stat "$pid")
             traced "$pid" "$DIR/loaded" load "$s" "$c" "$REQUESTS"
-            t3=$(ticks "$pid")
+            read -r u3 k3 f3 < <(proc_stat "$pid")
             threads=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 | wc -l)
             # "lost" stays a count, not per request.
             awk -F'\t' -v c="$c" -v r="$round" -v s="$s" -v n="$REQUESTS" '
@@ -210,10 +212,13 @@ for c in "${CONNECTIONS[@]}"; do
             ' "$DIR/idle" "$DIR/loaded" >> "$RESULTS"
             {
                 printf '%s\t%s\t%s\tthreads\t%s\n' "$c" "$round" "$s" "$threads"
-                printf '%s\t%s\t%s\tcpu_untraced\t%s\n' "$c" "$round" "$s" "$(us_per_request $((t1 - t0)))"
-                printf '%s\t%s\t%s\tcpu_traced\t%s\n' "$c" "$round" "$s" "$(us_per_request $((t3 - t2)))"
+                printf '%s\t%s\t%s\tcpu_user\t%s\n' "$c" "$round" "$s" "$(us_per_request $((u1 - u0)))"
+                printf '%s\t%s\t%s\tcpu_kernel\t%s\n' "$c" "$round" "$s" "$(us_per_request $((k1 - k0)))"
+                printf '%s\t%s\t%s\tcpu_traced\t%s\n' "$c" "$round" "$s" "$(us_per_request $((u3 + k3 - u2 - k2)))"
+                printf '%s\t%s\t%s\tfaults\t%s\n' "$c" "$round" "$s" "$(awk -v f=$((f1 - f0)) -v n="$REQUESTS" 'BEGIN {printf "%.3f", f / n}')"
+                printf '%s\t%s\t%s\tfaults_traced\t%s\n' "$c" "$round" "$s" "$(awk -v f=$((f3 - f2)) -v n="$REQUESTS" 'BEGIN {printf "%.3f", f / n}')"
             } >> "$RESULTS"
-            echo "c=$c round $round $s: $(awk -F'\t' '$1 == "total" {print $2}' "$DIR/loaded") system calls traced (idle window of ${seconds}s: $(awk -F'\t' '$1 == "total" {print $2}' "$DIR/idle")), CPU $(us_per_request $((t1 - t0))) us/request untraced, $(us_per_request $((t3 - t2))) traced" >&2
+            echo "c=$c round $round $s: $(awk -F'\t' '$1 == "total" {print $2}' "$DIR/loaded") system calls traced (idle window of ${seconds}s: $(awk -F'\t' '$1 == "total" {print $2}' "$DIR/idle")), CPU $(us_per_request $((u1 + k1 - u0 - k0))) us/request untraced, $(us_per_request $((u3 + k3 - u2 - k2))) traced" >&2
         done
     done
 done
@@ -256,14 +261,16 @@ table() {
             if (row == "idle") return sprintf("%.3f", g(s, r, "idle total"))
             if (row == "idle_wake") return sprintf("%.3f", g(s, r, "idle wake"))
             if (row == "threads") return g(s, r, "threads")
-            if (row == "cpu") return g(s, r, "cpu_untraced") "→" g(s, r, "cpu_traced")
+            if (row == "cpu") return sprintf("%.1f+%.1f", g(s, r, "cpu_user"), g(s, r, "cpu_kernel"))
+            if (row == "cpu_traced") return sprintf("%.1f", g(s, r, "cpu_traced"))
+            if (row == "faults") return sprintf("%.3f", g(s, r, "faults"))
             if (row == "lost") return g(s, r, "lost")
         }
         END {
             IO = "read write readv writev recvfrom sendto recvmsg sendmsg recvmmsg sendmmsg splice sendfile"
             TIMERS = "timerfd_create timerfd_settime timerfd_gettime clock_nanosleep nanosleep setitimer alarm"
             n = split(systems, sys, " ")
-            nrows = split("total busy io again rbytes wbytes epoll zero events ctl futex timers other switches wake wake_own wake_other idle idle_wake threads cpu lost", rows, " ")
+            nrows = split("total busy io again rbytes wbytes epoll zero events ctl futex timers other switches wake wake_own wake_other faults idle idle_wake threads cpu cpu_traced lost", rows, " ")
             label["total"] = "system calls"
             label["io"] = "socket reads and writes (read, write, recvfrom, sendto, readv, writev, ...msg)"
             label["busy"] = "µs inside system calls other than epoll_wait (traced: slower)"
@@ -284,7 +291,9 @@ table() {
             label["idle"] = "idle window as long, no load: system calls (÷ the same requests)"
             label["idle_wake"] = "idle window: wake-ups (÷ the same requests)"
             label["threads"] = "threads (a count, not per request)"
-            label["cpu"] = "CPU µs/request untraced→traced (noisy)"
+            label["cpu"] = "CPU µs/request untraced, user+kernel (noisy)"
+            label["cpu_traced"] = "CPU µs/request traced, user and kernel (noisy)"
+            label["faults"] = "minor page faults (untraced)"
             label["lost"] = "events perf lost (a count; must be 0)"
             for (i = 1; i <= nrows; i++) {
                 printf "| %s |", label[rows[i]]
