@@ -17,11 +17,13 @@
 #   3. REQUESTS requests traced: `perf record -p PID` of raw_syscalls:sys_enter and sys_exit
 #      (every system call of every thread of the proxy, by number, with its return value: the
 #      number of events an epoll_wait returned, the bytes a read or write moved, EAGAIN; and
-#      the time inside the call) and sched:sched_switch (the proxy's threads leaving the CPU:
-#      prev_state R is a preemption, anything else a voluntary sleep), and a system-wide
-#      `perf record -a` of sched:sched_wakeup filtered in the kernel to the proxy's threads
-#      (the sample's task is the waker: a thread of the proxy, h2load, a backend, or the idle
-#      task for an interrupt).
+#      the time inside the call), sched:sched_switch (the proxy's threads leaving the CPU:
+#      prev_state R is a preemption, anything else a voluntary sleep) and sched:sched_waking
+#      (the sleeping tasks the proxy wakes: a peer on the other CPU costs an interrupt, which
+#      on a virtual machine is dear), and a system-wide `perf record -a` of sched:sched_waking
+#      filtered in the kernel to the proxy's threads (who wakes the proxy). sched_waking, not
+#      sched_wakeup: it fires in the waker's context, where sched_wakeup fires on the woken
+#      task's CPU for a cross-CPU wake-up and names whatever ran there.
 # Both perf sessions start disabled and are switched on and off through a control fifo, so a
 # window holds exactly the load. Counts do not depend on the machine's speed, except how
 # events batch: with more requests in flight when the proxy wakes, one epoll_wait returns
@@ -97,11 +99,11 @@ traced() {
     # One control fifo and one acknowledgement fifo per perf session.
     mkfifo "$DIR/perf/ctl" "$DIR/perf/ack" "$DIR/perf/ctl2" "$DIR/perf/ack2"
     taskset -c 1 perf record -q -D -1 --control "fifo:$DIR/perf/ctl,$DIR/perf/ack" -m 16M \
-        -o "$DIR/perf/sys.data" -e raw_syscalls:sys_enter -e raw_syscalls:sys_exit -e sched:sched_switch -p "$pid" 2>"$DIR/perf/sys.log" &
+        -o "$DIR/perf/sys.data" -e raw_syscalls:sys_enter -e raw_syscalls:sys_exit -e sched:sched_switch -e sched:sched_waking -p "$pid" 2>"$DIR/perf/sys.log" &
     sys=$!
     PIDS+=("$sys")
     taskset -c 1 perf record -q -D -1 --control "fifo:$DIR/perf/ctl2,$DIR/perf/ack2" -m 16M -a \
-        -o "$DIR/perf/wake.data" -e sched:sched_wakeup --filter "${filter% || }" 2>"$DIR/perf/wake.log" &
+        -o "$DIR/perf/wake.data" -e sched:sched_waking --filter "${filter% || }" 2>"$DIR/perf/wake.log" &
     wake=$!
     PIDS+=("$wake")
     exec 5>"$DIR/perf/ctl" 6<"$DIR/perf/ack" 7>"$DIR/perf/ctl2" 8<"$DIR/perf/ack2"
@@ -156,6 +158,11 @@ aggregate() {
             for (i = 6; i <= NF; i++) if ($i ~ /^prev_state=/) state = substr($i, 12)
             if (state ~ /^R/) invol++; else vol++
         }
+        # Tasks the proxy wakes (peers on the other CPU, its own threads).
+        $1 == "S" && $5 == "sched:sched_waking:" {
+            for (i = 6; i <= NF; i++) if ($i ~ /^comm=/) woken = substr($i, 6)
+            wakes_by++; wb[woken]++
+        }
         $1 == "W" {
             split($3, p, "/")
             for (i = 5; i <= NF; i++) if ($i ~ /^comm=/) wakee = substr($i, 6)
@@ -173,6 +180,8 @@ aggregate() {
             printf "us_busy\t%.1f\n", busy
             for (k in th) printf "th %s\t%d\n", k, th[k]
             for (k in wk) printf "wk %s\t%d\n", k, wk[k]
+            for (k in wb) printf "wb %s\t%d\n", k, wb[k]
+            printf "wakes_by\t%d\n", wakes_by
         }'
 }
 
@@ -258,6 +267,7 @@ table() {
             if (row == "wake") return sprintf("%.2f", g(s, r, "wake"))
             if (row == "wake_own") return sprintf("%.2f", g(s, r, "wake_own"))
             if (row == "wake_other") return sprintf("%.2f", g(s, r, "wake") - g(s, r, "wake_own"))
+            if (row == "wakes_by") return sprintf("%.2f", g(s, r, "wakes_by"))
             if (row == "idle") return sprintf("%.3f", g(s, r, "idle total"))
             if (row == "idle_wake") return sprintf("%.3f", g(s, r, "idle wake"))
             if (row == "threads") return g(s, r, "threads")
@@ -270,7 +280,7 @@ table() {
             IO = "read write readv writev recvfrom sendto recvmsg sendmsg recvmmsg sendmmsg splice sendfile"
             TIMERS = "timerfd_create timerfd_settime timerfd_gettime clock_nanosleep nanosleep setitimer alarm"
             n = split(systems, sys, " ")
-            nrows = split("total busy io again rbytes wbytes epoll zero events ctl futex timers other switches wake wake_own wake_other faults idle idle_wake threads cpu cpu_traced lost", rows, " ")
+            nrows = split("total busy io again rbytes wbytes epoll zero events ctl futex timers other switches wake wake_own wake_other wakes_by faults idle idle_wake threads cpu cpu_traced lost", rows, " ")
             label["total"] = "system calls"
             label["io"] = "socket reads and writes (read, write, recvfrom, sendto, readv, writev, ...msg)"
             label["busy"] = "µs inside system calls other than epoll_wait (traced: slower)"
@@ -293,6 +303,7 @@ table() {
             label["threads"] = "threads (a count, not per request)"
             label["cpu"] = "CPU µs/request untraced, user+kernel (noisy)"
             label["cpu_traced"] = "CPU µs/request traced, user and kernel (noisy)"
+            label["wakes_by"] = "tasks the proxy woke (client, backends, own threads)"
             label["faults"] = "minor page faults (untraced)"
             label["lost"] = "events perf lost (a count; must be 0)"
             for (i = 1; i <= nrows; i++) {
@@ -333,13 +344,13 @@ raw() {
 echo "Counted with \`bash benches/census.sh $REQUESTS $ROUNDS\`: $REQUESTS requests a window (h2load --h1 -t1 on CPU 1),"
 echo "one worker each pinned to CPU 0, on processes warmed up at 200 connections; each cell is"
 echo "round 1 / round 2$( [ "$ROUNDS" -gt 2 ] && echo " / ..."), per request over the traced window (perf record of"
-echo "raw_syscalls:sys_enter/sys_exit and sched:sched_switch for the proxy's threads, sched:sched_wakeup of"
-echo "them system-wide; $(perf version)). The idle window is as long, with no load, just before:"
+echo "raw_syscalls:sys_enter/sys_exit, sched:sched_switch and sched:sched_waking for the proxy's threads,"
+echo "sched:sched_waking of them system-wide; $(perf version)). The idle window is as long, with no load, just before:"
 echo "the work the proxy does anyway (timers, closing idle upstream connections), not subtracted."
 echo "hyper-floor-ct is hyper-floor on tokio's current_thread runtime (FLOOR_RUNTIME=current_thread)."
 echo "Epoll batching and wake-ups depend on timing (a proxy that falls behind finds more events"
-echo "per epoll_wait), and tracing slows every system call (the CPU row), so those rows move"
-echo "from run to run; reads, writes and epoll_ctl per request do not."
+echo "per epoll_wait, sleeps less and is woken less), and tracing slows every system call (the CPU"
+echo "rows), so those rows move from run to run; reads, writes and epoll_ctl per request do not."
 for c in "${CONNECTIONS[@]}"; do
     echo
     table "$c"
@@ -356,6 +367,9 @@ for c in "${CONNECTIONS[@]}"; do
     echo
     printf '| waker -> woken thread of the proxy |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
     raw "$c" "wk "
+    echo
+    printf '| woken by the proxy |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
+    raw "$c" "wb "
     echo
     printf '| µs inside each system call (traced) |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
     raw "$c" "usc "
