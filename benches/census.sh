@@ -106,7 +106,9 @@ traced() {
         -o "$DIR/perf/wake.data" -e sched:sched_waking --filter "${filter% || }" 2>"$DIR/perf/wake.log" &
     wake=$!
     PIDS+=("$wake")
-    exec 5>"$DIR/perf/ctl" 6<"$DIR/perf/ack" 7>"$DIR/perf/ctl2" 8<"$DIR/perf/ack2"
+    # Opened read-write, which does not wait for perf to open its end: if perf failed to
+    # start, perf_ctl times out and says so instead of hanging here.
+    exec 5<>"$DIR/perf/ctl" 6<>"$DIR/perf/ack" 7<>"$DIR/perf/ctl2" 8<>"$DIR/perf/ack2"
     perf_ctl enable
     "$@"
     perf_ctl disable
