@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # System calls, context switches and wake-ups per proxied request, counted with perf
-# tracepoints (issue 26: where the kernel time goes, rproxy against hyper-floor): rproxy,
-# hyper-floor (examples/hyper_floor.rs, tokio's multi-thread runtime with one worker, as
-# rproxy runs), hyper-floor-ct (the same on tokio's current_thread runtime), nginx and HAProxy,
+# tracepoints (issue 26: where the kernel time goes, rproxy against hyper-floor): rproxy
+# (thread per core: tokio's current_thread runtime), rproxy-ws (the same on tokio's
+# multi-thread runtime, RPROXY_RUNTIME=work_stealing, as rproxy ran before), hyper-floor
+# (examples/hyper_floor.rs, on current_thread as rproxy), hyper-floor-mt (the same on the
+# multi-thread runtime with one worker, FLOOR_RUNTIME=multi_thread), nginx and HAProxy,
 # one worker each pinned to CPU 0, round-robin over two keep-alive nginx backends on CPU 1
 # with the load generator (h2load --h1 -t1), at 50 and at 200 connections.
 #
@@ -46,7 +48,7 @@ source benches/common.sh
 install_missing linux-perf linux-libc-dev nginx haproxy nghttp2-client curl
 
 start_backends backends 1
-SYSTEMS=(rproxy hyper-floor hyper-floor-ct nginx haproxy)
+SYSTEMS=(rproxy rproxy-ws hyper-floor hyper-floor-mt nginx haproxy)
 declare -A PORT PID
 
 # start_system SYSTEM: starts it on a fresh port pinned to CPU 0 (the configurations of
@@ -58,10 +60,11 @@ start_system() {
     dir="$DIR/$s-$p"
     case $s in
         rproxy) taskset -c 0 "$ROOT/target/release/rproxy" -c "$dir/rproxy.toml" 2>"$DIR/$s.log" & ;;
+        rproxy-ws) RPROXY_RUNTIME=work_stealing taskset -c 0 "$ROOT/target/release/rproxy" -c "$dir/rproxy.toml" 2>"$DIR/$s.log" & ;;
         nginx) taskset -c 0 nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;" 2>"$DIR/$s.log" & ;;
         haproxy) taskset -c 0 haproxy -f "$dir/haproxy.cfg" -db 2>"$DIR/$s.log" & ;;
         hyper-floor) taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$p" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/$s.log" & ;;
-        hyper-floor-ct) FLOOR_RUNTIME=current_thread taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$p" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/$s.log" & ;;
+        hyper-floor-mt) FLOOR_RUNTIME=multi_thread taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$p" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/$s.log" & ;;
     esac
     PIDS+=($!)
     PID[$s]=$!
@@ -349,7 +352,8 @@ echo "round 1 / round 2$( [ "$ROUNDS" -gt 2 ] && echo " / ..."), per request ove
 echo "raw_syscalls:sys_enter/sys_exit, sched:sched_switch and sched:sched_waking for the proxy's threads,"
 echo "sched:sched_waking of them system-wide; $(perf version)). The idle window is as long, with no load, just before:"
 echo "the work the proxy does anyway (timers, closing idle upstream connections), not subtracted."
-echo "hyper-floor-ct is hyper-floor on tokio's current_thread runtime (FLOOR_RUNTIME=current_thread)."
+echo "rproxy and hyper-floor run tokio's current_thread runtime (rproxy's thread per core); rproxy-ws"
+echo "(RPROXY_RUNTIME=work_stealing) and hyper-floor-mt (FLOOR_RUNTIME=multi_thread) the multi-thread one."
 echo "Epoll batching and wake-ups depend on timing (a proxy that falls behind finds more events"
 echo "per epoll_wait, sleeps less and is woken less), and tracing slows every system call (the CPU"
 echo "rows), so those rows move from run to run; reads, writes and epoll_ctl per request do not."

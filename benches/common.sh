@@ -266,7 +266,7 @@ instructions_per_request() {
 # TLS with one self-signed ECDSA P-256 certificate from `tcp_bench cert`.
 
 # tls_config SYSTEM TLS_PORT PLAIN_PORT [MAXCONN] [RPROXY]: writes the configuration of SYSTEM
-# (rproxy, nginx or haproxy: one worker, an https listener on TLS_PORT with the certificate
+# (rproxy, nginx, haproxy or pingora: one worker, an https listener on TLS_PORT with the certificate
 # in $DIR, a plain one on PLAIN_PORT, round-robin over the backends B1 and B2) to its own
 # folder, and sets CMD to the command that runs it in the foreground. RPROXY is the rproxy
 # binary, by default this tree's release build. nginx 1.22 is told to offer TLS 1.3: its
@@ -288,19 +288,24 @@ tls = { cert = \"$DIR/cert.pem\", key = \"$DIR/key.pem\" }" > "$dir/rproxy.toml"
         haproxy)
             haproxy_conf "$3" "$B1" "$B2" "bind 127.0.0.1:$2 ssl crt $DIR/both.pem" "${4:-4096}" > "$dir/haproxy.cfg"
             CMD=(haproxy -f "$dir/haproxy.cfg" -db) ;;
+        pingora)
+            CMD=("$PINGORA_TLS" --tls "$DIR/cert.pem" "$DIR/key.pem" "127.0.0.1:$2" "127.0.0.1:$3" "127.0.0.1:$B1" "127.0.0.1:$B2") ;;
     esac
 }
 
+# The systems that terminate TLS: rproxy, nginx, HAProxy, and Pingora when PINGORA_TLS names
+# its TLS build (benches/compare/build_pingora.sh tls).
+TLS_SYSTEMS=(rproxy nginx haproxy)
+
 # start_tls_proxies [MAXCONN] [RPROXY]: writes a self-signed ECDSA P-256 certificate to $DIR
 # (`tcp_bench cert`: cert.pem, key.pem, both.pem), starts two nginx backends on CPU 1
-# (start_backends) and in front of them rproxy, nginx and HAProxy (tls_config), each pinned
-# to CPU 0. Sets TLS_PORT[SYSTEM], PLAIN_PORT[SYSTEM] and PID[SYSTEM]; returns once all listen.
+# (start_backends) and in front of them the TLS_SYSTEMS (tls_config), each pinned to CPU 0. Sets TLS_PORT[SYSTEM], PLAIN_PORT[SYSTEM] and PID[SYSTEM]; returns once all listen.
 start_tls_proxies() {
     local s
     "$BENCH" cert "$DIR"
     start_backends tls-backends 1
     declare -gA TLS_PORT PLAIN_PORT PID
-    for s in rproxy nginx haproxy; do
+    for s in "${TLS_SYSTEMS[@]}"; do
         TLS_PORT[$s]=$(port)
         PLAIN_PORT[$s]=$(port)
         tls_config "$s" "${TLS_PORT[$s]}" "${PLAIN_PORT[$s]}" "${1:-}" "${2:-}"
@@ -308,7 +313,7 @@ start_tls_proxies() {
         PIDS+=($!)
         PID[$s]=$!
     done
-    for s in rproxy nginx haproxy; do wait_port "${TLS_PORT[$s]}"; wait_port "${PLAIN_PORT[$s]}"; done
+    for s in "${TLS_SYSTEMS[@]}"; do wait_port "${TLS_PORT[$s]}"; wait_port "${PLAIN_PORT[$s]}"; done
 }
 
 # tls_session SYSTEM: what a TLS 1.3 handshake with SYSTEM's https listener negotiates, as

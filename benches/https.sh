@@ -26,8 +26,11 @@ cd "$(dirname "$0")/.."
 
 source benches/common.sh
 install_missing nginx haproxy wrk openssl curl valgrind
+# Pingora too, in its build with rustls (its own release build, cached in target/).
+PINGORA_TLS=$(bash benches/compare/build_pingora.sh tls)
+TLS_SYSTEMS+=(pingora)
 start_tls_proxies 4096 "${RPROXY:-}"
-SYSTEMS=(rproxy nginx haproxy)
+SYSTEMS=("${TLS_SYSTEMS[@]}")
 HZ=$(getconf CLK_TCK)
 CLIENTS=16
 # s_time sends `GET PATH HTTP/1.0` and a blank line. rproxy answers a request without Host with
@@ -194,7 +197,7 @@ RING=$(awk '/^name = "ring"$/ {getline; gsub(/"/, "", $3); print $3}' Cargo.lock
 echo "### HTTPS termination"
 echo
 echo "\`bash benches/https.sh $SECONDS_PER_RUN $ROUNDS\`: rproxy (rustls $RUSTLS, ring $RING), $(nginx -v 2>&1 | sed 's/^nginx version: //')"
-echo "and HAProxy $(haproxy -v | awk 'NR == 1 {print $3}') ($(openssl version | awk '{print $1, $2}')), each one worker pinned to CPU 0, terminating"
+echo "HAProxy $(haproxy -v | awk 'NR == 1 {print $3}') ($(openssl version | awk '{print $1, $2}')) and Pingora 0.9 (rustls, ring), each one worker pinned to CPU 0, terminating"
 echo "TLS with the same self-signed ECDSA P-256 certificate in front of the two nginx backends; the"
 echo "clients and the backends on CPU 1. ${SECONDS_PER_RUN}s a run, systems interleaved, $ROUNDS rounds, medians. CPU is the"
 echo "proxy's utime+stime over a run from /proc/PID/stat divided by the requests it served."

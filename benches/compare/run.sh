@@ -215,6 +215,10 @@ bash "$ROOT/benches/https.sh" "$SECONDS_PER_RUN" "$ROUNDS" > "$DIR/https.txt"
 # One TCP stream through the layer-4 mode of each (its own script, its own processes).
 bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
 
+# System calls, switches and wake-ups per request with perf tracepoints (its own script, its
+# own processes).
+bash "$ROOT/benches/census.sh" 20000 2 > "$DIR/census.txt"
+
 # Instructions per request under valgrind (its own script, its own processes).
 bash "$ROOT/benches/instructions.sh" 20000 > "$DIR/instructions.txt"
 
@@ -361,6 +365,10 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo '```'
     cat "$DIR/tcp.txt"
     echo '```'
+    echo
+    echo "### System calls, switches and wake-ups per request"
+    echo
+    cat "$DIR/census.txt"
     echo
     echo "### Instructions per request"
     echo

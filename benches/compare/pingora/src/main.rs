@@ -1,14 +1,14 @@
 //! A small Pingora proxy, for `benches/compare/run.sh` and `benches/instructions.sh`: the Rust
 //! proxy framework users would pick instead of rproxy, set up as the other systems there are.
 //!
-//!     pingora_peer [--tls CERT KEY] LISTEN BACKEND BACKEND
+//!     pingora_peer [--tls CERT KEY TLS_LISTEN] LISTEN BACKEND BACKEND
 //!
 //! A `ProxyHttp` with a `LoadBalancer<RoundRobin>` over the backends, kept-alive upstream
 //! connections (Pingora's pool, made big enough for 200 requests in flight), `X-Forwarded-For`
 //! appended, one worker thread, no daemon, no health checks; HTTP/1 and cleartext HTTP/2 with
 //! prior knowledge on the one port, as rproxy serves them. With `--tls` (the `rustls` feature:
-//! `benches/compare/build_pingora.sh tls`) it serves HTTPS there instead: rustls with its `ring`
-//! provider, TLS 1.2 and 1.3, ALPN h2 and http/1.1. Built by `benches/compare/build_pingora.sh`.
+//! `benches/compare/build_pingora.sh tls`) it also serves HTTPS on TLS_LISTEN: rustls with its
+//! `ring` provider, TLS 1.2 and 1.3, ALPN h2 and http/1.1. Built by `benches/compare/build_pingora.sh`.
 //! Not a product; a measuring stick.
 
 use std::sync::Arc;
@@ -60,11 +60,13 @@ impl ProxyHttp for Lb {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (tls, rest) = match args.as_slice() {
-        [flag, cert, key, rest @ ..] if flag == "--tls" => (Some((cert, key)), rest),
+        [flag, cert, key, tls_listen, rest @ ..] if flag == "--tls" => {
+            (Some((cert, key, tls_listen)), rest)
+        }
         rest => (None, rest),
     };
     let [listen, b1, b2] = rest else {
-        eprintln!("usage: pingora_peer [--tls CERT KEY] LISTEN BACKEND BACKEND");
+        eprintln!("usage: pingora_peer [--tls CERT KEY TLS_LISTEN] LISTEN BACKEND BACKEND");
         std::process::exit(2);
     };
     let upstreams = match LoadBalancer::try_from_iter([b1.as_str(), b2.as_str()]) {
@@ -94,9 +96,9 @@ fn main() {
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, Lb(Arc::new(upstreams)))
         .server_options(options)
         .build();
-    match tls {
-        None => proxy.add_tcp(listen),
-        Some((cert, key)) => add_tls(&mut proxy, listen, cert, key),
+    proxy.add_tcp(listen);
+    if let Some((cert, key, tls_listen)) = tls {
+        add_tls(&mut proxy, tls_listen, cert, key);
     }
     server.add_service(proxy);
     server.run_forever();
