@@ -29,8 +29,8 @@ use crate::limit::Admitted;
 use crate::metrics::ListenerMetrics;
 use crate::state::{ConnectionLimit, SharedState};
 use crate::upstream::{
-    ClientScheme, Forwarded, Peer, Route, X_REQUEST_ID, client_address, error_response, forward,
-    local_response,
+    ClientScheme, Forwarded, Peer, Present, Route, X_REQUEST_ID, client_address, error_response,
+    forward, local_response,
 };
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
@@ -255,8 +255,9 @@ async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
     .await;
 }
 
-/// Validates, routes and forwards one request (`parts`, its head, and `body`), or answers it
-/// locally; the answer ends the request when its body is done (see `ClientBody`).
+/// Validates, routes and forwards one request (`parts`, its head, whose header names
+/// `present` has read, and `body`), or answers it locally; the answer ends the request when
+/// its body is done (see `ClientBody`).
 ///
 /// An `async` block rather than an `async fn`, which would keep a second copy of the request
 /// head: every request allocates this future and it is moved on the way.
@@ -270,6 +271,7 @@ pub(super) fn answer(
     head_flags: u8,
     peer: SocketAddr,
     over_tls: bool,
+    present: Present,
     mut parts: Parts,
     body: Incoming,
 ) -> impl Future<Output = Response<ClientBody>> + Send + '_ {
@@ -337,8 +339,16 @@ pub(super) fn answer(
                         };
                         let trusted = &snapshot.trusted_proxies;
                         let mut forwarded = Forwarded::default();
-                        let resp =
-                            forward(route, trusted, peer, &mut parts, body, &mut forwarded).await;
+                        let resp = forward(
+                            route,
+                            trusted,
+                            peer,
+                            present,
+                            &mut parts,
+                            body,
+                            &mut forwarded,
+                        )
+                        .await;
                         if let Some(log) = &mut log {
                             if let Some(client) = forwarded.client_ip {
                                 log.client = client;

@@ -33,6 +33,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 use crate::header_text::has_token;
+use crate::upstream::Present;
 
 use super::activity::ConnActivity;
 use super::client_conn::{ClientConn, ConnSettings, OpenConn, Socket};
@@ -260,12 +261,14 @@ impl Future for NextRequest<'_> {
 /// with nothing of it left unread, and open: then the connection may be parked while idle.
 /// A request with a body might not be read to its end (a refused upload), and hyper would
 /// then drain or close; an upgrade hands the socket over.
-pub(super) fn ends_cleanly(req: &Request<Incoming>) -> bool {
+/// `present` is what the head carries, so that most requests, without `Upgrade` or
+/// `Connection`, need no lookup.
+pub(super) fn ends_cleanly(req: &Request<Incoming>, present: Present) -> bool {
     use hyper::body::Body;
     req.version() == hyper::Version::HTTP_11
         && req.body().is_end_stream()
-        && !req.headers().contains_key(header::UPGRADE)
-        && !has_close_token(req.headers())
+        && !present.has(Present::UPGRADE)
+        && !(present.has(Present::CONNECTION) && has_close_token(req.headers()))
 }
 
 pub(super) fn has_close_token(headers: &hyper::HeaderMap) -> bool {

@@ -106,8 +106,8 @@ pub struct Forwarded<'a> {
     pub upstream_time: Option<std::time::Duration>,
 }
 
-/// Forwards a request (`parts`, its head, rewritten here for the backend, and `body`) through
-/// the routed pool and returns the response for the client; what became of the request is
+/// Forwards a request (`parts`, its head, rewritten here for the backend, whose header names
+/// `present` has read, and `body`) through the routed pool and returns the response for the client; what became of the request is
 /// written to `forwarded`. The head is borrowed: it stays in the caller's future rather than
 /// being copied into this one, which every request allocates and moves. (`forwarded` is an
 /// out-parameter rather than half of a returned pair for the same reason: returning the pair
@@ -116,6 +116,7 @@ pub async fn forward<'a>(
     route: Route<'a>,
     trusted_proxies: &[ipnet::IpNet],
     peer: Peer,
+    present: Present,
     parts: &mut Parts,
     body: Incoming,
     forwarded: &mut Forwarded<'a>,
@@ -123,7 +124,6 @@ pub async fn forward<'a>(
     let Route { listener, pool, .. } = route;
     // What the header rules read of the head as the client sent it, before it is rewritten.
     let mut rules = route.headers.map(|plan| plan.begin(parts, peer));
-    let present = Present::of(&parts.headers);
     // A WebSocket keeps its upgrade headers, and the client side of the switch for later.
     let mut client_upgrade = if !pool.h2 && tunnel::requested(parts, present) {
         parts.extensions.remove::<OnUpgrade>()
