@@ -80,14 +80,13 @@ for s in "${SYSTEMS[@]}" rproxy-observed; do
     [ "$seen" = "b1 b2 " ] || { echo "$s does not alternate between the backends: $seen" >&2; show_logs; exit 1; }
 done
 
-# Memory for 10,000 idle keep-alive client connections, measured first: after a load run an
-# allocator may keep freed memory, which would hide part of what the connections cost.
-declare -A IDLE IDLE5
+# Memory for 10,000 idle keep-alive client connections over a minute (idle_minute in
+# common.sh), measured first: after a load run an allocator may keep freed memory, which would
+# hide part of what the connections cost.
+declare -A IDLE
 for s in "${SYSTEMS[@]}"; do
-    kib=$(idle_kib "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
-    IDLE[$s]=${kib% *}
-    IDLE5[$s]=${kib#* }
-    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB after 1 s, ${IDLE5[$s]} KiB after 5 s" >&2
+    IDLE[$s]=$(idle_minute "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
+    echo "$s: $IDLE_N idle keep-alive connections: ${IDLE[$s]} (KiB at 5 s, highest, after close; CPU ms; open at 60 s)" >&2
 done
 
 # ticks PID: the process's CPU time so far, in clock ticks: user-space, then kernel.
@@ -177,6 +176,9 @@ done
 
 # Idle HTTPS connections (its own script, its own fresh processes).
 bash "$ROOT/benches/idle_tls.sh" "$IDLE_N" > "$DIR/idle_tls.txt"
+# Idle connections that sent nothing, plain and HTTPS (the same scripts).
+bash "$ROOT/benches/idle_minute.sh" "$IDLE_N" --silent > "$DIR/idle_silent.txt"
+bash "$ROOT/benches/idle_tls.sh" "$IDLE_N" --silent > "$DIR/idle_tls_silent.txt"
 
 # One TCP stream through the layer-4 mode of each (its own script, its own processes).
 bash "$ROOT/benches/tcp_throughput.sh" 1073741824 3 > "$DIR/tcp.txt"
@@ -230,21 +232,14 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "X-Forwarded-For, nothing else (no timeouts, health, retries, limits or header hygiene). rproxy is"
     echo "built on the same hyper, so this is the floor under its costs."
     echo
-    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy | hyper-floor |"
-    echo "|---|---|---|---|---|"
-    per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.0f", k * 1024 / n}'; }
-    # idle_rows WHEN ARRAY: the memory rows for one reading.
-    idle_rows() {
-        local -n kib=$2
-        echo "| resident memory added, $1 | ${kib[rproxy]} KiB | ${kib[nginx]} KiB | ${kib[haproxy]} KiB | ${kib[hyper-floor]} KiB |"
-        echo "| bytes per connection, $1 | $(per "${kib[rproxy]}") | $(per "${kib[nginx]}") | $(per "${kib[haproxy]}") | $(per "${kib[hyper-floor]}") |"
-    }
-    idle_rows "1 s after the last opened" IDLE
-    idle_rows "5 s after" IDLE5
+    idle_minute_table "$IDLE_N idle keep-alive client connections" "$IDLE_N" IDLE "${SYSTEMS[@]}"
     echo
-    echo "Idle connections were opened (one GET each) before any load run, on fresh processes;"
-    echo "memory was read one and five seconds after the last was open (the same for every system:"
-    echo "an allocator may give freed buffers back to the system only after a delay)."
+    echo "Idle connections were opened (one GET each) before any load run, on fresh processes, and"
+    echo "held for 70 s: resident memory was read every 5 s (the highest reading from 5 s to 60 s is"
+    echo "the minute's), CPU time (utime+stime) over the first 60 idle seconds, then every connection"
+    echo "closed and memory read again 15 s later. A server may close idle connections before 60 s"
+    echo "(its keep-alive timeout: HAProxy's here is its 60 s client timeout); the row of those still"
+    echo "open says so."
     echo
     echo "### Idle HTTPS connections"
     echo
@@ -252,6 +247,18 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "certificate, a full handshake per connection), each proxy on a fresh process of its own:"
     echo
     cat "$DIR/idle_tls.txt"
+    echo
+    echo "### Idle connections that sent nothing"
+    echo
+    echo "\`bash benches/idle_minute.sh $IDLE_N --silent\` and \`bash benches/idle_tls.sh $IDLE_N --silent\`:"
+    echo "the same minute for connections that sent no request (HTTPS: the handshake only), as a"
+    echo "browser's preconnect leaves them, each system on a fresh process. Each closes them after"
+    echo "its request-head timeout (rproxy's \`header_timeout\`, 10 s by default; nginx's"
+    echo "\`client_header_timeout\` and HAProxy's client timeout, 60 s here; hyper-floor never):"
+    echo
+    cat "$DIR/idle_silent.txt"
+    echo
+    cat "$DIR/idle_tls_silent.txt"
     echo
     echo "### Observing costs: metrics, an access log file and health checks"
     echo
