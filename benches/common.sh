@@ -90,19 +90,18 @@ idle_kib() {
 # PID's resident memory is read before, every 5 s while they are open, and 5, 10 and 15 s
 # after they closed; its CPU time (utime+stime) over the first idle minute. Prints, KiB added
 # to the reading before: at 5 s, the highest reading from 5 s to 60 s, 15 s after the close;
-# then the idle minute's CPU in ms, and how many of the connections PID still had open at 60 s
-# (its descriptors then, less those it had before): a server may close idle ones before (its
-# keep-alive or request-head timeout). Every reading goes to stderr. Why a minute: an allocator
+# then the idle minute's CPU in ms, and how many of the connections were still open at 60 s
+# (established on PORT's side): a server may close idle ones before (its keep-alive or
+# request-head timeout). Every reading goes to stderr. Why a minute: an allocator
 # or the kernel may move memory well after the last connection opened (khugepaged turning
 # sparse heap regions into 2 MB pages, for one). The client runs on CPU 1 with the load
 # generators. Fails, naming the port, if the connections do not all open.
 idle_minute() {
-    local pid=$1 port=$2 n=$3 ca= silent= before fds0 t0 t1 at5= max=0 open60= rss after client readings=
+    local pid=$1 port=$2 n=$3 ca= silent= before t0 t1 at5= max=0 open60= rss after client readings=
     for a in "${@:4}"; do if [ "$a" = --silent ]; then silent=--silent; else ca=$a; fi; done
     rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
     before=$(rss)
-    fds0=$(find "/proc/$pid/fd" -mindepth 1 | wc -l)
     taskset -c 1 "$BENCH" idle "127.0.0.1:$port" "$n" ${ca:+"$ca"} $silent > "$DIR/idle.out" 2>"$DIR/idle.log" &
     client=$!
     for _ in $(seq 1800); do
@@ -128,7 +127,7 @@ idle_minute() {
         fi
         if [ "$t" = 60 ]; then
             t1=$(cpu_ticks)
-            open60=$(( $(find "/proc/$pid/fd" -mindepth 1 | wc -l) - fds0 ))
+            open60=$(ss -Htn state established "( sport = :$port )" | wc -l)
         fi
     done
     kill "$client" 2>/dev/null || true

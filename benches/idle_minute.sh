@@ -19,7 +19,7 @@ for a in "$@"; do if [ "$a" = --silent ]; then SILENT=--silent; else N=$a; fi; d
 [ "$N" -gt "$MAX_N" ] && N=$MAX_N
 
 source benches/common.sh
-install_missing nginx haproxy
+install_missing nginx haproxy iproute2
 start_backends backends 1
 
 # start SYSTEM: starts it on a fresh port, sets P and SPID.

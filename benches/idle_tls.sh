@@ -20,7 +20,7 @@ for a in "$@"; do if [ "$a" = --silent ]; then SILENT=--silent; else N=$a; fi; d
 [ "$N" -gt "$MAX_N" ] && N=$MAX_N
 
 source benches/common.sh
-install_missing nginx haproxy
+install_missing nginx haproxy iproute2
 
 "$BENCH" cert "$DIR"
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_NGINX_PLAIN=$(port); P_HAPROXY=$(port); P_HAPROXY_PLAIN=$(port)

@@ -24,7 +24,7 @@ IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
 [ "$IDLE_N" -gt 10000 ] && IDLE_N=10000
 
 source benches/common.sh
-install_missing nginx haproxy wrk nghttp2-client curl
+install_missing nginx haproxy wrk nghttp2-client curl iproute2
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port); P_FLOOR=$(port)
 
