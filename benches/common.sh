@@ -84,6 +84,90 @@ idle_kib() {
     echo $((at1 - before)) $((at5 - before))
 }
 
+# idle_minute PID PORT N [CA] [--silent]: N idle keep-alive connections to PORT (HTTPS trusting
+# the cert CA, if given), each after one GET (--silent: none, a bare connection or a TLS
+# handshake only, as a browser's preconnect leaves it), held for 70 s, then all closed at once.
+# PID's resident memory is read before, every 5 s while they are open, and 5, 10 and 15 s
+# after they closed; its CPU time (utime+stime) over the first idle minute. Prints, KiB added
+# to the reading before: at 5 s, the highest reading from 5 s to 60 s, 15 s after the close;
+# then the idle minute's CPU in ms, and how many of the connections were still open at 60 s
+# (established on PORT's side): a server may close idle ones before (its keep-alive or
+# request-head timeout). Every reading goes to stderr. Why a minute: an allocator
+# or the kernel may move memory well after the last connection opened (khugepaged turning
+# sparse heap regions into 2 MB pages, for one). The client runs on CPU 1 with the load
+# generators. Fails, naming the port, if the connections do not all open.
+idle_minute() {
+    local pid=$1 port=$2 n=$3 ca= silent= before t0 t1 at5= max=0 open60= rss after client readings=
+    for a in "${@:4}"; do if [ "$a" = --silent ]; then silent=--silent; else ca=$a; fi; done
+    rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+    cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+    before=$(rss)
+    taskset -c 1 "$BENCH" idle "127.0.0.1:$port" "$n" ${ca:+"$ca"} $silent > "$DIR/idle.out" 2>"$DIR/idle.log" &
+    client=$!
+    for _ in $(seq 1800); do
+        grep -q ready "$DIR/idle.out" 2>/dev/null && break
+        kill -0 "$client" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q ready "$DIR/idle.out" 2>/dev/null; then
+        echo "port $port: not all $n idle connections opened (the client failed, or 180 s passed)" >&2
+        cat "$DIR/idle.log" >&2
+        kill "$client" 2>/dev/null || true
+        show_logs
+        return 1
+    fi
+    t0=$(cpu_ticks)
+    for t in 5 10 15 20 25 30 35 40 45 50 55 60 65 70; do
+        sleep 5
+        rss=$(rss)
+        readings+=" ${t}s:$rss"
+        [ -z "$at5" ] && at5=$rss
+        if [ "$t" -le 60 ]; then
+            [ "$rss" -gt "$max" ] && max=$rss
+        fi
+        if [ "$t" = 60 ]; then
+            t1=$(cpu_ticks)
+            open60=$(ss -Htn state established "( sport = :$port )" | wc -l)
+        fi
+    done
+    kill "$client" 2>/dev/null || true
+    wait "$client" 2>/dev/null || true
+    for t in 5 10 15; do
+        sleep 5
+        after=$(rss)
+        readings+=" closed+${t}s:$after"
+    done
+    echo "port $port: RSS KiB before $before;$readings" >&2
+    echo $((at5 - before)) $((max - before)) $((after - before)) \
+        "$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", t * 1000 / hz}')" "$open60"
+}
+
+# idle_minute_table TITLE N RESULTS SYSTEM...: a Markdown table of idle_minute's figures, one
+# column per SYSTEM; RESULTS names an associative array of idle_minute's output lines by
+# system. TITLE heads the first column.
+idle_minute_table() {
+    local title=$1 n=$2 s
+    local -n res=$3
+    shift 3
+    # field K SYSTEM...: the K-th figure of each system's line, as table cells; per_conn K
+    # SYSTEM...: the same in bytes per connection.
+    field() { for s in "${@:2}"; do printf ' %s |' "$(cut -d' ' -f"$1" <<< "${res[$s]}")"; done; }
+    per_conn() {
+        for s in "${@:2}"; do
+            printf ' %s |' "$(awk -v k="$(cut -d' ' -f"$1" <<< "${res[$s]}")" -v n="$n" 'BEGIN {printf "%.0f", k * 1024 / n}')"
+        done
+    }
+    echo "| $title |$(printf ' %s |' "$@")"
+    echo "|---|$(printf -- '---|%.0s' "$@")"
+    echo "| resident memory added, 5 s after the last opened (KiB) |$(field 1 "$@")"
+    echo "| bytes per connection, 5 s after |$(per_conn 1 "$@")"
+    echo "| highest resident memory added, 5 s to 60 s (KiB) |$(field 2 "$@")"
+    echo "| bytes per connection, highest over the minute |$(per_conn 2 "$@")"
+    echo "| CPU over the idle minute (ms) |$(field 4 "$@")"
+    echo "| connections still open at 60 s |$(field 5 "$@")"
+    echo "| resident memory added, 15 s after all closed (KiB) |$(field 3 "$@")"
+}
+
 wait_port() {
     for _ in $(seq 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0

@@ -7,9 +7,12 @@
 //!     tcp_bench send ADDR BYTES    # sends BYTES on one connection, waits for the count,
 //!                                  # prints `BYTES SECONDS MiB/s`
 //!     tcp_bench port               # prints a free port on 127.0.0.1
-//!     tcp_bench idle ADDR N [CA]   # opens N keep-alive HTTP connections, one GET on each,
+//!     tcp_bench idle ADDR N [CA] [--silent]
+//!                                  # opens N keep-alive HTTP connections, one GET on each,
 //!                                  # prints `ready` and holds them until killed; with CA (a PEM
-//!                                  # file) they are HTTPS to `localhost`, trusting that cert
+//!                                  # file) they are HTTPS to `localhost`, trusting that cert;
+//!                                  # with --silent no GET (HTTPS: the handshake only), as a
+//!                                  # browser's preconnect or a port scanner leaves them
 //!     tcp_bench cert DIR           # writes a self-signed cert for localhost to DIR: cert.pem,
 //!                                  # key.pem, and both.pem (the two together, for HAProxy)
 
@@ -48,11 +51,14 @@ async fn main() -> anyhow::Result<()> {
                 .get(2)
                 .ok_or_else(|| anyhow::anyhow!("idle ADDR N"))?
                 .parse()?;
-            idle(addr, n, args.get(3).map(String::as_str)).await
+            let rest = &args[3.min(args.len())..];
+            let silent = rest.iter().any(|a| a == "--silent");
+            let ca = rest.iter().find(|a| *a != "--silent").map(String::as_str);
+            idle(addr, n, ca, silent).await
         }
         Some("cert") => cert(args.get(1).ok_or_else(|| anyhow::anyhow!("cert DIR"))?),
         _ => anyhow::bail!(
-            "usage: tcp_bench serve | send ADDR BYTES | port | idle ADDR N [CA] | cert DIR"
+            "usage: tcp_bench serve | send ADDR BYTES | port | idle ADDR N [CA] [--silent] | cert DIR"
         ),
     }
 }
@@ -105,7 +111,8 @@ async fn send(addr: &str, bytes: u64) -> anyhow::Result<()> {
 
 /// Opens `n` connections, each answering one keep-alive GET, then holds them all open. With
 /// `ca`, each is HTTPS (a full TLS handshake) to a server whose certificate is that file.
-async fn idle(addr: &str, n: usize, ca: Option<&str>) -> anyhow::Result<()> {
+/// `silent`: no GET, the connection (and handshake) only.
+async fn idle(addr: &str, n: usize, ca: Option<&str>, silent: bool) -> anyhow::Result<()> {
     let tls = ca.map(connector).transpose()?;
     let (mut plain, mut secure) = (Vec::new(), Vec::new());
     for _ in 0..n {
@@ -114,10 +121,12 @@ async fn idle(addr: &str, n: usize, ca: Option<&str>) -> anyhow::Result<()> {
         // Finished waits for a delayed ACK (40 ms) under Nagle's algorithm.
         tcp.set_nodelay(true)?;
         match &tls {
+            None if silent => plain.push(tcp),
             None => plain.push(answered(tcp).await?),
             Some(tls) => {
                 let name = ServerName::try_from("localhost")?;
-                secure.push(answered(tls.connect(name, tcp).await?).await?);
+                let s = tls.connect(name, tcp).await?;
+                secure.push(if silent { s } else { answered(s).await? });
             }
         }
     }

@@ -11,6 +11,7 @@
 # (benches/instructions.sh). Writes benches/RESULTS.md.
 #
 #   bash benches/compare/run.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
+#   IDLE_SILENT=1 bash benches/compare/run.sh ...       (adds idle connections that sent nothing)
 #
 # Everything listens on 127.0.0.1; every process started here is stopped by its pid.
 set -euo pipefail
@@ -25,7 +26,7 @@ IDLE_N=$(( ($(ulimit -Hn) - 200) / 2 ))
 [ "$IDLE_N" -gt 10000 ] && IDLE_N=10000
 
 source benches/common.sh
-install_missing nginx haproxy wrk nghttp2-client curl
+install_missing nginx haproxy wrk nghttp2-client curl iproute2
 PINGORA=$(bash "$ROOT/benches/compare/build_pingora.sh")
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_HAPROXY=$(port)
 P_OBSERVED=$(port); P_ADMIN=$(port); P_NGINX_H2=$(port); P_HAPROXY_H2=$(port); P_FLOOR=$(port)
@@ -97,14 +98,13 @@ for s in "${SYSTEMS[@]}" rproxy-observed rproxy-ws; do
     [ "$seen" = "b1 b2 " ] || { echo "$s does not alternate between the backends: $seen" >&2; show_logs; exit 1; }
 done
 
-# Memory for 10,000 idle keep-alive client connections, measured first: after a load run an
-# allocator may keep freed memory, which would hide part of what the connections cost.
-declare -A IDLE IDLE5
+# Memory for 10,000 idle keep-alive client connections over a minute (idle_minute in
+# common.sh), measured first: after a load run an allocator may keep freed memory, which would
+# hide part of what the connections cost.
+declare -A IDLE
 for s in "${SYSTEMS[@]}"; do
-    kib=$(idle_kib "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
-    IDLE[$s]=${kib% *}
-    IDLE5[$s]=${kib#* }
-    echo "$s: $IDLE_N idle keep-alive connections cost ${IDLE[$s]} KiB after 1 s, ${IDLE5[$s]} KiB after 5 s" >&2
+    IDLE[$s]=$(idle_minute "${PID[$s]}" "${PORT[$s]}" "$IDLE_N")
+    echo "$s: $IDLE_N idle keep-alive connections: ${IDLE[$s]} (KiB at 5 s, highest, after close; CPU ms; open at 60 s)" >&2
 done
 
 # ticks PID: the process's CPU time so far, in clock ticks: user-space, then kernel.
@@ -208,6 +208,12 @@ done
 
 # Idle HTTPS connections (its own script, its own fresh processes).
 bash "$ROOT/benches/idle_tls.sh" "$IDLE_N" > "$DIR/idle_tls.txt"
+# Idle connections that sent nothing, plain and HTTPS (the same scripts), with IDLE_SILENT=1:
+# another 13 minutes or so.
+if [ -n "${IDLE_SILENT:-}" ]; then
+    bash "$ROOT/benches/idle_minute.sh" "$IDLE_N" --silent > "$DIR/idle_silent.txt"
+    bash "$ROOT/benches/idle_tls.sh" "$IDLE_N" --silent > "$DIR/idle_tls_silent.txt"
+fi
 
 # HTTPS termination: full handshakes and keep-alive HTTPS (its own script, its own processes).
 bash "$ROOT/benches/https.sh" "$SECONDS_PER_RUN" "$ROUNDS" > "$DIR/https.txt"
@@ -274,21 +280,14 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "system allocator (Pingora's default), built with rproxy's release profile (\`lto = \"fat\"\`,"
     echo "\`codegen-units = 1\`). It serves HTTP/1 and h2c with prior knowledge on one port, as rproxy does."
     echo
-    echo "| $IDLE_N idle keep-alive client connections | rproxy | nginx | haproxy | hyper-floor | pingora |"
-    echo "|---|---|---|---|---|---|"
-    per() { awk -v k="$1" -v n="$IDLE_N" 'BEGIN {printf "%.0f", k * 1024 / n}'; }
-    # idle_rows WHEN ARRAY: the memory rows for one reading.
-    idle_rows() {
-        local -n kib=$2
-        echo "| resident memory added, $1 | ${kib[rproxy]} KiB | ${kib[nginx]} KiB | ${kib[haproxy]} KiB | ${kib[hyper-floor]} KiB | ${kib[pingora]} KiB |"
-        echo "| bytes per connection, $1 | $(per "${kib[rproxy]}") | $(per "${kib[nginx]}") | $(per "${kib[haproxy]}") | $(per "${kib[hyper-floor]}") | $(per "${kib[pingora]}") |"
-    }
-    idle_rows "1 s after the last opened" IDLE
-    idle_rows "5 s after" IDLE5
+    idle_minute_table "$IDLE_N idle keep-alive client connections" "$IDLE_N" IDLE "${SYSTEMS[@]}"
     echo
-    echo "Idle connections were opened (one GET each) before any load run, on fresh processes;"
-    echo "memory was read one and five seconds after the last was open (the same for every system:"
-    echo "an allocator may give freed buffers back to the system only after a delay)."
+    echo "Idle connections were opened (one GET each) before any load run, on fresh processes, and"
+    echo "held for 70 s: resident memory was read every 5 s (the highest reading from 5 s to 60 s is"
+    echo "the minute's), CPU time (utime+stime) over the first 60 idle seconds, then every connection"
+    echo "closed and memory read again 15 s later. A server may close idle connections before 60 s"
+    echo "(its keep-alive timeout: HAProxy's here is its 60 s client timeout); the row of those still"
+    echo "open says so."
     echo
     echo "### Idle HTTPS connections"
     echo
@@ -298,6 +297,20 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     cat "$DIR/idle_tls.txt"
     echo
     cat "$DIR/https.txt"
+    if [ -n "${IDLE_SILENT:-}" ]; then
+        echo
+        echo "### Idle connections that sent nothing"
+        echo
+        echo "\`bash benches/idle_minute.sh $IDLE_N --silent\` and \`bash benches/idle_tls.sh $IDLE_N --silent\`:"
+        echo "the same minute for connections that sent no request (HTTPS: the handshake only), as a"
+        echo "browser's preconnect leaves them, each system on a fresh process. Each closes them after"
+        echo "its request-head timeout (rproxy's \`header_timeout\`, 10 s by default; nginx's"
+        echo "\`client_header_timeout\` and HAProxy's client timeout, 60 s here; hyper-floor never):"
+        echo
+        cat "$DIR/idle_silent.txt"
+        echo
+        cat "$DIR/idle_tls_silent.txt"
+    fi
     echo
     echo "### Observing costs: metrics, an access log file and health checks"
     echo

@@ -134,18 +134,41 @@ async fn bytes_sent_before_parking_bring_the_socket_back_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_peer_that_closes_brings_its_socket_back() {
-    // Its owner then reads the end and lets the connection go (and its place with it).
+async fn a_peer_that_closes_has_its_socket_closed_in_the_lot() {
+    // Its owner would only read the end and let the connection go (and its place with it):
+    // the lot does that itself, dropping the handle, and gives nothing back.
     let (lot, mut given, _run) = lot();
     let l = listener().await;
     let (server, client) = pair(&l).await;
-    lot.park(server, Instant::now() + Duration::from_secs(60), handle(3))
+    let h = handle(3);
+    let held = Arc::clone(&h.drained);
+    lot.park(server, Instant::now() + Duration::from_secs(60), h)
         .expect("parked");
     drop(client);
+    let t0 = Instant::now();
+    while Arc::strong_count(&held) > 1 {
+        assert!(t0.elapsed() < Duration::from_secs(1), "the handle was kept");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(given.try_recv().is_err(), "given back with nothing to read");
+    assert_eq!(format!("{lot:?}"), "IdleLot { parked: 0, .. }");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_just_before_the_peer_closed_comes_back() {
+    let (lot, mut given, _run) = lot();
+    let l = listener().await;
+    let (server, mut client) = pair(&l).await;
+    lot.park(server, Instant::now() + Duration::from_secs(60), handle(4))
+        .expect("parked");
+    client.write_all(b"GET /").await.expect("write");
+    client.shutdown().await.expect("shutdown");
     let (stream, handle) = recv(&mut given).await;
-    assert_eq!(handle.id, 3);
+    assert_eq!(handle.id, 4);
     let mut stream = TcpStream::from_std(stream).expect("back in tokio");
-    assert_eq!(stream.read(&mut [0u8; 4]).await.expect("read"), 0);
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.expect("read");
+    assert_eq!(got, b"GET /");
 }
 
 #[tokio::test(start_paused = true)]
