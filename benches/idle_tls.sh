@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory for idle HTTPS keep-alive client connections: rproxy, nginx and HAProxy, each one
+# Memory for idle HTTPS keep-alive client connections: rproxy, nginx, HAProxy and Pingora, each one
 # worker on a fresh process, terminating TLS (a self-signed ECDSA P-256 cert) in front of two
 # nginx backends. `tcp_bench idle` opens the connections one after another (a full TLS 1.3
 # handshake and one GET each; with --silent the handshake only) and holds them for 70 s
@@ -49,17 +49,23 @@ taskset -c 0 haproxy -f "$DIR/haproxy.cfg" -db 2>"$DIR/haproxy.log" &
 PIDS+=($!)
 PID[haproxy]=$!
 
-declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY)
-for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY; do wait_port "$p"; done
+# Pingora's build with rustls (benches/compare/build_pingora.sh tls), its plain listener unused.
+P_PINGORA=$(port)
+taskset -c 0 "$(bash benches/compare/build_pingora.sh tls)" --tls "$DIR/cert.pem" "$DIR/key.pem" "127.0.0.1:$P_PINGORA" "127.0.0.1:$(port)" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/pingora.log" &
+PIDS+=($!)
+PID[pingora]=$!
+
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [pingora]=$P_PINGORA)
+for p in $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_PINGORA; do wait_port "$p"; done
 
 declare -A RES
-for s in rproxy nginx haproxy; do
+for s in rproxy nginx haproxy pingora; do
     RES[$s]=$(idle_minute "${PID[$s]}" "${PORT[$s]}" "$N" "$DIR/cert.pem" $SILENT)
     echo "$s: $N idle HTTPS connections${SILENT:+ (handshake only)}: ${RES[$s]} (KiB at 5 s, highest, after close; CPU ms; open at 60 s)" >&2
 done
 
 if [ -n "$SILENT" ]; then
-    idle_minute_table "$N idle HTTPS client connections, handshake only" "$N" RES rproxy nginx haproxy
+    idle_minute_table "$N idle HTTPS client connections, handshake only" "$N" RES rproxy nginx haproxy pingora
 else
-    idle_minute_table "$N idle HTTPS keep-alive client connections" "$N" RES rproxy nginx haproxy
+    idle_minute_table "$N idle HTTPS keep-alive client connections" "$N" RES rproxy nginx haproxy pingora
 fi
