@@ -26,7 +26,7 @@ use crate::metrics::ListenerMetrics;
 use crate::upstream::Present;
 
 use super::activity::{ConnActivity, Expiry};
-use super::http::{ListenerCtx, answer};
+use super::http::{HeadFacts, ListenerCtx, answer};
 use super::http1::{ends_cleanly, has_close_token};
 use super::io::ClientStream;
 use super::io::{ClientIo, Protocol};
@@ -209,19 +209,19 @@ impl ClientConn {
             // Begun when hyper hands the request over, not when its future first runs: a read
             // that could park the connection (see `http1`) must find it busy in between.
             let active = activity.begin();
-            let head_flags = activity.take_head_flags();
             // One pass over the header names, read here and again by `forward`.
-            let present = Present::of(req.headers());
-            let parkable = ends_cleanly(&req, present);
+            let head = HeadFacts {
+                flags: activity.take_head_flags(),
+                present: Present::of(req.headers()),
+            };
+            let parkable = ends_cleanly(&req, head.present);
             let activity = Arc::clone(&activity);
             let (parts, body) = req.into_parts();
             async move {
                 // Boxed: answering takes a future of about 2 KB, which hyper would otherwise
                 // keep in every connection's state and move whole; a box is one allocation
                 // per request, from memory the allocator just freed and the cache still holds.
-                let answering = answer(
-                    &ctx, active, head_flags, peer, over_tls, present, parts, body,
-                );
+                let answering = answer(&ctx, active, head, peer, over_tls, parts, body);
                 let resp = Box::pin(answering).await;
                 activity.set_parkable(parkable && !has_close_token(resp.headers()));
                 Ok::<_, Infallible>(resp)

@@ -255,9 +255,17 @@ async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
     .await;
 }
 
-/// Validates, routes and forwards one request (`parts`, its head, whose header names
-/// `present` has read, and `body`), or answers it locally; the answer ends the request when
-/// its body is done (see `ClientBody`).
+/// What was learned of a request's head before it was taken apart: the raw scan's flags
+/// (`head_scan`) and which of the headers rproxy acts on it carries.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HeadFacts {
+    pub(super) flags: u8,
+    pub(super) present: Present,
+}
+
+/// Validates, routes and forwards one request (`parts`, its head, with what `head` says of
+/// it, and `body`), or answers it locally; the answer ends the request when its body is done
+/// (see `ClientBody`).
 ///
 /// An `async` block rather than an `async fn`, which would keep a second copy of the request
 /// head: every request allocates this future and it is moved on the way.
@@ -268,10 +276,9 @@ async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
 pub(super) fn answer(
     ctx: &ListenerCtx,
     active: ActiveRequest,
-    head_flags: u8,
+    head: HeadFacts,
     peer: SocketAddr,
     over_tls: bool,
-    present: Present,
     mut parts: Parts,
     body: Incoming,
 ) -> impl Future<Output = Response<ClientBody>> + Send + '_ {
@@ -295,7 +302,7 @@ pub(super) fn answer(
         };
         // Slots held under the limits' `conns` until the response body ends.
         let mut admitted = None;
-        let mut answer = match validate::check(&mut parts, &listener.settings.limits, head_flags) {
+        let mut answer = match validate::check(&mut parts, &listener.settings.limits, head.flags) {
             Verdict::Forward if listener.settings.redirect_https => {
                 super::redirect::to_https(&parts, &snapshot)
             }
@@ -343,7 +350,7 @@ pub(super) fn answer(
                             route,
                             trusted,
                             peer,
-                            present,
+                            head.present,
                             &mut parts,
                             body,
                             &mut forwarded,
