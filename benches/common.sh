@@ -51,6 +51,27 @@ show_logs() { tail -n 5 "$DIR"/*.log >&2 2>/dev/null || true; }
 
 port() { "$BENCH" port; }
 
+# open_idle_clients PORT N CA [--silent]: starts `tcp_bench idle` on CPU 1 opening N
+# keep-alive connections to PORT (TLS when CA names a certificate file; no request with
+# --silent) and waits until all are open, up to 180 s; sets `client` to its pid. Fails, with
+# the logs, if they do not all open.
+open_idle_clients() {
+    taskset -c 1 "$BENCH" idle "127.0.0.1:$1" "$2" ${3:+"$3"} ${4:-} > "$DIR/idle.out" 2>"$DIR/idle.log" &
+    client=$!
+    for _ in $(seq 1800); do
+        grep -q ready "$DIR/idle.out" 2>/dev/null && break
+        kill -0 "$client" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q ready "$DIR/idle.out" 2>/dev/null; then
+        echo "port $1: not all $2 idle connections opened (the client failed, or 180 s passed)" >&2
+        cat "$DIR/idle.log" >&2
+        kill "$client" 2>/dev/null || true
+        show_logs
+        return 1
+    fi
+}
+
 # idle_kib PID PORT N [CA]: how many KiB PID's resident memory grows by while N idle keep-alive
 # connections to PORT are open (HTTPS trusting the cert CA, if given), each after one GET.
 # Printed twice: one second after the last opened, and five seconds after, the same settling
@@ -61,20 +82,7 @@ port() { "$BENCH" port; }
 idle_kib() {
     local pid=$1 port=$2 n=$3 ca=${4:-} before at1 at5 client
     before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    taskset -c 1 "$BENCH" idle "127.0.0.1:$port" "$n" ${ca:+"$ca"} > "$DIR/idle.out" 2>"$DIR/idle.log" &
-    client=$!
-    for _ in $(seq 1800); do
-        grep -q ready "$DIR/idle.out" 2>/dev/null && break
-        kill -0 "$client" 2>/dev/null || break
-        sleep 0.1
-    done
-    if ! grep -q ready "$DIR/idle.out" 2>/dev/null; then
-        echo "port $port: not all $n idle connections opened (the client failed, or 180 s passed)" >&2
-        cat "$DIR/idle.log" >&2
-        kill "$client" 2>/dev/null || true
-        show_logs
-        return 1
-    fi
+    open_idle_clients "$port" "$n" "$ca" || return 1
     sleep 1
     at1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     sleep 4
@@ -102,20 +110,7 @@ idle_minute() {
     rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
     before=$(rss)
-    taskset -c 1 "$BENCH" idle "127.0.0.1:$port" "$n" ${ca:+"$ca"} $silent > "$DIR/idle.out" 2>"$DIR/idle.log" &
-    client=$!
-    for _ in $(seq 1800); do
-        grep -q ready "$DIR/idle.out" 2>/dev/null && break
-        kill -0 "$client" 2>/dev/null || break
-        sleep 0.1
-    done
-    if ! grep -q ready "$DIR/idle.out" 2>/dev/null; then
-        echo "port $port: not all $n idle connections opened (the client failed, or 180 s passed)" >&2
-        cat "$DIR/idle.log" >&2
-        kill "$client" 2>/dev/null || true
-        show_logs
-        return 1
-    fi
+    open_idle_clients "$port" "$n" "$ca" $silent || return 1
     t0=$(cpu_ticks)
     for t in 5 10 15 20 25 30 35 40 45 50 55 60 65 70; do
         sleep 5
