@@ -51,6 +51,18 @@ show_logs() { tail -n 5 "$DIR"/*.log >&2 2>/dev/null || true; }
 
 port() { "$BENCH" port; }
 
+# idle_args [N] [--silent]: the arguments of idle_minute.sh and idle_tls.sh. Raises the
+# descriptor limit and sets N (10,000 by default, fewer when the hard limit is lower: HAProxy
+# needs two descriptors per connection, see compare/run.sh) and SILENT.
+idle_args() {
+    ulimit -n "$(ulimit -Hn)"
+    local max=$(( ($(ulimit -Hn) - 200) / 2 )) a
+    N=10000 SILENT=
+    for a in "$@"; do if [ "$a" = --silent ]; then SILENT=--silent; else N=$a; fi; done
+    [ "$N" -gt "$max" ] && N=$max
+    return 0
+}
+
 # open_idle_clients PORT N CA [--silent]: starts `tcp_bench idle` on CPU 1 opening N
 # keep-alive connections to PORT (TLS when CA names a certificate file; no request with
 # --silent) and waits until all are open, up to 180 s; sets `client` to its pid. Fails, with

@@ -11,14 +11,8 @@
 #   RPROXY=PATH runs that rproxy binary instead of this tree's release build (a before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ulimit -n "$(ulimit -Hn)"
-# HAProxy needs two descriptors per connection (see compare/run.sh).
-MAX_N=$(( ($(ulimit -Hn) - 200) / 2 ))
-N=10000 SILENT=
-for a in "$@"; do if [ "$a" = --silent ]; then SILENT=--silent; else N=$a; fi; done
-[ "$N" -gt "$MAX_N" ] && N=$MAX_N
-
 source benches/common.sh
+idle_args "$@"
 install_missing nginx haproxy iproute2
 start_backends backends 1
 
