@@ -9,11 +9,14 @@
 //! shared: the snapshot with the balancers' state (nginx's round-robin order, least_conn
 //! counts), health, limits and metrics.
 //!
-//! Why not tokio's multi-threaded runtime: with it every wake-up of a task goes through a
-//! shared scheduler (atomic queues, a futex to wake a parked thread), and a connection's tasks
-//! move between threads; measured in `benches/RESULTS.md` ("Thread per core"). The main thread
-//! is worker 0: it also runs what is not per connection (signals, reloads, health checks, the
-//! admin listener, DNS), so `workers = 1` is one thread doing everything, as one nginx worker.
+//! Why not tokio's multi-threaded runtime: its shared scheduler cost about 700 instructions a
+//! request more, and it woke the peers (clients, backends) three to four times as often, each
+//! a cross-CPU interrupt (`benches/RESULTS.md`, "Thread per core" and the census): 13-18% less
+//! CPU per request over kept-alive connections, though 4-10% more when each request opens a
+//! connection (see `listener/sockets.rs`; `RPROXY_RUNTIME=work_stealing`, read in `main.rs`,
+//! goes back). The main thread is worker 0: it also runs what is not per connection (signals,
+//! reloads, health checks, the admin listener, DNS), so `workers = 1` is one thread doing
+//! everything, as one nginx worker.
 //!
 //! A worker is known by a thread-local index, 0 on the main thread and on any thread that is
 //! not a worker (tests, the blocking pool).

@@ -10,7 +10,10 @@
 //! Every socket has an accept loop on every worker (`crate::workers`), each on a duplicate of
 //! the one socket, and each worker has an idle lot of its own: a connection stays on the
 //! worker that accepted it. The kernel wakes every worker's loop when a connection arrives and
-//! one takes it, so a busy worker accepts less. One socket rather than one per worker with
+//! one takes it, so a busy worker accepts less; the others' wake-up is the price, paid per new
+//! connection (measured in `benches/RESULTS.md`: 4-10% more CPU per request when every request
+//! comes on a new connection; tokio registers a socket in each worker's epoll, so nginx's
+//! `EPOLLEXCLUSIVE` is not available). One socket rather than one per worker with
 //! `SO_REUSEPORT`: a binary upgrade hands over one socket per address, and closing one of a
 //! `SO_REUSEPORT` group (a reload, an upgrade) drops the connections queued on it.
 
