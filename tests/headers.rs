@@ -246,18 +246,9 @@ async fn a_request_id_is_sent_upstream_and_logged() {
 /// one, so the backend gets the backend's address (nginx's `$proxy_host`) instead of a 400.
 #[tokio::test]
 async fn an_http_1_0_request_without_host_reaches_the_backend_with_one() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));
-    let mut s = tokio::net::TcpStream::connect(proxy.addr())
-        .await
-        .expect("connect");
-    s.write_all(b"GET /old HTTP/1.0\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(proxy.addr(), b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let seen = b.last();
     assert_eq!(seen.version, http::Version::HTTP_11);

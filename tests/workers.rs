@@ -7,9 +7,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use common::*;
 
 const WORKERS: usize = 4;
@@ -24,13 +21,11 @@ fn config(servers: &str, extra: &str) -> String {
 /// One request on a connection of its own (so that any worker may accept it): the status
 /// line and the `X-Backend` that answered.
 async fn one_shot(addr: std::net::SocketAddr) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.expect("read");
-    let text = String::from_utf8_lossy(&answer);
+    let text = raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let status = text.lines().next().unwrap_or_default().to_string();
     let backend = text
         .lines()
