@@ -527,22 +527,9 @@ fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
 #[tokio::test]
 async fn sockets_from_systemd_socket_activation_are_used_and_systemd_follows_an_upgrade() {
     let descendants = Descendants::default();
-    let backend = Backend::start("b").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The socket systemd would have bound; rproxy could not bind its address again while
-    // this process holds it (no SO_REUSEPORT), so serving on it proves it was adopted.
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (_backend, dir, socket, config_path) = systemd_socket_and_config().await;
     let addr = socket.local_addr().expect("addr");
-    let config_path = dir.path().join("upstream.toml");
     let ready = dir.path().join("ready.json");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[listeners.web]\nlisten = \"{addr}\"\nupstream = \"app\"\n\n[upstreams.app]\nservers = [\"{}\"]\n",
-            backend.addr
-        ),
-    )
-    .expect("write config");
     let notify_path = dir.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
     // As systemd does: the socket is fd 3 and LISTEN_PID is the pid that runs rproxy (the
@@ -605,19 +592,7 @@ async fn sockets_from_systemd_socket_activation_are_used_and_systemd_follows_an_
 
 #[tokio::test]
 async fn sockets_passed_for_another_pid_are_not_taken() {
-    let backend = Backend::start("b").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    let config_path = dir.path().join("upstream.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[listeners.web]\nlisten = \"{addr}\"\nupstream = \"app\"\n\n[upstreams.app]\nservers = [\"{}\"]\n",
-            backend.addr
-        ),
-    )
-    .expect("write config");
+    let (_backend, _dir, socket, config_path) = systemd_socket_and_config().await;
     // LISTEN_PID names another process (variables inherited by mistake): fd 3 is not taken, so
     // rproxy binds the address itself, which this process holds: it exits 1.
     let mut command = std::process::Command::new(rproxy_bin());
@@ -774,6 +749,31 @@ token = "{TOKEN}"
     let a_now = status_of(admin, a.addr).await;
     assert_eq!(a_now["effective_weight"], 7);
     assert_eq!(status_of(admin, b.addr).await["state"], "unhealthy");
+}
+
+/// A backend, a folder, the socket systemd would have bound, and a file in the folder whose
+/// listener `web` listens on that socket's address. rproxy could not bind the address again
+/// while this process holds it (no SO_REUSEPORT), so serving on it proves it was adopted.
+async fn systemd_socket_and_config() -> (
+    Backend,
+    tempfile::TempDir,
+    std::net::TcpListener,
+    std::path::PathBuf,
+) {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let config_path = dir.path().join("upstream.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[listeners.web]\nlisten = \"{addr}\"\nupstream = \"app\"\n\n[upstreams.app]\nservers = [\"{}\"]\n",
+            backend.addr
+        ),
+    )
+    .expect("write config");
+    (backend, dir, socket, config_path)
 }
 
 /// Starts `command` with a copy of `socket` as its fd 3, as systemd passes a socket.
