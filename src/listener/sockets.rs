@@ -113,15 +113,10 @@ impl Plan {
 }
 
 impl ListenerSet {
-    /// Must be called on the runtime that is to serve the connections: connections leaving
-    /// the idle lot are spawned on it, onto `connections`.
-    pub fn new(stop: CancellationToken, connections: &TaskTracker) -> Self {
-        Self::with_workers(stop, connections, &[])
-    }
-
-    /// `new`, serving on this runtime and on `other_workers` too (the runtimes of workers 1 to
-    /// N - 1); every connection is tracked on `connections`.
-    pub fn with_workers(
+    /// Serves on this runtime (worker 0) and on `other_workers`, the runtimes of workers 1 to
+    /// N - 1: each one's connections, those leaving its idle lot too, are spawned on it and
+    /// tracked on `connections`.
+    pub fn new(
         stop: CancellationToken,
         connections: &TaskTracker,
         other_workers: &[Handle],

@@ -8,7 +8,7 @@
 //! accepting, lets requests in progress finish within the drain timeout, and returns. SIGUSR2
 //! starts a binary upgrade (`upgrade.rs`): once the new process serves every listener, this
 //! one drains the same way and leaves the pid file and ready file to it. Started as that new
-//! process (`bind_inheriting` with sockets handed over), it takes over only once it serves
+//! process (`bind_on_workers` with sockets handed over), it takes over only once it serves
 //! (`take_over`).
 //!
 //! The top: it may import every room, and none imports it (only `main` and `lib`).
@@ -99,24 +99,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the runtime state and binds every listen address.
+    /// Builds the runtime state and binds every listen address; connections are served on
+    /// this runtime alone.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        Server::bind_inheriting(config, Inherited::none()).await
+        Server::bind_on_workers(config, Inherited::none(), &[]).await
     }
 
-    /// `bind`, taking the sockets handed to this process (a binary upgrade's or systemd's)
-    /// for the addresses they are bound to; the ones no listener needs are closed. Started by
-    /// a binary upgrade, the old process's runtime state is set before anything serves, and
-    /// the pid file waits until this process takes over.
-    pub async fn bind_inheriting(
-        config: Config,
-        inherited: Inherited,
-    ) -> Result<Server, StartError> {
-        Server::bind_on_workers(config, inherited, &[]).await
-    }
-
-    /// `bind_inheriting`, with connections served on this runtime and on `other_workers`,
-    /// the runtimes of workers 1 to N - 1 (`crate::workers`).
+    /// `bind`, with connections served on this runtime and on `other_workers`, the runtimes
+    /// of workers 1 to N - 1 (`crate::workers`), and taking the sockets handed to this
+    /// process (a binary upgrade's or systemd's) for the addresses they are bound to; the
+    /// ones no listener needs are closed. Started by a binary upgrade, the old process's
+    /// runtime state is set before anything serves, and the pid file waits until this process
+    /// takes over.
     pub async fn bind_on_workers(
         config: Config,
         mut inherited: Inherited,
@@ -140,7 +134,7 @@ impl Server {
         }
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
-        let listeners = ListenerSet::with_workers(stop.clone(), &connections, other_workers);
+        let listeners = ListenerSet::new(stop.clone(), &connections, other_workers);
         let first_plan = listeners.plan_inheriting(&config, &mut inherited)?;
         snapshot.set_addresses(listeners.addresses(&first_plan));
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
