@@ -63,7 +63,7 @@ pub async fn build_snapshot(
             (name.clone(), Limiter::carry(c, before))
         })
         .collect();
-    let mut listeners = HashMap::new();
+    let mut listeners = HashMap::default();
     for (name, l) in &config.listeners {
         // Validation guarantees every upstream named exists; a miss here would be a bug,
         // reported as a config error rather than a panic.

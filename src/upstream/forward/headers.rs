@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue, OccupiedEntry};
 use ipnet::IpNet;
 
 use crate::header_text::{ip_text, items};
@@ -82,21 +82,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
     if present.has(Present::CONNECTION)
         && let Entry::Occupied(connection) = headers.entry(header::CONNECTION)
     {
-        let mut named = Vec::new();
-        for line in connection.remove_entry_mult().1 {
-            named.extend(
-                items(&line)
-                    .filter(|token| {
-                        !token.eq_ignore_ascii_case(b"close")
-                            && !HOP_BY_HOP
-                                .iter()
-                                .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
-                    })
-                    .filter_map(|token| HeaderName::from_bytes(token).ok()),
-            );
-        }
-        for name in named {
-            headers.remove(name);
+        // Most heads that carry it carry one line naming no other header (a backend's
+        // `keep-alive`): taken out at once, with no token scan and no drain of its lines.
+        let mut lines = connection.iter();
+        let lone_option = matches!(
+            (lines.next(), lines.next()),
+            (Some(only), None) if only.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || only.as_bytes().eq_ignore_ascii_case(b"close")
+        );
+        if lone_option {
+            connection.remove();
+        } else {
+            for name in named_by(connection) {
+                headers.remove(name);
+            }
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
@@ -104,6 +103,25 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
             headers.remove(name);
         }
     }
+}
+
+/// Takes `Connection` out and returns the headers its lines name, but for the hop-by-hop
+/// ones, which go anyway.
+fn named_by(connection: OccupiedEntry<'_, HeaderValue>) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for line in connection.remove_entry_mult().1 {
+        named.extend(
+            items(&line)
+                .filter(|token| {
+                    !token.eq_ignore_ascii_case(b"close")
+                        && !HOP_BY_HOP
+                            .iter()
+                            .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+                })
+                .filter_map(|token| HeaderName::from_bytes(token).ok()),
+        );
+    }
+    named
 }
 
 /// Sets the forwarding headers and returns the client address as rproxy determined it.
@@ -295,6 +313,25 @@ mod tests {
         let present = Present::of(&none);
         remove_hop_by_hop(&mut none, present);
         assert_eq!(none, before, "nothing to remove, nothing changed");
+        // One line naming a header: that header goes too.
+        let mut one_line = map(&[("connection", "X-Private"), ("x-private", "1"), ("a", "1")]);
+        let present = Present::of(&one_line);
+        remove_hop_by_hop(&mut one_line, present);
+        assert_eq!(
+            one_line.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["a"]
+        );
+        // One line with the usual option alone, in any case.
+        for option in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut h = map(&[
+                ("connection", option),
+                ("keep-alive", "timeout=5"),
+                ("a", "1"),
+            ]);
+            let present = Present::of(&h);
+            remove_hop_by_hop(&mut h, present);
+            assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["a"]);
+        }
         let mut named = map(&[
             ("connection", "close"),
             ("connection", "Keep-Alive , X-Private"),
