@@ -382,7 +382,8 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo
     echo "### One TCP stream (layer 4)"
     echo
-    echo "\`bash benches/tcp_throughput.sh 1073741824 3\`:"
+    echo "\`bash benches/tcp_throughput.sh 1073741824 3\` (\"pingora tcp\": Pingora has no TCP proxy of its own; a"
+    echo "\`ServerApp\` pass-through as in its examples, one thread, \`benches/compare/pingora/src/tcp.rs\`):"
     echo
     echo '```'
     cat "$DIR/tcp.txt"
