@@ -4,8 +4,9 @@
 # (thread per core: tokio's current_thread runtime), rproxy-ws (the same on tokio's
 # multi-thread runtime, RPROXY_RUNTIME=work_stealing, as rproxy ran before), hyper-floor
 # (examples/hyper_floor.rs, on current_thread as rproxy), hyper-floor-mt (the same on the
-# multi-thread runtime with one worker, FLOOR_RUNTIME=multi_thread), nginx and HAProxy,
-# one worker each pinned to CPU 0, round-robin over two keep-alive nginx backends on CPU 1
+# multi-thread runtime with one worker, FLOOR_RUNTIME=multi_thread), nginx, HAProxy and
+# Pingora (benches/compare/pingora/, built by benches/compare/build_pingora.sh), one worker
+# each pinned to CPU 0, round-robin over two keep-alive nginx backends on CPU 1
 # with the load generator (h2load --h1 -t1), at 50 and at 200 connections.
 #
 #   bash benches/census.sh [REQUESTS] [ROUNDS]      (default 20000 requests, 2 rounds)
@@ -47,8 +48,9 @@ ROOT=$PWD
 source benches/common.sh
 install_missing linux-perf linux-libc-dev nginx haproxy nghttp2-client curl
 
+PINGORA=$(bash benches/compare/build_pingora.sh)
 start_backends backends 1
-SYSTEMS=(rproxy rproxy-ws hyper-floor hyper-floor-mt nginx haproxy)
+SYSTEMS=(rproxy rproxy-ws hyper-floor hyper-floor-mt nginx haproxy pingora)
 declare -A PORT PID
 
 # start_system SYSTEM: starts it on a fresh port pinned to CPU 0 (the configurations of
@@ -65,6 +67,7 @@ start_system() {
         haproxy) taskset -c 0 haproxy -f "$dir/haproxy.cfg" -db 2>"$DIR/$s.log" & ;;
         hyper-floor) taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$p" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/$s.log" & ;;
         hyper-floor-mt) FLOOR_RUNTIME=multi_thread taskset -c 0 "$ROOT/target/release/examples/hyper_floor" "127.0.0.1:$p" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/$s.log" & ;;
+        pingora) taskset -c 0 "$PINGORA" "127.0.0.1:$p" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/$s.log" & ;;
     esac
     PIDS+=($!)
     PID[$s]=$!
@@ -146,6 +149,24 @@ perf_ctl() {
 aggregate() {
     awk -v pid="$1" -v names="$SYSCALL_NAMES" '
         BEGIN { while ((getline l < names) > 0) { split(l, f, " "); name[f[1]] = f[2] } }
+        # A thread name may hold spaces (Pingora names its worker threads "Pingora HTTP Proxy
+        # Service", cut to "Pingora HTTP Pr"; "Timer thread"), which would shift every field
+        # after it: the spaces in the leading name and in the comm= fields of the trace become
+        # "_". The leading name ends before the thread id, which the time follows (S lines) or
+        # which is pid/tid (W lines); a comm= field ends before its pid= field. A line with no
+        # such space is left as it was.
+        {
+            for (i = 2; i < NF; i++)
+                if (($1 == "S" && $i ~ /^[0-9]+$/ && $(i + 1) ~ /^[0-9]+\.[0-9]+:$/) || ($1 == "W" && $i ~ /^[0-9]+\/[0-9]+$/)) break
+            line = $1 " " $2
+            for (j = 3; j < i; j++) line = line "_" $j
+            for (j = i; j <= NF; j++) {
+                line = line " " $j
+                if ($j ~ /^(prev_|next_)?comm=/)
+                    while (j < NF && $(j + 1) !~ /^(prev_|next_)?pid=/) line = line "_" $(++j)
+            }
+            $0 = line
+        }
         # S lines: comm, tid, time, event, then "NR nr (args)" or "NR nr = ret".
         $1 == "S" && $5 == "raw_syscalls:sys_enter:" { entered[$3] = $4 + 0 }
         $1 == "S" && $5 == "raw_syscalls:sys_exit:" {
@@ -181,7 +202,9 @@ aggregate() {
             printf "switch_vol\t%d\nswitch_invol\t%d\nwake\t%d\nwake_own\t%d\n", vol, invol, wakes, own
             for (k in sc) printf "sc %s\t%d\n", k, sc[k]
             # Microseconds, kept as a count: the callers divide by the requests.
-            for (k in usc) { printf "usc %s\t%.1f\n", k, usc[k]; if (k !~ /^epoll_(p)?wait2?$/) busy += usc[k] }
+            # Waiting is not work: epoll_wait, and the sleeps of a timer thread (Pingora has one
+            # that sleeps in clock_nanosleep; the others make no such call under load).
+            for (k in usc) { printf "usc %s\t%.1f\n", k, usc[k]; if (k !~ /^(epoll_(p)?wait2?|clock_nanosleep|nanosleep)$/) busy += usc[k] }
             printf "us_busy\t%.1f\n", busy
             for (k in th) printf "th %s\t%d\n", k, th[k]
             for (k in wk) printf "wk %s\t%d\n", k, wk[k]
@@ -195,15 +218,25 @@ aggregate() {
 # long, divided by the same number of requests.
 RESULTS="$DIR/census.tsv"
 : > "$RESULTS"
+# Pingora's "Timer thread" wakes every 10 ms even when it has no work, on CPU 0 with the
+# others: left running, its wake-ups would land in the others' windows (a timer interrupt
+# counts as woken by whichever proxy runs then). So it is stopped (SIGSTOP) except while it is
+# measured. A stopped Pingora would not act on the exit trap's SIGTERM (it handles the signal),
+# hence the SIGCONT first.
+PAUSED=(pingora)
+trap 'for s in "${PAUSED[@]}"; do [ -n "${PID[$s]:-}" ] && kill -CONT "${PID[$s]}" 2>/dev/null; done; cleanup' EXIT
+paused() { [[ " ${PAUSED[*]} " == *" $1 "* ]]; }
 for s in "${SYSTEMS[@]}"; do
     start_system "$s"
     # Warm-up: every upstream connection the runs will use opened, threads started.
     load "$s" 200 $((REQUESTS / 4))
+    if paused "$s"; then kill -STOP "${PID[$s]}"; fi
 done
 for c in "${CONNECTIONS[@]}"; do
     for round in $(seq "$ROUNDS"); do
         for s in "${SYSTEMS[@]}"; do
             pid=${PID[$s]}
+            if paused "$s"; then kill -CONT "$pid"; fi
             read -r u0 k0 f0 < <(proc_stat "$pid")
             start=$(date +%s.%N)
             load "$s" "$c" "$REQUESTS"
@@ -233,6 +266,7 @@ for c in "${CONNECTIONS[@]}"; do
                 printf '%s\t%s\t%s\tfaults_traced\t%s\n' "$c" "$round" "$s" "$(awk -v f=$((f3 - f2)) -v n="$REQUESTS" 'BEGIN {printf "%.3f", f / n}')"
             } >> "$RESULTS"
             echo "c=$c round $round $s: $(awk -F'\t' '$1 == "total" {print $2}' "$DIR/loaded") system calls traced (idle window of ${seconds}s: $(awk -F'\t' '$1 == "total" {print $2}' "$DIR/idle")), CPU $(us_per_request $((u1 + k1 - u0 - k0))) us/request untraced, $(us_per_request $((u3 + k3 - u2 - k2))) traced" >&2
+            if paused "$s"; then kill -STOP "$pid"; fi
         done
     done
 done
@@ -288,7 +322,7 @@ table() {
             nrows = split("total busy io again rbytes wbytes epoll zero events ctl futex timers other switches wake wake_own wake_other wakes_by faults idle idle_wake threads cpu cpu_traced lost", rows, " ")
             label["total"] = "system calls"
             label["io"] = "socket reads and writes (read, write, recvfrom, sendto, readv, writev, ...msg)"
-            label["busy"] = "µs inside system calls other than epoll_wait (traced: slower)"
+            label["busy"] = "µs inside system calls other than epoll_wait and sleeps (traced: slower)"
             label["again"] = "… reads that found nothing (EAGAIN)"
             label["rbytes"] = "bytes read (client and backend)"
             label["wbytes"] = "bytes written (client and backend)"
@@ -354,6 +388,10 @@ echo "sched:sched_waking of them system-wide; $(perf version)). The idle window 
 echo "the work the proxy does anyway (timers, closing idle upstream connections), not subtracted."
 echo "rproxy and hyper-floor run tokio's current_thread runtime (rproxy's thread per core); rproxy-ws"
 echo "(RPROXY_RUNTIME=work_stealing) and hyper-floor-mt (FLOOR_RUNTIME=multi_thread) the multi-thread one."
+echo "pingora (benches/compare/pingora/) runs one worker thread (\"Pingora HTTP Pr\") on its work-stealing"
+echo "runtime, beside threads of its own: the main one and \"Server\" (signals), and a \"Timer thread\" that"
+echo "sleeps 10 ms at a time, loaded or idle (its clock_nanosleep calls are the timer calls in its column)."
+echo "Thread names have their spaces written as \"_\" in the tables."
 echo "Epoll batching and wake-ups depend on timing (a proxy that falls behind finds more events"
 echo "per epoll_wait, sleeps less and is woken less), and tracing slows every system call (the CPU"
 echo "rows), so those rows move from run to run; reads, writes and epoll_ctl per request do not."

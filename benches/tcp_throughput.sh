@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Single-stream TCP throughput: a direct connection to a sink, and the same through rproxy
-# (protocol = "tcp"), nginx's stream module and HAProxy `mode tcp`, each proxy with one worker
-# so the comparison is per core. Loopback only; everything started here is stopped by its pid.
+# (protocol = "tcp"), nginx's stream module, HAProxy `mode tcp` and Pingora (the peer's `--tcp`
+# pass-through, benches/compare/pingora/src/tcp.rs: Pingora has no TCP proxy of its own), each
+# proxy with one worker so the comparison is per core. Loopback only; everything started here
+# is stopped by its pid.
 #
 #   bash benches/tcp_throughput.sh [BYTES] [RUNS]     (default 2 GiB, 3 runs; best run shown)
 #
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 source benches/common.sh
 install_missing nginx haproxy libnginx-mod-stream
+PINGORA=$(bash benches/compare/build_pingora.sh)
 
 "$BENCH" serve > "$DIR/sink.out" &
 PIDS+=($!)
@@ -23,6 +26,7 @@ SINK=$(awk '/listening/ {print $2}' "$DIR/sink.out")
 RPROXY_PORT=$(port)
 NGINX_PORT=$(port)
 HAPROXY_PORT=$(port)
+PINGORA_PORT=$(port)
 
 cat > "$DIR/rproxy.toml" <<CONF
 workers = 1
@@ -70,7 +74,11 @@ CONF
 haproxy -f "$DIR/haproxy.cfg" -db 2> "$DIR/haproxy.log" &
 PIDS+=($!)
 
-wait_port "$RPROXY_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"
+# One worker thread (the peer's default), a half-close passed on as rproxy and HAProxy do.
+"$PINGORA" --tcp "127.0.0.1:$PINGORA_PORT" "$SINK" 2> "$DIR/pingora.log" &
+PIDS+=($!)
+
+wait_port "$RPROXY_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$PINGORA_PORT"
 
 best() {
     local best=0 mib
@@ -86,3 +94,4 @@ printf '  %-16s %s\n' direct "$(best "$SINK")"
 printf '  %-16s %s\n' rproxy "$(best "127.0.0.1:$RPROXY_PORT")"
 printf '  %-16s %s\n' "nginx stream" "$(best "127.0.0.1:$NGINX_PORT")"
 printf '  %-16s %s\n' "haproxy tcp" "$(best "127.0.0.1:$HAPROXY_PORT")"
+printf '  %-16s %s\n' "pingora tcp" "$(best "127.0.0.1:$PINGORA_PORT")"

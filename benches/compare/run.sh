@@ -189,11 +189,19 @@ for w in 1 2; do
         PID[workers$w$rt]=$!
         wait_port "$P_W"
     done
+    # Pingora with `threads = 1` and `threads = 2` (PINGORA_THREADS), its default work-stealing
+    # runtime, as in the tables above.
+    P_W=$(port)
+    PINGORA_THREADS=$w "$PINGORA" "127.0.0.1:$P_W" "127.0.0.1:$B3" "127.0.0.1:$B4" 2>"$DIR/workers${w}pingora.log" &
+    PIDS+=($!)
+    PORT[workers${w}pingora]=$P_W
+    PID[workers${w}pingora]=$!
+    wait_port "$P_W"
 done
 WORKERS="$DIR/workers.tsv"
 for round in $(seq "$ROUNDS"); do
     for w in 1 2; do
-        for rt in tpc ws; do
+        for rt in tpc ws pingora; do
             read -r user0 sys0 < <(ticks "${PID[workers$w$rt]}")
             out=$(wrk -t2 -c200 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:${PORT[workers$w$rt]}/")
             read -r user1 sys1 < <(ticks "${PID[workers$w$rt]}")
@@ -357,6 +365,7 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "### Two workers"
     echo
     echo "rproxy with \`workers = 1\` and \`workers = 2\`, each thread per core (tpc) and work-stealing (ws),"
+    echo "and Pingora with \`threads = 1\` and \`threads = 2\` (its default work-stealing runtime),"
     echo "nothing pinned, wrk -t2 -c200 and two-worker nginx backends on the same two cores as the"
     echo "proxy (medians of $ROUNDS). With the load generator and backends on the same two cores this"
     echo "measures what this machine allows, not scaling with a core to spare."
@@ -364,7 +373,7 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "| workers | runtime | requests/s | CPU µs/request |"
     echo "|---|---|---|---|"
     for w in 1 2; do
-        for rt in tpc ws; do
+        for rt in tpc ws pingora; do
             rps=$(awk -F'\t' -v w="$w" -v r="$rt" '$1 == w && $3 == r {print $2}' "$WORKERS" | median)
             cpu=$(awk -F'\t' -v w="$w" -v r="$rt" '$1 == w && $3 == r {print $4}' "$WORKERS" | median)
             printf '| %s | %s | %.0f | %.2f |\n' "$w" "$rt" "$rps" "$cpu"
@@ -373,7 +382,8 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo
     echo "### One TCP stream (layer 4)"
     echo
-    echo "\`bash benches/tcp_throughput.sh 1073741824 3\`:"
+    echo "\`bash benches/tcp_throughput.sh 1073741824 3\` (\"pingora tcp\": Pingora has no TCP proxy of its own; a"
+    echo "\`ServerApp\` pass-through as in its examples, one thread, \`benches/compare/pingora/src/tcp.rs\`):"
     echo
     echo '```'
     cat "$DIR/tcp.txt"

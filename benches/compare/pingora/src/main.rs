@@ -2,14 +2,19 @@
 //! proxy framework users would pick instead of rproxy, set up as the other systems there are.
 //!
 //!     pingora_peer [--tls CERT KEY TLS_LISTEN] LISTEN BACKEND BACKEND
+//!     pingora_peer --tcp LISTEN BACKEND
 //!
 //! A `ProxyHttp` with a `LoadBalancer<RoundRobin>` over the backends, kept-alive upstream
 //! connections (Pingora's pool, made big enough for 200 requests in flight), `X-Forwarded-For`
 //! appended, one worker thread, no daemon, no health checks; HTTP/1 and cleartext HTTP/2 with
 //! prior knowledge on the one port, as rproxy serves them. With `--tls` (the `rustls` feature:
 //! `benches/compare/build_pingora.sh tls`) it also serves HTTPS on TLS_LISTEN: rustls with its
-//! `ring` provider, TLS 1.2 and 1.3, ALPN h2 and http/1.1. Built by `benches/compare/build_pingora.sh`.
-//! Not a product; a measuring stick.
+//! `ring` provider, TLS 1.2 and 1.3, ALPN h2 and http/1.1. With `--tcp`, a layer-4 pass-through
+//! to one backend instead (tcp.rs). `PINGORA_THREADS=N` gives it N worker threads (Pingora's
+//! work-stealing runtime, its default) for the harness's two-worker rows; 1 when unset. Built by
+//! `benches/compare/build_pingora.sh`. Not a product; a measuring stick.
+
+mod tcp;
 
 use std::sync::Arc;
 
@@ -59,6 +64,22 @@ impl ProxyHttp for Lb {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let conf = server_conf();
+    if let [flag, listen, backend] = args.as_slice() {
+        if flag == "--tcp" {
+            let service = match tcp::service(listen, backend) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("pingora_peer: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let mut server = Server::new_with_opt_and_conf(None, conf);
+            server.bootstrap();
+            server.add_service(service);
+            server.run_forever();
+        }
+    }
     let (tls, rest) = match args.as_slice() {
         [flag, cert, key, tls_listen, rest @ ..] if flag == "--tls" => {
             (Some((cert, key, tls_listen)), rest)
@@ -66,7 +87,9 @@ fn main() {
         rest => (None, rest),
     };
     let [listen, b1, b2] = rest else {
-        eprintln!("usage: pingora_peer [--tls CERT KEY TLS_LISTEN] LISTEN BACKEND BACKEND");
+        eprintln!(
+            "usage: pingora_peer [--tls CERT KEY TLS_LISTEN] LISTEN BACKEND BACKEND\n       pingora_peer --tcp LISTEN BACKEND"
+        );
         std::process::exit(2);
     };
     let upstreams = match LoadBalancer::try_from_iter([b1.as_str(), b2.as_str()]) {
@@ -76,18 +99,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-
-    let mut conf = ServerConf::default();
-    // One worker thread, as every system in the harness has (Pingora adds a thread of its own
-    // that waits for signals).
-    conf.threads = 1;
-    // Pingora's pool holds 128 idle upstream connections by default, fewer than 200 requests in
-    // flight need; 512 as nginx's `keepalive 512` in the harness.
-    conf.upstream_keepalive_pool_size = 512;
-    // SIGTERM ends the process at once (the default grace period is 5 minutes), so that the
-    // harness and valgrind (benches/instructions.sh) see it exit.
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -102,6 +113,33 @@ fn main() {
     }
     server.add_service(proxy);
     server.run_forever();
+}
+
+/// The server's settings, the same for every mode.
+fn server_conf() -> ServerConf {
+    let mut conf = ServerConf::default();
+    // One worker thread, as every system in the harness has, unless PINGORA_THREADS asks for
+    // more (run.sh's two-worker rows). Pingora adds threads of its own: the main one waiting for
+    // signals on a runtime of one thread ("Server"), and pingora-timeout's "Timer thread", which
+    // wakes every 10 ms, loaded or idle (benches/census.sh counts its sleeps).
+    conf.threads = match std::env::var("PINGORA_THREADS") {
+        Err(_) => 1,
+        Ok(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("pingora_peer: PINGORA_THREADS={n}: not a thread count");
+                std::process::exit(2);
+            }
+        },
+    };
+    // Pingora's pool holds 128 idle upstream connections by default, fewer than 200 requests in
+    // flight need; 512 as nginx's `keepalive 512` in the harness.
+    conf.upstream_keepalive_pool_size = 512;
+    // SIGTERM ends the process at once (the default grace period is 5 minutes), so that the
+    // harness and valgrind (benches/instructions.sh) see it exit.
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf
 }
 
 /// An HTTPS listener on LISTEN. Pingora reads CERT and KEY when the service starts and panics if
