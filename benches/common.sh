@@ -305,10 +305,10 @@ listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }'
 }
 
 # start_under_valgrind SYSTEM PORT [RPROXY]: runs it in the foreground under cachegrind
-# (instruction counts only).
+# (instruction counts only; with CACHE_SIM=yes, its simulated caches' misses too).
 start_under_valgrind() {
     local dir="$DIR/$1-$2" rproxy=${3:-$PWD/target/release/rproxy}
-    local vg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null)
+    local vg=(valgrind --tool=cachegrind "--cache-sim=${CACHE_SIM:-no}" --cachegrind-out-file=/dev/null)
     case $1 in
         rproxy | rproxy-observed) exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
         rproxy-ws) RPROXY_RUNTIME=work_stealing exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
@@ -320,8 +320,9 @@ start_under_valgrind() {
 }
 
 # instructions SYSTEM N [RPROXY]: sets IR to the user-space instructions of a fresh process
-# that served N requests (h2load --h1, 50 connections). (Not run in a subshell, so the exit
-# trap knows the process.)
+# that served N requests (h2load --h1, CONNS connections, 50 by default), and with
+# CACHE_SIM=yes I1, D1 and LL to its simulated instruction-cache, data-cache and last-level
+# misses. (Not run in a subshell, so the exit trap knows the process.)
 instructions() {
     local p
     p=$(port)
@@ -333,13 +334,18 @@ instructions() {
     PIDS+=("$pid")
     for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
     local done_n
-    done_n=$(h2load --h1 -n "$2" -c 50 -t1 "http://127.0.0.1:$p/" 2>&1 | awk '/^requests:/ {print $8}')
+    done_n=$(h2load --h1 -n "$2" -c "${CONNS:-50}" -t1 "http://127.0.0.1:$p/" 2>&1 | awk '/^requests:/ {print $8}')
     [ "$done_n" = "$2" ] || { echo "$1: $done_n of $2 requests succeeded" >&2; exit 1; }
     # nginx finishes (and valgrind reports) on SIGQUIT, the others on SIGTERM.
     if [ "$1" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
     wait "$pid" || true
     forget_pid "$pid"
     IR=$(awk '/I *refs/ {gsub(",", "", $NF); print $NF}' "$DIR/vg-$p.log")
+    if [ "${CACHE_SIM:-no}" = yes ]; then
+        # "D1  misses:  total  (rd + wr)": the total is the first number after the colon.
+        miss() { awk -v k="$1" '$0 ~ k {sub(/.*: */, ""); gsub(",", "", $1); print $1}' "$DIR/vg-$p.log"; }
+        I1=$(miss 'I1 +misses'); D1=$(miss 'D1 +misses'); LL=$(miss 'LL misses')
+    fi
 }
 
 # instructions_per_request SYSTEM REQUESTS [RPROXY]: sets PER_REQUEST to the instructions per
