@@ -255,6 +255,14 @@ async fn serve_http2(conn: &ClientConn, (stream, prefix): Socket) {
     .await;
 }
 
+/// The host a request is for: the target's authority, else `Host`.
+fn request_host(parts: &Parts) -> Option<&str> {
+    parts
+        .uri
+        .host()
+        .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+}
+
 /// What was learned of a request's head before it was taken apart: the raw scan's flags
 /// (`head_scan`) and which of the headers rproxy acts on it carries.
 #[derive(Debug, Clone, Copy)]
@@ -307,10 +315,12 @@ pub(super) fn answer(
                 super::redirect::to_https(&parts, &snapshot)
             }
             Verdict::Forward => {
-                let host = parts
-                    .uri
-                    .host()
-                    .or_else(|| parts.headers.get(header::HOST)?.to_str().ok());
+                // The host is looked up (a hash of `Host`) only for a table that routes by it.
+                let host = if listener.routes.is_trivial() {
+                    None
+                } else {
+                    request_host(&parts)
+                };
                 let target = listener.routes.lookup(host, parts.uri.path());
                 let limits = target
                     .as_ref()
@@ -371,7 +381,7 @@ pub(super) fn answer(
                         return ClientBody::wrap(resp, log, end, admitted);
                     }
                     (None, _) => {
-                        tracing::debug!(client = %peer.addr, host = ?host, path = parts.uri.path(), "no route");
+                        tracing::debug!(client = %peer.addr, host = ?request_host(&parts), path = parts.uri.path(), "no route");
                         error_response(ProxyError::NoRoute)
                     }
                 }
