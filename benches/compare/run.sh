@@ -8,7 +8,8 @@
 # rproxy with metrics, an access log file and health checks on, rproxy with two workers,
 # idle HTTPS connections (benches/idle_tls.sh), single-stream TCP throughput
 # (benches/tcp_throughput.sh), and user-space instructions per request under valgrind
-# (benches/instructions.sh). Writes benches/RESULTS.md.
+# (benches/instructions.sh) and the simulated cache misses behind them (benches/cache_misses.sh).
+# Writes benches/RESULTS.md.
 #
 #   bash benches/compare/run.sh [SECONDS] [ROUNDS]      (default 10 s, 3 rounds)
 #   IDLE_SILENT=1 bash benches/compare/run.sh ...       (adds idle connections that sent nothing)
@@ -236,6 +237,9 @@ bash "$ROOT/benches/census.sh" 20000 2 > "$DIR/census.txt"
 # Instructions per request under valgrind (its own script, its own processes).
 bash "$ROOT/benches/instructions.sh" 20000 > "$DIR/instructions.txt"
 
+# How well those instructions run: simulated cache misses per request (its own script).
+bash "$ROOT/benches/cache_misses.sh" 20000 > "$DIR/cache.txt"
+
 # Named before the report is written (writing it makes the tree dirty).
 VERSION=$(git -C "$ROOT" describe --always --dirty)
 {
@@ -400,6 +404,14 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "where CPU time is not; it leaves out the kernel's share and cache misses."
     echo
     cat "$DIR/instructions.txt"
+    echo
+    echo "### Cache misses per request"
+    echo
+    echo "\`bash benches/cache_misses.sh 20000\`: the same runs under cachegrind's cache simulation"
+    echo "(32 KiB 8-way L1 instruction and data caches, no prefetcher), per request: what this machine,"
+    echo "without hardware counters, can show of how well each proxy's instructions run."
+    echo
+    cat "$DIR/cache.txt"
 
 } > "$ROOT/benches/RESULTS.md"
 cat "$ROOT/benches/RESULTS.md"
