@@ -17,6 +17,9 @@ idle_args "$@"
 install_missing nginx haproxy iproute2
 
 "$BENCH" cert "$DIR"
+# Built here, before anything starts: built in the background with the others (as it was),
+# a rebuild outlasted wait_port and failed the run.
+PINGORA_TLS=$(bash benches/compare/build_pingora.sh tls)
 B1=$(port); B2=$(port); P_RPROXY=$(port); P_NGINX=$(port); P_NGINX_PLAIN=$(port); P_HAPROXY=$(port); P_HAPROXY_PLAIN=$(port)
 
 mkdir -p "$DIR/backends" "$DIR/nginx"
@@ -45,7 +48,7 @@ PID[haproxy]=$!
 
 # Pingora's build with rustls (benches/compare/build_pingora.sh tls), its plain listener unused.
 P_PINGORA=$(port)
-taskset -c 0 "$(bash benches/compare/build_pingora.sh tls)" --tls "$DIR/cert.pem" "$DIR/key.pem" "127.0.0.1:$P_PINGORA" "127.0.0.1:$(port)" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/pingora.log" &
+taskset -c 0 "$PINGORA_TLS" --tls "$DIR/cert.pem" "$DIR/key.pem" "127.0.0.1:$P_PINGORA" "127.0.0.1:$(port)" "127.0.0.1:$B1" "127.0.0.1:$B2" 2>"$DIR/pingora.log" &
 PIDS+=($!)
 PID[pingora]=$!
 
