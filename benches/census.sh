@@ -271,14 +271,16 @@ for c in "${CONNECTIONS[@]}"; do
     done
 done
 
+# head_row TITLE: a table's header, TITLE then one column per system.
+head_row() {
+    printf '| %s |' "$1"; printf ' %s |' "${SYSTEMS[@]}"
+    printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
+}
+
 # table C: the summary for C connections, systems as columns, each cell "round 1 / round 2".
 table() {
     local c=$1
-    printf '| per request, %s connections |' "$c"
-    printf ' %s |' "${SYSTEMS[@]}"
-    printf '\n|---|'
-    printf -- '---|%.0s' "${SYSTEMS[@]}"
-    echo
+    head_row "per request, $c connections"
     awk -F'\t' -v c="$c" -v rounds="$ROUNDS" -v systems="${SYSTEMS[*]}" '
         $1 == c { v[$3, $2, $4] = $5 }
         function g(s, r, k) { return ((s, r, k) in v) ? v[s, r, k] : 0 }
@@ -403,23 +405,12 @@ for c in "${CONNECTIONS[@]}"; do
     echo
     echo "<details><summary>$c connections: every system call, by name and by thread, and who woke whom, per request</summary>"
     echo
-    printf '| system call |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
-    raw "$c" "sc "
-    echo
-    printf '| system call [thread] |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
-    raw "$c" "th "
-    echo
-    printf '| waker -> woken thread of the proxy |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
-    raw "$c" "wk "
-    echo
-    printf '| woken by the proxy |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
-    raw "$c" "wb "
-    echo
-    printf '| µs inside each system call (traced) |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
-    raw "$c" "usc "
-    echo
-    printf '| idle window, system call |'; printf ' %s |' "${SYSTEMS[@]}"; printf '\n|---|'; printf -- '---|%.0s' "${SYSTEMS[@]}"; echo
-    raw "$c" "idle sc "
-    echo
+    for section in "system call|sc " "system call [thread]|th " \
+        "waker -> woken thread of the proxy|wk " "woken by the proxy|wb " \
+        "µs inside each system call (traced)|usc " "idle window, system call|idle sc "; do
+        head_row "${section%%|*}"
+        raw "$c" "${section#*|}"
+        echo
+    done
     echo "</details>"
 done
