@@ -33,14 +33,24 @@ struct Slot {
     counts: [AtomicU32; BUCKETS],
 }
 
-fn period_now() -> u64 {
+/// The ten-second period `at` falls in, counted from the first reading, plus one.
+fn period(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs() / SLOT_SECONDS + 1
+    at.saturating_duration_since(*START.get_or_init(|| at))
+        .as_secs()
+        / SLOT_SECONDS
+        + 1
+}
+
+fn period_now() -> u64 {
+    period(Instant::now())
 }
 
 impl LatencyWindow {
-    pub fn record(&self, latency: Duration) {
-        self.record_at(latency, period_now());
+    /// Records a latency measured until `at`: the caller's reading of the clock, which saves
+    /// a second one on every request.
+    pub fn record(&self, latency: Duration, at: Instant) {
+        self.record_at(latency, period(at));
     }
 
     fn record_at(&self, latency: Duration, period: u64) {
@@ -97,6 +107,26 @@ impl LatencyWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_lands_in_the_period_of_the_time_it_was_given() {
+        let start = Instant::now();
+        let first = period(start);
+        let later = start + Duration::from_secs(3 * SLOT_SECONDS);
+        // Periods count from the first reading any recording gave, whatever it was.
+        assert_eq!(period(later), first + 3);
+        let w = LatencyWindow::default();
+        w.record(Duration::from_millis(100), later);
+        assert_eq!(
+            w.percentiles_at(first + 3).map(|p| p.0),
+            Some(Duration::from_millis(128))
+        );
+        assert_eq!(
+            w.percentiles_at(first + 9),
+            None,
+            "more than a minute later"
+        );
+    }
 
     #[test]
     fn percentiles_come_from_the_last_minute_only() {
