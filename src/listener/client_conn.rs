@@ -27,7 +27,7 @@ use crate::upstream::Present;
 
 use super::activity::{ConnActivity, Expiry};
 use super::http::{HeadFacts, ListenerCtx, answer};
-use super::http1::{ends_cleanly, has_close_token};
+use super::http1::{ends_cleanly, response_closes};
 use super::io::ClientStream;
 use super::io::{ClientIo, Protocol};
 
@@ -229,7 +229,7 @@ impl ClientConn {
                     answer(&ctx, active, head, peer, over_tls, parts, body),
                 );
                 let resp = Box::into_pin(answering).await;
-                activity.set_parkable(parkable && !has_close_token(resp.headers()));
+                activity.set_parkable(parkable && !response_closes(resp.headers()));
                 Ok::<_, Infallible>(resp)
             }
         })
