@@ -17,7 +17,7 @@
 # BASE is built in a temporary `git worktree` (removed at the end) with its own target dir,
 # BASE_TARGET (default: a temporary one, so a full build), where its binary is also kept as
 # rproxy-SHA: a later run with the same BASE_TARGET and rustc does not build BASE again. Both
-# are built by one command (common.sh's RELEASE_BUILD), so BASE must have its examples too.
+# are built by one command (common.sh's RELEASE_BUILD, the binary alone).
 # Installs valgrind, nginx, nghttp2-client (h2load) and curl if missing. Loopback only;
 # everything started here is stopped by its pid.
 set -euo pipefail
