@@ -18,9 +18,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The random prefix, already in hex: only the counter's half changes per request.
 static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
 
-/// Makes sure `headers` carries a usable `X-Request-Id` and returns it, borrowed: a copy of
-/// a value just made would make its bytes shared, an allocation (callgrind: about 100
-/// instructions a request) for a copy no caller on the request path keeps.
+/// Makes sure `headers` carries a usable `X-Request-Id` and returns it, borrowed: copying a
+/// value just made makes its bytes shared, which is an allocation, and no caller on the
+/// request path keeps a copy.
 pub(crate) fn ensure(headers: &mut HeaderMap) -> &HeaderValue {
     // One lookup for both the look and the insert: this runs on every request.
     match headers.entry(&X_REQUEST_ID) {
