@@ -18,9 +18,7 @@ REQUESTS=${1:-20000}
 cd "$(dirname "$0")/.."
 
 source benches/common.sh
-install_missing valgrind nginx haproxy nghttp2-client curl
-PINGORA=$(bash benches/compare/build_pingora.sh)
-start_backends backends
+valgrind_setup
 export CACHE_SIM=yes
 
 SYSTEMS=(rproxy hyper-floor nginx haproxy pingora)

@@ -307,6 +307,14 @@ listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }'
     esac
 }
 
+# valgrind_setup: what the valgrind counts (instructions.sh, cache_misses.sh) need first: the
+# packages, Pingora's build (PINGORA) and the two backends (start_backends).
+valgrind_setup() {
+    install_missing valgrind nginx haproxy nghttp2-client curl
+    PINGORA=$(bash benches/compare/build_pingora.sh)
+    start_backends backends
+}
+
 # start_under_valgrind SYSTEM PORT [RPROXY]: runs it in the foreground under cachegrind
 # (instruction counts only; with CACHE_SIM=yes, its simulated caches' misses too).
 start_under_valgrind() {
