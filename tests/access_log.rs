@@ -41,6 +41,12 @@ async fn json_lines_in_a_file_reopened_on_sigusr1() {
     assert_eq!(first["complete"], true);
     assert_eq!(first["client"], "127.0.0.1");
     assert_eq!(first["request_id"].as_str().map(str::len), Some(32));
+    // The id logged is the one the backend got.
+    let third: serde_json::Value = serde_json::from_str(&lines(&log)[2]).expect("a JSON line");
+    assert_eq!(
+        third["request_id"].as_str().map(str::as_bytes),
+        b.last().headers.get("x-request-id").map(|v| v.as_bytes())
+    );
     assert!(first["request_time"].as_f64().is_some() && first["upstream_time"].as_f64().is_some());
 
     // logrotate: move the file away, then ask rproxy to reopen.

@@ -220,6 +220,53 @@ async fn idempotent_request_dropped_by_a_crashing_backend_is_retried_elsewhere()
 }
 
 #[tokio::test]
+async fn a_request_sent_again_carries_the_same_head() {
+    // The first attempt takes the head itself; the second is made from the copy kept for it.
+    let crashing = RawBackend::start(RawMode::DropRequest).await;
+    let good = Backend::start("good").await;
+    let servers = format!(r#""{}", "{}""#, crashing.addr, good.addr);
+    let proxy = Proxy::start(&config_with(&servers, "max_fails = 0"));
+    let req = Request::get(format!("http://{}/page?q=1", proxy.addr()))
+        .header("x-many", "first")
+        .header("x-many", "second, third")
+        .header("x-empty", "")
+        .header("authorization", "Bearer token:with:colons")
+        .header("x-request-id", "client-chosen-id")
+        .header(
+            "x-bytes",
+            http::HeaderValue::from_bytes(b"caf\xe9").expect("value"),
+        )
+        .body(Full::default())
+        .expect("request");
+    let ans = send(&client(), req).await;
+    assert_eq!((ans.status.as_u16(), ans.backend()), (200, "good"));
+    assert_eq!(
+        crashing.accepted.load(Ordering::SeqCst),
+        1,
+        "the first attempt"
+    );
+    let seen = good.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.uri.as_str()),
+        ("GET", "/page?q=1")
+    );
+    let all = |name: &str| -> Vec<&[u8]> {
+        seen.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect()
+    };
+    assert_eq!(all("x-many"), [&b"first"[..], b"second, third"]);
+    assert_eq!(all("x-empty"), [&b""[..]]);
+    assert_eq!(all("authorization"), [&b"Bearer token:with:colons"[..]]);
+    assert_eq!(all("x-request-id"), [&b"client-chosen-id"[..]]);
+    assert_eq!(all("x-bytes"), [&b"caf\xe9"[..]]);
+    assert_eq!(all("x-forwarded-for"), [&b"127.0.0.1"[..]]);
+    assert_eq!(all("host"), [proxy.addr().to_string().as_bytes()]);
+}
+
+#[tokio::test]
 async fn a_post_that_reached_a_backend_is_not_sent_again() {
     let crashing = RawBackend::start(RawMode::DropRequest).await;
     let good = Backend::start("good").await;

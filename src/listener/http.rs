@@ -29,8 +29,8 @@ use crate::limit::Admitted;
 use crate::metrics::ListenerMetrics;
 use crate::state::{ConnectionLimit, SharedState};
 use crate::upstream::{
-    ClientScheme, Forwarded, Peer, Present, Route, X_REQUEST_ID, client_address, error_response,
-    forward, local_response,
+    ClientScheme, Forwarded, Peer, Present, Route, client_address, error_response, forward,
+    local_response,
 };
 
 use super::activity::{ActiveRequest, ConnActivity, RequestEnd};
@@ -355,7 +355,10 @@ pub(super) fn answer(
                             headers: target.to.headers.as_ref(),
                         };
                         let trusted = &snapshot.trusted_proxies;
-                        let mut forwarded = Forwarded::default();
+                        let mut forwarded = Forwarded {
+                            want_request_id: log.is_some(),
+                            ..Forwarded::default()
+                        };
                         let resp = forward(
                             route,
                             trusted,
@@ -370,7 +373,7 @@ pub(super) fn answer(
                             if let Some(client) = forwarded.client_ip {
                                 log.client = client;
                             }
-                            log.request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+                            log.request_id = forwarded.request_id;
                             log.backend = forwarded.backend.map(|b| Arc::clone(&b.addr_text));
                             log.upstream_time = forwarded.upstream_time;
                         }

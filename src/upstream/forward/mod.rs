@@ -38,6 +38,7 @@ mod header_rules;
 mod headers;
 mod proxy_header;
 mod request_id;
+mod resend;
 mod stream;
 mod tunnel;
 mod ws_frames;
@@ -55,6 +56,7 @@ pub use headers::client_address;
 pub use tunnel::{Tunnels, tunnels};
 
 use headers::join_cookies;
+use resend::HeadCopy;
 
 /// Everything about the client connection a request needs.
 #[derive(Debug, Clone, Copy)]
@@ -95,8 +97,12 @@ pub struct Route<'a> {
 }
 
 /// What became of a forwarded request, for the listener's access log.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Forwarded<'a> {
+    /// Set by the caller when it wants `request_id` (the access log does).
+    pub want_request_id: bool,
+    /// The request's `X-Request-Id`, when wanted: the head itself goes to the backend.
+    pub request_id: Option<http::HeaderValue>,
     /// The client's address: the peer's, or the one a trusted proxy forwarded (`None` until
     /// the request head was read for it).
     pub client_ip: Option<IpAddr>,
@@ -106,12 +112,14 @@ pub struct Forwarded<'a> {
     pub upstream_time: Option<std::time::Duration>,
 }
 
-/// Forwards a request (`parts`, its head, rewritten here for the backend, whose header names
-/// `present` has read, and `body`) through the routed pool and returns the response for the client; what became of the request is
-/// written to `forwarded`. The head is borrowed: it stays in the caller's future rather than
-/// being copied into this one, which every request allocates and moves. (`forwarded` is an
-/// out-parameter rather than half of a returned pair for the same reason: returning the pair
-/// cost the response one more copy, measured with callgrind.)
+/// Forwards a request (`parts`, its head, whose header names `present` has read, and `body`)
+/// through the routed pool and returns the response for the client; what became of the
+/// request is written to `forwarded`. The head is rewritten here for the backend and its
+/// headers go there (the caller finds them empty afterwards; see `resend`). It is borrowed: it
+/// stays in the caller's future rather than being copied into this one, which every request
+/// allocates and moves. (`forwarded` is an out-parameter rather than half of a returned pair
+/// for the same reason: returning the pair cost the response one more copy, measured with
+/// callgrind.)
 pub async fn forward<'a>(
     route: Route<'a>,
     trusted_proxies: &[ipnet::IpNet],
@@ -143,7 +151,10 @@ pub async fn forward<'a>(
     if client_upgrade.is_some() {
         tunnel::restore_upgrade_headers(&mut parts.headers);
     }
-    request_id::ensure(&mut parts.headers);
+    let id = request_id::ensure(&mut parts.headers);
+    if forwarded.want_request_id {
+        forwarded.request_id = Some(id.clone());
+    }
     if let Some(rules) = &mut rules {
         rules.request(parts, client_ip);
     }
@@ -174,6 +185,10 @@ pub async fn forward<'a>(
     let mut fresh = false;
     // One such retry per request: a second stale connection is the backend failing.
     let mut stale_retried = false;
+    // The head's headers go to the first attempt itself; any later one gets them from this
+    // copy, which is cheaper to keep than a second map (see `resend`).
+    let resend = HeadCopy::of(&parts.headers);
+    let mut first_headers = Some(std::mem::take(&mut parts.headers));
 
     let outcome = loop {
         let (index, in_flight) = match pool.take_slot(pin.take(), &ctx, &tried) {
@@ -201,6 +216,7 @@ pub async fn forward<'a>(
                 &backend.keepalive,
                 upstream_request(
                     parts,
+                    first_headers.take().unwrap_or_else(|| resend.headers()),
                     &path,
                     pool,
                     backend,
@@ -426,11 +442,12 @@ fn stale_retry(
     true
 }
 
-/// One attempt's request to `backend`: the rewritten head, the path (with the authority, for
-/// HTTP/2: the backend's, or the `Host` a header rule set) and the body, or what the slot
-/// kept of it.
+/// One attempt's request to `backend`: the rewritten head (`parts`, whose headers are
+/// `headers`), the path (with the authority, for HTTP/2: the backend's, or the `Host` a header
+/// rule set) and the body, or what the slot kept of it.
 fn upstream_request(
     parts: &Parts,
+    headers: http::HeaderMap,
     path: &PathAndQuery,
     pool: &Pool,
     backend: &Backend,
@@ -449,12 +466,12 @@ fn upstream_request(
         *req.version_mut() = Version::HTTP_11;
         *req.uri_mut() = Uri::from(path.clone());
     }
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     // HTTP/1.0 may leave `Host` out; the HTTP/1.1 request made of it may not (RFC 9112 3.2:
     // a backend answers 400). The backend's address, as nginx's default `$proxy_host`.
     if parts.version == Version::HTTP_10
         && !pool.h2
-        && !parts.headers.contains_key(header::HOST)
+        && !req.headers().contains_key(header::HOST)
         && let Ok(host) = http::HeaderValue::from_str(backend.authority.as_str())
     {
         req.headers_mut().insert(header::HOST, host);

@@ -19,8 +19,8 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
 
 /// Makes sure `headers` carries a usable `X-Request-Id` and returns it, borrowed: copying a
-/// value just made makes its bytes shared, which is an allocation, and no caller on the
-/// request path keeps a copy.
+/// value just made makes its bytes shared, which is an allocation, so only a caller that
+/// keeps it (the access log) copies it.
 pub(crate) fn ensure(headers: &mut HeaderMap) -> &HeaderValue {
     // One lookup for both the look and the insert: this runs on every request.
     match headers.entry(&X_REQUEST_ID) {
