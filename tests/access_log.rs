@@ -69,6 +69,24 @@ async fn json_lines_in_a_file_reopened_on_sigusr1() {
 }
 
 #[tokio::test]
+async fn a_502_names_the_backend_that_failed() {
+    // As nginx's `$upstream_addr`: the log of a failed request says which backend failed it,
+    // and so does a response rule's `$upstream_addr`.
+    let dead = refused_addr();
+    let proxy = Proxy::start(&config_with(
+        &format!("\"{dead}\""),
+        "[upstreams.app.headers]\nresponse_set = { \"X-Up\" = \"$upstream_addr\" }\nresponse_always = true",
+    ));
+    let ans = get(&client(), proxy.addr(), "/gone").await;
+    assert_eq!(ans.status, 502);
+    assert_eq!(ans.headers["x-up"], dead.to_string().as_str());
+    let line = proxy
+        .wait_for_access_line(&["\"GET /gone HTTP/1.1\" 502"])
+        .await;
+    assert!(line.contains(&format!("backend={dead} ")), "{line}");
+}
+
+#[tokio::test]
 async fn combined_on_stdout_by_default_and_nothing_when_off() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&config_with(&format!("\"{}\"", b.addr), ""));

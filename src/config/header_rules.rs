@@ -85,7 +85,8 @@ pub enum ValuePart {
     RequestId,
     /// `$request_uri`: path and query, as the client asked.
     RequestUri,
-    /// `$upstream_addr`: the backend that answered (response rules only).
+    /// `$upstream_addr`: the backend that answered, or the last one tried (response rules
+    /// only).
     UpstreamAddr,
     /// `$http_NAME`: a header of the client's request, as the client sent it.
     Header(HeaderName),

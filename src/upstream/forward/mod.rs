@@ -106,7 +106,9 @@ pub struct Forwarded<'a> {
     /// The client's address: the peer's, or the one a trusted proxy forwarded (`None` until
     /// the request head was read for it).
     pub client_ip: Option<IpAddr>,
-    /// The backend that answered, or the last one that timed out.
+    /// The backend that answered, or the last one tried when none did (nginx's
+    /// `$upstream_addr` names the failed ones too: an operator reading a 502 in the log wants
+    /// to know which backend gave it).
     pub backend: Option<&'a Backend>,
     /// The time to the answering backend's response head.
     pub upstream_time: Option<std::time::Duration>,
@@ -277,6 +279,7 @@ pub async fn forward<'a>(
                 break Ok(resp);
             }
             Ok(Err(e)) => {
+                forwarded.backend = Some(backend);
                 if let Some(why) = slot.failure() {
                     break Err(client_body_failed(why, client_ip, backend));
                 }
