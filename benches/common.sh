@@ -319,7 +319,8 @@ valgrind_setup() {
 # (instruction counts only; with CACHE_SIM=yes, its simulated caches' misses too).
 start_under_valgrind() {
     local dir="$DIR/$1-$2" rproxy=${3:-$PWD/target/release/rproxy}
-    local vg=(valgrind --tool=cachegrind "--cache-sim=${CACHE_SIM:-no}" --cachegrind-out-file=/dev/null)
+    local vg=(valgrind --tool=cachegrind "--cache-sim=${CACHE_SIM:-no}" ${CACHE_LL:+"--LL=$CACHE_LL"}
+        --cachegrind-out-file=/dev/null)
     case $1 in
         rproxy | rproxy-observed) exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
         rproxy-ws) RPROXY_RUNTIME=work_stealing exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
@@ -333,7 +334,7 @@ start_under_valgrind() {
 # instructions SYSTEM N [RPROXY]: sets IR to the user-space instructions of a fresh process
 # that served N requests (h2load --h1, CONNS connections, 50 by default), and with
 # CACHE_SIM=yes I1, D1 and LL to its simulated instruction-cache, data-cache and last-level
-# misses. (Not run in a subshell, so the exit trap knows the process.)
+# misses (CACHE_LL=size,ways,line sets the last level's geometry). (Not run in a subshell, so the exit trap knows the process.)
 instructions() {
     local p
     p=$(port)

@@ -408,8 +408,10 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "### Cache misses per request"
     echo
     echo "\`bash benches/cache_misses.sh 20000\`: the same runs under cachegrind's cache simulation"
-    echo "(32 KiB 8-way L1 instruction and data caches, no prefetcher), per request: what this machine,"
-    echo "without hardware counters, can show of how well each proxy's instructions run."
+    echo "(32 KiB 8-way L1 instruction and data caches, one core's L2 as the last level, no prefetcher),"
+    echo "per request: what this machine, without hardware counters, can show of how well each proxy's"
+    echo "instructions run. L2 misses grow with the connections in flight, whose state the L2 stops"
+    echo "holding: they are what CPU time at 200 connections has above the instruction count."
     echo
     cat "$DIR/cache.txt"
 
