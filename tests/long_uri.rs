@@ -31,7 +31,10 @@ async fn exchange(proxy: &Proxy, head: &[u8]) -> (String, TcpStream) {
 #[tokio::test]
 async fn a_long_target_gets_414_even_past_the_header_size() {
     let backend = Backend::start("b").await;
-    let proxy = Proxy::start(&config_with(&format!("\"{}\"", backend.addr), ""));
+    let proxy = Proxy::start(&with_admin(&config_with(
+        &format!("\"{}\"", backend.addr),
+        "",
+    )));
     // Defaults: max_uri_length 8 KiB, max_header_size 32 KiB.
     for target_len in [100 * 1024, 40 * 1024, 8 * 1024 + 1] {
         let head = format!(
@@ -59,11 +62,21 @@ async fn a_long_target_gets_414_even_past_the_header_size() {
     );
     let (answer, _) = exchange(&proxy, head.as_bytes()).await;
     assert_eq!(status_of(&answer), 431, "{answer:.200}");
+    // A head hyper cannot parse: 400.
+    let (answer, _) = exchange(&proxy, b"GET / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 400, "{answer:.200}");
     assert_eq!(
         backend.requests(),
         1,
         "only the request at the limit reached the backend"
     );
+    // Each answer is counted, the ones given before routing too (as nginx counts its 400s
+    // and 414s). Polled: a refused connection is counted as it ends, which may be just after
+    // the client read its answer.
+    let series =
+        |code: &str| format!("rproxy_http_requests_total{{listener=\"web\",code=\"{code}\"}}");
+    proxy.wait_for_metric(&series("4xx"), |n| n == 5.0).await;
+    assert_eq!(proxy.metric(&series("2xx")).await, 1.0);
 }
 
 #[tokio::test]

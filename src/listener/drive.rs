@@ -55,8 +55,9 @@ impl Wake for SignalWake {
 }
 
 /// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at
-/// once when a request head times out. hyper's errors are logged here.
-pub(super) async fn drive<C, E, W>(
+/// once when a request head times out. hyper's errors are logged here, and a head hyper
+/// answered itself because it could not parse it (400, 431) is counted.
+pub(super) async fn drive<C, W>(
     mut conn: Pin<&mut C>,
     graceful: fn(Pin<&mut C>),
     mut watchdog: Pin<&mut W>,
@@ -64,8 +65,7 @@ pub(super) async fn drive<C, E, W>(
     peer: SocketAddr,
 ) -> Driven
 where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    C: Future<Output = Result<(), hyper::Error>>,
     W: Future<Output = Expiry>,
 {
     let shutdown = ctx.shutdown.cancelled();
@@ -84,6 +84,11 @@ where
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 if let Err(e) = result {
+                    // A parse error of a request head: hyper has answered it (an HTTP/2
+                    // connection's errors are never of this kind).
+                    if e.is_parse() {
+                        ctx.metrics.head_refused();
+                    }
                     tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
                 }
                 return Poll::Ready(if closing {

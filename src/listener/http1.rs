@@ -213,11 +213,16 @@ async fn until_parked(conn: &ClientConn, (stream, prefix): Socket) -> Option<Soc
         conn.peer,
     )
     .await;
+    // `None` once upgraded: a WebSocket's tunnel has the socket.
+    let parts = hyper_conn.into_parts()?;
+    let io = parts.io.into_inner();
+    if io.refused_target() {
+        conn.ctx.metrics.head_refused();
+    }
     if driven != Driven::Finished {
         return None;
     }
-    let parts = hyper_conn.into_parts()?;
-    parts.io.into_inner().into_parked(parts.read_buf)
+    io.into_parked(parts.read_buf)
 }
 
 pin_project_lite::pin_project! {

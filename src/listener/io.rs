@@ -148,6 +148,11 @@ impl ClientIo {
         Some((self.inner, prefix))
     }
 
+    /// Whether the connection answered a request target too long with 414 (and closed).
+    pub(super) fn refused_target(&self) -> bool {
+        self.refusing.is_some()
+    }
+
     /// Whether the connection may be parked now: the last response is flushed, no request is
     /// in progress and nothing of a new one has arrived. hyper polls in the order read, write,
     /// flush, so a response that ended since the last flush is flushed before the next read.

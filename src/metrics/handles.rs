@@ -74,6 +74,13 @@ impl ListenerMetrics {
         self.requests[class_index(status)].increment(1);
         self.duration.record(duration.as_secs_f64());
     }
+
+    /// A request head answered before it became a request: hyper's 400 (it did not parse) or
+    /// 431 (too large), rproxy's early 414 (`listener/io.rs`). Counted as a 4xx, as nginx
+    /// counts its 400 and 414; not in the duration histogram, since nothing was served.
+    pub fn head_refused(&self) {
+        self.requests[class_index(400)].increment(1);
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -108,7 +108,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
-        "Client requests answered, by listener and status class"
+        "Client requests answered, by listener and status class (heads refused before routing, 400, 414 and 431, included)"
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
