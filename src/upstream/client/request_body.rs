@@ -175,16 +175,22 @@ pub(crate) struct UpstreamRequestBody {
 #[derive(Debug)]
 enum BodyState {
     Waiting(Arc<RequestBodySlot>),
-    Streaming {
-        body: Incoming,
-        idle: IdleTimer,
-        slot: Arc<RequestBodySlot>,
-        sent: u64,
-        /// Still keeping a copy for a retry.
-        keeping: bool,
-    },
+    /// Boxed: only a request with a body gets here, and the body rides in every request sent
+    /// upstream, which is moved into hyper's queue and out again; inline, this state made each
+    /// such request 360 bytes where it is now 288.
+    Streaming(Box<Streaming>),
     Replay(VecDeque<Bytes>),
     Done,
+}
+
+#[derive(Debug)]
+struct Streaming {
+    body: Incoming,
+    idle: IdleTimer,
+    slot: Arc<RequestBodySlot>,
+    sent: u64,
+    /// Still keeping a copy for a retry.
+    keeping: bool,
 }
 
 impl Body for UpstreamRequestBody {
@@ -202,29 +208,29 @@ impl Body for UpstreamRequestBody {
         if let BodyState::Waiting(slot) = &this.state {
             let slot = Arc::clone(slot);
             this.state = match slot.take() {
-                Some(body) => BodyState::Streaming {
+                Some(body) => BodyState::Streaming(Box::new(Streaming {
                     body,
                     idle: IdleTimer::new(slot.idle_timeout),
                     keeping: slot.replay_limit > 0,
                     slot,
                     sent: 0,
-                },
+                })),
                 None => {
                     this.state = BodyState::Done;
                     return Poll::Ready(Some(Err("request body already sent elsewhere".into())));
                 }
             };
         }
-        let BodyState::Streaming {
+        let BodyState::Streaming(streaming) = &mut this.state else {
+            return Poll::Ready(None);
+        };
+        let Streaming {
             body,
             idle,
             slot,
             sent,
             keeping,
-        } = &mut this.state
-        else {
-            return Poll::Ready(None);
-        };
+        } = &mut **streaming;
         match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 idle.progressed();
@@ -271,7 +277,7 @@ impl Body for UpstreamRequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.state {
             BodyState::Waiting(_) => self.end_stream,
-            BodyState::Streaming { body, .. } => body.is_end_stream(),
+            BodyState::Streaming(s) => s.body.is_end_stream(),
             BodyState::Replay(chunks) => chunks.is_empty(),
             BodyState::Done => true,
         }
@@ -280,7 +286,7 @@ impl Body for UpstreamRequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             BodyState::Waiting(_) => self.size_hint,
-            BodyState::Streaming { body, .. } => body.size_hint(),
+            BodyState::Streaming(s) => s.body.size_hint(),
             BodyState::Replay(chunks) => {
                 SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
             }
