@@ -204,13 +204,20 @@ async fn connect_timeout_moves_on_to_the_next_backend() {
     assert_eq!(metric(&m, RETRIES), Some(1.0), "{m}");
 }
 
-#[tokio::test]
-async fn idempotent_request_dropped_by_a_crashing_backend_is_retried_elsewhere() {
+/// A backend that reads each request head and closes without answering (a process crashing
+/// on it), first in file order, then a healthy one named "good"; `extra` goes in the upstream.
+async fn crashing_then_good(extra: &str) -> (RawBackend, Backend, Proxy) {
     let crashing = RawBackend::start(RawMode::DropRequest).await;
     let good = Backend::start("good").await;
     let servers = format!(r#""{}", "{}""#, crashing.addr, good.addr);
+    let proxy = Proxy::start(&config_with(&servers, extra));
+    (crashing, good, proxy)
+}
+
+#[tokio::test]
+async fn idempotent_request_dropped_by_a_crashing_backend_is_retried_elsewhere() {
     // Passive health off: every request meets the crashing backend and is retried.
-    let proxy = Proxy::start(&config_with(&servers, "max_fails = 0"));
+    let (crashing, _good, proxy) = crashing_then_good("max_fails = 0").await;
     let c = client();
     for _ in 0..6 {
         let ans = get(&c, proxy.addr(), "/").await;
@@ -222,10 +229,7 @@ async fn idempotent_request_dropped_by_a_crashing_backend_is_retried_elsewhere()
 #[tokio::test]
 async fn a_request_sent_again_carries_the_same_head() {
     // The first attempt takes the head itself; the second is made from the copy kept for it.
-    let crashing = RawBackend::start(RawMode::DropRequest).await;
-    let good = Backend::start("good").await;
-    let servers = format!(r#""{}", "{}""#, crashing.addr, good.addr);
-    let proxy = Proxy::start(&config_with(&servers, "max_fails = 0"));
+    let (crashing, good, proxy) = crashing_then_good("max_fails = 0").await;
     let req = Request::get(format!("http://{}/page?q=1", proxy.addr()))
         .header("x-many", "first")
         .header("x-many", "second, third")
@@ -268,10 +272,7 @@ async fn a_request_sent_again_carries_the_same_head() {
 
 #[tokio::test]
 async fn a_post_that_reached_a_backend_is_not_sent_again() {
-    let crashing = RawBackend::start(RawMode::DropRequest).await;
-    let good = Backend::start("good").await;
-    let servers = format!(r#""{}", "{}""#, crashing.addr, good.addr);
-    let proxy = Proxy::start(&config_with(&servers, ""));
+    let (crashing, good, proxy) = crashing_then_good("").await;
     // The first pick is the crashing backend (file order).
     let req = Request::post(format!("http://{}/order", proxy.addr()))
         .body(Full::new(Bytes::from_static(b"buy 1")))
