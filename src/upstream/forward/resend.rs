@@ -8,10 +8,10 @@
 //! the time the response came back (other connections' requests ran meanwhile) and were read
 //! again to drop them. This copy is the header lines in one buffer, written while the head is
 //! hot; dropping it is one free. Most requests are never sent again; the rare one that is has
-//! its head parsed back from the buffer. Measured with cachegrind and a 1 MiB last-level cache
-//! (one core's L2 here): 34,402 → 34,166 instructions a request at 50 connections, and 255 →
-//! 222 last-level misses a request at 200, where the misses are most of what rproxy's CPU
-//! time per request has above hyper-floor's.
+//! its head parsed back from the buffer. Measured: 34,405 → 34,166 instructions a request at
+//! 50 connections (callgrind), and 255 → 222 misses a request at 200 in a simulated 1 MiB
+//! last-level cache, one core's L2 here (cachegrind). At 200 connections these misses are
+//! what rproxy's CPU time per request has above its instruction count (benches/RESULTS.md).
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
