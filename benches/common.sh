@@ -334,7 +334,8 @@ start_under_valgrind() {
 # instructions SYSTEM N [RPROXY]: sets IR to the user-space instructions of a fresh process
 # that served N requests (h2load --h1, CONNS connections, 50 by default), and with
 # CACHE_SIM=yes I1, D1 and LL to its simulated instruction-cache, data-cache and last-level
-# misses (CACHE_LL=size,ways,line sets the last level's geometry). (Not run in a subshell, so the exit trap knows the process.)
+# misses (CACHE_LL=size,ways,line sets the last level's geometry). (Not run in a subshell, so
+# the exit trap knows the process.)
 instructions() {
     local p
     p=$(port)
