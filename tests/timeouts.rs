@@ -93,6 +93,36 @@ async fn a_stalled_request_body_gets_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
+/// The response timeout bounds the wait for the head only: a body slower than it but within
+/// the body timeout arrives whole.
+#[tokio::test]
+async fn a_body_slower_than_the_response_timeout_but_within_the_body_timeout_arrives_whole() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&listener_config(
+        b.addr,
+        "",
+        "response_timeout = \"300ms\"\nbody_timeout = \"5s\"",
+    ));
+    let client = client();
+    // Twice: the second request's attempt waits on a timer the first one left.
+    for _ in 0..2 {
+        let resp = client
+            .get(
+                format!("http://{}/late-body/900", proxy.addr())
+                    .parse()
+                    .expect("uri"),
+            )
+            .await
+            .expect("response head");
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(DEADLINE, resp.into_body().collect())
+            .await
+            .expect("body in time")
+            .expect("the whole body, not cut");
+        assert_eq!(&body.to_bytes()[..], b"firstrest");
+    }
+}
+
 #[tokio::test]
 async fn a_stalled_response_body_is_cut() {
     let b = Backend::start("b").await;

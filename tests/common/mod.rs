@@ -208,6 +208,24 @@ async fn answer(
         let mut r = Response::new(StreamBody::new(stream).boxed());
         r.headers_mut().insert("content-length", total.into());
         r
+    } else if let Some(ms) = path.strip_prefix("/late-body/") {
+        // "first" at once, "rest" after `ms`, then the end.
+        let ms = ms.parse().unwrap_or(0);
+        let stream = futures_util::stream::unfold(0u8, move |step| async move {
+            let data: &'static [u8] = match step {
+                0 => b"first",
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    b"rest"
+                }
+                _ => return None,
+            };
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(data))),
+                step + 1,
+            ))
+        });
+        Response::new(StreamBody::new(stream).boxed())
     } else if path == "/stall" {
         let stream = futures_util::stream::unfold(0u8, |step| async move {
             if step > 0 {

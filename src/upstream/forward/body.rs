@@ -7,7 +7,7 @@
 //! `client::request_body`.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,22 +23,34 @@ use crate::upstream::pool::InFlightGuard;
 
 /// The body of every response rproxy sends to a client: a backend's streamed body or a short
 /// message of rproxy's own. Dropping it (end of body, or client gone) releases the backend.
+///
+/// Small (56 bytes): the response it rides in is moved several times on its way to hyper's
+/// writer, and one of 256 bytes or less is copied with about half the instructions that a
+/// larger one takes (callgrind, glibc's `memcpy`). What a backend's body needs lives behind
+/// one pointer instead; the client's response, with the listener's wrapper, is 240 bytes
+/// where it was 352.
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
     bytes: u64,
     complete: bool,
-    /// A backend body error held back for one poll (see `poll_frame`).
-    deferred_error: Option<BodyError>,
-    _in_flight: Option<InFlightGuard>,
-    /// The backend connection, given back when the body was read to its end.
-    reuse: Option<Reuse>,
 }
 
 #[derive(Debug)]
 enum Inner {
-    Upstream { body: Incoming, idle: IdleTimer },
+    Upstream(Box<Upstream>),
     Local(Option<Bytes>),
+}
+
+#[derive(Debug)]
+struct Upstream {
+    body: Incoming,
+    idle: IdleTimer,
+    /// A backend body error held back for one poll (see `poll_frame`).
+    deferred_error: Option<BodyError>,
+    _in_flight: InFlightGuard,
+    /// The backend connection, given back when the body was read to its end.
+    reuse: Option<Reuse>,
 }
 
 impl ProxyBody {
@@ -49,15 +61,15 @@ impl ProxyBody {
         reuse: Option<Reuse>,
     ) -> Self {
         ProxyBody {
-            inner: Inner::Upstream {
+            inner: Inner::Upstream(Box::new(Upstream {
                 body,
                 idle: IdleTimer::new(idle_timeout),
-            },
+                deferred_error: None,
+                _in_flight: in_flight,
+                reuse,
+            })),
             bytes: 0,
             complete: false,
-            deferred_error: None,
-            _in_flight: Some(in_flight),
-            reuse,
         }
     }
 
@@ -66,9 +78,6 @@ impl ProxyBody {
             inner: Inner::Local(Some(text.into())),
             bytes: 0,
             complete: false,
-            deferred_error: None,
-            _in_flight: None,
-            reuse: None,
         }
     }
 
@@ -87,8 +96,9 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper never polls a body that is empty from the start (a 204, or a HEAD's), so its
         // end is read from the body itself too.
-        if let Some(reuse) = self.reuse.take()
-            && (self.complete || self.is_end_stream())
+        if let Inner::Upstream(upstream) = &mut self.inner
+            && let Some(reuse) = upstream.reuse.take()
+            && (self.complete || upstream.body.is_end_stream())
         {
             reuse.release();
         }
@@ -104,59 +114,60 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(e) = this.deferred_error.take() {
+        let upstream = match &mut this.inner {
+            Inner::Local(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Upstream(upstream) => upstream,
+        };
+        if let Some(e) = upstream.deferred_error.take() {
             tracing::warn!(error = %e, "response body from backend failed; cutting the client's response");
             return Poll::Ready(Some(Err(e)));
         }
-        let polled = match &mut this.inner {
-            Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Inner::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
-                Poll::Pending if idle.expired(cx) => {
-                    Poll::Ready(Some(Err(BodyTimeout(idle.timeout()).into())))
-                }
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(frame) => {
-                    idle.progressed();
-                    Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
-                }
-            },
+        let frame = match Pin::new(&mut upstream.body).poll_frame(cx) {
+            Poll::Pending if upstream.idle.expired(cx) => {
+                Some(Err(BodyTimeout(upstream.idle.timeout()).into()))
+            }
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(frame) => {
+                upstream.idle.progressed();
+                frame.map(|f| f.map_err(BodyError::from))
+            }
         };
-        let frame = ready!(polled);
-        match &frame {
+        match frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
                     this.bytes += data.len() as u64;
                 }
                 // hyper stops polling once the body says it has ended.
-                this.complete = this.is_end_stream();
+                this.complete = upstream.body.is_end_stream();
+                Poll::Ready(Some(Ok(f)))
             }
-            Some(Err(_)) => {
+            Some(Err(e)) => {
                 // hyper ends the client connection at once on a body error, dropping what it
                 // has buffered, the response head included when the backend failed right
                 // after it. Holding the error back one poll (and asking to be polled again)
                 // lets hyper flush first, so the client sees a response that is visibly cut
                 // short rather than none at all.
-                if let Some(Err(e)) = frame {
-                    this.deferred_error = Some(e);
-                }
+                upstream.deferred_error = Some(e);
                 cx.waker().wake_by_ref();
-                return Poll::Pending;
+                Poll::Pending
             }
-            None => this.complete = true,
+            None => {
+                this.complete = true;
+                Poll::Ready(None)
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Upstream(upstream) => upstream.body.is_end_stream(),
             Inner::Local(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Upstream(upstream) => upstream.body.size_hint(),
             Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
