@@ -58,7 +58,6 @@ struct Shared {
     failure: AtomicU8,
     idle_timeout: Duration,
     max_size: Option<u64>,
-    end_stream: bool,
     size_hint: SizeHint,
     replay_limit: usize,
     replay: Mutex<Replay>,
@@ -82,7 +81,6 @@ impl RequestBodySlot {
             shared: Some(Arc::new(Shared {
                 idle_timeout: listener.body_timeout,
                 max_size: listener.limits.max_body_size,
-                end_stream: body.is_end_stream(),
                 size_hint: body.size_hint(),
                 body: Mutex::new(Some(body)),
                 taken: AtomicBool::new(false),
@@ -223,7 +221,8 @@ impl Body for UpstreamRequestBody {
     fn is_end_stream(&self) -> bool {
         match self.0.as_deref() {
             None => true,
-            Some(BodyState::Waiting(slot)) => slot.end_stream,
+            // Only a body that has not ended is shared (`RequestBodySlot::new`).
+            Some(BodyState::Waiting(_)) => false,
             Some(BodyState::Streaming(s)) => s.body.is_end_stream(),
             Some(BodyState::Replay(chunks)) => chunks.is_empty(),
         }
