@@ -188,8 +188,9 @@ pub async fn forward<'a>(
     // One such retry per request: a second stale connection is the backend failing.
     let mut stale_retried = false;
     // The head's headers go to the first attempt itself; any later one gets them from this
-    // copy, which is cheaper to keep than a second map (see `resend`).
-    let resend = HeadCopy::of(&parts.headers);
+    // copy, which is cheaper to keep than a second map (see `resend`). Under `tries = 1`
+    // there is no later one.
+    let resend = attempts.may_follow().then(|| HeadCopy::of(&parts.headers));
     let mut first_headers = Some(std::mem::take(&mut parts.headers));
 
     let outcome = loop {
@@ -218,7 +219,10 @@ pub async fn forward<'a>(
                 &backend.keepalive,
                 upstream_request(
                     parts,
-                    first_headers.take().unwrap_or_else(|| resend.headers()),
+                    first_headers
+                        .take()
+                        .or_else(|| resend.as_ref().map(HeadCopy::headers))
+                        .unwrap_or_default(),
                     &path,
                     pool,
                     backend,

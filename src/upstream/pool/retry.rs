@@ -86,6 +86,11 @@ impl Attempts<'_> {
         }
     }
 
+    /// Whether any attempt after the first could be made: not under `tries = 1`.
+    pub(crate) fn may_follow(&self) -> bool {
+        self.rules.policy.tries.is_none_or(|t| t > 1)
+    }
+
     /// After a failed attempt: `Ok` if the request may go to another backend (the budget has
     /// then paid for it), else why not.
     pub(crate) fn retry(
@@ -179,6 +184,24 @@ mod tests {
         assert_eq!(a.retry(&not_sent(), true), Ok(()));
         a.begin(Duration::from_secs(1));
         assert_eq!(a.retry(&not_sent(), true), Err(RetryRefusal::Tries));
+    }
+
+    /// `forward` keeps no copy of the head when no attempt can follow the first: that must
+    /// be exactly when `retry` can never say yes.
+    #[test]
+    fn no_attempt_follows_the_first_under_one_try() {
+        let one = rules(|p| p.tries = Some(1));
+        let mut a = one.start(&Method::GET);
+        assert!(!a.may_follow());
+        a.begin(Duration::from_secs(1));
+        assert_eq!(a.retry(&not_sent(), true), Err(RetryRefusal::Tries));
+        for tries in [None, Some(2)] {
+            let r = rules(|p| p.tries = tries);
+            let mut a = r.start(&Method::GET);
+            assert!(a.may_follow(), "tries = {tries:?}");
+            a.begin(Duration::from_secs(1));
+            assert_eq!(a.retry(&not_sent(), true), Ok(()));
+        }
     }
 
     #[tokio::test(start_paused = true)]
