@@ -219,6 +219,7 @@ pub async fn forward<'a>(
                 &backend.keepalive,
                 upstream_request(
                     parts,
+                    // Never the default: without a copy no attempt follows the first.
                     first_headers
                         .take()
                         .or_else(|| resend.as_ref().map(HeadCopy::headers))

@@ -3,7 +3,8 @@
 //! `forward` hands the rewritten head itself to the first attempt, and hyper's client drops it
 //! as soon as it is written, while it is still in the CPU's caches. A later attempt (after a
 //! backend failed, or a kept-alive connection turned out closed) needs the head again, so a
-//! copy is kept until the request ends. A clone of the `HeaderMap` was that copy: an index
+//! copy is kept until the request ends, unless `tries = 1` rules any later attempt out
+//! (writing it costs about 600 instructions a request: callgrind, with and without). A clone of the `HeaderMap` was that copy: an index
 //! table, a bucket per header and a reference count per value, all of which had gone cold by
 //! the time the response came back (other connections' requests ran meanwhile) and were read
 //! again to drop them. This copy is the header lines in one buffer, written while the head is
