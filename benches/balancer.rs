@@ -145,6 +145,7 @@ fn header_rewriting(c: &mut Criterion) {
                 peer,
                 &[],
                 "http",
+                rproxy::config::ForwardedHeaders::ALL,
             ));
             h
         });

@@ -205,8 +205,8 @@ http {
 CONF
 }
 
-# rproxy_conf PORT WORKERS BACKEND_A BACKEND_B ACCESS [SECTIONS] [UPSTREAM_KEYS]: round-robin
-# over two backends with enough idle upstream connections.
+# rproxy_conf PORT WORKERS BACKEND_A BACKEND_B ACCESS [SECTIONS] [UPSTREAM_KEYS] [LISTENER_KEYS]:
+# round-robin over two backends with enough idle upstream connections.
 rproxy_conf() {
     cat <<CONF
 workers = $2
@@ -216,6 +216,7 @@ ${6:-}
 [listeners.web]
 listen = "127.0.0.1:$1"
 upstream = "app"
+${8:-}
 [upstreams.app]
 servers = ["127.0.0.1:$3", "127.0.0.1:$4"]
 keepalive_connections = 256
@@ -285,9 +286,15 @@ start_backends() {
     wait_port "$B1"; wait_port "$B2"
 }
 
+# rproxy's listener keys for the header work every other proxy here does: X-Forwarded-For
+# alone (nginx's proxy_set_header line, HAProxy's option forwardfor, hyper-floor's and
+# Pingora's one header), no request id. The system "rproxy-xff".
+XFF_ONLY='forwarded_headers = ["x-forwarded-for"]
+request_id = false'
+
 # Instructions per request under valgrind (benches/instructions.sh, benches/before_after.sh),
-# round-robin over the backends B1 and B2 (start_backends). Systems: rproxy, rproxy-observed
-# (metrics, an access log file, 1 s health checks), rproxy-ws (tokio's work-stealing runtime
+# round-robin over the backends B1 and B2 (start_backends). Systems: rproxy, rproxy-xff
+# (XFF_ONLY), rproxy-observed (metrics, an access log file, 1 s health checks), rproxy-ws (tokio's work-stealing runtime
 # instead of thread per core), nginx, haproxy, hyper-floor, pingora (set PINGORA to the binary
 # benches/compare/build_pingora.sh prints). RPROXY is the rproxy binary to run, by default this
 # tree's release build.
@@ -298,6 +305,7 @@ system_config() {
     mkdir -p "$dir"
     case $1 in
         rproxy | rproxy-ws) rproxy_conf "$2" 1 "$B1" "$B2" off > "$dir/rproxy.toml" ;;
+        rproxy-xff) rproxy_conf "$2" 1 "$B1" "$B2" off "" "" "$XFF_ONLY" > "$dir/rproxy.toml" ;;
         rproxy-observed) rproxy_conf "$2" 1 "$B1" "$B2" "$dir/access.log" "[admin]
 listen = \"127.0.0.1:$(port)\"" 'health_check = { interval = "1s", path = "/" }' > "$dir/rproxy.toml" ;;
         nginx) nginx_proxy_conf "$2" "$B1" "$B2" > "$dir/nginx.conf" ;;
@@ -322,7 +330,7 @@ start_under_valgrind() {
     local vg=(valgrind --tool=cachegrind "--cache-sim=${CACHE_SIM:-no}" ${CACHE_LL:+"--LL=$CACHE_LL"}
         --cachegrind-out-file=/dev/null)
     case $1 in
-        rproxy | rproxy-observed) exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
+        rproxy | rproxy-xff | rproxy-observed) exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
         rproxy-ws) RPROXY_RUNTIME=work_stealing exec "${vg[@]}" "$rproxy" -c "$dir/rproxy.toml" ;;
         nginx) exec "${vg[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off; master_process off; pid $dir/nginx.pid;" ;;
         haproxy) exec "${vg[@]}" haproxy -f "$dir/haproxy.cfg" -db ;;

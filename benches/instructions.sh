@@ -2,8 +2,9 @@
 # User-space instructions per proxied request, counted by valgrind (cachegrind): rproxy, nginx,
 # HAProxy, `hyper_floor` (the least a hyper proxy does; examples/hyper_floor.rs) and a small
 # Pingora proxy (benches/compare/pingora/, built here by benches/compare/build_pingora.sh), one
-# worker each, round-robin over two keep-alive nginx backends, h2load --h1 with 50 connections; and
-# rproxy-observed, rproxy with metrics (an admin listener), an access log file and 1 s health
+# worker each, round-robin over two keep-alive nginx backends, h2load --h1 with 50 connections;
+# rproxy-xff, rproxy writing X-Forwarded-For alone and no request id (the header work the others
+# do here); and rproxy-observed, rproxy with metrics (an admin listener), an access log file and 1 s health
 # checks, for what observing costs.
 #
 # CPU time per request moves by a third from run to run on a shared machine; an instruction
@@ -24,14 +25,14 @@ source benches/common.sh
 valgrind_setup
 
 declare -A PER
-for s in rproxy nginx haproxy hyper-floor pingora rproxy-observed rproxy-ws; do
+for s in rproxy rproxy-xff nginx haproxy hyper-floor pingora rproxy-observed rproxy-ws; do
     instructions_per_request "$s" "$REQUESTS"
     PER[$s]=$PER_REQUEST
     echo "$s: ${PER[$s]} instructions/request" >&2
 done
 echo "| system | instructions/request | vs nginx |"
 echo "|---|---|---|"
-for s in rproxy nginx haproxy hyper-floor pingora; do
+for s in rproxy rproxy-xff nginx haproxy hyper-floor pingora; do
     printf '| %s | %s | %.2fx |\n' "$s" "${PER[$s]}" "$(awk -v a="${PER[$s]}" -v b="${PER[nginx]}" 'BEGIN {print a / b}')"
 done
 printf '\nObserving (rproxy-observed) costs %s instructions per request against %s plain: %.2fx.\n' \

@@ -242,6 +242,70 @@ async fn a_request_id_is_sent_upstream_and_logged() {
     );
 }
 
+/// A listener that writes only `X-Forwarded-For` and makes no request ids, as an HAProxy
+/// frontend with `option forwardfor` alone: the headers left out are neither written nor
+/// passed on from a client that could have forged them, and a client's own id passes as sent
+/// and is the one logged.
+#[tokio::test]
+async fn a_listener_can_write_fewer_forwarding_headers_and_no_request_id() {
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let config = config_with(&format!("\"{}\"", b.addr), "").replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nforwarded_headers = [\"X-Forwarded-For\"]\nrequest_id = false\n",
+    );
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n{config}",
+        log.display()
+    ));
+    let c = client();
+    let req = Request::get(format!("http://{}/forged", proxy.addr()))
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-request-id", "client-7")
+        .body(Full::default())
+        .expect("request");
+    assert_eq!(send(&c, req).await.status, 200);
+    let seen = b.last();
+    assert_eq!(text(&seen.headers, "x-forwarded-for"), "127.0.0.1");
+    for gone in ["x-real-ip", "x-forwarded-proto", "x-forwarded-host"] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the backend"
+        );
+    }
+    assert_eq!(text(&seen.headers, "x-request-id"), "client-7");
+    assert_eq!(text(&seen.headers, "host"), "shop.example");
+
+    assert_eq!(get(&c, proxy.addr(), "/plain").await.status, 200);
+    let seen = b.last();
+    assert!(
+        !seen.headers.contains_key("x-request-id"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(text(&seen.headers, "x-forwarded-for"), "127.0.0.1");
+
+    let mut lines = Vec::new();
+    wait_for("both requests in the access log", || {
+        lines = json_lines(&log);
+        lines.len() >= 2
+    })
+    .await;
+    let id_of = |target: &str| {
+        lines
+            .iter()
+            .find(|l| l["target"] == target)
+            .map(|l| l["request_id"].clone())
+    };
+    assert_eq!(id_of("/forged"), Some("client-7".into()));
+    assert_eq!(id_of("/plain"), Some(serde_json::Value::Null));
+}
+
 /// An HTTP/1.0 request may come without `Host`; it goes on as HTTP/1.1, which must carry
 /// one, so the backend gets the backend's address (nginx's `$proxy_host`) instead of a 400.
 #[tokio::test]

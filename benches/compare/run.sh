@@ -51,6 +51,15 @@ taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/observed.toml" 2>"$DIR/obser
 PIDS+=($!)
 OBSERVED_PID=$!
 
+# The same doing the header work every other system here does: X-Forwarded-For alone, no
+# request id (XFF_ONLY in common.sh). Its CPU against the plain one is what the other headers
+# cost; against hyper-floor's, what rproxy costs for the same work.
+P_XFF=$(port)
+rproxy_conf "$P_XFF" 1 "$B1" "$B2" off "" "" "$XFF_ONLY" > "$DIR/rproxy-xff.toml"
+taskset -c 0 "$ROOT/target/release/rproxy" -c "$DIR/rproxy-xff.toml" 2>"$DIR/rproxy-xff.log" &
+PIDS+=($!)
+XFF_PID=$!
+
 nginx_proxy_conf "$P_NGINX" "$B1" "$B2" "listen 127.0.0.1:$P_NGINX_H2 http2;" > "$DIR/nginx/nginx.conf"
 taskset -c 0 nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -g "daemon off; master_process off; pid $DIR/nginx/nginx.pid;" 2>"$DIR/nginx.log" &
 PIDS+=($!)
@@ -80,16 +89,16 @@ taskset -c 0 "$PINGORA" "127.0.0.1:$P_PINGORA" "127.0.0.1:$B1" "127.0.0.1:$B2" 2
 PIDS+=($!)
 PINGORA_PID=$!
 
-for p in $P_WS $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2 $P_PINGORA; do wait_port "$p"; done
+for p in $P_XFF $P_WS $P_FLOOR $B1 $B2 $P_RPROXY $P_NGINX $P_HAPROXY $P_OBSERVED $P_ADMIN $P_NGINX_H2 $P_HAPROXY_H2 $P_PINGORA; do wait_port "$p"; done
 
-declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR [pingora]=$P_PINGORA [rproxy-ws]=$P_WS)
+declare -A PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [rproxy-observed]=$P_OBSERVED [hyper-floor]=$P_FLOOR [pingora]=$P_PINGORA [rproxy-ws]=$P_WS [rproxy-xff]=$P_XFF)
 declare -A H2_PORT=([rproxy]=$P_RPROXY [nginx]=$P_NGINX_H2 [haproxy]=$P_HAPROXY_H2 [pingora]=$P_PINGORA)
-declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID [pingora]=$PINGORA_PID [rproxy-ws]=$WS_PID)
+declare -A PID=([rproxy]=$RPROXY_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [rproxy-observed]=$OBSERVED_PID [hyper-floor]=$FLOOR_PID [pingora]=$PINGORA_PID [rproxy-ws]=$WS_PID [rproxy-xff]=$XFF_PID)
 SYSTEMS=(rproxy nginx haproxy hyper-floor pingora)
 H2_SYSTEMS=(rproxy nginx haproxy pingora) # hyper_floor serves HTTP/1 only
 
 # Each proxy must really alternate between the two backends.
-for s in "${SYSTEMS[@]}" rproxy-observed rproxy-ws; do
+for s in "${SYSTEMS[@]}" rproxy-observed rproxy-ws rproxy-xff; do
     # A failed request shows as "curl-exit-N" (one run stopped here once with curl's exit 52,
     # an empty reply, and nothing said which system gave it).
     seen=$(for _ in 1 2 3 4; do
@@ -125,7 +134,7 @@ RESULTS="$DIR/results.tsv"
 for c in 1 50 200; do
     runs=("${SYSTEMS[@]}")
     [ "$c" = 50 ] && runs+=(rproxy-observed)
-    [ "$c" != 1 ] && runs+=(rproxy-ws)
+    [ "$c" != 1 ] && runs+=(rproxy-ws rproxy-xff)
     for round in $(seq "$ROUNDS"); do
         for s in "${runs[@]}"; do
             read -r user0 sys0 < <(ticks "${PID[$s]}")
@@ -336,6 +345,26 @@ VERSION=$(git -C "$ROOT" describe --always --dirty)
     echo "| plain | $plain | $(awk -F'\t' '$1 == 50 && $2 == "rproxy" {print $3}' "$RESULTS" | median) |"
     echo "| observed | $observed | $(awk -F'\t' '$1 == 50 && $2 == "rproxy-observed" {print $3}' "$RESULTS" | median) |"
     echo "| observed / plain | $(awk -v a="$observed" -v b="$plain" 'BEGIN {printf "%.2fx", a / b}') | |"
+    echo
+    echo "### The same header work as the others"
+    echo
+    echo "\"rproxy-xff\" is the same rproxy writing X-Forwarded-For alone and no request id"
+    echo "(\`forwarded_headers = [\"x-forwarded-for\"]\`, \`request_id = false\`): the header work nginx,"
+    echo "HAProxy, hyper-floor and Pingora do here. rproxy's default also writes X-Real-IP,"
+    echo "X-Forwarded-Proto, X-Forwarded-Host and X-Request-Id."
+    echo
+    echo "| connections | rproxy | CPU µs/request | user µs | kernel µs | vs hyper-floor | vs HAProxy |"
+    echo "|---|---|---|---|---|---|---|"
+    for c in 50 200; do
+        floor=$(awk -F'\t' -v c="$c" '$1 == c && $2 == "hyper-floor" {print $6}' "$RESULTS" | median)
+        hap=$(awk -F'\t' -v c="$c" '$1 == c && $2 == "haproxy" {print $6}' "$RESULTS" | median)
+        for s in rproxy rproxy-xff; do
+            col() { awk -F'\t' -v c="$c" -v s="$s" -v k="$1" '$1 == c && $2 == s {print $k}' "$RESULTS" | median; }
+            cpu=$(col 6)
+            printf '| %s | %s | %.2f | %.2f | %.2f | %.2fx | %.2fx |\n' "$c" "$([ "$s" = rproxy ] && echo "default headers" || echo "X-Forwarded-For alone")" \
+                "$cpu" "$(col 10)" "$(col 11)" "$(awk -v a="$cpu" -v b="$floor" 'BEGIN {print a / b}')" "$(awk -v a="$cpu" -v b="$hap" 'BEGIN {print a / b}')"
+        done
+    done
     echo
     echo "### HTTP/2 clients"
     echo

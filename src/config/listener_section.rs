@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use toml::de::DeValue;
 
 use super::headers_section::headers;
-use super::model::{ListenerConfig, Origin, RequestLimits, defaults};
+use super::model::{ForwardedHeaders, ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{
     Reader, Table, Value, did_you_mean, duration_at_most_or, duration_or, flag, get, join,
 };
@@ -129,6 +129,14 @@ pub(super) fn listener(
     let redirect_https = flag(r, t, path, "redirect_https");
     let tcp = protocol(r, path, t);
     let headers = headers(r, path, t);
+    let forwarded_headers = match get(t, "forwarded_headers") {
+        Some(v) => forwarded_headers(r, &join(path, "forwarded_headers"), v),
+        None => Some(ForwardedHeaders::ALL),
+    };
+    let request_id = match get(t, "request_id") {
+        Some(v) => r.boolean(v, &join(path, "request_id")),
+        None => Some(true),
+    };
     if let (Some(v), Some(Some(_))) = (get(t, "redirect_https"), &tls) {
         r.error(
             &join(path, "redirect_https"),
@@ -167,10 +175,49 @@ pub(super) fn listener(
             // Read once every limit is known (`rate_limit_section::attach_rate_limits`).
             rate_limits: Vec::new(),
             headers: headers?,
+            forwarded_headers: forwarded_headers?,
+            request_id: request_id?,
         },
         listen_origin,
         upstream_origin: get(t, "upstream").map(|v| r.origin(&upstream_key, v.span())),
     })
+}
+
+/// `forwarded_headers = ["x-forwarded-for", ...]`: a list of the names rproxy can write, in any
+/// case; an empty list writes none.
+fn forwarded_headers(r: &mut Reader<'_>, key: &str, v: &Value<'_>) -> Option<ForwardedHeaders> {
+    let items = r.array(v, key)?;
+    let mut out = Some(ForwardedHeaders::NONE);
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(name) = r.string(item, &item_key) else {
+            out = None;
+            continue;
+        };
+        let lower = name.to_ascii_lowercase();
+        match ForwardedHeaders::NAMES
+            .iter()
+            .find(|(known, _)| *known == lower)
+        {
+            Some(&(_, bit)) => out = out.map(|set| set.and(bit)),
+            None => {
+                let names: Vec<&str> = ForwardedHeaders::NAMES.iter().map(|(n, _)| *n).collect();
+                let hint = did_you_mean(&lower, &names)
+                    .map(|c| format!("; did you mean `{c}`?"))
+                    .unwrap_or_default();
+                r.error(
+                    &item_key,
+                    item.span(),
+                    format!(
+                        "`{name}` is not a forwarding header rproxy writes ({}){hint}",
+                        names.join(", ")
+                    ),
+                );
+                out = None;
+            }
+        }
+    }
+    out
 }
 
 /// A listener with the place of its `listen` key, for the duplicate-address check.

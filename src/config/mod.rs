@@ -33,8 +33,8 @@ pub use header_rules::{HeaderAction, HeaderRule, HeaderRules, ValuePart, ValueTe
 pub use key_template::{KeyPart, KeyTemplate};
 pub use model::{
     AccessFormat, AccessTarget, AdminConfig, BackendTlsConfig, BalanceFactor, BalancePolicy,
-    CertFiles, Config, HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig, Origin,
-    PassiveHealth, QueueConfig, RequestLimits, ResolverConfig, RetryPolicy, RouteConfig,
+    CertFiles, Config, ForwardedHeaders, HealthCheckConfig, HttpCheck, ListenerConfig, LogConfig,
+    Origin, PassiveHealth, QueueConfig, RequestLimits, ResolverConfig, RetryPolicy, RouteConfig,
     ServerAddr, ServerConfig, StickyConfig, TcpSettings, TlsConfig, UpstreamConfig, defaults,
 };
 pub use parse::parse;

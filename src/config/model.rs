@@ -173,6 +173,49 @@ pub struct ListenerConfig {
     pub rate_limits: Vec<String>,
     /// Header rules for every request of the listener (`[listeners.NAME.headers]`).
     pub headers: HeaderRules,
+    /// `forwarded_headers`: the forwarding headers rproxy writes for the backend.
+    pub forwarded_headers: ForwardedHeaders,
+    /// `request_id`: give a request without a usable `X-Request-Id` one of rproxy's making.
+    pub request_id: bool,
+}
+
+/// Which of the forwarding headers rproxy writes (`forwarded_headers`), one bit each. All of
+/// them unless the listener says otherwise, as Caddy and Traefik write them; HAProxy's
+/// `option forwardfor` and nginx's `proxy_set_header` lines choose them one by one instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedHeaders(u8);
+
+impl ForwardedHeaders {
+    pub const FOR: u8 = 1;
+    pub const REAL_IP: u8 = 1 << 1;
+    pub const PROTO: u8 = 1 << 2;
+    pub const HOST: u8 = 1 << 3;
+    /// The names `forwarded_headers` takes, lowercase, with their bits.
+    pub const NAMES: [(&'static str, u8); 4] = [
+        ("x-forwarded-for", Self::FOR),
+        ("x-real-ip", Self::REAL_IP),
+        ("x-forwarded-proto", Self::PROTO),
+        ("x-forwarded-host", Self::HOST),
+    ];
+    pub const ALL: ForwardedHeaders =
+        ForwardedHeaders(Self::FOR | Self::REAL_IP | Self::PROTO | Self::HOST);
+    pub const NONE: ForwardedHeaders = ForwardedHeaders(0);
+
+    /// These headers and the one of `bit`.
+    pub fn and(self, bit: u8) -> Self {
+        ForwardedHeaders(self.0 | bit)
+    }
+
+    /// Whether rproxy writes the header of `bit`.
+    pub fn writes(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+impl Default for ForwardedHeaders {
+    fn default() -> Self {
+        Self::ALL
+    }
 }
 
 /// A listener's `tls`: the first certificate is the default (clients without SNI, or with a

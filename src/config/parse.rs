@@ -327,7 +327,7 @@ fn trusted_proxies(r: &mut Reader<'_>, v: &Value<'_>) -> Vec<ipnet::IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BalancePolicy;
+    use crate::config::{BalancePolicy, ForwardedHeaders};
 
     const EXAMPLE: &str = include_str!("../../config/upstream.toml");
 
@@ -378,6 +378,58 @@ mod tests {
                 "listeners.l.max_header_size: must be between 8192 and 1048576 bytes, got 1024"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_and_request_id() {
+        let l = listener_with("").expect("defaults").listeners["l"].clone();
+        assert_eq!(
+            (l.forwarded_headers, l.request_id),
+            (ForwardedHeaders::ALL, true)
+        );
+        let l = listener_with(
+            "forwarded_headers = [\"X-Forwarded-For\", \"x-forwarded-proto\"]\nrequest_id = false",
+        )
+        .expect("valid")
+        .listeners["l"]
+            .clone();
+        let want = ForwardedHeaders::NONE
+            .and(ForwardedHeaders::FOR)
+            .and(ForwardedHeaders::PROTO);
+        assert_eq!((l.forwarded_headers, l.request_id), (want, false));
+        let none = listener_with("forwarded_headers = []").expect("valid");
+        assert_eq!(
+            none.listeners["l"].forwarded_headers,
+            ForwardedHeaders::NONE
+        );
+        let errors = listener_with(
+            "forwarded_headers = [\"x-forwarded-for\", \"x-forwarded-prto\", 7]\nrequest_id = \"no\"",
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert!(
+            errors.contains(
+                "t.toml:4:41: listeners.l.forwarded_headers[1]: `x-forwarded-prto` is not a \
+                 forwarding header rproxy writes (x-forwarded-for, x-real-ip, x-forwarded-proto, \
+                 x-forwarded-host); did you mean `x-forwarded-proto`?"
+            ),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("listeners.l.forwarded_headers[2]: expected a string"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("t.toml:5:14: listeners.l.request_id: expected true or false"),
+            "{errors}"
+        );
+        let errors = listener_with("forwarded_headers = \"x-real-ip\"")
+            .expect_err("not a list")
+            .to_string();
+        assert!(
+            errors.contains("listeners.l.forwarded_headers: expected an array"),
+            "{errors}"
         );
     }
 

@@ -22,6 +22,8 @@ pub(super) const HTTP_ONLY: &[&str] = &[
     "http2_max_concurrent_streams",
     "limits",
     "headers",
+    "forwarded_headers",
+    "request_id",
 ];
 
 /// Keys only a TCP listener understands.

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue, OccupiedEntry};
 use ipnet::IpNet;
 
+use crate::config::ForwardedHeaders;
 use crate::header_text::{ip_text, items};
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -42,6 +43,10 @@ impl Present {
     pub(crate) const UPGRADE: u16 = 1 << 6;
     pub(crate) const EXPECT: u16 = 1 << 7;
     pub(crate) const FORWARDED: u16 = 1 << 8;
+    pub(crate) const X_FORWARDED_FOR: u16 = 1 << 9;
+    pub(crate) const X_REAL_IP: u16 = 1 << 10;
+    pub(crate) const X_FORWARDED_PROTO: u16 = 1 << 11;
+    pub(crate) const X_FORWARDED_HOST: u16 = 1 << 12;
     const ANY_HOP_BY_HOP: u16 = (1 << 7) - 1;
 
     pub fn of(headers: &HeaderMap) -> Self {
@@ -66,6 +71,10 @@ fn bit(name: &HeaderName) -> u16 {
         "upgrade" => Present::UPGRADE,
         "expect" => Present::EXPECT,
         "forwarded" => Present::FORWARDED,
+        "x-forwarded-for" => Present::X_FORWARDED_FOR,
+        "x-real-ip" => Present::X_REAL_IP,
+        "x-forwarded-proto" => Present::X_FORWARDED_PROTO,
+        "x-forwarded-host" => Present::X_FORWARDED_HOST,
         _ => 0,
     }
 }
@@ -124,8 +133,8 @@ fn named_by(connection: OccupiedEntry<'_, HeaderValue>) -> Vec<HeaderName> {
     named
 }
 
-/// Sets the forwarding headers and returns the client address as rproxy determined it.
-/// `present`: what the head carried before.
+/// Sets the forwarding headers that `writes` names and returns the client address as rproxy
+/// determined it. `present`: what the head carried before.
 // Inlined into `forward`, its one caller on the request path: called out of line (as the
 // compiler chose with a plain `#[inline]`) it cost about 60 instructions a request more.
 #[inline(always)]
@@ -135,6 +144,7 @@ pub fn set_forwarding(
     peer: SocketAddr,
     trusted: &[IpNet],
     proto: &'static str,
+    writes: ForwardedHeaders,
 ) -> IpAddr {
     let peer_ip = peer.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -149,36 +159,53 @@ pub fn set_forwarding(
         Some(chain) => client_from_chain(chain, peer_ip, is_trusted),
         None => peer_ip,
     };
+    // A header rproxy does not write still does not pass from a peer it does not trust: a
+    // backend reading it would believe a forgery. (From a trusted peer it passes as sent.)
+    let forged = |headers: &mut HeaderMap, bit: u16, name: &HeaderName| {
+        if !peer_trusted && present.has(bit) {
+            headers.remove(name);
+        }
+    };
     // The peer's address is usually both headers' value.
     let peer_text = ip_text(peer_ip);
-    let real_ip = if client == peer_ip {
-        Ok(peer_text.clone())
+    if writes.writes(ForwardedHeaders::REAL_IP) {
+        let real_ip = if client == peer_ip {
+            Ok(peer_text.clone())
+        } else {
+            HeaderValue::try_from(client.to_string())
+        };
+        if let Ok(v) = real_ip {
+            headers.insert(X_REAL_IP.clone(), v);
+        }
     } else {
-        HeaderValue::try_from(client.to_string())
-    };
-    let xff = match chain {
-        Some(chain) => HeaderValue::try_from(format!("{chain}, {peer_ip}")),
-        None => Ok(peer_text),
-    };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        forged(headers, Present::X_REAL_IP, &X_REAL_IP);
     }
-    if let Ok(v) = real_ip {
-        headers.insert(X_REAL_IP.clone(), v);
+    if writes.writes(ForwardedHeaders::FOR) {
+        let xff = match chain {
+            Some(chain) => HeaderValue::try_from(format!("{chain}, {peer_ip}")),
+            None => Ok(peer_text),
+        };
+        if let Ok(v) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    } else {
+        forged(headers, Present::X_FORWARDED_FOR, &X_FORWARDED_FOR);
     }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !writes.writes(ForwardedHeaders::PROTO) {
+        forged(headers, Present::X_FORWARDED_PROTO, &X_FORWARDED_PROTO);
+    } else if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+    if !writes.writes(ForwardedHeaders::HOST) {
+        forged(headers, Present::X_FORWARDED_HOST, &X_FORWARDED_HOST);
+    } else if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match headers.get(header::HOST).cloned() {
             Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-    if !peer_trusted && present.has(Present::FORWARDED) {
-        // rproxy does not write `Forwarded`; an untrusted client's is a forgery.
-        headers.remove(header::FORWARDED);
-    }
+    // rproxy does not write `Forwarded`; an untrusted client's is a forgery.
+    forged(headers, Present::FORWARDED, &header::FORWARDED);
     client
 }
 
@@ -285,7 +312,14 @@ mod tests {
         ]);
         let present = Present::of(&h);
         remove_hop_by_hop(&mut h, present);
-        let client = set_forwarding(&mut h, present, peer("192.0.2.7"), &[], "http");
+        let client = set_forwarding(
+            &mut h,
+            present,
+            peer("192.0.2.7"),
+            &[],
+            "http",
+            ForwardedHeaders::ALL,
+        );
         assert_eq!(client, "192.0.2.7".parse::<IpAddr>().expect("ip"));
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-real-ip"], "192.0.2.7");
@@ -359,6 +393,10 @@ mod tests {
             ("Upgrade", Present::UPGRADE),
             ("Expect", Present::EXPECT),
             ("Forwarded", Present::FORWARDED),
+            ("X-Forwarded-For", Present::X_FORWARDED_FOR),
+            ("X-Real-IP", Present::X_REAL_IP),
+            ("X-Forwarded-Proto", Present::X_FORWARDED_PROTO),
+            ("X-Forwarded-Host", Present::X_FORWARDED_HOST),
         ];
         for (name, bit) in tracked {
             let present = Present::of(&map(&[("host", "a"), (name, "x")]));
@@ -368,7 +406,8 @@ mod tests {
         // Also names of the same lengths as tracked ones.
         let untracked = map(&[
             ("host", "a"),
-            ("x-forwarded-for", "1.2.3.4"),
+            ("accept-language", "en"),
+            ("x-forwarded-port", "80"),
             ("accept", "*"),
             ("user-agent", "x"),
             ("ab", "x"),
@@ -383,7 +422,14 @@ mod tests {
         for ip in ["192.0.2.7", "192.0.2.8", "192.0.2.7", "2001:db8::1"] {
             let mut h = HeaderMap::new();
             let present = Present::of(&h);
-            set_forwarding(&mut h, present, peer(ip), &[], "http");
+            set_forwarding(
+                &mut h,
+                present,
+                peer(ip),
+                &[],
+                "http",
+                ForwardedHeaders::ALL,
+            );
             assert_eq!(
                 (
                     h["x-forwarded-for"].to_str().ok(),
@@ -405,7 +451,14 @@ mod tests {
         ]);
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         let present = Present::of(&h);
-        set_forwarding(&mut h, present, peer("192.0.2.7"), &trusted, "http");
+        set_forwarding(
+            &mut h,
+            present,
+            peer("192.0.2.7"),
+            &trusted,
+            "http",
+            ForwardedHeaders::ALL,
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -422,7 +475,14 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let present = Present::of(&h);
-        let client = set_forwarding(&mut h, present, peer("10.0.0.2"), &trusted, "http");
+        let client = set_forwarding(
+            &mut h,
+            present,
+            peer("10.0.0.2"),
+            &trusted,
+            "http",
+            ForwardedHeaders::ALL,
+        );
         assert_eq!(client, "198.51.100.1".parse::<IpAddr>().expect("ip"));
         assert_eq!(
             h["x-forwarded-for"],
@@ -437,8 +497,88 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         let mut h = map(&[("x-forwarded-for", "not-an-ip, 10.9.9.9")]);
         let present = Present::of(&h);
-        let client = set_forwarding(&mut h, present, peer("10.0.0.2"), &trusted, "http");
+        let client = set_forwarding(
+            &mut h,
+            present,
+            peer("10.0.0.2"),
+            &trusted,
+            "http",
+            ForwardedHeaders::ALL,
+        );
         assert_eq!(client, "10.9.9.9".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn a_header_left_out_is_not_written_nor_believed_from_an_untrusted_peer() {
+        let forged = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("host", "shop.example"),
+        ];
+        let only_for = ForwardedHeaders::NONE.and(ForwardedHeaders::FOR);
+        let mut h = map(&forged);
+        let present = Present::of(&h);
+        let client = set_forwarding(&mut h, present, peer("192.0.2.7"), &[], "http", only_for);
+        assert_eq!(client, "192.0.2.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        for gone in ["x-real-ip", "x-forwarded-proto", "x-forwarded-host"] {
+            assert!(!h.contains_key(gone), "{gone} must not pass");
+        }
+        // None written: the forgeries still go, the rest of the head stays.
+        let mut h = map(&forged);
+        let present = Present::of(&h);
+        set_forwarding(
+            &mut h,
+            present,
+            peer("192.0.2.7"),
+            &[],
+            "http",
+            ForwardedHeaders::NONE,
+        );
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["host"]
+        );
+        // Nothing forged, nothing written: the head is as it came.
+        let mut h = map(&[("host", "shop.example")]);
+        let before = h.clone();
+        let present = Present::of(&h);
+        set_forwarding(
+            &mut h,
+            present,
+            peer("192.0.2.7"),
+            &[],
+            "http",
+            ForwardedHeaders::NONE,
+        );
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn a_header_left_out_passes_as_sent_from_a_trusted_peer() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let sent = [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+        ];
+        let mut h = map(&sent);
+        let present = Present::of(&h);
+        let only_real_ip = ForwardedHeaders::NONE.and(ForwardedHeaders::REAL_IP);
+        let client = set_forwarding(
+            &mut h,
+            present,
+            peer("10.0.0.2"),
+            &trusted,
+            "http",
+            only_real_ip,
+        );
+        // The chain still names the client, though it is not extended.
+        assert_eq!(client, "203.0.113.9".parse::<IpAddr>().expect("ip"));
+        assert_eq!(h, map(&sent));
     }
 
     #[test]

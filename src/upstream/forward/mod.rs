@@ -144,7 +144,7 @@ pub async fn forward<'a>(
     // removed with the others and put back for such a pool.
     let te_trailers =
         pool.h2 && present.has(Present::TE) && has_token(&parts.headers, &header::TE, "trailers");
-    let client_ip = rewrite_request_head(parts, present, peer, trusted_proxies);
+    let client_ip = rewrite_request_head(parts, present, peer, trusted_proxies, listener);
     if te_trailers {
         parts
             .headers
@@ -153,9 +153,14 @@ pub async fn forward<'a>(
     if client_upgrade.is_some() {
         tunnel::restore_upgrade_headers(&mut parts.headers);
     }
-    let id = request_id::ensure(&mut parts.headers);
+    // Without `request_id`, a client's id passes as sent and is the one logged.
+    let id = if listener.request_id {
+        Some(request_id::ensure(&mut parts.headers))
+    } else {
+        parts.headers.get(&X_REQUEST_ID)
+    };
     if forwarded.want_request_id {
-        forwarded.request_id = Some(id.clone());
+        forwarded.request_id = id.cloned();
     }
     if let Some(rules) = &mut rules {
         rules.request(parts, client_ip);
@@ -495,6 +500,7 @@ fn rewrite_request_head(
     present: Present,
     peer: Peer,
     trusted_proxies: &[ipnet::IpNet],
+    listener: &ListenerConfig,
 ) -> IpAddr {
     if let Some(authority) = parts.uri.authority()
         && (parts.version == Version::HTTP_2 || parts.uri.scheme().is_some())
@@ -520,6 +526,7 @@ fn rewrite_request_head(
         peer.addr,
         trusted_proxies,
         peer.scheme.as_str(),
+        listener.forwarded_headers,
     )
 }
 
