@@ -276,6 +276,53 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
     until_metric(&proxy, QUEUE_LENGTH, 0.0).await;
 }
 
+/// The time to the backend's answer (the access log's `upstream_time`, and what the balancer's
+/// latency window records) starts when the request is sent, not when it began waiting for a
+/// slot: the queue is rproxy's time, not the backend's.
+#[tokio::test]
+async fn a_queued_request_s_upstream_time_leaves_out_its_wait() {
+    let backend = Counting::start(Duration::ZERO, true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let proxy = Proxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = \"{}\"\nformat = \"json\"\n{}",
+        log.display(),
+        config_with(
+            &format!(r#"{{ addr = "{}", max_conns = 1 }}"#, backend.addr),
+            "queue = { size = 5, timeout = \"30s\" }",
+        )
+    ));
+    let addr = proxy.addr();
+    let held = spawn_get(addr, "/held");
+    backend.until_holding(1).await;
+    let queued = spawn_get(addr, "/queued");
+    until_metric(&proxy, QUEUE_LENGTH, 1.0).await;
+    // The slot stays taken a while: part of the scenario, not a wait for a condition.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backend.release(2);
+    assert_eq!(held.await.expect("task").status, StatusCode::OK);
+    assert_eq!(queued.await.expect("task").status, StatusCode::OK);
+
+    let mut line = None;
+    wait_for("/queued in the access log", || {
+        line = json_lines(&log)
+            .into_iter()
+            .find(|l| l["target"] == "/queued");
+        line.is_some()
+    })
+    .await;
+    let line = line.expect("found");
+    let (request, upstream) = (
+        line["request_time"].as_f64().expect("request_time"),
+        line["upstream_time"].as_f64().expect("upstream_time"),
+    );
+    assert!(request >= 0.3, "it waited at least 300 ms: {line}");
+    assert!(
+        request - upstream >= 0.25,
+        "the wait is not the backend's time: {line}"
+    );
+}
+
 #[tokio::test]
 async fn a_wait_that_runs_out_answers_503() {
     let backend = Counting::start(Duration::ZERO, true).await;
