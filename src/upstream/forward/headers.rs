@@ -508,6 +508,20 @@ mod tests {
         assert_eq!(client, "10.9.9.9".parse::<IpAddr>().expect("ip"));
     }
 
+    /// The head `pairs` as rproxy forwards it from `from`, writing `writes`, and the client
+    /// address it determined.
+    fn forwarded(
+        pairs: &[(&str, &str)],
+        from: &str,
+        trusted: &[IpNet],
+        writes: ForwardedHeaders,
+    ) -> (HeaderMap, IpAddr) {
+        let mut h = map(pairs);
+        let present = Present::of(&h);
+        let client = set_forwarding(&mut h, present, peer(from), trusted, "http", writes);
+        (h, client)
+    }
+
     #[test]
     fn a_header_left_out_is_not_written_nor_believed_from_an_untrusted_peer() {
         let forged = [
@@ -518,42 +532,22 @@ mod tests {
             ("host", "shop.example"),
         ];
         let only_for = ForwardedHeaders::NONE.and(ForwardedHeaders::FOR);
-        let mut h = map(&forged);
-        let present = Present::of(&h);
-        let client = set_forwarding(&mut h, present, peer("192.0.2.7"), &[], "http", only_for);
+        let (h, client) = forwarded(&forged, "192.0.2.7", &[], only_for);
         assert_eq!(client, "192.0.2.7".parse::<IpAddr>().expect("ip"));
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         for gone in ["x-real-ip", "x-forwarded-proto", "x-forwarded-host"] {
             assert!(!h.contains_key(gone), "{gone} must not pass");
         }
         // None written: the forgeries still go, the rest of the head stays.
-        let mut h = map(&forged);
-        let present = Present::of(&h);
-        set_forwarding(
-            &mut h,
-            present,
-            peer("192.0.2.7"),
-            &[],
-            "http",
-            ForwardedHeaders::NONE,
-        );
+        let (h, _) = forwarded(&forged, "192.0.2.7", &[], ForwardedHeaders::NONE);
         assert_eq!(
             h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
             ["host"]
         );
         // Nothing forged, nothing written: the head is as it came.
-        let mut h = map(&[("host", "shop.example")]);
-        let before = h.clone();
-        let present = Present::of(&h);
-        set_forwarding(
-            &mut h,
-            present,
-            peer("192.0.2.7"),
-            &[],
-            "http",
-            ForwardedHeaders::NONE,
-        );
-        assert_eq!(h, before);
+        let plain = [("host", "shop.example")];
+        let (h, _) = forwarded(&plain, "192.0.2.7", &[], ForwardedHeaders::NONE);
+        assert_eq!(h, map(&plain));
     }
 
     #[test]
@@ -565,17 +559,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "shop.example"),
         ];
-        let mut h = map(&sent);
-        let present = Present::of(&h);
         let only_real_ip = ForwardedHeaders::NONE.and(ForwardedHeaders::REAL_IP);
-        let client = set_forwarding(
-            &mut h,
-            present,
-            peer("10.0.0.2"),
-            &trusted,
-            "http",
-            only_real_ip,
-        );
+        let (h, client) = forwarded(&sent, "10.0.0.2", &trusted, only_real_ip);
         // The chain still names the client, though it is not extended.
         assert_eq!(client, "203.0.113.9".parse::<IpAddr>().expect("ip"));
         assert_eq!(h, map(&sent));
