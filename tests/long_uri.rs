@@ -31,9 +31,12 @@ async fn exchange(proxy: &Proxy, head: &[u8]) -> (String, TcpStream) {
 #[tokio::test]
 async fn a_long_target_gets_414_even_past_the_header_size() {
     let backend = Backend::start("b").await;
-    let proxy = Proxy::start(&with_admin(&config_with(
-        &format!("\"{}\"", backend.addr),
-        "",
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let proxy = Proxy::start(&with_admin(&format!(
+        "[log]\naccess = \"{}\"\nformat = \"json\"\n{}",
+        log.display(),
+        config_with(&format!("\"{}\"", backend.addr), "")
     )));
     // Defaults: max_uri_length 8 KiB, max_header_size 32 KiB.
     for target_len in [100 * 1024, 40 * 1024, 8 * 1024 + 1] {
@@ -77,6 +80,41 @@ async fn a_long_target_gets_414_even_past_the_header_size() {
         |code: &str| format!("rproxy_http_requests_total{{listener=\"web\",code=\"{code}\"}}");
     proxy.wait_for_metric(&series("4xx"), |n| n == 5.0).await;
     assert_eq!(proxy.metric(&series("2xx")).await, 1.0);
+    // And each is in the access log, the refused ones with no request (nginx's "-"), the
+    // bytes of the body they were answered with, and the client and listener.
+    let mut lines = Vec::new();
+    wait_for("six access log lines", || {
+        lines = json_lines(&log);
+        lines.len() >= 6
+    })
+    .await;
+    let mut seen: Vec<(u64, Option<&str>, u64)> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                (&l["client"], &l["listener"]),
+                (&"127.0.0.1".into(), &"web".into())
+            );
+            (
+                l["status"].as_u64().unwrap_or(0),
+                l["method"].as_str(),
+                l["bytes"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    seen.sort();
+    let refused_414 = (414, None, 17);
+    assert_eq!(
+        seen,
+        [
+            (200, Some("GET"), 1),
+            (400, None, 0),
+            (414, None, 17),
+            refused_414,
+            refused_414,
+            (431, None, 0)
+        ]
+    );
 }
 
 #[tokio::test]

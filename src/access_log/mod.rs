@@ -79,7 +79,9 @@ fn open(target: &AccessTarget) -> io::Result<Box<dyn Write + Send>> {
 pub struct AccessRecord {
     pub listener: Arc<str>,
     pub client: IpAddr,
-    pub method: Method,
+    /// `None` for a request head refused before it was read whole (400, 414, 431): the line
+    /// then shows the request as `-`, as nginx's does for a request line it could not parse.
+    pub method: Option<Method>,
     /// Path and query, as requested.
     pub target: String,
     pub version: Version,
@@ -109,7 +111,7 @@ impl AccessRecord {
         Some(Box::new(AccessRecord {
             listener: Arc::clone(listener),
             client,
-            method: parts.method.clone(),
+            method: Some(parts.method.clone()),
             target: parts
                 .uri
                 .path_and_query()
@@ -118,6 +120,26 @@ impl AccessRecord {
             referer: parts.headers.get(header::REFERER).cloned(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             status: 0,
+            backend: None,
+            upstream_time: None,
+            started: Instant::now(),
+            request_id: None,
+        }))
+    }
+
+    /// A record for a request head answered `status` before it was read whole (hyper's 400
+    /// and 431, rproxy's early 414), or `None` when the access log is off.
+    pub fn refused(listener: &Arc<str>, client: IpAddr, status: u16) -> Option<Box<Self>> {
+        SINK.get()?;
+        Some(Box::new(AccessRecord {
+            listener: Arc::clone(listener),
+            client,
+            method: None,
+            target: String::new(),
+            version: Version::HTTP_11,
+            referer: None,
+            user_agent: None,
+            status,
             backend: None,
             upstream_time: None,
             started: Instant::now(),
@@ -162,11 +184,16 @@ impl AccessRecord {
         out.push_str(" - - [");
         CLF_TIME.with_borrow_mut(|cached| out.push_str(cached.now()));
         out.push_str("] \"");
-        out.push_str(self.method.as_str());
-        out.push(' ');
-        push_escaped(&mut out, &self.target, "%22");
-        out.push(' ');
-        out.push_str(version_text(self.version));
+        match &self.method {
+            Some(method) => {
+                out.push_str(method.as_str());
+                out.push(' ');
+                push_escaped(&mut out, &self.target, "%22");
+                out.push(' ');
+                out.push_str(version_text(self.version));
+            }
+            None => out.push('-'),
+        }
         out.push_str("\" ");
         out.push_str(numbers.format(self.status));
         out.push(' ');
@@ -204,9 +231,9 @@ impl AccessRecord {
             time: String,
             listener: &'a str,
             client: &'a str,
-            method: &'a str,
-            target: &'a str,
-            protocol: &'static str,
+            method: Option<&'a str>,
+            target: Option<&'a str>,
+            protocol: Option<&'static str>,
             status: u16,
             bytes: u64,
             referer: Option<&'a str>,
@@ -222,9 +249,9 @@ impl AccessRecord {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             listener: &self.listener,
             client: client.to_str().unwrap_or("-"),
-            method: self.method.as_str(),
-            target: &self.target,
-            protocol: version_text(self.version),
+            method: self.method.as_ref().map(Method::as_str),
+            target: self.method.as_ref().map(|_| self.target.as_str()),
+            protocol: self.method.as_ref().map(|_| version_text(self.version)),
             status: self.status,
             bytes,
             referer: self.referer.as_ref().and_then(|v| v.to_str().ok()),
@@ -345,7 +372,7 @@ mod tests {
         let record = || AccessRecord {
             listener: Arc::from("web"),
             client: "192.0.2.1".parse().expect("ip"),
-            method: parts.method.clone(),
+            method: Some(parts.method.clone()),
             target: "/p?q=1".into(),
             version: Version::HTTP_11,
             referer: None,
@@ -370,6 +397,21 @@ mod tests {
         let line = quoted.combined(0, false);
         assert!(line.contains("\"GET /a%22b HTTP/1.1\" 200 0 "), "{line}");
         assert!(line.contains(" backend=- upstream_time=- "), "{line}");
+        // A head refused before it was read: the request is `-`, in JSON null.
+        let mut refused = quoted;
+        refused.method = None;
+        refused.status = 414;
+        let line = refused.combined(17, true);
+        assert!(line.contains("] \"-\" 414 17 \"-\" "), "{line}");
+        let json: serde_json::Value = serde_json::from_str(&refused.json(17, true)).expect("json");
+        assert_eq!(
+            (&json["method"], &json["target"], &json["protocol"]),
+            (
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::Value::Null
+            )
+        );
         let json: serde_json::Value = serde_json::from_str(&record().json(12, true)).expect("json");
         assert_eq!(json["target"], "/p?q=1");
         assert_eq!(json["status"], 200);

@@ -54,6 +54,17 @@ impl Wake for SignalWake {
     }
 }
 
+/// The status hyper answered a request head it could not parse with (`Server::on_error` in
+/// hyper's `proto/h1/role.rs`), with no body; `None` for an error it answers nothing to.
+fn answered_parse_error(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        return None;
+    }
+    // A URI too long for hyper is answered 414, but rproxy's own 414 comes first: the limit
+    // (`max_uri_length`) is at most 65,534 bytes, below hyper's.
+    Some(if e.is_parse_too_large() { 431 } else { 400 })
+}
+
 /// Runs a connection to its end, closing it gracefully on shutdown or keep-alive expiry and at
 /// once when a request head times out. hyper's errors are logged here, and a head hyper
 /// answered itself because it could not parse it (400, 431) is counted.
@@ -86,8 +97,8 @@ where
                 if let Err(e) = result {
                     // A parse error of a request head: hyper has answered it (an HTTP/2
                     // connection's errors are never of this kind).
-                    if e.is_parse() {
-                        ctx.metrics.head_refused();
+                    if let Some(status) = answered_parse_error(&e) {
+                        ctx.head_refused(peer, status, 0);
                     }
                     tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
                 }

@@ -61,6 +61,18 @@ pub(super) struct ListenerCtx {
     pub(super) lot: Option<Arc<Lot>>,
 }
 
+impl ListenerCtx {
+    /// A request head answered `status` before it was read whole (hyper's 400 and 431,
+    /// rproxy's early 414; `bytes` of body): counted as a 4xx, and logged as nginx logs
+    /// them, with `-` for the request.
+    pub(super) fn head_refused(&self, peer: SocketAddr, status: u16, bytes: u64) {
+        self.metrics.head_refused();
+        if let Some(record) = AccessRecord::refused(&self.name, peer.ip(), status) {
+            record.emit(bytes, true);
+        }
+    }
+}
+
 /// How one accept loop and its connections are told to stop.
 #[derive(Debug, Clone)]
 pub struct ListenerStops {

@@ -217,7 +217,8 @@ async fn until_parked(conn: &ClientConn, (stream, prefix): Socket) -> Option<Soc
     let parts = hyper_conn.into_parts()?;
     let io = parts.io.into_inner();
     if io.refused_target() {
-        conn.ctx.metrics.head_refused();
+        conn.ctx
+            .head_refused(conn.peer, 414, super::io::URI_TOO_LONG_BODY);
     }
     if driven != Driven::Finished {
         return None;

@@ -41,6 +41,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const URI_TOO_LONG: &[u8] =
     b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\n\
     content-length: 17\r\nconnection: close\r\n\r\n414 URI Too Long\n";
+/// The body's length in `URI_TOO_LONG`, for the access log.
+pub(super) const URI_TOO_LONG_BODY: u64 = 17;
 /// `ClientIo::refusing` once the 414 is written and the sending side closed.
 const LINGERING: usize = usize::MAX;
 /// Reads of up to 4 KiB dropped per poll while lingering, so that a client that keeps sending
@@ -355,5 +357,24 @@ impl AsyncWrite for ClientIo {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_length_of_the_414_is_its_body() {
+        let head_end = URI_TOO_LONG
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let body = &URI_TOO_LONG[head_end + 4..];
+        assert_eq!(body.len() as u64, URI_TOO_LONG_BODY);
+        assert!(
+            URI_TOO_LONG
+                .ends_with(b"content-length: 17\r\nconnection: close\r\n\r\n414 URI Too Long\n")
+        );
     }
 }
