@@ -60,8 +60,9 @@ fn answered_parse_error(e: &hyper::Error) -> Option<u16> {
     if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
         return None;
     }
-    // A URI too long for hyper is answered 414, but rproxy's own 414 comes first: the limit
-    // (`max_uri_length`) is at most 65,534 bytes, below hyper's.
+    // hyper answers a target over 65,534 bytes 414, but rproxy's own 414 comes first:
+    // `max_uri_length` is at most that, and the head scan sees the target as it arrives,
+    // before hyper has the whole head.
     Some(if e.is_parse_too_large() { 431 } else { 400 })
 }
 
