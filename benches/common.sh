@@ -294,8 +294,8 @@ request_id = false'
 
 # Instructions per request under valgrind (benches/instructions.sh, benches/before_after.sh),
 # round-robin over the backends B1 and B2 (start_backends). Systems: rproxy, rproxy-xff
-# (XFF_ONLY), rproxy-observed (metrics, an access log file, 1 s health checks), rproxy-ws (tokio's work-stealing runtime
-# instead of thread per core), nginx, haproxy, hyper-floor, pingora (set PINGORA to the binary
+# (XFF_ONLY), rproxy-observed (metrics, an access log file, 1 s health checks), rproxy-ws
+# (tokio's work-stealing runtime instead of thread per core), nginx, haproxy, hyper-floor, pingora (set PINGORA to the binary
 # benches/compare/build_pingora.sh prints). RPROXY is the rproxy binary to run, by default this
 # tree's release build.
 
