@@ -85,7 +85,11 @@ for round in $(seq "$ROUNDS"); do
         out=$(taskset -c 1 h2load --h1 -n "$REQUESTS" -c 8 -t1 "$url" 2>&1)
         t1=$(ticks "${PID[$s]}")
         ok=$(echo "$out" | awk '/^requests:/ {print $8}')
-        secs=$(echo "$out" | awk '/^finished in/ {print $3}' | tr -d 's,')
+        # h2load writes "finished in 1.23s," or, under a second, "finished in 987.65ms,".
+        secs=$(echo "$out" | awk '/^finished in/ {
+            v = $3; sub(/,$/, "", v)
+            if (v ~ /ms$/) { sub(/ms$/, "", v); v /= 1000 } else if (v ~ /us$/) { sub(/us$/, "", v); v /= 1e6 } else sub(/s$/, "", v)
+            print v }')
         if [ "$ok" != "$REQUESTS" ]; then
             echo "$s: $ok of $REQUESTS requests succeeded" >&2
             show_logs
