@@ -5,7 +5,8 @@
 # backends to CPU 1. Systems run interleaved in rounds so drift hits all alike; medians are
 # reported, with the proxy's CPU time per request from /proc/PID/stat. Also measured: memory
 # for idle keep-alive connections (first, on fresh processes), HTTP/2 clients (h2load),
-# rproxy with metrics, an access log file and health checks on, rproxy with two workers,
+# rproxy with metrics, an access log file and health checks on, rproxy writing X-Forwarded-For
+# alone and no request id (rproxy-xff: the others' header work), rproxy with two workers,
 # idle HTTPS connections (benches/idle_tls.sh), single-stream TCP throughput
 # (benches/tcp_throughput.sh), and user-space instructions per request under valgrind
 # (benches/instructions.sh) and the simulated cache misses behind them (benches/cache_misses.sh).

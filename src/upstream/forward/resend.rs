@@ -4,12 +4,13 @@
 //! as soon as it is written, while it is still in the CPU's caches. A later attempt (after a
 //! backend failed, or a kept-alive connection turned out closed) needs the head again, so a
 //! copy is kept until the request ends, unless `tries = 1` rules any later attempt out
-//! (writing it costs about 600 instructions a request: callgrind, with and without). A clone of the `HeaderMap` was that copy: an index
-//! table, a bucket per header and a reference count per value, all of which had gone cold by
-//! the time the response came back (other connections' requests ran meanwhile) and were read
-//! again to drop them. This copy is the header lines in one buffer, written while the head is
-//! hot; dropping it is one free. Most requests are never sent again; the rare one that is has
-//! its head parsed back from the buffer. Measured: 34,405 → 34,166 instructions a request at
+//! (writing it costs about 600 instructions a request: callgrind, with and without). A clone
+//! of the `HeaderMap` was that copy: an index table, a bucket per header and a reference count
+//! per value, all of which had gone cold by the time the response came back (other
+//! connections' requests ran meanwhile) and were read again to drop them. This copy is the
+//! header lines in one buffer, written while the head is hot; dropping it is one free. Most
+//! requests are never sent again; the rare one that is has its head parsed back from the
+//! buffer. Measured: 34,405 → 34,166 instructions a request at
 //! 50 connections (callgrind), and 255 → 222 misses a request at 200 in a simulated 1 MiB
 //! last-level cache, one core's L2 here (cachegrind). At 200 connections these misses are
 //! what rproxy's CPU time per request has above its instruction count (benches/RESULTS.md).
