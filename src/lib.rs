@@ -18,6 +18,7 @@ pub mod dns;
 pub mod error;
 pub mod header_text;
 pub mod health;
+mod heap_trim;
 mod idle_timer;
 pub mod limit;
 pub mod listener;

@@ -383,3 +383,73 @@ async fn a_parked_connection_is_served_by_the_configuration_reloaded_while_it_wa
     }
     assert_eq!((a.requests(), b.requests()), (1, 2));
 }
+
+/// What many client connections took is handed back to the system once most of them have
+/// closed (`src/heap_trim.rs`): the allocator purges freed pages only when the thread next
+/// allocates, and a worker whose connections have all closed allocates nothing. HTTPS
+/// connections, because each holds enough (its TLS state) for the sum to stand out.
+#[tokio::test]
+async fn memory_many_https_connections_took_is_handed_back_once_they_close() {
+    use common::certs::Ca;
+    use futures_util::StreamExt;
+    use rustls::pki_types::ServerName;
+
+    // Well above `heap_trim::MIN_CLOSED` (256) on each worker: fewer closes leave the memory
+    // to the allocator.
+    const N: usize = 1500;
+    rlimit::increase_nofile_limit(N as u64 + 256).expect("raise the descriptor limit");
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf("site", &["site.example"]);
+    let backend = Backend::start("b").await;
+    // Two workers, each with its own heap, whatever the machine's cores. The backend
+    // connections' keep-alive outlasts the test: their closing would otherwise be the
+    // allocator's next call, which purges on its own, and the test would pass without a collect.
+    let proxy = Proxy::start(&format!(
+        "workers = 2\n[log]\naccess = \"off\"\n\
+         [listeners.https]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n\
+         [upstreams.app]\nservers = [\"{}\"]\nkeepalive_timeout = \"60s\"\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    let connector = ca.client(&[b"http/1.1"]);
+    let served = || async {
+        let tcp = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let name = ServerName::try_from("site.example").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        tls.write_all(GET).await.expect("write");
+        assert_eq!(
+            status_line(&read_response(&mut tls).await),
+            "HTTP/1.1 200 OK"
+        );
+        tls
+    };
+    // At rest: after one connection, so the first allocations exist.
+    drop(served().await);
+    let rest = proxy.rss_kib();
+
+    // Eight handshakes at a time, for the test's own time.
+    let open: Vec<_> = futures_util::stream::iter(0..N)
+        .map(|_| served())
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let taken = proxy.rss_kib().saturating_sub(rest);
+    assert!(
+        taken >= 4 * 1024,
+        "{N} HTTPS connections took only {taken} KiB: too little to tell"
+    );
+
+    drop(open);
+    let start = Instant::now();
+    while proxy.rss_kib().saturating_sub(rest) > taken / 4 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{N} HTTPS connections took {taken} KiB; {} KiB still held after they closed",
+            proxy.rss_kib().saturating_sub(rest)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backend.requests(), N + 1);
+}

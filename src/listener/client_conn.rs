@@ -135,6 +135,7 @@ impl OpenConn {
     pub(super) fn new(slot: OwnedSemaphorePermit, metrics: &Arc<ListenerMetrics>) -> Self {
         metrics.connections_total.increment(1);
         metrics.connections_open.increment(1.0);
+        crate::heap_trim::opened();
         OpenConn {
             _slot: slot,
             metrics: Arc::clone(metrics),
@@ -145,6 +146,7 @@ impl OpenConn {
 impl Drop for OpenConn {
     fn drop(&mut self) {
         self.metrics.connections_open.decrement(1.0);
+        crate::heap_trim::closed();
     }
 }
 

@@ -1038,7 +1038,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 /// Reads one HTTP/1.1 response (head and `Content-Length` body; interim 1xx heads are
 /// skipped) as text, or what arrived before the server closed.
-pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+pub async fn read_response(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
