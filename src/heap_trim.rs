@@ -8,11 +8,12 @@
 //! but only when that thread next passes through the allocator's slower paths. After a burst of
 //! connections closes and the worker goes quiet, nothing comes to run those purges: 15 s after
 //! 9,900 idle HTTPS connections had all closed, rproxy still held 86.6 of the 87.3 MB they had
-//! taken (`benches/idle_tls.sh`; 2.1 MB with `MIMALLOC_PURGE_DELAY=0`). So when a worker has
-//! lost at least half of its connections since its highest count, and at least
-//! [`MIN_CLOSED`], it asks the allocator to collect its heap, once, [`SETTLE`] later: by then
-//! the closes of the same burst have happened too. One collect at a time per worker, nothing
-//! on the request path, and nothing while connections sit idle.
+//! taken (measured as `benches/idle_tls.sh` does; 2.1 MB with `MIMALLOC_PURGE_DELAY=0`, which
+//! purges every freed page at once, a system call each). So when a worker has lost at least
+//! half of its connections since its highest count, and at least [`MIN_CLOSED`], it asks the
+//! allocator to collect its heap, once, [`SETTLE`] later: by then the closes of the same burst
+//! have happened too. One collect at a time per worker, nothing on the request path, and
+//! nothing while connections sit idle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -89,7 +90,7 @@ fn calls_for_collect(open: usize, peak: usize) -> bool {
 
 /// Asks the allocator to purge this thread's freed pages now.
 #[cfg(feature = "mimalloc")]
-#[allow(unsafe_code)] // The crate forbids `unsafe` elsewhere (Cargo.toml): this one FFI call.
+#[allow(unsafe_code)] // The crate denies `unsafe` everywhere else (Cargo.toml): one FFI call.
 fn collect() {
     // SAFETY: `mi_collect` takes no pointers and may be called on any thread at any time; it
     // works on the calling thread's heap (and returns at once when the thread has none, as
