@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Single-stream TCP throughput: a direct connection to a sink, and the same through rproxy
-# (protocol = "tcp"), nginx's stream module, HAProxy `mode tcp` and Pingora (the peer's `--tcp`
-# pass-through, benches/compare/pingora/src/tcp.rs: Pingora has no TCP proxy of its own), each
-# proxy with one worker so the comparison is per core. Loopback only; everything started here
-# is stopped by its pid.
+# Single-stream TCP throughput, and each proxy's CPU per GiB: a direct connection to a sink,
+# and the same through rproxy (protocol = "tcp"), nginx's stream module, HAProxy `mode tcp` and
+# Pingora (the peer's `--tcp` pass-through, benches/compare/pingora/src/tcp.rs: Pingora has no
+# TCP proxy of its own), each proxy with one worker so the comparison is per core. Loopback
+# only; everything started here is stopped by its pid.
 #
 #   bash benches/tcp_throughput.sh [BYTES] [RUNS]     (default 2 GiB, 3 runs; best run shown)
 #
@@ -41,6 +41,7 @@ servers = ["$SINK"]
 CONF
 target/release/rproxy -c "$DIR/rproxy.toml" 2> "$DIR/rproxy.log" &
 PIDS+=($!)
+RPROXY_PID=$!
 
 cat > "$DIR/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -56,6 +57,7 @@ stream {
 CONF
 nginx -p "$DIR" -c "$DIR/nginx.conf" -g "daemon off; pid $DIR/nginx.pid;" 2> "$DIR/nginx.log" &
 PIDS+=($!)
+NGINX_PID=$!
 
 cat > "$DIR/haproxy.cfg" <<CONF
 global
@@ -73,25 +75,47 @@ backend sink
 CONF
 haproxy -f "$DIR/haproxy.cfg" -db 2> "$DIR/haproxy.log" &
 PIDS+=($!)
+HAPROXY_PID=$!
 
 # One worker thread (the peer's default), a half-close passed on as rproxy and HAProxy do.
 "$PINGORA" --tcp "127.0.0.1:$PINGORA_PORT" "$SINK" 2> "$DIR/pingora.log" &
 PIDS+=($!)
+PINGORA_PID=$!
 
 wait_port "$RPROXY_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$PINGORA_PORT"
 
+# proc_ticks PID: the CPU time (utime+stime, clock ticks) of PID and of its child processes
+# (nginx's worker is its master's child).
+proc_ticks() {
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$t"
+}
+
+# best ADDR [PID]: the best of RUNS runs in MiB/s, then, given the proxy's PID, its CPU ms per
+# GiB over all of them: what the proxy itself spent, where the rate also depends on how the
+# client, the proxy and the sink (none pinned) share the two CPUs.
 best() {
-    local best=0 mib
+    local best=0 mib t0 t1
+    [ -n "${2:-}" ] && t0=$(proc_ticks "$2")
     for _ in $(seq "$RUNS"); do
         mib=$("$BENCH" send "$1" "$BYTES" | awk '{print $3}')
         [ "$mib" -gt "$best" ] && best=$mib
     done
-    echo "$best"
+    if [ -n "${2:-}" ]; then
+        t1=$(proc_ticks "$2")
+        printf '%-6s %6s' "$best" "$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v b="$BYTES" -v r="$RUNS" \
+            'BEGIN {printf "%.0f", t * 1000 / hz / (b * r / 1073741824)}')"
+    else
+        echo "$best"
+    fi
 }
 
-echo "one TCP stream, $BYTES bytes, best of $RUNS runs (MiB/s):"
+echo "one TCP stream, $BYTES bytes, best of $RUNS runs (MiB/s), and the proxy's CPU ms per GiB over all:"
 printf '  %-16s %s\n' direct "$(best "$SINK")"
-printf '  %-16s %s\n' rproxy "$(best "127.0.0.1:$RPROXY_PORT")"
-printf '  %-16s %s\n' "nginx stream" "$(best "127.0.0.1:$NGINX_PORT")"
-printf '  %-16s %s\n' "haproxy tcp" "$(best "127.0.0.1:$HAPROXY_PORT")"
-printf '  %-16s %s\n' "pingora tcp" "$(best "127.0.0.1:$PINGORA_PORT")"
+printf '  %-16s %s\n' rproxy "$(best "127.0.0.1:$RPROXY_PORT" "$RPROXY_PID")"
+printf '  %-16s %s\n' "nginx stream" "$(best "127.0.0.1:$NGINX_PORT" "$NGINX_PID")"
+printf '  %-16s %s\n' "haproxy tcp" "$(best "127.0.0.1:$HAPROXY_PORT" "$HAPROXY_PID")"
+printf '  %-16s %s\n' "pingora tcp" "$(best "127.0.0.1:$PINGORA_PORT" "$PINGORA_PID")"
