@@ -335,15 +335,25 @@ async fn http_only_settings_are_refused_on_tcp() {
     };
     let stderr = check(tcp_config(
         "\"127.0.0.1:9\"",
-        "max_headers = 10\nproxy_protocol = \"v3\"",
+        "max_headers = 10\nproxy_protocol = \"v3\"\nsplice = \"auto\"",
         "",
     ));
     for wanted in [
         "t.toml:7:15: listeners.tcp.max_headers: applies to HTTP listeners only",
         "listeners.tcp.proxy_protocol: `v3` is not \"v1\" or \"v2\"",
+        "t.toml:9:10: listeners.tcp.splice:",
     ] {
         assert!(stderr.contains(wanted), "{wanted} in {stderr}");
     }
+    let stderr = check(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nsplice = false\n[upstreams.app]\nservers = [\"127.0.0.1:9\"]\n".to_string(),
+    );
+    assert!(
+        stderr.contains(
+            "t.toml:4:10: listeners.web.splice: applies to protocol = \"tcp\" listeners only"
+        ),
+        "{stderr}"
+    );
     let stderr = check(tcp_config(
         "\"127.0.0.1:9\"",
         "",

@@ -27,7 +27,12 @@ pub(super) const HTTP_ONLY: &[&str] = &[
 ];
 
 /// Keys only a TCP listener understands.
-pub(super) const TCP_ONLY: &[&str] = &["proxy_protocol", "accept_proxy_protocol", "idle_timeout"];
+pub(super) const TCP_ONLY: &[&str] = &[
+    "proxy_protocol",
+    "accept_proxy_protocol",
+    "idle_timeout",
+    "splice",
+];
 
 /// `protocol = "http" | "tcp"`: the TCP settings for a TCP listener, `None` for HTTP.
 pub(super) fn protocol(
@@ -83,10 +88,15 @@ pub(super) fn protocol(
     };
     let accept_proxy_protocol = flag(r, t, path, "accept_proxy_protocol");
     let idle_timeout = duration_or(r, t, path, "idle_timeout", defaults::TCP_IDLE_TIMEOUT);
+    let splice = match get(t, "splice") {
+        Some(v) => r.boolean(v, &join(path, "splice")),
+        None => Some(true),
+    };
     Some(Some(TcpSettings {
         send_proxy_protocol: send_proxy_protocol?,
         accept_proxy_protocol: accept_proxy_protocol?,
         idle_timeout,
+        splice: splice?,
     }))
 }
 

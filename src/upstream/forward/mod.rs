@@ -39,6 +39,8 @@ mod headers;
 mod proxy_header;
 mod request_id;
 mod resend;
+#[cfg(target_os = "linux")]
+mod splice;
 mod stream;
 mod tunnel;
 mod ws_frames;

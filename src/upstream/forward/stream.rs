@@ -3,14 +3,15 @@
 //!
 //! Called by the listener for each connection of a `protocol = "tcp"` listener. A backend that
 //! refuses or does not connect in time is skipped for the next one before any byte moves, so
-//! the client does not notice; when none connects the client connection is closed. The copy has
-//! back-pressure (tokio's `copy_bidirectional`, 64 KiB each way), passes a half-close on (a
-//! client that shuts its write side still gets the rest of the answer), turns a reset on one
-//! side into a reset on the other, and ends after `idle_timeout` without a byte. The
-//! connection counts as in-flight on its backend all along, from its connect on, so
-//! `least_conn` balances open connections and `max_conns` bounds them; when every backend is
-//! at its limit the connection waits in the pool's queue like a request (closed when that is
-//! full, waited out or not configured, and given up if the client closes meanwhile).
+//! the client does not notice; when none connects the client connection is closed. The copy
+//! (`splice.rs` between two TCP sockets on Linux, tokio's `copy_bidirectional` otherwise) has
+//! back-pressure, passes a half-close on (a client that shuts its write side still gets the rest
+//! of the answer), turns a reset on one side into a reset on the other, and ends after
+//! `idle_timeout` without a byte. The connection counts as in-flight on its backend all along,
+//! from its connect on, so `least_conn` balances open connections and `max_conns` bounds them;
+//! when every backend is at its limit the connection waits in the pool's queue like a request
+//! (closed when that is full, waited out or not configured, and given up if the client closes
+//! meanwhile).
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,8 +32,9 @@ use crate::metrics::ErrorKind;
 
 use crate::upstream::pool::{InFlightGuard, NoSlot, Pool, Slot};
 
-/// Copy buffer per direction: tokio's default of 8 KiB costs a system call per 8 KiB; 64 KiB
-/// moved one stream about a tenth faster here (`benches/tcp_throughput.sh`).
+/// Copy buffer per direction, when the copy is not spliced: tokio's default of 8 KiB costs a
+/// system call per 8 KiB; 64 KiB moved one stream about a tenth faster here
+/// (`benches/tcp_throughput.sh`).
 const BUFFER: usize = 64 * 1024;
 
 /// What a finished connection moved, for the listener's metrics.
@@ -98,13 +100,7 @@ pub async fn forward_stream(
         }
     }
     let activity = Arc::new(Activity::new());
-    let totals = pump(
-        &mut client,
-        &mut backend_conn,
-        &activity,
-        settings.idle_timeout,
-    )
-    .await;
+    let totals = pump(&mut client, &mut backend_conn, &activity, settings).await;
     backend.health.passive_success();
     totals
 }
@@ -151,12 +147,13 @@ async fn closed(client: &TcpStream) {
 }
 
 /// Copies both ways until both sides have closed, one resets (the other is then reset too), or
-/// nothing moves for `idle`.
+/// nothing moves for the idle timeout: in the kernel (`splice.rs`) when the listener allows it
+/// and both ends are TCP, through buffers here otherwise.
 async fn pump(
     client: &mut TcpStream,
     backend: &mut BackendSocket,
     activity: &Arc<Activity>,
-    idle: Duration,
+    settings: &TcpSettings,
 ) -> StreamTotals {
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let outcome = {
@@ -171,10 +168,16 @@ async fn pump(
             activity,
         };
         tokio::select! {
-            copied = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER) => {
-                copied.map(|_| ())
-            }
-            () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+            copied = async {
+                #[cfg(target_os = "linux")]
+                if let (true, Some(backend)) = (settings.splice, b.inner.tcp()) {
+                    return super::splice::both_ways(c.inner, backend, &up, &down, activity).await;
+                }
+                tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER)
+                    .await
+                    .map(|_| ())
+            } => copied,
+            () = activity.idle_for(settings.idle_timeout) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
         }
     };
     if let Err(e) = outcome {
@@ -194,20 +197,20 @@ async fn pump(
 
 /// When bytes last moved, on the tokio clock.
 #[derive(Debug)]
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
