@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Single-stream TCP throughput, and each proxy's CPU per GiB: a direct connection to a sink,
-# and the same through rproxy (protocol = "tcp"), nginx's stream module, HAProxy `mode tcp` and
-# Pingora (the peer's `--tcp` pass-through, benches/compare/pingora/src/tcp.rs: Pingora has no
-# TCP proxy of its own), each proxy with one worker so the comparison is per core. Loopback
+# and the same through rproxy (protocol = "tcp"; splice by default, and with `splice = false`),
+# nginx's stream module, HAProxy `mode tcp` (its default copy, and with `option splice-auto`)
+# and Pingora (the peer's `--tcp` pass-through, benches/compare/pingora/src/tcp.rs: Pingora has
+# no TCP proxy of its own), each proxy with one worker so the comparison is per core. Loopback
 # only; everything started here is stopped by its pid.
 #
 #   bash benches/tcp_throughput.sh [BYTES] [RUNS]     (default 2 GiB, 3 runs; best run shown)
@@ -24,8 +25,10 @@ for _ in $(seq 100); do grep -q listening "$DIR/sink.out" 2>/dev/null && break; 
 SINK=$(awk '/listening/ {print $2}' "$DIR/sink.out")
 
 RPROXY_PORT=$(port)
+RPROXY_COPY_PORT=$(port)
 NGINX_PORT=$(port)
 HAPROXY_PORT=$(port)
+HAPROXY_SPLICE_PORT=$(port)
 PINGORA_PORT=$(port)
 
 cat > "$DIR/rproxy.toml" <<CONF
@@ -36,6 +39,11 @@ access = "off"
 listen = "127.0.0.1:$RPROXY_PORT"
 protocol = "tcp"
 upstream = "sink"
+[listeners.copy]
+listen = "127.0.0.1:$RPROXY_COPY_PORT"
+protocol = "tcp"
+upstream = "sink"
+splice = false
 [upstreams.sink]
 servers = ["$SINK"]
 CONF
@@ -72,6 +80,10 @@ frontend bench
     default_backend sink
 backend sink
     server s1 $SINK
+listen bench_splice
+    bind 127.0.0.1:$HAPROXY_SPLICE_PORT
+    option splice-auto
+    server s1 $SINK
 CONF
 haproxy -f "$DIR/haproxy.cfg" -db 2> "$DIR/haproxy.log" &
 PIDS+=($!)
@@ -82,7 +94,9 @@ HAPROXY_PID=$!
 PIDS+=($!)
 PINGORA_PID=$!
 
-wait_port "$RPROXY_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$PINGORA_PORT"
+for p in "$RPROXY_PORT" "$RPROXY_COPY_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$HAPROXY_SPLICE_PORT" "$PINGORA_PORT"; do
+    wait_port "$p"
+done
 
 # proc_ticks PID: the CPU time (utime+stime, clock ticks) of PID and of its child processes
 # (nginx's worker is its master's child).
@@ -116,6 +130,8 @@ best() {
 echo "one TCP stream, $BYTES bytes, best of $RUNS runs (MiB/s), and the proxy's CPU ms per GiB over all:"
 printf '  %-16s %s\n' direct "$(best "$SINK")"
 printf '  %-16s %s\n' rproxy "$(best "127.0.0.1:$RPROXY_PORT" "$RPROXY_PID")"
+printf '  %-16s %s\n' "rproxy copy" "$(best "127.0.0.1:$RPROXY_COPY_PORT" "$RPROXY_PID")"
 printf '  %-16s %s\n' "nginx stream" "$(best "127.0.0.1:$NGINX_PORT" "$NGINX_PID")"
 printf '  %-16s %s\n' "haproxy tcp" "$(best "127.0.0.1:$HAPROXY_PORT" "$HAPROXY_PID")"
+printf '  %-16s %s\n' "haproxy splice" "$(best "127.0.0.1:$HAPROXY_SPLICE_PORT" "$HAPROXY_PID")"
 printf '  %-16s %s\n' "pingora tcp" "$(best "127.0.0.1:$PINGORA_PORT" "$PINGORA_PID")"

@@ -11,9 +11,10 @@
 //! chunk goes through a 64 KiB user-space buffer until one fills it; from then on chunks are
 //! spliced, for as long as each moves at least that much. Small messages (a database's queries
 //! and answers) so stay with the copy, where they cost less: a 64-byte echo took about 8% more
-//! CPU a round trip spliced. Bulk moves without being copied: one 1 GiB stream took 263 to 357
-//! ms of CPU a GiB spliced with 1 MiB pipes, against 563 to 786 with the default 64 KiB pipes
-//! and 687 to 930 copied (`benches/tcp_throughput.sh`, benches/RESULTS.md).
+//! CPU a round trip spliced. Bulk moves without being copied: one 1 GiB stream took 310 to 357
+//! ms of rproxy's CPU a GiB, against 563 to 867 copied in the same runs, and 1 MiB pipes
+//! matter: with the default 64 KiB ones splice saved little over the copy
+//! (`benches/tcp_throughput.sh`, benches/RESULTS.md, "eighth pass").
 //!
 //! A chunk's pipe or buffer is held only while the chunk is in it: it comes from a small
 //! per-thread cache when the socket has something to read and goes back once the chunk is
@@ -126,6 +127,7 @@ impl Held {
     }
 }
 
+/// Keeps `item` for the thread's next chunk, unless the cache is full (then it is dropped).
 fn keep<T>(cache: &mut Vec<T>, item: T) {
     if cache.len() < CACHED {
         cache.push(item);
