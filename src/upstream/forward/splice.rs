@@ -11,7 +11,7 @@
 //! chunk goes through a 64 KiB user-space buffer until one fills it; from then on chunks are
 //! spliced, for as long as each moves at least that much. Small messages (a database's queries
 //! and answers) so stay with the copy, where they cost less: a 64-byte echo took about 8% more
-//! CPU a round trip spliced. Bulk moves without being copied: one 1 GiB stream took 310 to 357
+//! CPU a round trip spliced. Bulk moves without being copied: one 1 GiB stream took 310 to 390
 //! ms of rproxy's CPU a GiB, against 563 to 867 copied in the same runs, and 1 MiB pipes
 //! matter: with the default 64 KiB ones splice saved little over the copy
 //! (`benches/tcp_throughput.sh`, benches/RESULTS.md, "eighth pass").
