@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -108,9 +108,9 @@ enum Held {
 }
 
 impl Held {
-    /// A pipe when `splice` asks for one and one can be had, a buffer otherwise.
-    fn take(splice: bool) -> Held {
-        if splice && let Some(pipe) = Pipe::take() {
+    /// A pipe when `bulk` asks for one and one can be had, a buffer otherwise.
+    fn take(bulk: bool) -> Held {
+        if bulk && let Some(pipe) = Pipe::take() {
             return Held::Pipe(pipe);
         }
         let cached = BUFFERS.with(|b| b.borrow_mut().pop());
@@ -157,23 +157,16 @@ async fn one_way(
     moved: &AtomicU64,
     activity: &Activity,
 ) -> io::Result<()> {
-    let mut splice = false;
+    // Whether the last chunk was bulk, so the next one is spliced.
+    let mut bulk = false;
     loop {
         from.readable().await?;
-        let mut held = Held::take(splice);
+        let mut held = Held::take(bulk);
         let read = match &mut held {
             // The pipe is empty, so a would-block here is the socket's and clears its readiness.
-            Held::Pipe(pipe) => from.try_io(Interest::READABLE, || {
-                let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-                Ok(rustix::pipe::splice(
-                    from,
-                    None,
-                    &pipe.write,
-                    None,
-                    PIPE_SIZE,
-                    flags,
-                )?)
-            }),
+            Held::Pipe(pipe) => {
+                from.try_io(Interest::READABLE, || splice(from, &pipe.write, PIPE_SIZE))
+            }
             Held::Buffer(buf) => from.try_read(buf),
         };
         let n = match read {
@@ -190,23 +183,15 @@ async fn one_way(
         };
         moved.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
-        splice = n >= BUFFER;
+        bulk = n >= BUFFER;
         let mut written = 0;
         while written < n {
             to.writable().await?;
             let wrote = match &held {
                 // The pipe holds bytes, so a would-block here is the socket's too.
-                Held::Pipe(pipe) => to.try_io(Interest::WRITABLE, || {
-                    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-                    Ok(rustix::pipe::splice(
-                        &pipe.read,
-                        None,
-                        to,
-                        None,
-                        n - written,
-                        flags,
-                    )?)
-                }),
+                Held::Pipe(pipe) => {
+                    to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, n - written))
+                }
                 Held::Buffer(buf) => to.try_write(&buf[written..n]),
             };
             match wrote {
@@ -222,6 +207,13 @@ async fn one_way(
         held.give_back();
     }
     socket2::SockRef::from(to).shutdown(Shutdown::Write)
+}
+
+/// Up to `len` bytes from `from` to `to`, one of them a pipe, without blocking.
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    // MOVE: the pages are handed over where the kernel can, not copied.
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
 }
 
 #[cfg(test)]
