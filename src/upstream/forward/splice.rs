@@ -1,6 +1,6 @@
 //! Layer 4's bulk copy done inside the kernel: splice(2) moves a direction's bytes from one TCP
 //! socket into a pipe and from the pipe into the other socket, so they never enter rproxy's
-//! memory (HAProxy's `option splice-auto`). Linux only.
+//! memory (the idea of HAProxy's `option splice-auto`). Linux only.
 //!
 //! Used by `stream::pump` when the listener has `splice = true` (the default) and both ends are
 //! TCP; a Unix backend gets tokio's copy there. It keeps that copy's behaviour: back-pressure
