@@ -147,8 +147,7 @@ async fn closed(client: &TcpStream) {
 }
 
 /// Copies both ways until both sides have closed, one resets (the other is then reset too), or
-/// nothing moves for the idle timeout: in the kernel (`splice.rs`) when the listener allows it
-/// and both ends are TCP, through buffers here otherwise.
+/// nothing moves for the idle timeout.
 async fn pump(
     client: &mut TcpStream,
     backend: &mut BackendSocket,
@@ -156,29 +155,9 @@ async fn pump(
     settings: &TcpSettings,
 ) -> StreamTotals {
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let outcome = {
-        let mut c = Counted {
-            inner: &mut *client,
-            read: &up,
-            activity,
-        };
-        let mut b = Counted {
-            inner: &mut *backend,
-            read: &down,
-            activity,
-        };
-        tokio::select! {
-            copied = async {
-                #[cfg(target_os = "linux")]
-                if let (true, Some(backend)) = (settings.splice, b.inner.tcp()) {
-                    return super::splice::both_ways(c.inner, backend, &up, &down, activity).await;
-                }
-                tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER)
-                    .await
-                    .map(|_| ())
-            } => copied,
-            () = activity.idle_for(settings.idle_timeout) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
-        }
+    let outcome = tokio::select! {
+        copied = copy(client, backend, (&up, &down), activity, settings.splice) => copied,
+        () = activity.idle_for(settings.idle_timeout) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
     };
     if let Err(e) = outcome {
         tracing::debug!(error = %e, "TCP connection ended by a reset, an error or the idle timeout");
@@ -193,6 +172,36 @@ async fn pump(
         up: up.load(Ordering::Relaxed),
         down: down.load(Ordering::Relaxed),
     }
+}
+
+/// Both ways until both sides are done or one fails, counting `(up, down)`: spliced when the
+/// listener allows it and the backend is TCP (Linux), through tokio's copy otherwise.
+async fn copy(
+    client: &mut TcpStream,
+    backend: &mut BackendSocket,
+    (up, down): (&AtomicU64, &AtomicU64),
+    activity: &Activity,
+    splice: bool,
+) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if let (true, Some(tcp)) = (splice, backend.tcp()) {
+        return super::splice::both_ways(client, tcp, up, down, activity).await;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = splice;
+    let mut c = Counted {
+        inner: client,
+        read: up,
+        activity,
+    };
+    let mut b = Counted {
+        inner: backend,
+        read: down,
+        activity,
+    };
+    tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER)
+        .await
+        .map(|_| ())
 }
 
 /// When bytes last moved, on the tokio clock.
