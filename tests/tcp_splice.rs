@@ -1,15 +1,18 @@
 //! Layer 4's two ways of moving bytes, through the real binary with real TCP echo backends:
 //! splice(2) inside the kernel (`splice = true`, the default) and the user-space copy
 //! (`splice = false`). Both carry every byte in order on many connections at once and count
-//! them, and a spliced connection holds a pipe only while bytes are in it. (What happens when no
-//! pipe can be had is a unit test in src/upstream/forward/splice.rs.)
+//! them, and a spliced connection holds a pipe only while bytes are in it. A backend on a Unix
+//! socket is spliced too. (What happens when no pipe can be had is a unit test in
+//! src/upstream/forward/splice.rs.)
 
 mod common;
 
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 use common::*;
 
@@ -30,7 +33,22 @@ async fn echo_backend() -> SocketAddr {
     addr
 }
 
-fn config(echo: SocketAddr, listener_extra: &str) -> String {
+/// The same echo on a Unix socket at `path`.
+fn unix_echo_backend(path: &Path) {
+    let listener = UnixListener::bind(path).expect("bind the Unix socket");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+}
+
+fn config(echo: impl Display, listener_extra: &str) -> String {
     format!(
         "workers = 2\n[log]\naccess = \"off\"\n[listeners.tcp]\nlisten = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nupstream = \"app\"\n{listener_extra}\n[upstreams.app]\nservers = [\"{echo}\"]\n"
     )
@@ -157,5 +175,41 @@ async fn a_spliced_connection_holds_a_pipe_only_while_bytes_move() {
         } else {
             assert_eq!(added, 0, "splice = false makes no pipes");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_unix_backend_is_spliced_too() {
+    const CONNECTIONS: u64 = 4;
+    const LEN: usize = 3 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("echo.sock");
+    unix_echo_backend(&path);
+    let echo = format!("unix:{}", path.display());
+    for splice in [true, false] {
+        let proxy = Proxy::start(&config(&echo, &format!("splice = {splice}")));
+        let before = pipes_of(&proxy);
+        let runs: Vec<_> = (0..CONNECTIONS)
+            .map(|i| {
+                let addr = proxy.addr();
+                tokio::spawn(async move {
+                    let s = TcpStream::connect(addr).await.expect("connect");
+                    let sent = pattern(i + 1, LEN);
+                    let back = round_trip(s, sent.clone()).await;
+                    assert_eq!(back.len(), sent.len(), "splice = {splice}: bytes back");
+                    assert!(back == sent, "splice = {splice}: the echo differs");
+                })
+            })
+            .collect();
+        for run in runs {
+            run.await.expect("connection");
+        }
+        // The pipes the chunks went through wait in the workers' caches.
+        let added = pipes_of(&proxy).saturating_sub(before);
+        assert_eq!(
+            added > 0,
+            splice,
+            "splice = {splice}: {added} pipe descriptors after bulk through a Unix backend"
+        );
     }
 }

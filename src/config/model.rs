@@ -245,8 +245,8 @@ pub struct TcpSettings {
     pub accept_proxy_protocol: bool,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
-    /// Move the bytes with splice(2), inside the kernel, where the system has it (Linux) and
-    /// the backend is TCP; through user-space buffers otherwise.
+    /// Move the bytes with splice(2), inside the kernel, where the system has it (Linux);
+    /// through user-space buffers otherwise.
     pub splice: bool,
 }
 

@@ -1,11 +1,11 @@
-//! Layer 4's bulk copy done inside the kernel: splice(2) moves a direction's bytes from one TCP
+//! Layer 4's bulk copy done inside the kernel: splice(2) moves a direction's bytes from one
 //! socket into a pipe and from the pipe into the other socket, so they never enter rproxy's
 //! memory (the idea of HAProxy's `option splice-auto`). Linux only.
 //!
-//! Used by `stream::pump` when the listener has `splice = true` (the default) and both ends are
-//! TCP; a Unix backend gets tokio's copy there. It keeps that copy's behaviour: back-pressure
-//! (a direction reads again only once it has written all it read), a half-close passed on, the
-//! byte counts, and the activity the idle timer reads.
+//! Used by `stream::copy` when the listener has `splice = true` (the default), between the
+//! client's TCP socket and the backend's, TCP or Unix. It keeps the behaviour of tokio's copy,
+//! used otherwise: back-pressure (a direction reads again only once it has written all it
+//! read), a half-close passed on, the byte counts, and the activity the idle timer reads.
 //!
 //! Each direction moves its bytes a chunk at a time, a chunk being what one read returns. A
 //! chunk goes through a 64 KiB user-space buffer until one fills it; from then on chunks are
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::stream::Activity;
 
@@ -134,11 +134,50 @@ fn keep<T>(cache: &mut Vec<T>, item: T) {
     }
 }
 
+/// A stream socket a chunk is spliced from or to: tokio's readiness and non-blocking I/O,
+/// which its TCP and Unix sockets both offer, over a descriptor splice(2) takes.
+pub(super) trait Socket: AsFd {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+/// `Socket` for a tokio socket type, by its own methods of the same names.
+macro_rules! socket {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+                <$t>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+                <$t>::writable(self)
+            }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$t>::try_io(self, interest, f)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::try_read(self, buf)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, buf)
+            }
+        }
+    };
+}
+socket!(TcpStream);
+socket!(UnixStream);
+
 /// Moves bytes both ways until each side has closed its writing half, or until an error on
 /// either (a reset, a write to a closed peer), which ends both as the copy does.
 pub(super) async fn both_ways(
     client: &TcpStream,
-    backend: &TcpStream,
+    backend: &impl Socket,
     up: &AtomicU64,
     down: &AtomicU64,
     activity: &Activity,
@@ -152,8 +191,8 @@ pub(super) async fn both_ways(
 
 /// `from` to `to` until `from`'s end of stream, which is passed on as a half-close.
 async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
+    from: &impl Socket,
+    to: &impl Socket,
     moved: &AtomicU64,
     activity: &Activity,
 ) -> io::Result<()> {
@@ -219,7 +258,7 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A connected pair of TCP sockets on 127.0.0.1.
@@ -230,19 +269,22 @@ mod tests {
         (near.expect("connect"), far.expect("accept").0)
     }
 
-    /// Bytes both ways between a client and a backend through `both_ways`, with or without
-    /// pipes: each side gets all the other sent, then the half-close.
-    async fn carry(pipes: bool) {
+    /// Bytes both ways between a client and a backend (rproxy's end of it and the far end)
+    /// through `both_ways`, with or without pipes: each side gets all the other sent, then the
+    /// half-close.
+    async fn carry<B>(pipes: bool, (proxy_backend, backend): (B, B))
+    where
+        B: Socket + AsyncRead + AsyncWrite,
+    {
         NO_PIPES.set(!pipes);
         let (mut client, proxy_client) = pair().await;
-        let (proxy_backend, mut backend) = pair().await;
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
         let activity = Activity::new();
         let up_bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let down_bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
         let ends = async {
             let (mut c_read, mut c_write) = client.split();
-            let (mut b_read, mut b_write) = backend.split();
+            let (mut b_read, mut b_write) = tokio::io::split(backend);
             let (mut at_client, mut at_backend) = (Vec::new(), Vec::new());
             let (sent_up, sent_down, read_c, read_b) = tokio::join!(
                 async {
@@ -278,16 +320,24 @@ mod tests {
         );
         assert_eq!(up.load(Ordering::Relaxed), up_bytes.len() as u64);
         assert_eq!(down.load(Ordering::Relaxed), down_bytes.len() as u64);
+        // This thread's cache holds the pipes the chunks went through, and only then.
+        let cached = PIPES.with(|p| p.borrow().len());
+        assert_eq!(cached > 0, pipes, "pipes {pipes}: {cached} pipes cached");
         NO_PIPES.set(false);
     }
 
     #[tokio::test]
     async fn bytes_go_through_pipes() {
-        carry(true).await;
+        carry(true, pair().await).await;
     }
 
     #[tokio::test]
     async fn without_a_pipe_bytes_go_through_a_buffer() {
-        carry(false).await;
+        carry(false, pair().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_unix_backend_is_spliced_too() {
+        carry(true, UnixStream::pair().expect("a Unix socket pair")).await;
     }
 }

@@ -175,7 +175,7 @@ async fn pump(
 }
 
 /// Both ways until both sides are done or one fails, counting `(up, down)`: spliced when the
-/// listener allows it and the backend is TCP (Linux), through tokio's copy otherwise.
+/// listener allows it (Linux), through tokio's copy otherwise.
 async fn copy(
     client: &mut TcpStream,
     backend: &mut BackendSocket,
@@ -184,8 +184,12 @@ async fn copy(
     splice: bool,
 ) -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    if let (true, Some(tcp)) = (splice, backend.tcp()) {
-        return super::splice::both_ways(client, tcp, up, down, activity).await;
+    if splice {
+        use super::splice::both_ways;
+        return match backend {
+            BackendSocket::Tcp(tcp) => both_ways(client, tcp, up, down, activity).await,
+            BackendSocket::Unix(unix) => both_ways(client, unix, up, down, activity).await,
+        };
     }
     #[cfg(not(target_os = "linux"))]
     let _ = splice;
