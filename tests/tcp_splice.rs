@@ -11,7 +11,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 use common::*;
@@ -21,13 +21,8 @@ async fn echo_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(echo(s));
         }
     });
     addr
@@ -37,15 +32,18 @@ async fn echo_backend() -> SocketAddr {
 fn unix_echo_backend(path: &Path) {
     let listener = UnixListener::bind(path).expect("bind the Unix socket");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(echo(s));
         }
     });
+}
+
+/// One backend connection: every byte back, then the half-close passed on.
+async fn echo(s: impl AsyncRead + AsyncWrite) {
+    let (mut r, mut w) = tokio::io::split(s);
+    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+        let _ = w.shutdown().await;
+    }
 }
 
 fn config(echo: impl Display, listener_extra: &str) -> String {
@@ -86,6 +84,27 @@ async fn round_trip(s: TcpStream, data: Vec<u8>) -> Vec<u8> {
     back
 }
 
+/// `connections` clients at once, each sending `len` bytes of its own through rproxy and
+/// checking that the echo brings every one back in order.
+async fn echo_at_once(proxy: &Proxy, connections: u64, len: usize, splice: impl Display) {
+    let splice = splice.to_string();
+    let runs: Vec<_> = (0..connections)
+        .map(|i| {
+            let (addr, splice) = (proxy.addr(), splice.clone());
+            tokio::spawn(async move {
+                let s = TcpStream::connect(addr).await.expect("connect");
+                let sent = pattern(i + 1, len);
+                let back = round_trip(s, sent.clone()).await;
+                assert_eq!(back.len(), sent.len(), "splice = {splice}: bytes back");
+                assert!(back == sent, "splice = {splice}: the echo differs");
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.expect("connection");
+    }
+}
+
 /// The pipes rproxy has open now.
 fn pipes_of(proxy: &Proxy) -> usize {
     fds_of(proxy)
@@ -110,21 +129,7 @@ async fn every_byte_arrives_in_order_spliced_or_copied() {
     let echo = echo_backend().await;
     for splice in ["true", "false"] {
         let proxy = Proxy::start(&with_admin(&config(echo, &format!("splice = {splice}"))));
-        let runs: Vec<_> = (0..CONNECTIONS)
-            .map(|i| {
-                let addr = proxy.addr();
-                tokio::spawn(async move {
-                    let s = TcpStream::connect(addr).await.expect("connect");
-                    let sent = pattern(i + 1, LEN);
-                    let back = round_trip(s, sent.clone()).await;
-                    assert_eq!(back.len(), sent.len(), "splice = {splice}: bytes back");
-                    assert!(back == sent, "splice = {splice}: the echo differs");
-                })
-            })
-            .collect();
-        for run in runs {
-            run.await.expect("connection");
-        }
+        echo_at_once(&proxy, CONNECTIONS, LEN, splice).await;
         // Counted when each connection ends, which is just after the client saw the end.
         let want = (CONNECTIONS * LEN as u64) as f64;
         for direction in ["up", "down"] {
@@ -189,21 +194,7 @@ async fn a_unix_backend_is_spliced_too() {
     for splice in [true, false] {
         let proxy = Proxy::start(&config(&echo, &format!("splice = {splice}")));
         let before = pipes_of(&proxy);
-        let runs: Vec<_> = (0..CONNECTIONS)
-            .map(|i| {
-                let addr = proxy.addr();
-                tokio::spawn(async move {
-                    let s = TcpStream::connect(addr).await.expect("connect");
-                    let sent = pattern(i + 1, LEN);
-                    let back = round_trip(s, sent.clone()).await;
-                    assert_eq!(back.len(), sent.len(), "splice = {splice}: bytes back");
-                    assert!(back == sent, "splice = {splice}: the echo differs");
-                })
-            })
-            .collect();
-        for run in runs {
-            run.await.expect("connection");
-        }
+        echo_at_once(&proxy, CONNECTIONS, LEN, splice).await;
         // The pipes the chunks went through wait in the workers' caches.
         let added = pipes_of(&proxy).saturating_sub(before);
         assert_eq!(
