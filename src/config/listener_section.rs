@@ -8,7 +8,7 @@ use toml::de::DeValue;
 use super::headers_section::headers;
 use super::model::{ForwardedHeaders, ListenerConfig, Origin, RequestLimits, defaults};
 use super::reader::{
-    Reader, Table, Value, did_you_mean, duration_at_most_or, duration_or, flag, get, join,
+    Reader, Table, Value, did_you_mean, duration_at_most_or, duration_or, flag, flag_or, get, join,
 };
 use super::route_section::routes;
 use super::tcp_section::{HTTP_ONLY, TCP_ONLY, protocol};
@@ -133,10 +133,7 @@ pub(super) fn listener(
         Some(v) => forwarded_headers(r, &join(path, "forwarded_headers"), v),
         None => Some(ForwardedHeaders::ALL),
     };
-    let request_id = match get(t, "request_id") {
-        Some(v) => r.boolean(v, &join(path, "request_id")),
-        None => Some(true),
-    };
+    let request_id = flag_or(r, t, path, "request_id", true);
     if let (Some(v), Some(Some(_))) = (get(t, "redirect_https"), &tls) {
         r.error(
             &join(path, "redirect_https"),

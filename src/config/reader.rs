@@ -267,9 +267,20 @@ impl<'a> Reader<'a> {
 
 /// An optional boolean key; absent is `false`.
 pub(crate) fn flag(r: &mut Reader<'_>, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
+    flag_or(r, t, path, key, false)
+}
+
+/// An optional boolean key; absent is `default`.
+pub(crate) fn flag_or(
+    r: &mut Reader<'_>,
+    t: &Table<'_>,
+    path: &str,
+    key: &str,
+    default: bool,
+) -> Option<bool> {
     match get(t, key) {
         Some(v) => r.boolean(v, &join(path, key)),
-        None => Some(false),
+        None => Some(default),
     }
 }
 

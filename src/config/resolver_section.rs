@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::model::ResolverConfig;
-use super::reader::{Reader, Value, duration_or, get};
+use super::reader::{Reader, Value, duration_or, flag_or, get};
 
 const RESOLVER_KEYS: &[&str] = &["addrs", "valid", "timeout", "ipv4", "ipv6"];
 
@@ -59,14 +59,8 @@ pub(super) fn resolver(r: &mut Reader<'_>, v: &Value<'_>) -> Option<ResolverConf
         "timeout",
         ResolverConfig::default().timeout,
     );
-    let ipv4 = match get(t, "ipv4") {
-        Some(b) => r.boolean(b, "resolver.ipv4"),
-        None => Some(true),
-    };
-    let ipv6 = match get(t, "ipv6") {
-        Some(b) => r.boolean(b, "resolver.ipv6"),
-        None => Some(true),
-    };
+    let ipv4 = flag_or(r, t, "resolver", "ipv4", true);
+    let ipv6 = flag_or(r, t, "resolver", "ipv6", true);
     if (ipv4, ipv6) == (Some(false), Some(false)) {
         r.error(
             "resolver",

@@ -3,7 +3,7 @@
 
 use super::key_template::KeyPart;
 use super::model::{BalancePolicy, Origin, TcpSettings, UpstreamConfig, defaults};
-use super::reader::{Reader, Table, duration_or, flag, get, join};
+use super::reader::{Reader, Table, duration_or, flag, flag_or, get, join};
 
 /// Keys only an HTTP listener understands.
 pub(super) const HTTP_ONLY: &[&str] = &[
@@ -88,10 +88,7 @@ pub(super) fn protocol(
     };
     let accept_proxy_protocol = flag(r, t, path, "accept_proxy_protocol");
     let idle_timeout = duration_or(r, t, path, "idle_timeout", defaults::TCP_IDLE_TIMEOUT);
-    let splice = match get(t, "splice") {
-        Some(v) => r.boolean(v, &join(path, "splice")),
-        None => Some(true),
-    };
+    let splice = flag_or(r, t, path, "splice", true);
     Some(Some(TcpSettings {
         send_proxy_protocol: send_proxy_protocol?,
         accept_proxy_protocol: accept_proxy_protocol?,

@@ -15,7 +15,7 @@ use super::model::{
     BalanceFactor, BalancePolicy, PassiveHealth, ServerAddr, ServerConfig, StickyConfig,
     UpstreamConfig, defaults,
 };
-use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, get, join};
+use super::reader::{Reader, Table, Value, did_you_mean, duration_or, flag, flag_or, get, join};
 use super::retry_section::{RETRY_KEYS, retry_policy, slow_start};
 use super::tls_section::backend_tls;
 
@@ -613,10 +613,7 @@ fn sticky(r: &mut Reader<'_>, path: &str, v: &Value<'_>) -> Option<StickyConfig>
         None => Some(None),
     };
     let secure = flag(r, t, path, "secure");
-    let http_only = match get(t, "http_only") {
-        Some(val) => r.boolean(val, &join(path, "http_only")),
-        None => Some(true),
-    };
+    let http_only = flag_or(r, t, path, "http_only", true);
     let secret = match get(t, "secret") {
         Some(val) => {
             let k = join(path, "secret");

@@ -32,7 +32,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-use super::stream::Activity;
+use super::stream::{Activity, BUFFER};
 
 /// The capacity a new pipe asks for, and so the most one splice moves: Linux's default
 /// `fs.pipe-max-size`, the most an unprivileged process may ask for.
@@ -41,9 +41,6 @@ const PIPE_SIZE: usize = 1 << 20;
 /// Below this a pipe is not worth a system call per few pages: the kernel gives 8 KiB pipes to
 /// a user past its allowance.
 const SMALLEST_PIPE: usize = 64 * 1024;
-
-/// The user-space buffer, and the chunk from which the next one is spliced.
-const BUFFER: usize = 64 * 1024;
 
 /// Empty pipes and buffers a thread keeps for its next chunks. Few: a chunk usually goes back
 /// within the task's turn, and each pipe counts against the user's pipe allowance at its full

@@ -4,7 +4,8 @@
 //! Called by the listener for each connection of a `protocol = "tcp"` listener. A backend that
 //! refuses or does not connect in time is skipped for the next one before any byte moves, so
 //! the client does not notice; when none connects the client connection is closed. The copy
-//! (`splice.rs` between two TCP sockets on Linux, tokio's `copy_bidirectional` otherwise) has
+//! (`splice.rs` on Linux unless the listener has `splice = false`, tokio's `copy_bidirectional`
+//! otherwise) has
 //! back-pressure, passes a half-close on (a client that shuts its write side still gets the rest
 //! of the answer), turns a reset on one side into a reset on the other, and ends after
 //! `idle_timeout` without a byte. The connection counts as in-flight on its backend all along,
@@ -32,10 +33,10 @@ use crate::metrics::ErrorKind;
 
 use crate::upstream::pool::{InFlightGuard, NoSlot, Pool, Slot};
 
-/// Copy buffer per direction, when the copy is not spliced: tokio's default of 8 KiB costs a
-/// system call per 8 KiB; 64 KiB moved one stream about a tenth faster here
-/// (`benches/tcp_throughput.sh`).
-const BUFFER: usize = 64 * 1024;
+/// Copy buffer per direction, and in `splice.rs` the chunk from which the next one is spliced:
+/// tokio's default of 8 KiB costs a system call per 8 KiB; 64 KiB moved one stream about a
+/// tenth faster here (`benches/tcp_throughput.sh`).
+pub(super) const BUFFER: usize = 64 * 1024;
 
 /// What a finished connection moved, for the listener's metrics.
 #[derive(Debug, Default, Clone, Copy)]
