@@ -2,14 +2,14 @@
 //! both ways for the life of both (nginx's `stream`, HAProxy's `mode tcp`).
 //!
 //! Called by the listener for each connection of a `protocol = "tcp"` listener. A backend that
-//! refuses or does not connect in time is skipped for the next one before any byte moves, so
-//! the client does not notice; when none connects the client connection is closed. The copy
-//! (`splice.rs` on Linux unless the listener has `splice = false`, tokio's
-//! `copy_bidirectional` otherwise) has back-pressure, passes a half-close on (a client that
-//! shuts its write side still gets the rest of the answer), turns a reset on one side into a
-//! reset on the other, and ends after `idle_timeout` without a byte. The connection counts as in-flight on its backend all along,
-//! from its connect on, so `least_conn` balances open connections and `max_conns` bounds them;
-//! when every backend is at its limit the connection waits in the pool's queue like a request
+//! refuses or does not connect in time is skipped for the next one before any byte moves, so the
+//! client does not notice; when none connects the client connection is closed. The copy
+//! (`splice.rs` on Linux unless the listener has `splice = false`, tokio's `copy_bidirectional`
+//! otherwise) has back-pressure, passes a half-close on (a client that shuts its write side still
+//! gets the rest of the answer), turns a reset on one side into a reset on the other, and ends
+//! after `idle_timeout` without a byte. The connection counts as in-flight on its backend all
+//! along, from its connect on, so `least_conn` balances open connections and `max_conns` bounds
+//! them; when every backend is at its limit the connection waits in the pool's queue like a request
 //! (closed when that is full, waited out or not configured, and given up if the client closes
 //! meanwhile).
 
